@@ -362,8 +362,7 @@ impl Sensor {
         {
             return Why::NoDataReceived;
         }
-        if now.micros_since(self.started_at) >= w.send
-            && now.micros_since(self.last_sent) >= w.send
+        if now.micros_since(self.started_at) >= w.send && now.micros_since(self.last_sent) >= w.send
         {
             return Why::NoDataSent;
         }
@@ -465,7 +464,10 @@ mod tests {
         s.starting(secs(1000.0));
         s.server_data_received(secs(1000.0));
         s.server_data_sent(secs(1000.0));
-        assert_eq!(s.next_change(secs(1000.0), &w), Some(secs(1000.0 + 21_600.0)));
+        assert_eq!(
+            s.next_change(secs(1000.0), &w),
+            Some(secs(1000.0 + 21_600.0))
+        );
         assert_eq!(s.why(secs(22_600.0), &w), Why::NoDataSent);
         assert_eq!(s.next_change(secs(22_600.0), &w), Some(secs(65_800.0)));
         assert_eq!(s.why(secs(65_800.0), &w), Why::NoDataReceived);

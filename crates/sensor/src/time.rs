@@ -174,7 +174,10 @@ mod tests {
     #[test]
     fn rejects_nan_and_infinities() {
         assert_eq!(Time::from_secs_f64(f64::NAN), Err(TimeError::NotFinite));
-        assert_eq!(Time::from_secs_f64(f64::INFINITY), Err(TimeError::NotFinite));
+        assert_eq!(
+            Time::from_secs_f64(f64::INFINITY),
+            Err(TimeError::NotFinite)
+        );
         assert_eq!(
             Time::from_secs_f64(f64::NEG_INFINITY),
             Err(TimeError::NotFinite)

@@ -2,12 +2,15 @@
 
 use std::time::Duration;
 
-use fleet_health_sensor::{Event, Sensor, Time, Windows, Why};
+use fleet_health_sensor::{Event, Sensor, Time, Why, Windows};
 use proptest::prelude::*;
 
 /// Times in half seconds around a few bases, so that edges are hit often.
 fn time() -> impl Strategy<Value = Time> {
-    (prop_oneof![Just(0i64), Just(1000), Just(1_700_000_000)], -200_000i64..200_000)
+    (
+        prop_oneof![Just(0i64), Just(1000), Just(1_700_000_000)],
+        -200_000i64..200_000,
+    )
         .prop_map(|(base, half)| {
             Time::from_micros(base * 1_000_000 + half * 500_000).expect("in range")
         })

@@ -15,7 +15,8 @@ use fleet_health_sensor::{Sensor, Windows};
 use trace::Op;
 
 fn reference_replay() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/replay.py");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/replay.py");
     assert!(
         path.exists(),
         "the reference {} is missing: this test needs shared/ beside the project's root",
@@ -43,7 +44,9 @@ impl Rng {
 /// land on and beside every window's edge.
 fn random_traces(seed: u64, count: usize) -> String {
     let mut rng = Rng(seed);
-    let steps = [0.0, 0.5, 1.0, 599.5, 600.0, 21_599.5, 21_600.0, 21_600.5, 64_799.5, 64_800.0, 3600.0];
+    let steps = [
+        0.0, 0.5, 1.0, 599.5, 600.0, 21_599.5, 21_600.0, 21_600.5, 64_799.5, 64_800.0, 3600.0,
+    ];
     let mut out = String::new();
     for _ in 0..count {
         out.push_str("{\"op\": \"reset\"}\n");
@@ -54,9 +57,17 @@ fn random_traces(seed: u64, count: usize) -> String {
                     t += rng.pick(&steps);
                     format!("{{\"op\": \"status\", \"now\": {t}}}")
                 }
-                4 => format!("{{\"op\": \"{}\"}}", rng.pick(&["registered", "unregistered"])),
+                4 => format!(
+                    "{{\"op\": \"{}\"}}",
+                    rng.pick(&["registered", "unregistered"])
+                ),
                 _ => {
-                    let kind = rng.pick(&["starting", "shutting_down", "server_data_received", "server_data_sent"]);
+                    let kind = rng.pick(&[
+                        "starting",
+                        "shutting_down",
+                        "server_data_received",
+                        "server_data_sent",
+                    ]);
                     let when = (t - rng.pick(&steps)).max(0.0);
                     format!("{{\"op\": \"{kind}\", \"when\": {when}}}")
                 }
@@ -64,7 +75,10 @@ fn random_traces(seed: u64, count: usize) -> String {
             out.push_str(&line);
             out.push('\n');
         }
-        out.push_str(&format!("{{\"op\": \"status\", \"now\": {}}}\n", t + rng.pick(&steps)));
+        out.push_str(&format!(
+            "{{\"op\": \"status\", \"now\": {}}}\n",
+            t + rng.pick(&steps)
+        ));
     }
     out
 }
@@ -99,7 +113,10 @@ fn theirs(trace: &str) -> String {
     let input = trace.to_owned();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().expect("replay.py finishes");
-    writer.join().expect("writer thread").expect("trace written");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("trace written");
     assert!(out.status.success(), "replay.py failed: {:?}", out.status);
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
