@@ -1,1 +1,303 @@
-fn main() {}
+//! `fleet-health-server`: parses flags, starts logging, binds, and runs the
+//! server until SIGINT or SIGTERM.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use fleet_health_sensor::Windows;
+use fleet_health_server::agent_service::StreamLimits;
+use fleet_health_server::clock::SystemClock;
+use fleet_health_server::model::FleetRules;
+use fleet_health_server::registry::Limits;
+use fleet_health_server::{Config, Server, Transport, bind};
+
+/// The fleet-health aggregator: agents stream their lifecycle events here; it
+/// knows at every moment which agents are faulty and why.
+#[derive(Debug, Parser)]
+#[command(name = "fleet-health-server", version, about, max_term_width = 100)]
+struct Args {
+    /// Address for gRPC (agents, the CLI, grpcurl, health probes).
+    #[arg(long, env = "FLEET_HEALTH_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+
+    /// Address for Prometheus metrics (`/metrics`) and `/healthz`; `off` for none.
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_listen: MetricsAddr,
+
+    /// Faulty when no data was received from the data server for this long
+    /// (and the agent started at least this long ago).
+    #[arg(long, env = "FLEET_HEALTH_RECEIVE_WINDOW", default_value = "18h", value_parser = duration)]
+    receive_window: Duration,
+
+    /// Faulty when no data was sent to the data server for this long (and the
+    /// agent started at least this long ago).
+    #[arg(long, env = "FLEET_HEALTH_SEND_WINDOW", default_value = "6h", value_parser = duration)]
+    send_window: Duration,
+
+    /// A shutdown that has lasted this long is stuck.
+    #[arg(long, env = "FLEET_HEALTH_SHUTDOWN_TIMEOUT", default_value = "600s", value_parser = duration)]
+    shutdown_timeout: Duration,
+
+    /// Faulty ("not reporting") when nothing was heard for this long; 0 turns
+    /// the rule off.
+    #[arg(long, env = "FLEET_HEALTH_SILENCE_WINDOW", default_value = "5m", value_parser = duration)]
+    silence_window: Duration,
+
+    /// Inactive (kept, never a restart candidate) when nothing was heard for this long.
+    #[arg(long, env = "FLEET_HEALTH_INACTIVE_WINDOW", default_value = "7d", value_parser = duration)]
+    inactive_window: Duration,
+
+    /// Event times further than this in the future are clamped to the
+    /// server's clock (and counted).
+    #[arg(long, env = "FLEET_HEALTH_CLOCK_SKEW", default_value = "5m", value_parser = duration)]
+    clock_skew: Duration,
+
+    /// How often agents are asked to say they are alive.
+    #[arg(long, env = "FLEET_HEALTH_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = duration)]
+    heartbeat_interval: Duration,
+
+    /// The share of the active fleet that, faulty at once, raises the storm flag.
+    #[arg(long, env = "FLEET_HEALTH_STORM_SHARE", default_value_t = 0.5, value_parser = share)]
+    storm_share: f64,
+
+    /// The storm flag is never raised for a fleet smaller than this.
+    #[arg(long, env = "FLEET_HEALTH_STORM_MIN_AGENTS", default_value_t = 10)]
+    storm_min_agents: u64,
+
+    /// Transitions kept per agent.
+    #[arg(long, env = "FLEET_HEALTH_HISTORY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    history: u16,
+
+    /// The most agents the server will know (more: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "FLEET_HEALTH_MAX_AGENTS", default_value_t = 1_000_000)]
+    max_agents: usize,
+
+    /// The most agent streams open at once (more: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "FLEET_HEALTH_MAX_STREAMS", default_value_t = 200_000)]
+    max_streams: usize,
+
+    /// The most events in one message.
+    #[arg(long, env = "FLEET_HEALTH_MAX_BATCH", default_value_t = 4096)]
+    max_batch: usize,
+
+    /// Sustained events per second one stream may send, with bursts of twice
+    /// that (more: RESOURCE_EXHAUSTED); 0 for no limit.
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_MAX_STREAM_EVENTS_PER_SEC",
+        default_value_t = 10_000
+    )]
+    max_stream_events_per_sec: u32,
+
+    /// The largest message accepted, in bytes.
+    #[arg(long, env = "FLEET_HEALTH_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
+    max_message_bytes: usize,
+
+    /// An agent stream with no message for this long is closed.
+    #[arg(long, env = "FLEET_HEALTH_IDLE_TIMEOUT", default_value = "2m", value_parser = duration)]
+    idle_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "FLEET_HEALTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+
+    /// Log filter, as RUST_LOG (e.g. `info`, `fleet_health_server=debug`).
+    #[arg(long, env = "FLEET_HEALTH_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum MetricsAddr {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for MetricsAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MetricsAddr, String> {
+        if s == "off" {
+            return Ok(MetricsAddr::Off);
+        }
+        s.parse()
+            .map(MetricsAddr::At)
+            .map_err(|e| format!("{e} (an address such as 127.0.0.1:9464, or `off`)"))
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (say e.g. 600s, 5m, 18h, 7d)"))
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err("a share in (0, 1], such as 0.5".into())
+    }
+}
+
+impl Args {
+    fn config(&self) -> anyhow::Result<Config> {
+        let windows = Windows::new(self.receive_window, self.send_window, self.shutdown_timeout)?;
+        Ok(Config {
+            rules: FleetRules {
+                windows,
+                silence: self.silence_window,
+                inactive: self.inactive_window,
+                skew: self.clock_skew,
+                heartbeat: self.heartbeat_interval,
+                storm_share: self.storm_share,
+                storm_min_agents: self.storm_min_agents,
+                history: usize::from(self.history),
+            },
+            limits: Limits {
+                max_agents: self.max_agents,
+                ..Limits::default()
+            },
+            streams: StreamLimits {
+                max_streams: self.max_streams,
+                max_batch: self.max_batch,
+                max_events_per_sec: self.max_stream_events_per_sec,
+                idle_timeout: self.idle_timeout,
+                ..StreamLimits::default()
+            },
+            transport: Transport {
+                max_message_bytes: self.max_message_bytes,
+                ..Transport::default()
+            },
+        })
+    }
+}
+
+fn init_logging(args: &Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("bad --log filter {:?}", args.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let grpc = bind(args.listen).await?;
+    let metrics = match args.metrics_listen {
+        MetricsAddr::Off => None,
+        MetricsAddr::At(addr) => Some(bind(addr).await?),
+    };
+    let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
+    tracing::info!(
+        grpc = %grpc.local_addr()?,
+        metrics = %metrics_addr.map_or("off".to_string(), |a| a.to_string()),
+        store = "in-memory: a restart forgets the fleet",
+        "listening"
+    );
+    let server = Server::new(config, Arc::new(SystemClock));
+    server.run(grpc, metrics, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = init_logging(&args) {
+        eprintln!("fleet-health-server: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-health-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_the_references_and_the_specs() {
+        let args = Args::try_parse_from(["fleet-health-server"]).expect("no flags needed");
+        let config = args.config().expect("valid defaults");
+        assert_eq!(config.rules, FleetRules::default());
+        assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            ["fleet-health-server", "--storm-share", "1.5"],
+            ["fleet-health-server", "--silence-window", "soon"],
+            ["fleet-health-server", "--history", "0"],
+            ["fleet-health-server", "--metrics-listen", "nowhere"],
+        ] {
+            assert!(Args::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}

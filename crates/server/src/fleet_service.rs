@@ -1,0 +1,288 @@
+//! `fleethealth.v1.FleetService`: what operators and orchestrators ask.
+//! Each method checks its request, asks the [`Registry`], and encodes.
+
+use fleet_health_proto::v1 as pb;
+use fleet_health_proto::v1::fleet_service_server::FleetService;
+use pb::watch_agents_response::Event as W;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::registry::{Change, Registry, Selector};
+
+/// Agents in a page when the request does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+/// The largest page.
+pub const MAX_PAGE_SIZE: usize = 10_000;
+
+/// The FleetService implementation.
+pub struct FleetSvc {
+    registry: Registry,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl FleetSvc {
+    /// A service over `registry`; watches end when `shutdown` turns true.
+    pub fn new(registry: Registry, shutdown: watch::Receiver<bool>) -> FleetSvc {
+        FleetSvc { registry, shutdown }
+    }
+}
+
+fn selector(
+    filter: i32,
+    why: &[i32],
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<Selector, Status> {
+    Ok(Selector {
+        filter: convert::state_filter(filter)?,
+        reasons: why
+            .iter()
+            .map(|w| convert::reason(*w))
+            .collect::<Result<_, _>>()?,
+        labels: convert::labels(labels)?,
+    })
+}
+
+type WatchItem = Result<pb::WatchAgentsResponse, Status>;
+
+#[tonic::async_trait]
+impl FleetService for FleetSvc {
+    #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %request.get_ref().agent_id))]
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let req = request.into_inner();
+        let id = convert::agent_id(&req.agent_id)?;
+        let at = convert::opt_time(req.at.as_ref(), "at")?;
+        let view = self.registry.get(&id, at)?;
+        Ok(Response::new(pb::GetAgentResponse {
+            agent: Some((&view).into()),
+        }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let req = request.into_inner();
+        let sel = selector(req.filter, &req.why, &req.labels)?;
+        let at = convert::opt_time(req.at.as_ref(), "at")?;
+        let size = match req.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after =
+            if req.page_token.is_empty() {
+                None
+            } else {
+                // The token is the last agent ID of the previous page.
+                Some(convert::agent_id(&req.page_token).map_err(|_| {
+                    Status::invalid_argument("page_token is not one this server gave")
+                })?)
+            };
+        let page = self
+            .registry
+            .list(&sel, at, after.as_ref().map(|a| a.as_str()), size);
+        let next_page_token = match (page.more, page.agents.last()) {
+            (true, Some(last)) => last.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: page.agents.iter().map(Into::into).collect(),
+            next_page_token,
+            storm: Some(page.storm.into()),
+            evaluated_at: Some(convert::timestamp(page.evaluated_at)),
+        }))
+    }
+
+    type WatchAgentsStream = ReceiverStream<WatchItem>;
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn watch_agents(
+        &self,
+        request: Request<pb::WatchAgentsRequest>,
+    ) -> Result<Response<Self::WatchAgentsStream>, Status> {
+        let req = request.into_inner();
+        let sel = selector(req.filter, &req.why, &req.labels)?;
+        let (tx, rx) = mpsc::channel(64);
+        let watcher = Watcher {
+            registry: self.registry.clone(),
+            sel,
+            tx,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(watcher.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_summary(
+        &self,
+        request: Request<pb::GetSummaryRequest>,
+    ) -> Result<Response<pb::GetSummaryResponse>, Status> {
+        let req = request.into_inner();
+        let at = convert::opt_time(req.at.as_ref(), "at")?;
+        let s = self.registry.summary(at);
+        let mut by_why: Vec<pb::WhyCount> = crate::model::Reason::ALL
+            .iter()
+            .filter(|r| s.by_reason[r.index()] > 0)
+            .map(|r| pb::WhyCount {
+                why: pb::Why::from(*r) as i32,
+                why_text: r.as_str().to_string(),
+                state: pb::State::from(r.state()) as i32,
+                count: s.by_reason[r.index()],
+            })
+            .collect();
+        by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));
+        use crate::model::State;
+        Ok(Response::new(pb::GetSummaryResponse {
+            total: s.total(),
+            healthy: s.count(State::Healthy),
+            faulty: s.count(State::Faulty),
+            inactive: s.count(State::Inactive),
+            connected: s.connected,
+            by_why,
+            storm: Some(s.storm.into()),
+            evaluated_at: Some(convert::timestamp(s.evaluated_at)),
+            grace_until: s.grace_until.map(convert::timestamp),
+        }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %request.get_ref().agent_id))]
+    async fn get_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<pb::GetHistoryResponse>, Status> {
+        let req = request.into_inner();
+        let id = convert::agent_id(&req.agent_id)?;
+        let transitions = self.registry.history(&id)?;
+        Ok(Response::new(pb::GetHistoryResponse {
+            agent_id: id.to_string(),
+            transitions: transitions.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %request.get_ref().agent_id))]
+    async fn forget_agent(
+        &self,
+        request: Request<pb::ForgetAgentRequest>,
+    ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
+        let req = request.into_inner();
+        let id = convert::agent_id(&req.agent_id)?;
+        let last = self.registry.forget(&id)?;
+        Ok(Response::new(pb::ForgetAgentResponse {
+            last: Some((&last).into()),
+        }))
+    }
+}
+
+/// One watch stream: a snapshot, then changes; a fresh snapshot after falling
+/// behind.
+struct Watcher {
+    registry: Registry,
+    sel: Selector,
+    tx: mpsc::Sender<WatchItem>,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn msg(event: W) -> WatchItem {
+    Ok(pb::WatchAgentsResponse { event: Some(event) })
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        self.registry.metrics().watchers(1);
+        let _ = self.serve().await;
+        self.registry.metrics().watchers(-1);
+    }
+
+    /// Ends (with `Err`) when the watcher goes away.
+    async fn serve(&mut self) -> Result<(), ()> {
+        // Subscribe before the snapshot: nothing between the two is lost
+        // (a change seen in both is sent twice, and applying it twice is harmless).
+        let mut feed = self.registry.subscribe();
+        self.snapshot().await?;
+        loop {
+            let change = tokio::select! {
+                r = feed.recv() => r,
+                () = self.tx.closed() => return Err(()),
+                () = crate::stopped(&mut self.shutdown) => {
+                    let _ = self.tx.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
+                    return Err(());
+                }
+            };
+            match change {
+                Ok(c) => {
+                    if let Some(event) = self.translate(c) {
+                        self.tx.send(msg(event)).await.map_err(|_| ())?;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    self.registry.metrics().count_resync();
+                    self.tx
+                        .send(msg(W::Resync(pb::Resync { missed })))
+                        .await
+                        .map_err(|_| ())?;
+                    // Older changes still in the feed predate the new
+                    // snapshot: start from the feed's tail.
+                    feed = feed.resubscribe();
+                    self.snapshot().await?;
+                }
+                Err(RecvError::Closed) => return Err(()),
+            }
+        }
+    }
+
+    async fn snapshot(&self) -> Result<(), ()> {
+        let views = self.registry.snapshot(&self.sel);
+        let count = views.len() as u64;
+        for v in &views {
+            self.tx
+                .send(msg(W::Snapshot(v.into())))
+                .await
+                .map_err(|_| ())?;
+        }
+        let storm = self.registry.storm();
+        self.tx
+            .send(msg(W::Synced(pb::Synced {
+                count,
+                storm: Some(storm.into()),
+                at: Some(convert::timestamp(self.registry.clock().now())),
+            })))
+            .await
+            .map_err(|_| ())
+    }
+
+    fn translate(&self, change: Change) -> Option<W> {
+        match change {
+            Change::Status { view, before } => {
+                let labels = view.labels.as_deref();
+                if self.sel.matches(view.reason, labels) {
+                    Some(W::Changed(view.as_ref().into()))
+                } else if before.is_some_and(|b| self.sel.matches(b, labels)) {
+                    Some(W::Left(pb::AgentLeft {
+                        agent_id: view.id.to_string(),
+                        status: Some(view.as_ref().into()),
+                        forgotten: false,
+                    }))
+                } else {
+                    None
+                }
+            }
+            Change::Forgotten { last } => self
+                .sel
+                .matches(last.reason, last.labels.as_deref())
+                .then(|| {
+                    W::Left(pb::AgentLeft {
+                        agent_id: last.id.to_string(),
+                        status: None,
+                        forgotten: true,
+                    })
+                }),
+            Change::Storm(s) => Some(W::Storm(s.into())),
+        }
+    }
+}
