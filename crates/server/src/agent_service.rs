@@ -118,10 +118,7 @@ impl AgentService for AgentSvc {
             tx,
             shutdown: self.shutdown.clone(),
         };
-        tokio::spawn(async move {
-            let _slot = slot;
-            stream.run().await;
-        });
+        tokio::spawn(stream.run(slot));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -144,16 +141,22 @@ enum End {
 }
 
 impl ReportStream {
-    async fn run(mut self) {
-        let session = match self.hello().await {
-            Ok(s) => s,
-            Err(End::Status(status)) => return self.fail(status).await,
-            Err(End::Closed) => return,
+    /// Serves the stream; its slot is freed before the final status goes
+    /// out, so an agent told of the end may open a new stream at once.
+    async fn run(mut self, slot: StreamSlot) {
+        let end = match self.hello().await {
+            Ok(session) => {
+                let end = self.events(&session).await;
+                self.registry.disconnect(&session);
+                if let End::Status(status) = &end {
+                    tracing::debug!(agent_id = %session.id, code = ?status.code(), message = status.message(), "agent stream ended");
+                }
+                end
+            }
+            Err(end) => end,
         };
-        let end = self.events(&session).await;
-        self.registry.disconnect(&session);
+        drop(slot);
         if let End::Status(status) = end {
-            tracing::debug!(agent_id = %session.id, code = ?status.code(), message = status.message(), "agent stream ended");
             self.fail(status).await;
         }
     }
