@@ -1,1 +1,93 @@
-//! placeholder
+//! The client side of fleet-health.
+//!
+//! - [`Reporter`]: what an agent process embeds to report its lifecycle
+//!   events. Its methods are named after the reference sensor's (`starting`,
+//!   `shutting_down`, `server_data_received`, ...) and never block; it keeps
+//!   what the server has not acknowledged (bounded), re-sends it after a
+//!   reconnect with backoff and jitter, batches a backlog, heartbeats at the
+//!   interval the server asks for, and on [`Reporter::shutdown`] says
+//!   `stopped` and closes its stream cleanly.
+//! - [`FleetClient`]: a typed client for `FleetService` (get, list across
+//!   pages, watch, summary, history, forget).
+//! - [`names`]: the rules for agent IDs and labels, and the names of events
+//!   and reasons as people type them.
+//! - [`convert`]: the sensor's [`Time`] to and from the wire's timestamps.
+//!
+//! Layout: `pending.rs` is the pure bookkeeping of sequence numbers, batches
+//! and acknowledgements; `backoff.rs` the reconnection delays; `reporter.rs`
+//! the task that moves batches over the stream; `fleet.rs` the query client.
+
+mod backoff;
+pub mod convert;
+mod fleet;
+pub mod names;
+mod pending;
+mod reporter;
+
+use std::time::Duration;
+
+pub use backoff::BackoffConfig;
+pub use convert::now;
+pub use fleet::{AgentList, AgentQuery, ClientError, FleetClient, Watch};
+pub use fleet_health_proto::v1 as proto;
+pub use fleet_health_sensor::Time;
+pub use reporter::{AckHook, Acked, Reporter, ReporterConfig, ReporterError, Stats};
+use tonic::transport::{Channel, Endpoint};
+
+/// The server address used when none is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// A server address that is not a valid URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid server address {url:?}: {reason}")]
+pub struct InvalidEndpoint {
+    /// The address given.
+    pub url: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The endpoint settings used for the server: a connect timeout, and HTTP/2
+/// keep-alive pings so that a dead connection is noticed even when idle.
+pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, InvalidEndpoint> {
+    let invalid = |reason: String| InvalidEndpoint {
+        url: url.to_owned(),
+        reason,
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid("it must begin with http:// or https://".into()));
+    }
+    if url.starts_with("https://") {
+        return Err(invalid(
+            "TLS is not built in; use http:// (put a TLS proxy in front if needed)".into(),
+        ));
+    }
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(e.to_string()))?;
+    Ok(endpoint
+        .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true))
+}
+
+/// A channel to `url` that connects on first use (and reconnects after a
+/// failure). Must be called within a Tokio runtime.
+pub fn lazy_channel(url: &str, connect_timeout: Duration) -> Result<Channel, InvalidEndpoint> {
+    Ok(endpoint(url, connect_timeout)?.connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_plain_http_urls() {
+        assert!(endpoint("http://127.0.0.1:50051", Duration::from_secs(1)).is_ok());
+        assert!(endpoint("http://fleet.example:8080/", Duration::from_secs(1)).is_ok());
+        let e = endpoint("127.0.0.1:50051", Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+        assert!(endpoint("https://x", Duration::from_secs(1)).is_err());
+        assert!(endpoint("http://", Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! A typed client for `FleetService`: the operators' and orchestrators' view.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_health_sensor::Time;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+use crate::InvalidEndpoint;
+use crate::convert::to_timestamp;
+use crate::names::{NameError, validate_agent_id};
+use crate::proto::fleet_service_client::FleetServiceClient;
+use crate::proto::{
+    AgentStatus, ForgetAgentRequest, GetAgentRequest, GetHistoryRequest, GetHistoryResponse,
+    GetSummaryRequest, GetSummaryResponse, ListAgentsRequest, ListAgentsResponse, StateFilter,
+    Storm, WatchAgentsRequest, WatchAgentsResponse, Why, watch_agents_response,
+};
+
+/// What can go wrong with a fleet query.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// An agent ID given to the client breaks the rules.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The server address is not a valid URL.
+    #[error(transparent)]
+    InvalidEndpoint(#[from] InvalidEndpoint),
+    /// The server does not know the agent (`NOT_FOUND`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The server refused the request (`INVALID_ARGUMENT`).
+    #[error("the server refused the request: {0}")]
+    InvalidArgument(String),
+    /// The server could not be reached, or did not answer in time.
+    #[error("server unreachable: {0}")]
+    Unreachable(String),
+    /// Any other error status.
+    #[error("{}", describe(.0))]
+    Status(Status),
+}
+
+fn describe(status: &Status) -> String {
+    format!("server error {:?}: {}", status.code(), status.message())
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> ClientError {
+        let message = if status.message().is_empty() {
+            format!("{:?}", status.code())
+        } else {
+            status.message().to_owned()
+        };
+        match status.code() {
+            Code::NotFound => ClientError::NotFound(message),
+            Code::InvalidArgument => ClientError::InvalidArgument(message),
+            Code::Unavailable | Code::DeadlineExceeded => ClientError::Unreachable(message),
+            _ => ClientError::Status(status),
+        }
+    }
+}
+
+/// Which agents a list or a watch takes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentQuery {
+    /// Which states; the default (`Unspecified`) is the active agents.
+    pub filter: StateFilter,
+    /// Only these reasons (any of them); empty: any.
+    pub why: Vec<Why>,
+    /// Only agents that carry all these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Evaluate at this time instead of now (lists only).
+    pub at: Option<Time>,
+}
+
+/// Every agent that matched a list, across all its pages.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentList {
+    /// The agents, ordered by ID.
+    pub agents: Vec<AgentStatus>,
+    /// The storm guard, as the last page reported it.
+    pub storm: Option<Storm>,
+    /// When the first page was evaluated.
+    pub evaluated_at: Option<prost_types::Timestamp>,
+}
+
+/// A client for `FleetService`. Cheap to clone: clones share one connection.
+#[derive(Clone, Debug)]
+pub struct FleetClient {
+    inner: FleetServiceClient<Channel>,
+    timeout: Duration,
+    page_size: u32,
+}
+
+impl FleetClient {
+    /// A client on a channel; each call must answer within `timeout`.
+    pub fn new(channel: Channel, timeout: Duration) -> FleetClient {
+        FleetClient {
+            inner: FleetServiceClient::new(channel),
+            timeout,
+            page_size: 1000,
+        }
+    }
+
+    /// A client for the server at `url`, connecting lazily (the first call
+    /// connects, within `timeout`).
+    pub fn connect_lazy(url: &str, timeout: Duration) -> Result<FleetClient, ClientError> {
+        Ok(FleetClient::new(
+            crate::lazy_channel(url, timeout)?,
+            timeout,
+        ))
+    }
+
+    /// Sets the page size used by [`FleetClient::list`] (1 to 10 000).
+    #[must_use]
+    pub fn with_page_size(mut self, page_size: u32) -> FleetClient {
+        self.page_size = page_size.clamp(1, 10_000);
+        self
+    }
+
+    async fn call<T, F>(&self, fut: F) -> Result<T, ClientError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => Ok(result?.into_inner()),
+            Err(_) => Err(ClientError::Unreachable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// One agent's status, now or at `at`.
+    pub async fn get_agent(
+        &self,
+        agent_id: &str,
+        at: Option<Time>,
+    ) -> Result<AgentStatus, ClientError> {
+        validate_agent_id(agent_id)?;
+        let request = GetAgentRequest {
+            agent_id: agent_id.to_owned(),
+            at: at.map(to_timestamp),
+        };
+        let mut inner = self.inner.clone();
+        let response = self.call(inner.get_agent(request)).await?;
+        response
+            .agent
+            .ok_or_else(|| ClientError::Status(Status::internal("the answer held no agent")))
+    }
+
+    /// One page of a list, from `page_token` ("" for the first).
+    pub async fn list_page(
+        &self,
+        query: &AgentQuery,
+        page_token: String,
+    ) -> Result<ListAgentsResponse, ClientError> {
+        let request = ListAgentsRequest {
+            filter: query.filter as i32,
+            why: query.why.iter().map(|w| *w as i32).collect(),
+            labels: query.labels.clone().into_iter().collect(),
+            at: query.at.map(to_timestamp),
+            page_size: self.page_size,
+            page_token,
+        };
+        let mut inner = self.inner.clone();
+        self.call(inner.list_agents(request)).await
+    }
+
+    /// Every agent matching `query`, following the pages to the end.
+    pub async fn list(&self, query: &AgentQuery) -> Result<AgentList, ClientError> {
+        let mut list = AgentList::default();
+        let mut token = String::new();
+        loop {
+            let page = self.list_page(query, token).await?;
+            if list.evaluated_at.is_none() {
+                list.evaluated_at = page.evaluated_at;
+            }
+            list.agents.extend(page.agents);
+            if page.storm.is_some() {
+                list.storm = page.storm;
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(list);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Starts a watch: the current matching set, then each change.
+    pub async fn watch(&self, query: &AgentQuery) -> Result<Watch, ClientError> {
+        let request = WatchAgentsRequest {
+            filter: query.filter as i32,
+            why: query.why.iter().map(|w| *w as i32).collect(),
+            labels: query.labels.clone().into_iter().collect(),
+        };
+        let mut inner = self.inner.clone();
+        let stream = self.call(inner.watch_agents(request)).await?;
+        Ok(Watch { stream })
+    }
+
+    /// Counts by state and reason, and the storm flag, now or at `at`.
+    pub async fn summary(&self, at: Option<Time>) -> Result<GetSummaryResponse, ClientError> {
+        let request = GetSummaryRequest {
+            at: at.map(to_timestamp),
+        };
+        let mut inner = self.inner.clone();
+        self.call(inner.get_summary(request)).await
+    }
+
+    /// The recent transitions of one agent, oldest first.
+    pub async fn history(&self, agent_id: &str) -> Result<GetHistoryResponse, ClientError> {
+        validate_agent_id(agent_id)?;
+        let request = GetHistoryRequest {
+            agent_id: agent_id.to_owned(),
+        };
+        let mut inner = self.inner.clone();
+        self.call(inner.get_history(request)).await
+    }
+
+    /// Removes an agent; returns its status just before.
+    pub async fn forget(&self, agent_id: &str) -> Result<Option<AgentStatus>, ClientError> {
+        validate_agent_id(agent_id)?;
+        let request = ForgetAgentRequest {
+            agent_id: agent_id.to_owned(),
+        };
+        let mut inner = self.inner.clone();
+        Ok(self.call(inner.forget_agent(request)).await?.last)
+    }
+}
+
+/// A running watch.
+#[derive(Debug)]
+pub struct Watch {
+    stream: Streaming<WatchAgentsResponse>,
+}
+
+impl Watch {
+    /// The next message; `None` when the server ended the watch.
+    pub async fn next(&mut self) -> Result<Option<watch_agents_response::Event>, ClientError> {
+        loop {
+            match self.stream.message().await? {
+                None => return Ok(None),
+                Some(WatchAgentsResponse { event: Some(e) }) => return Ok(Some(e)),
+                // A message with no event (from a newer server): nothing to say.
+                Some(WatchAgentsResponse { event: None }) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_the_errors_scripts_tell_apart() {
+        assert!(matches!(
+            ClientError::from(Status::not_found("agent web-1 not found")),
+            ClientError::NotFound(m) if m == "agent web-1 not found"
+        ));
+        assert!(matches!(
+            ClientError::from(Status::unavailable("down")),
+            ClientError::Unreachable(_)
+        ));
+        assert!(matches!(
+            ClientError::from(Status::deadline_exceeded("")),
+            ClientError::Unreachable(_)
+        ));
+        assert!(matches!(
+            ClientError::from(Status::invalid_argument("bad")),
+            ClientError::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            ClientError::from(Status::internal("x")),
+            ClientError::Status(_)
+        ));
+    }
+}
