@@ -563,3 +563,82 @@ async fn health_reflection_and_metrics_for_stock_tools() {
     }
     s.stop().await;
 }
+
+/// `promtool check metrics` (from Prometheus) accepts the exposition. CI
+/// installs promtool; elsewhere the test says it was skipped.
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    use std::io::Write;
+    let Ok(promtool) = which("promtool") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have promtool (.ci/run installs it)"
+        );
+        eprintln!("promtool not installed: skipped (apt-get install prometheus)");
+        return;
+    };
+    let s = TestServer::start().await;
+    let _fleet = fleet_of(&s, 2, 1).await;
+    let text = s.metrics().await;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("written");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await;
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let s = TestServer::start().await;
+    let mut client = ServerReflectionClient::new(s.channel.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("answers")
+        .into_inner();
+    let msg = soon(resp.message()).await.expect("ok").expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected {msg:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "fleethealth.v1.AgentService",
+        "fleethealth.v1.FleetService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    s.stop().await;
+}

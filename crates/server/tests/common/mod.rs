@@ -47,7 +47,7 @@ pub struct TestServer {
     pub clock: ManualClock,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    channel: Channel,
+    pub channel: Channel,
 }
 
 impl TestServer {
