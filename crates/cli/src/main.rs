@@ -1,1 +1,51 @@
-fn main() {}
+//! The `fleet-health` binary: parses the flags, picks a runtime, runs the
+//! command and exits with its documented code.
+
+use std::process;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use fleet_health_cli::cli::Command;
+use fleet_health_cli::{Cli, ExitCode};
+
+fn main() -> process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout and succeed; the rest are usage
+            // errors.
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::Success,
+                _ => ExitCode::Usage,
+            }
+            .into();
+        }
+    };
+    // The simulator drives many streams at once; everything else is one
+    // request at a time.
+    let runtime = if matches!(cli.command, Command::Simulate(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet-health: cannot start the runtime: {e}");
+            return ExitCode::Failure.into();
+        }
+    };
+    match runtime.block_on(fleet_health_cli::run(cli)) {
+        Ok(code) => code.into(),
+        Err(failure) if failure.is_broken_pipe() => ExitCode::Success.into(),
+        Err(failure) => {
+            eprintln!("fleet-health: {:#}", failure.error);
+            failure.code.into()
+        }
+    }
+}

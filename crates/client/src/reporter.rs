@@ -325,10 +325,21 @@ impl Reporter {
     /// Queues an event and returns its sequence number. `when` is when it
     /// happened; `None` lets the server use its receive time.
     pub fn report(&self, kind: EventKind, when: Option<Time>) -> Result<u64, ReporterError> {
-        if kind == EventKind::Unspecified {
+        self.report_many([(kind, when)])
+    }
+
+    /// Queues several events at once (they go out together when they fit in
+    /// one message) and returns the sequence number of the last, or 0 if
+    /// there were none.
+    pub fn report_many(
+        &self,
+        events: impl IntoIterator<Item = (EventKind, Option<Time>)>,
+    ) -> Result<u64, ReporterError> {
+        let events: Vec<_> = events.into_iter().collect();
+        if events.iter().any(|(k, _)| *k == EventKind::Unspecified) {
             return Err(ReporterError::UnspecifiedEvent);
         }
-        let seq = {
+        let last = {
             let mut st = self.shared.lock();
             if let Some(ended) = &st.ended {
                 return Err(ended.clone());
@@ -336,10 +347,14 @@ impl Reporter {
             if st.closing {
                 return Err(ReporterError::Closed);
             }
-            st.pending.push(kind, when.map(to_timestamp))
+            let mut last = 0;
+            for (kind, when) in events {
+                last = st.pending.push(kind, when.map(to_timestamp));
+            }
+            last
         };
         self.shared.wake.notify_one();
-        Ok(seq)
+        Ok(last)
     }
 
     fn record(&self, kind: EventKind, when: Time) {

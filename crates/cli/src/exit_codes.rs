@@ -1,0 +1,60 @@
+//! The exit codes of `fleet-health`: stable, so that scripts can tell the
+//! cases apart. They are documented in the crate's README.
+
+/// How `fleet-health` exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// 0: success.
+    Success = 0,
+    /// 1: any other error (the server failed, an unexpected answer, a local
+    /// I/O error).
+    Failure = 1,
+    /// 2: a usage error: bad flags or arguments (an invalid agent ID, TIME,
+    /// label or reason), or a request the server refused as invalid.
+    Usage = 2,
+    /// 3: the server could not be reached or did not answer in time
+    /// (including an event that `report` could not get acknowledged).
+    Unreachable = 3,
+    /// 4: the agent is not known to the server (`status`, `history`,
+    /// `forget`).
+    NotFound = 4,
+    /// 5: the storm flag is raised: `list --faulty` or `summary` succeeded
+    /// but a large share of the fleet is faulty at once, which points at a
+    /// shared cause rather than at every agent. The output is complete.
+    Storm = 5,
+}
+
+impl ExitCode {
+    /// Every code, in order.
+    pub const ALL: [ExitCode; 6] = [
+        ExitCode::Success,
+        ExitCode::Failure,
+        ExitCode::Usage,
+        ExitCode::Unreachable,
+        ExitCode::NotFound,
+        ExitCode::Storm,
+    ];
+
+    /// The number the process exits with.
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> std::process::ExitCode {
+        std::process::ExitCode::from(code.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_stable() {
+        let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(numbers, [0, 1, 2, 3, 4, 5]);
+    }
+}

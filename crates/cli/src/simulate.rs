@@ -1,0 +1,735 @@
+//! `simulate`: a fleet of agents, each with its own `Report` stream, with a
+//! mix of behaviours; and the load generator for benchmarks.
+//!
+//! Every behaviour that the rules know shows at once, thanks to backdated
+//! event times (a "stops sending data" agent started 7 h ago and last sent
+//! 7 h ago), except "crash", which shows after the server's silence window.
+//! Healthy agents (and the faulty ones that still move some data) send data
+//! events at the rate asked for; the reporter heartbeats when they are idle.
+//! Acknowledged batches feed a latency histogram.
+
+use std::io::{IsTerminal, Write};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use fleet_health_client::proto::EventKind;
+use fleet_health_client::{
+    BackoffConfig, Reporter, ReporterConfig, Stats, Time, lazy_channel, now,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cli::{Output, SimulateArgs};
+use crate::commands::Context;
+use crate::timefmt::human_duration;
+use crate::{ExitCode, Failure};
+
+/// One way a simulated agent behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Behaviour {
+    /// Starts, registers, and keeps sending and receiving data.
+    Healthy,
+    /// Started 7 h ago and has sent nothing since: "no data sent to server".
+    NoDataSent,
+    /// Started 19 h ago and has received nothing since: "no data received
+    /// from server".
+    NoDataReceived,
+    /// Began shutting down 11 minutes ago and is still there: "stuck at
+    /// shutdown".
+    StuckAtShutdown,
+    /// Reports `unregistered`: healthy, "not registered".
+    Unregistered,
+    /// Starts, then drops its stream without a word and never comes back:
+    /// "not reporting" after the server's silence window.
+    Crash,
+    /// Starts, works a while, shuts down and says `stopped`: "stopped".
+    Stop,
+}
+
+impl Behaviour {
+    /// Every behaviour, in the order of the default mix.
+    pub const ALL: [Behaviour; 7] = [
+        Behaviour::Healthy,
+        Behaviour::NoDataSent,
+        Behaviour::NoDataReceived,
+        Behaviour::StuckAtShutdown,
+        Behaviour::Unregistered,
+        Behaviour::Crash,
+        Behaviour::Stop,
+    ];
+
+    /// Its name in `--mix` and in agent IDs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Behaviour::Healthy => "healthy",
+            Behaviour::NoDataSent => "no-data-sent",
+            Behaviour::NoDataReceived => "no-data-received",
+            Behaviour::StuckAtShutdown => "stuck-at-shutdown",
+            Behaviour::Unregistered => "unregistered",
+            Behaviour::Crash => "crash",
+            Behaviour::Stop => "stop",
+        }
+    }
+
+    /// The data event it keeps sending, if any.
+    const fn data(self) -> &'static [EventKind] {
+        match self {
+            Behaviour::Healthy => &[EventKind::ServerDataSent, EventKind::ServerDataReceived],
+            Behaviour::NoDataSent => &[EventKind::ServerDataReceived],
+            Behaviour::NoDataReceived => &[EventKind::ServerDataSent],
+            _ => &[],
+        }
+    }
+}
+
+/// How many agents of each behaviour, as weights.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mix(Vec<(Behaviour, u32)>);
+
+impl Mix {
+    /// The default: mostly healthy, a few of every kind of trouble.
+    pub const DEFAULT: &'static str = "healthy=70,no-data-sent=5,no-data-received=5,stuck-at-shutdown=5,unregistered=5,crash=5,stop=5";
+
+    /// Parses `NAME=WEIGHT,...`.
+    pub fn parse(s: &str) -> Result<Mix, String> {
+        let mut weights = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("invalid mix entry {part:?}: expected NAME=WEIGHT"))?;
+            let behaviour = Behaviour::ALL
+                .into_iter()
+                .find(|b| b.name() == name.trim())
+                .ok_or_else(|| {
+                    let names: Vec<&str> = Behaviour::ALL.iter().map(|b| b.name()).collect();
+                    format!("unknown behaviour {name:?}: one of {}", names.join(", "))
+                })?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid weight in {part:?}: a whole number"))?;
+            weights.retain(|(b, _)| *b != behaviour);
+            weights.push((behaviour, weight));
+        }
+        if weights.iter().all(|(_, w)| *w == 0) {
+            return Err("the mix needs at least one behaviour with a weight above 0".into());
+        }
+        Ok(Mix(weights))
+    }
+
+    /// The behaviour of each of `n` agents: counts in proportion to the
+    /// weights (largest remainder), interleaved so that every behaviour shows
+    /// early during the ramp-up.
+    pub fn assign(&self, n: u32) -> Vec<Behaviour> {
+        let total: u64 = self.0.iter().map(|(_, w)| u64::from(*w)).sum();
+        let n64 = u64::from(n);
+        let mut counts: Vec<(Behaviour, u64, u64)> = self
+            .0
+            .iter()
+            .map(|(b, w)| {
+                let exact = n64 * u64::from(*w);
+                (*b, exact / total, exact % total)
+            })
+            .collect();
+        let assigned: u64 = counts.iter().map(|c| c.1).sum();
+        let mut by_remainder: Vec<usize> = (0..counts.len()).collect();
+        by_remainder.sort_by_key(|&i| std::cmp::Reverse(counts[i].2));
+        for &i in by_remainder.iter().take((n64 - assigned) as usize) {
+            counts[i].1 += 1;
+        }
+        // Spread each behaviour evenly: its k-th agent sits at (k + 0.5) / count.
+        let mut slots: Vec<(f64, Behaviour)> = Vec::with_capacity(n as usize);
+        for (b, count, _) in counts {
+            for k in 0..count {
+                slots.push(((k as f64 + 0.5) / count as f64, b));
+            }
+        }
+        slots.sort_by(|a, b| a.0.total_cmp(&b.0));
+        slots.into_iter().map(|(_, b)| b).collect()
+    }
+}
+
+impl FromStr for Mix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mix, String> {
+        Mix::parse(s)
+    }
+}
+
+/// A latency histogram that many tasks record into without locks: 16
+/// buckets per power of two of microseconds (about 6 % precision).
+pub struct Histogram {
+    buckets: Vec<AtomicU64>,
+}
+
+const SUB_BUCKETS: u64 = 16;
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram {
+            buckets: (0..64 * SUB_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Histogram {
+    fn index(micros: u64) -> usize {
+        if micros < SUB_BUCKETS {
+            return micros as usize;
+        }
+        let exp = 63 - u64::from(micros.leading_zeros());
+        let sub = (micros >> (exp - 4)) & (SUB_BUCKETS - 1);
+        ((exp - 3) * SUB_BUCKETS + sub) as usize
+    }
+
+    /// The largest value of a bucket.
+    fn upper(index: usize) -> u64 {
+        let index = index as u64;
+        if index < SUB_BUCKETS {
+            return index;
+        }
+        let exp = index / SUB_BUCKETS + 3;
+        let sub = index % SUB_BUCKETS;
+        ((SUB_BUCKETS + sub + 1) << (exp - 4)) - 1
+    }
+
+    /// Records `count` samples of `latency`.
+    pub fn record(&self, latency: Duration, count: u64) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[Histogram::index(micros)].fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// How many samples.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The `q` quantile (0 to 1), as the upper bound of its bucket; `None`
+    /// without samples.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= rank {
+                return Some(Duration::from_micros(Histogram::upper(i)));
+            }
+        }
+        None
+    }
+}
+
+/// Counters shared by all simulated agents.
+#[derive(Default)]
+struct Counters {
+    acked_events: AtomicU64,
+    acked_messages: AtomicU64,
+    latency: Histogram,
+    agents_started: AtomicU64,
+    agents_failed: AtomicU64,
+    reconnects: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// What the simulation achieved.
+#[derive(Debug, Serialize)]
+pub struct SimReport {
+    agents: u32,
+    connections: u32,
+    streams_per_connection: u32,
+    events_per_message: u32,
+    seconds: f64,
+    events_acked: u64,
+    messages_acked: u64,
+    events_per_second: f64,
+    ack_latency_p50_ms: Option<f64>,
+    ack_latency_p99_ms: Option<f64>,
+    ack_latency_max_ms: Option<f64>,
+    agents_failed: u64,
+    reconnects: u64,
+    events_dropped: u64,
+}
+
+impl SimReport {
+    fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let ms = |d: Option<f64>| d.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}ms"));
+        writeln!(
+            out,
+            "agents          {} ({} failed)",
+            self.agents, self.agents_failed
+        )?;
+        writeln!(
+            out,
+            "connections     {} ({} streams each at most)",
+            self.connections, self.streams_per_connection
+        )?;
+        writeln!(out, "duration        {:.1}s", self.seconds)?;
+        writeln!(
+            out,
+            "events acked    {} ({:.0}/s), in {} messages (at most {} events each)",
+            self.events_acked, self.events_per_second, self.messages_acked, self.events_per_message
+        )?;
+        writeln!(
+            out,
+            "ack latency     p50 {}, p99 {}, max {}",
+            ms(self.ack_latency_p50_ms),
+            ms(self.ack_latency_p99_ms),
+            ms(self.ack_latency_max_ms)
+        )?;
+        writeln!(out, "reconnects      {}", self.reconnects)?;
+        writeln!(out, "events dropped  {}", self.events_dropped)
+    }
+}
+
+/// The plan of one agent.
+struct Plan {
+    id: String,
+    behaviour: Behaviour,
+    start_after: Duration,
+    /// Data events: a message of this many, every `interval` (None: as fast
+    /// as acknowledged).
+    batch: u32,
+    interval: Option<Duration>,
+}
+
+/// Runs the simulation until `--duration` passes or Ctrl-C, then stops the
+/// agents cleanly and prints the report.
+pub async fn run(
+    ctx: &Context,
+    out: &mut dyn Write,
+    args: SimulateArgs,
+) -> Result<ExitCode, Failure> {
+    let format = match ctx.output {
+        None | Some(Output::Table) => Output::Table,
+        Some(Output::Json) => Output::Json,
+        Some(other) => {
+            return Err(Failure::usage(format!(
+                "`simulate` has no {} output; it has: table, json",
+                format!("{other:?}").to_lowercase()
+            )));
+        }
+    };
+    if let Some(rate) = args.rate
+        && (!rate.is_finite() || rate < 0.0)
+    {
+        return Err(Failure::usage(
+            "--rate must be a number of events per second, 0 or more",
+        ));
+    }
+    let behaviours = args.mix.assign(args.agents);
+    let data_agents = behaviours
+        .iter()
+        .filter(|b| !b.data().is_empty())
+        .count()
+        .max(1);
+    let batch = args.events_per_message;
+    let interval = match args.rate {
+        None => Some(Duration::from_secs(10) * batch),
+        Some(0.0) => None,
+        Some(r) => Some(Duration::from_secs_f64(
+            (data_agents as f64 * f64::from(batch) / r).min(86_400.0),
+        )),
+    };
+    let per_conn = args.streams_per_connection;
+    let connections = args.agents.div_ceil(per_conn);
+    let mut channels = Vec::with_capacity(connections as usize);
+    for _ in 0..connections {
+        channels.push(
+            lazy_channel(&ctx.server, ctx.timeout).map_err(|e| Failure::new(ExitCode::Usage, e))?,
+        );
+    }
+    let width = args.agents.to_string().len();
+    let counters = Arc::new(Counters::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for (i, behaviour) in behaviours.into_iter().enumerate() {
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
+        let plan = Plan {
+            id: format!("{}{}-{:0width$}", args.prefix, behaviour.name(), i),
+            behaviour,
+            start_after: args.ramp_up.mul_f64(f64::from(i) / f64::from(args.agents)),
+            batch,
+            interval,
+        };
+        fleet_health_client::names::validate_agent_id(&plan.id)
+            .map_err(|e| Failure::usage(format!("--prefix: {e}")))?;
+        let channel = channels[(i / per_conn) as usize].clone();
+        tasks.spawn(agent(plan, channel, Arc::clone(&counters), stop_rx.clone()));
+    }
+    drop(channels);
+    eprintln!(
+        "simulating {} agents on {} connection(s) against {}; {}",
+        args.agents,
+        connections,
+        ctx.server,
+        match args.duration {
+            Some(d) => format!("for {}", human_duration(d)),
+            None => "until interrupted (Ctrl-C)".to_owned(),
+        }
+    );
+
+    let started = Instant::now();
+    let progress = std::io::stderr().is_terminal();
+    let ending = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(ending);
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    ticker.tick().await;
+    let mut last = (started, 0u64);
+    loop {
+        tokio::select! {
+            () = &mut ending => break,
+            _ = &mut interrupted => break,
+            _ = ticker.tick(), if progress => {
+                let acked = counters.acked_events.load(Ordering::Relaxed);
+                let now = Instant::now();
+                let rate = (acked - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                last = (now, acked);
+                eprintln!(
+                    "{:>6}  {} agents up, {} events acked ({rate:.0}/s), p99 {}",
+                    human_duration(started.elapsed()),
+                    counters.agents_started.load(Ordering::Relaxed),
+                    acked,
+                    counters.latency.quantile(0.99).map_or_else(|| "-".into(), |d| format!("{:.1}ms", d.as_secs_f64() * 1e3)),
+                );
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let events_acked = counters.acked_events.load(Ordering::Relaxed);
+    let messages_acked = counters.acked_messages.load(Ordering::Relaxed);
+    eprintln!("stopping the agents (each says stopped)...");
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(ctx.timeout + Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        eprintln!("some agents did not stop in time; leaving them");
+    }
+    let ms = |q: f64| counters.latency.quantile(q).map(|d| d.as_secs_f64() * 1e3);
+    let report = SimReport {
+        agents: args.agents,
+        connections,
+        streams_per_connection: per_conn,
+        events_per_message: batch,
+        seconds,
+        events_acked,
+        messages_acked,
+        events_per_second: events_acked as f64 / seconds.max(1e-9),
+        ack_latency_p50_ms: ms(0.5),
+        ack_latency_p99_ms: ms(0.99),
+        ack_latency_max_ms: ms(1.0),
+        agents_failed: counters.agents_failed.load(Ordering::Relaxed),
+        reconnects: counters.reconnects.load(Ordering::Relaxed),
+        events_dropped: counters.dropped.load(Ordering::Relaxed),
+    };
+    match format {
+        Output::Json => {
+            serde_json::to_writer_pretty(&mut *out, &report).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        }
+        _ => report.write_table(out)?,
+    }
+    if report.agents_failed == u64::from(args.agents) {
+        return Err(Failure::new(
+            ExitCode::Unreachable,
+            anyhow!("no simulated agent could report to {}", ctx.server),
+        ));
+    }
+    Ok(ExitCode::Success)
+}
+
+fn ago(now: Time, d: Duration) -> Option<Time> {
+    Some(now.saturating_sub(d))
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const MIN: Duration = Duration::from_secs(60);
+
+/// The events an agent reports when it comes up.
+fn opening(
+    behaviour: Behaviour,
+    now: Time,
+    rng: &mut fastrand::Rng,
+) -> Vec<(EventKind, Option<Time>)> {
+    use EventKind::*;
+    let up_for = Duration::from_secs(rng.u64(60..2 * 3600));
+    match behaviour {
+        Behaviour::Healthy | Behaviour::Crash | Behaviour::Stop => vec![
+            (Starting, ago(now, up_for)),
+            (Registered, Some(now)),
+            (ServerDataReceived, Some(now)),
+            (ServerDataSent, Some(now)),
+        ],
+        Behaviour::NoDataSent => vec![
+            (Starting, ago(now, 7 * HOUR)),
+            (Registered, Some(now)),
+            (ServerDataSent, ago(now, 7 * HOUR)),
+            (ServerDataReceived, Some(now)),
+        ],
+        Behaviour::NoDataReceived => vec![
+            (Starting, ago(now, 19 * HOUR)),
+            (Registered, Some(now)),
+            (ServerDataReceived, ago(now, 19 * HOUR)),
+            (ServerDataSent, Some(now)),
+        ],
+        Behaviour::StuckAtShutdown => vec![
+            (Starting, ago(now, 3 * HOUR)),
+            (Registered, Some(now)),
+            (ServerDataReceived, ago(now, 12 * MIN)),
+            (ServerDataSent, ago(now, 12 * MIN)),
+            (ShuttingDown, ago(now, 11 * MIN)),
+        ],
+        Behaviour::Unregistered => vec![(Starting, ago(now, up_for)), (Unregistered, Some(now))],
+    }
+}
+
+async fn agent(
+    plan: Plan,
+    channel: tonic::transport::Channel,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
+    tokio::select! {
+        () = tokio::time::sleep(plan.start_after) => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
+    let mut config = ReporterConfig::new(plan.id.clone()).label("sim", plan.behaviour.name());
+    config.max_batch = plan.batch as usize;
+    config.max_pending = (plan.batch as usize * 4).max(1000);
+    config.backoff = BackoffConfig {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(10),
+    };
+    let hook_counters = Arc::clone(&counters);
+    config.on_ack = Some(Arc::new(move |acked| {
+        let events = acked.events as u64;
+        hook_counters
+            .acked_events
+            .fetch_add(events, Ordering::Relaxed);
+        hook_counters.acked_messages.fetch_add(1, Ordering::Relaxed);
+        hook_counters.latency.record(acked.latency, events);
+    }));
+    let reporter = match Reporter::start(channel, config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", plan.id);
+            counters.agents_failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let mut rng = fastrand::Rng::new();
+    if reporter
+        .report_many(opening(plan.behaviour, now(), &mut rng))
+        .is_err()
+    {
+        counters.agents_failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let first = tokio::select! {
+        r = reporter.flush() => r.is_ok(),
+        _ = stop.wait_for(|s| *s) => false,
+    };
+    if first {
+        counters.agents_started.fetch_add(1, Ordering::Relaxed);
+    } else if !stopped(&stop) {
+        counters.agents_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    match plan.behaviour {
+        Behaviour::Crash => {
+            // Visible as connected for a while, then gone without a word.
+            let life = Duration::from_secs(rng.u64(3..30));
+            tokio::select! {
+                () = tokio::time::sleep(life) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            account(&counters, &reporter.stats());
+            drop(reporter);
+            return;
+        }
+        Behaviour::Stop => {
+            let life = Duration::from_secs(rng.u64(5..60));
+            tokio::select! {
+                () = tokio::time::sleep(life) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            let _ = reporter.report(EventKind::ShuttingDown, Some(now()));
+        }
+        b if !b.data().is_empty() => {
+            let kinds = b.data();
+            let mut turn = 0usize;
+            let mut next = Instant::now();
+            // Two messages in flight at most when going as fast as acked.
+            let mut previous_last = 0u64;
+            loop {
+                if let Some(every) = plan.interval {
+                    // A random phase, so that the fleet's messages spread out.
+                    if turn == 0 {
+                        next += every.mul_f64(rng.f64());
+                    }
+                    next += every;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(next) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+                let when = now();
+                let first = turn;
+                let events = (0..plan.batch)
+                    .map(move |k| (kinds[(first + k as usize) % kinds.len()], Some(when)));
+                turn += plan.batch as usize;
+                let Ok(last) = reporter.report_many(events) else {
+                    break;
+                };
+                if plan.interval.is_none() {
+                    let acked = tokio::select! {
+                        r = reporter.wait_acked(previous_last) => r.is_ok(),
+                        _ = stop.wait_for(|s| *s) => break,
+                    };
+                    if !acked {
+                        break;
+                    }
+                }
+                previous_last = last;
+                if stopped(&stop) {
+                    break;
+                }
+            }
+        }
+        _ => {
+            // Idle: the reporter heartbeats.
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    }
+    let _ = reporter.shutdown(Duration::from_secs(10)).await;
+    account(&counters, &reporter.stats());
+}
+
+fn account(counters: &Counters, stats: &Stats) {
+    counters
+        .reconnects
+        .fetch_add(stats.connects.saturating_sub(1), Ordering::Relaxed);
+    counters.dropped.fetch_add(stats.dropped, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_mix_parses_and_has_every_behaviour() {
+        let mix = Mix::parse(Mix::DEFAULT).unwrap();
+        let assigned = mix.assign(20);
+        assert_eq!(assigned.len(), 20);
+        for b in Behaviour::ALL {
+            assert!(assigned.contains(&b), "{b:?} missing");
+        }
+        assert_eq!(
+            assigned
+                .iter()
+                .filter(|b| **b == Behaviour::Healthy)
+                .count(),
+            14
+        );
+    }
+
+    #[test]
+    fn assignment_follows_the_weights_exactly_in_total() {
+        let mix = Mix::parse("healthy=2,crash=1").unwrap();
+        for n in [1, 2, 3, 7, 100, 1001] {
+            let a = mix.assign(n);
+            assert_eq!(a.len(), n as usize);
+            let crash = a.iter().filter(|b| **b == Behaviour::Crash).count() as f64;
+            assert!((crash - f64::from(n) / 3.0).abs() <= 1.0, "{n}: {crash}");
+        }
+        // Interleaved: the first few already hold both.
+        let a = mix.assign(300);
+        assert!(a[..3].contains(&Behaviour::Crash) && a[..3].contains(&Behaviour::Healthy));
+    }
+
+    #[test]
+    fn bad_mixes_are_refused() {
+        assert!(Mix::parse("healthy").is_err());
+        assert!(Mix::parse("happy=1").is_err());
+        assert!(Mix::parse("healthy=-1").is_err());
+        assert!(Mix::parse("healthy=0").is_err());
+        assert_eq!(
+            Mix::parse("healthy=1,healthy=3").unwrap(),
+            Mix(vec![(Behaviour::Healthy, 3)])
+        );
+    }
+
+    #[test]
+    fn the_opening_events_make_each_rule_show_at_once() {
+        use fleet_health_client::proto::EventKind as K;
+        use fleet_health_sensor::{Sensor, Why, Windows};
+        let now = Time::from_unix(1_714_564_800, 0).unwrap();
+        let expected = [
+            (Behaviour::Healthy, Why::AllIsOk),
+            (Behaviour::NoDataSent, Why::NoDataSent),
+            (Behaviour::NoDataReceived, Why::NoDataReceived),
+            (Behaviour::StuckAtShutdown, Why::StuckAtShutdown),
+            (Behaviour::Unregistered, Why::NotRegistered),
+            (Behaviour::Stop, Why::AllIsOk),
+        ];
+        let mut rng = fastrand::Rng::with_seed(3);
+        for (behaviour, why) in expected {
+            let mut sensor = Sensor::new();
+            for (kind, at) in opening(behaviour, now, &mut rng) {
+                let at = at.unwrap();
+                match kind {
+                    K::Starting => sensor.starting(at),
+                    K::ShuttingDown => sensor.shutting_down(at),
+                    K::ServerDataReceived => sensor.server_data_received(at),
+                    K::ServerDataSent => sensor.server_data_sent(at),
+                    K::Registered => sensor.registered(),
+                    K::Unregistered => sensor.unregistered(),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(
+                sensor.status(now, &Windows::default()).why,
+                why,
+                "{behaviour:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn histogram_quantiles_are_within_a_bucket() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for ms in 1..=100u64 {
+            h.record(Duration::from_millis(ms), 1);
+        }
+        let p50 = h.quantile(0.5).unwrap().as_secs_f64() * 1e3;
+        let p99 = h.quantile(0.99).unwrap().as_secs_f64() * 1e3;
+        assert!((50.0..=50.0 * 1.07).contains(&p50), "{p50}");
+        assert!((99.0..=99.0 * 1.07).contains(&p99), "{p99}");
+        for v in [0u64, 1, 15, 16, 17, 1000, 123_456, u64::MAX / 2] {
+            let i = Histogram::index(v);
+            assert!(Histogram::upper(i) >= v, "{v}");
+            if i > 0 {
+                assert!(Histogram::upper(i - 1) < v, "{v}");
+            }
+        }
+    }
+}

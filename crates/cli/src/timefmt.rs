@@ -1,0 +1,353 @@
+//! TIME arguments (RFC 3339, epoch seconds, or relative to now) and the way
+//! times and durations are shown: RFC 3339 for scripts, "2h13m" for people.
+
+use std::time::Duration;
+
+use fleet_health_client::Time;
+
+/// Parses a TIME: RFC 3339 (`2024-05-01T12:00:00Z`, `2024-05-01 14:00:00+02:00`),
+/// epoch seconds (`1714564800`, `1714564800.25`), relative to `now` (`-7h`,
+/// `+2h`, `-90s`, `-1h30m`), or `now`.
+pub fn parse_time(input: &str, now: Time) -> Result<Time, String> {
+    let s = input.trim();
+    if s.is_empty() {
+        return Err("empty TIME".into());
+    }
+    if s.eq_ignore_ascii_case("now") {
+        return Ok(now);
+    }
+    if let Some(rest) = s.strip_prefix('+').or_else(|| s.strip_prefix('-')) {
+        let span = parse_span(rest).map_err(|e| {
+            format!("invalid relative TIME {s:?}: {e} (examples: -7h, +2h, -90s, -1h30m)")
+        })?;
+        let t = if s.starts_with('+') {
+            now.checked_add(span)
+        } else {
+            now.checked_sub(span)
+        };
+        return t.ok_or_else(|| format!("TIME {s:?} is out of range"));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return parse_epoch(s);
+    }
+    parse_rfc3339(s)
+}
+
+/// A span such as `7h`, `90s`, `1h30m`, `2d`: a number needs a unit.
+fn parse_span(s: &str) -> Result<Duration, String> {
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("a unit is needed (s, m, h, d)".into());
+    }
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_epoch(s: &str) -> Result<Time, String> {
+    let invalid = || format!("invalid epoch seconds {s:?}");
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if whole.is_empty() || frac.contains('.') {
+        return Err(invalid());
+    }
+    let secs: i64 = whole.parse().map_err(|_| invalid())?;
+    let nanos = parse_fraction(frac).ok_or_else(invalid)?;
+    Time::from_unix(secs, nanos).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Up to nine digits after the point, as nanoseconds (more are cut off).
+fn parse_fraction(digits: &str) -> Option<u32> {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut nanos = 0u32;
+    for i in 0..9 {
+        let d = digits.as_bytes().get(i).map_or(0, |b| u32::from(b - b'0'));
+        nanos = nanos * 10 + d;
+    }
+    Some(nanos)
+}
+
+/// Parses an RFC 3339 timestamp with a `Z` or numeric offset; `T`, `t` or a
+/// space between date and time.
+pub fn parse_rfc3339(s: &str) -> Result<Time, String> {
+    let invalid = |why: &str| {
+        format!(
+            "invalid TIME {s:?}: {why} (use RFC 3339 like 2024-05-01T12:00:00Z, epoch seconds, or -7h / +2h)"
+        )
+    };
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return Err(invalid("too short"));
+    }
+    let num = |range: std::ops::Range<usize>| -> Result<u32, String> {
+        let part = &s[range];
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().map_err(|_| invalid("not a number"))
+        } else {
+            Err(invalid("not a number where one belongs"))
+        }
+    };
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(invalid("expected YYYY-MM-DDTHH:MM:SS"));
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return Err(invalid("expected HH:MM:SS"));
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return Err(invalid("no such date"));
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return Err(invalid("no such time of day"));
+    }
+    let mut rest = &s[19..];
+    let mut nanos = 0;
+    if let Some(after) = rest.strip_prefix('.') {
+        let len = after.bytes().take_while(u8::is_ascii_digit).count();
+        if len == 0 {
+            return Err(invalid("no digits after the decimal point"));
+        }
+        nanos = parse_fraction(&after[..len]).ok_or_else(|| invalid("bad fraction"))?;
+        rest = &after[len..];
+    }
+    let offset_secs: i64 = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':' =>
+        {
+            let h = num(s.len() - 5..s.len() - 3)?;
+            let m = num(s.len() - 2..s.len())?;
+            if h > 23 || m > 59 {
+                return Err(invalid("bad offset"));
+            }
+            let secs = i64::from(h * 3600 + m * 60);
+            if rest.starts_with('-') { -secs } else { secs }
+        }
+        "" => return Err(invalid("a time zone is needed: Z or an offset like +02:00")),
+        _ => return Err(invalid("bad time zone")),
+    };
+    let days = days_from_civil(i64::from(year), month, day);
+    let secs = days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)
+        - offset_secs;
+    Time::from_unix(secs, nanos).map_err(|e| invalid(&e.to_string()))
+}
+
+fn is_leap(year: u32) -> bool {
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    // Both fit: day in 1..=31, month in 1..=12.
+    let day = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let month = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A time as RFC 3339 in UTC: `2024-05-01T12:00:00Z`, with six decimals
+/// (`…:00.250000Z`) only when it is not a whole second.
+pub fn format_time(t: Time) -> String {
+    let (secs, nanos) = t.as_unix();
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let micros = nanos / 1000;
+    if micros == 0 {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    } else {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{micros:06}Z")
+    }
+}
+
+/// A duration as a person reads it: the two largest units, `2h13m`, `5m20s`,
+/// `3d4h`, `42s`.
+pub fn human_duration(d: Duration) -> String {
+    let total = d.as_secs();
+    let (days, hours, minutes, seconds) = (
+        total / 86_400,
+        total % 86_400 / 3600,
+        total % 3600 / 60,
+        total % 60,
+    );
+    let pair = |a: u64, ua: &str, b: u64, ub: &str| {
+        if b == 0 {
+            format!("{a}{ua}")
+        } else {
+            format!("{a}{ua}{b}{ub}")
+        }
+    };
+    if days > 0 {
+        pair(days, "d", hours, "h")
+    } else if hours > 0 {
+        pair(hours, "h", minutes, "m")
+    } else if minutes > 0 {
+        pair(minutes, "m", seconds, "s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// `then` relative to `now`: `"2h13m ago"` or `"in 3h"`.
+pub fn relative(then: Time, now: Time) -> String {
+    if then <= now {
+        format!("{} ago", human_duration(now.since(then)))
+    } else {
+        format!("in {}", human_duration(then.since(now)))
+    }
+}
+
+/// Parses a duration flag such as `10s`, `500ms`, `2m`.
+pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time::from_unix(secs, 0).unwrap()
+    }
+
+    const NOW: i64 = 1_714_564_800; // 2024-05-01T12:00:00Z
+
+    #[test]
+    fn rfc3339_with_zones_fractions_and_separators() {
+        let now = at(0);
+        let cases = [
+            ("2024-05-01T12:00:00Z", NOW, 0),
+            ("2024-05-01t12:00:00z", NOW, 0),
+            ("2024-05-01 12:00:00Z", NOW, 0),
+            ("2024-05-01T14:00:00+02:00", NOW, 0),
+            ("2024-05-01T07:30:00-04:30", NOW, 0),
+            ("2024-05-01T12:00:00.25Z", NOW, 250_000_000),
+            ("2024-05-01T12:00:00.123456789Z", NOW, 123_456_000),
+            ("1970-01-01T00:00:00Z", 0, 0),
+            ("2000-02-29T00:00:00Z", 951_782_400, 0),
+            ("1969-12-31T23:59:59Z", -1, 0),
+        ];
+        for (text, secs, nanos) in cases {
+            let t = parse_time(text, now).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(t.as_unix(), (secs, nanos), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_rfc3339_is_refused_with_a_hint() {
+        for bad in [
+            "2024-05-01T12:00:00",
+            "2024-13-01T12:00:00Z",
+            "2023-02-29T12:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:00:00.Z",
+            "2024-05-01T12:00:00+2:00",
+            "yesterday",
+            "2024/05/01 12:00:00Z",
+        ] {
+            let err = parse_time(bad, at(NOW)).unwrap_err();
+            assert!(err.contains(bad) || err.contains("TIME"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn epoch_seconds() {
+        assert_eq!(parse_time("1714564800", at(0)), Ok(at(NOW)));
+        assert_eq!(
+            parse_time("1714564800.5", at(0)).unwrap().as_unix(),
+            (NOW, 500_000_000)
+        );
+        assert!(parse_time("1.2.3", at(0)).is_err());
+        assert!(parse_time(".5", at(0)).is_err());
+        assert!(parse_time("99999999999999", at(0)).is_err());
+    }
+
+    #[test]
+    fn relative_to_now() {
+        let now = at(NOW);
+        assert_eq!(parse_time("-7h", now), Ok(at(NOW - 7 * 3600)));
+        assert_eq!(parse_time("+2h", now), Ok(at(NOW + 2 * 3600)));
+        assert_eq!(parse_time("-90s", now), Ok(at(NOW - 90)));
+        assert_eq!(parse_time("-1h30m", now), Ok(at(NOW - 5400)));
+        assert_eq!(parse_time("-11min", now), Ok(at(NOW - 660)));
+        assert_eq!(parse_time("+1d", now), Ok(at(NOW + 86_400)));
+        assert_eq!(parse_time("now", now), Ok(now));
+        let err = parse_time("-90", now).unwrap_err();
+        assert!(err.contains("unit"), "{err}");
+        assert!(parse_time("-soon", now).is_err());
+    }
+
+    #[test]
+    fn format_is_rfc3339_utc_and_round_trips() {
+        assert_eq!(format_time(at(NOW)), "2024-05-01T12:00:00Z");
+        assert_eq!(format_time(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(at(-1)), "1969-12-31T23:59:59Z");
+        let t = Time::from_unix(NOW, 250_000_000).unwrap();
+        assert_eq!(format_time(t), "2024-05-01T12:00:00.250000Z");
+        for secs in [
+            0,
+            951_782_400,
+            4_102_444_800,
+            253_402_300_798,
+            -86_400 * 400,
+        ] {
+            let t = Time::from_unix(secs, 123_000).unwrap();
+            assert_eq!(parse_rfc3339(&format_time(t)), Ok(t), "{secs}");
+        }
+    }
+
+    #[test]
+    fn durations_read_like_a_person_says_them() {
+        let cases = [
+            (0, "0s"),
+            (42, "42s"),
+            (60, "1m"),
+            (320, "5m20s"),
+            (3600, "1h"),
+            (2 * 3600 + 13 * 60 + 59, "2h13m"),
+            (86_400, "1d"),
+            (3 * 86_400 + 4 * 3600 + 5, "3d4h"),
+            (400 * 86_400, "400d"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(human_duration(Duration::from_secs(secs)), text);
+        }
+        assert_eq!(human_duration(Duration::from_millis(999)), "0s");
+        assert_eq!(relative(at(NOW - 8000), at(NOW)), "2h13m ago");
+        assert_eq!(relative(at(NOW + 3 * 3600), at(NOW)), "in 3h");
+    }
+
+    #[test]
+    fn duration_flags() {
+        assert_eq!(parse_duration_arg("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration_arg("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration_arg("ten").is_err());
+    }
+}
