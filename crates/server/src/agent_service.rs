@@ -6,6 +6,7 @@
 //! that stops reading its acks stops being read (it cannot grow the server's
 //! memory).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -214,10 +215,24 @@ impl ReportStream {
             )));
         }
         let labels = convert::labels(&hello.labels).map_err(End::Status)?;
-        let (session, last_applied_seq) = self
+        let connected = self
             .registry
             .connect(&id, hello.incarnation, labels)
             .map_err(|e| End::Status(e.into()))?;
+        let (session, last_applied_seq) = (connected.session, connected.last_applied_seq);
+        // The welcome tells the agent what it may drop: only what is committed.
+        if let Some(mut commits) = self.registry.commits() {
+            let committed = tokio::select! {
+                r = commits.wait_for(|c| *c >= connected.commit) => r.is_ok(),
+                () = crate::stopped(&mut self.shutdown) => false,
+            };
+            if !committed {
+                self.registry.disconnect(&session);
+                return Err(End::Status(Status::unavailable(
+                    "the server is shutting down; reconnect",
+                )));
+            }
+        }
         tracing::debug!(agent_id = %id, incarnation = hello.incarnation, last_applied_seq, "agent connected");
         let welcome = pb::ReportResponse {
             body: Some(Out::Welcome(pb::Welcome {
@@ -238,46 +253,113 @@ impl ReportStream {
 
     async fn events(&mut self, session: &Session) -> End {
         let mut bucket = TokenBucket::new(self.limits.max_events_per_sec);
+        let mut commits = self.registry.commits();
+        // Acks whose events are applied but not yet committed, oldest first.
+        let mut waiting: VecDeque<(u64, pb::Ack, Instant)> = VecDeque::new();
         loop {
-            let msg = match self.next(self.limits.idle_timeout).await {
-                Ok(m) => m,
-                Err(end) => return end,
-            };
-            let received = Instant::now();
-            let batch = match msg.body {
-                Some(In::Events(b)) => b,
-                Some(In::Hello(_)) => {
-                    return End::Status(Status::invalid_argument(
-                        "a Hello may only be the first message of a stream",
-                    ));
+            if let Some(rx) = &commits {
+                let done = *rx.borrow();
+                let mut ready: Option<(pb::Ack, Instant)> = None;
+                while waiting.front().is_some_and(|(epoch, _, _)| *epoch <= done) {
+                    if let Some((_, ack, at)) = waiting.pop_front() {
+                        // Acks are cumulative: the newest ready one says it all.
+                        let clamped = ready.as_ref().map_or(0, |(a, _)| a.clamped);
+                        ready = Some((
+                            pb::Ack {
+                                clamped: ack.clamped + clamped,
+                                ..ack
+                            },
+                            at,
+                        ));
+                    }
                 }
-                None => return End::Status(Status::invalid_argument("an empty message")),
-            };
-            let events = match convert::events(&batch, self.limits.max_batch) {
-                Ok(e) => e,
-                Err(status) => return End::Status(status),
-            };
-            if !bucket.take(events.len() as u32, received) {
-                return End::Status(Status::resource_exhausted(format!(
-                    "this stream sends more than {} events/s (--max-stream-events-per-sec); slow down",
-                    self.limits.max_events_per_sec
-                )));
+                if let Some((ack, received)) = ready {
+                    if let Err(end) = self.ack(ack, received).await {
+                        return end;
+                    }
+                }
             }
-            let applied = match self.registry.apply(session, &events) {
-                Ok(a) => a,
-                Err(e) => return End::Status(e.into()),
-            };
-            let ack = pb::ReportResponse {
-                body: Some(Out::Ack(pb::Ack {
-                    applied_through: applied.applied_through,
-                    clamped: applied.clamped,
-                })),
-            };
-            if self.tx.send(Ok(ack)).await.is_err() {
-                return End::Closed;
+            let read = waiting.len() < MAX_UNCOMMITTED_MESSAGES;
+            tokio::select! {
+                msg = self.next(self.limits.idle_timeout), if read => {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(end) => return end,
+                    };
+                    let received = Instant::now();
+                    let (ack, commit) = match self.apply(session, msg, &mut bucket, received) {
+                        Ok(x) => x,
+                        Err(status) => return End::Status(status),
+                    };
+                    if commit == 0 {
+                        if let Err(end) = self.ack(ack, received).await {
+                            return end;
+                        }
+                    } else {
+                        waiting.push_back((commit, ack, received));
+                    }
+                }
+                changed = wait_changed(&mut commits), if !waiting.is_empty() => {
+                    if !changed {
+                        return End::Status(Status::unavailable("the store stopped; reconnect"));
+                    }
+                }
             }
-            self.registry.metrics().observe_ack(received.elapsed());
         }
+    }
+
+    /// Checks and applies one message; returns its ack and the commit to
+    /// wait for.
+    fn apply(
+        &self,
+        session: &Session,
+        msg: pb::ReportRequest,
+        bucket: &mut TokenBucket,
+        received: Instant,
+    ) -> Result<(pb::Ack, u64), Status> {
+        let batch = match msg.body {
+            Some(In::Events(b)) => b,
+            Some(In::Hello(_)) => {
+                return Err(Status::invalid_argument(
+                    "a Hello may only be the first message of a stream",
+                ));
+            }
+            None => return Err(Status::invalid_argument("an empty message")),
+        };
+        let events = convert::events(&batch, self.limits.max_batch)?;
+        if !bucket.take(events.len() as u32, received) {
+            return Err(Status::resource_exhausted(format!(
+                "this stream sends more than {} events/s (--max-stream-events-per-sec); slow down",
+                self.limits.max_events_per_sec
+            )));
+        }
+        let applied = self.registry.apply(session, &events)?;
+        let ack = pb::Ack {
+            applied_through: applied.applied_through,
+            clamped: applied.clamped,
+        };
+        Ok((ack, applied.commit))
+    }
+
+    async fn ack(&self, ack: pb::Ack, received: Instant) -> Result<(), End> {
+        let msg = pb::ReportResponse {
+            body: Some(Out::Ack(ack)),
+        };
+        self.tx.send(Ok(msg)).await.map_err(|_| End::Closed)?;
+        self.registry.metrics().observe_ack(received.elapsed());
+        Ok(())
+    }
+}
+
+/// Messages applied but not yet committed that one stream may have; past
+/// this, the stream is not read until commits catch up.
+const MAX_UNCOMMITTED_MESSAGES: usize = 64;
+
+/// Waits for the next commit; `false` if the committer is gone.
+async fn wait_changed(commits: &mut Option<watch::Receiver<u64>>) -> bool {
+    match commits {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -323,6 +323,9 @@ mod tests {
     #[test]
     fn every_reason_maps_to_its_wire_value_and_back() {
         for r in Reason::ALL {
+            // The stored code is the wire number.
+            assert_eq!(r.code() as i32, pb::Why::from(r) as i32);
+            assert_eq!(Reason::from_code(r.code()), Some(r));
             assert_eq!(reason(pb::Why::from(r) as i32).ok(), Some(r));
         }
         assert!(reason(0).is_err());

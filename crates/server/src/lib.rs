@@ -21,6 +21,7 @@ pub mod fleet_service;
 pub mod metrics;
 pub mod model;
 pub mod registry;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use crate::fleet_service::FleetSvc;
 use crate::metrics::{FleetGauges, Metrics};
 use crate::model::FleetRules;
 use crate::registry::{Limits, Registry};
+use crate::store::{Store, StoreError};
 
 /// Everything the server can be told.
 #[derive(Clone, Debug, Default)]
@@ -91,27 +93,64 @@ pub enum ServeError {
     /// Reflection could not read the descriptors.
     #[error("server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The durable store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The metrics listener failed.
     #[error("metrics endpoint: {0}")]
     Metrics(#[from] std::io::Error),
 }
 
-/// A running server's registry, for callers that embed it (tests, tools).
+/// A server: its registry, its store (if durable) and its settings.
 pub struct Server {
     registry: Registry,
+    store: Option<Arc<Store>>,
     config: Config,
 }
 
 impl Server {
-    /// A server with an empty registry on `clock`.
-    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Server {
+    /// A server that keeps its state in memory only: a restart forgets the fleet.
+    pub fn in_memory(config: Config, clock: Arc<dyn Clock>) -> Server {
         let registry = Registry::new(
             config.rules.clone(),
             config.limits.clone(),
             clock,
             Arc::new(Metrics::default()),
         );
-        Server { registry, config }
+        Server {
+            registry,
+            store: None,
+            config,
+        }
+    }
+
+    /// A server on a durable store: loads every agent from it, and from then
+    /// on acknowledges events only once they are committed to it.
+    pub fn durable(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        store: Store,
+    ) -> Result<Server, StoreError> {
+        let started = std::time::Instant::now();
+        let registry = Registry::durable(
+            config.rules.clone(),
+            config.limits.clone(),
+            clock,
+            Arc::new(Metrics::default()),
+        );
+        let records = store.load()?;
+        let n = registry.restore(records)?;
+        tracing::info!(
+            agents = n,
+            path = %store.path().display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state loaded"
+        );
+        Ok(Server {
+            registry,
+            store: Some(Arc::new(store)),
+            config,
+        })
     }
 
     /// The registry.
@@ -128,7 +167,11 @@ impl Server {
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let Server { registry, config } = self;
+        let Server {
+            registry,
+            store,
+            config,
+        } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (health, health_svc) = tonic_health::server::health_reporter();
@@ -173,6 +216,11 @@ impl Server {
             None => None,
         };
 
+        // The committer stops only after the gRPC server has: streams waiting
+        // for a commit are answered first.
+        let (committer_stop, committer_rx) = watch::channel(false);
+        let committer = tokio::spawn(run_committer(registry.clone(), store.clone(), committer_rx));
+
         let incoming = TcpListenerStream::new(grpc);
         let stop_signal = {
             let health = health.clone();
@@ -202,6 +250,12 @@ impl Server {
             .serve_with_incoming_shutdown(incoming, stop_signal)
             .await;
         let _ = scheduler.await;
+        if let Some(store) = store {
+            // Every stream has ended: write what is left, then stop.
+            committer_stop.send_replace(true);
+            let _ = committer.await;
+            drop(store);
+        }
         if let Some(task) = metrics_task {
             if let Ok(Err(e)) = task.await {
                 tracing::warn!(error = %e, "metrics endpoint failed");
@@ -209,6 +263,57 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(result?)
+    }
+}
+
+/// Writes what the registry marks dirty, in group commits, until stopped;
+/// then writes what is left. A failed commit is retried (nothing is
+/// acknowledged meanwhile): a full disk stalls acknowledgements, it loses
+/// nothing.
+async fn run_committer(
+    registry: Registry,
+    store: Option<Arc<Store>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(store) = store else { return };
+    loop {
+        let last = tokio::select! {
+            () = registry.dirty() => false,
+            () = stopped(&mut stop) => true,
+        };
+        let batch = registry.take_dirty();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if batch.upserts.is_empty() && batch.deletes.is_empty() {
+                break;
+            }
+            let started = std::time::Instant::now();
+            let store = store.clone();
+            let upserts = batch.upserts.clone();
+            let deletes = batch.deletes.clone();
+            let result =
+                tokio::task::spawn_blocking(move || store.commit(&upserts, &deletes)).await;
+            match result {
+                Ok(Ok(())) => {
+                    registry.metrics().observe_commit(
+                        batch.upserts.len() + batch.deletes.len(),
+                        started.elapsed(),
+                    );
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "commit failed")
+                }
+                Err(e) => tracing::error!(error = %e, "commit task failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        registry.mark_committed(batch.epoch);
+        if last {
+            tracing::info!("state committed");
+            return;
+        }
     }
 }
 

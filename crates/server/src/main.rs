@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use fleet_health_server::agent_service::StreamLimits;
 use fleet_health_server::clock::SystemClock;
 use fleet_health_server::model::FleetRules;
 use fleet_health_server::registry::Limits;
+use fleet_health_server::store::Store;
 use fleet_health_server::{Config, Server, Transport, bind};
 
 /// The fleet-health aggregator: agents stream their lifecycle events here; it
@@ -32,6 +34,15 @@ struct Args {
         default_value = "127.0.0.1:9464"
     )]
     metrics_listen: MetricsAddr,
+
+    /// Directory of the durable store [default: $XDG_STATE_HOME/fleet-health,
+    /// or ~/.local/state/fleet-health, or ./fleet-health-data].
+    #[arg(long, env = "FLEET_HEALTH_DATA_DIR", conflicts_with = "in_memory")]
+    data_dir: Option<PathBuf>,
+
+    /// Keep no state on disk: a restart forgets the whole fleet.
+    #[arg(long, env = "FLEET_HEALTH_IN_MEMORY")]
+    in_memory: bool,
 
     /// Faulty when no data was received from the data server for this long
     /// (and the agent started at least this long ago).
@@ -190,6 +201,23 @@ impl Args {
     }
 }
 
+/// `$XDG_STATE_HOME/fleet-health`, else `~/.local/state/fleet-health`, else
+/// `./fleet-health-data`.
+fn default_data_dir() -> PathBuf {
+    let non_empty = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(state) = non_empty("XDG_STATE_HOME") {
+        state.join("fleet-health")
+    } else if let Some(home) = non_empty("HOME") {
+        home.join(".local/state/fleet-health")
+    } else {
+        PathBuf::from("fleet-health-data")
+    }
+}
+
 fn init_logging(args: &Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("bad --log filter {:?}", args.log))?;
@@ -238,13 +266,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         MetricsAddr::At(addr) => Some(bind(addr).await?),
     };
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
+    let clock = Arc::new(SystemClock);
+    let server = if args.in_memory {
+        tracing::warn!("IN-MEMORY: no state is kept on disk; a restart forgets the whole fleet");
+        Server::in_memory(config, clock)
+    } else {
+        let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+        let store = Store::open(&dir)?;
+        Server::durable(config, clock, store)?
+    };
     tracing::info!(
         grpc = %grpc.local_addr()?,
         metrics = %metrics_addr.map_or("off".to_string(), |a| a.to_string()),
-        store = "in-memory: a restart forgets the fleet",
         "listening"
     );
-    let server = Server::new(config, Arc::new(SystemClock));
     server.run(grpc, metrics, shutdown_signal()).await?;
     Ok(())
 }
@@ -296,6 +331,7 @@ mod tests {
             ["fleet-health-server", "--silence-window", "soon"],
             ["fleet-health-server", "--history", "0"],
             ["fleet-health-server", "--metrics-listen", "nowhere"],
+            ["fleet-health-server", "--in-memory", "--data-dir=/tmp/x"],
         ] {
             assert!(Args::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -27,6 +27,9 @@ pub struct Metrics {
     ack_buckets: [AtomicU64; 12],
     ack_count: AtomicU64,
     ack_sum_nanos: AtomicU64,
+    commits: AtomicU64,
+    committed_records: AtomicU64,
+    commit_nanos: AtomicU64,
 }
 
 /// What a scrape shows of the fleet besides the counters.
@@ -97,6 +100,17 @@ impl Metrics {
         }
         self.ack_count.fetch_add(1, Ordering::Relaxed);
         self.ack_sum_nanos.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Records one group commit of `records` records.
+    pub fn observe_commit(&self, records: usize, d: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.committed_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+        self.commit_nanos.fetch_add(
             u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
@@ -231,6 +245,40 @@ impl Metrics {
             "Requests and streams refused for bad input or a limit.",
         );
         let _ = writeln!(out, "fleet_health_rejected_total {}", load(&self.rejected));
+
+        header(
+            &mut out,
+            "fleet_health_store_commits_total",
+            "counter",
+            "Group commits to the durable store.",
+        );
+        let _ = writeln!(
+            out,
+            "fleet_health_store_commits_total {}",
+            load(&self.commits)
+        );
+        header(
+            &mut out,
+            "fleet_health_store_records_total",
+            "counter",
+            "Agent records written or removed by group commits.",
+        );
+        let _ = writeln!(
+            out,
+            "fleet_health_store_records_total {}",
+            load(&self.committed_records)
+        );
+        header(
+            &mut out,
+            "fleet_health_store_commit_seconds_total",
+            "counter",
+            "Time spent in group commits.",
+        );
+        let _ = writeln!(
+            out,
+            "fleet_health_store_commit_seconds_total {}",
+            load(&self.commit_nanos) as f64 / 1e9
+        );
 
         header(
             &mut out,

@@ -164,6 +164,26 @@ impl Reason {
         self as usize
     }
 
+    /// A stable number: the reason's `fleethealth.v1.Why` value, as stored.
+    pub const fn code(self) -> u32 {
+        match self {
+            Reason::AllIsOk => 1,
+            Reason::ShutdownInProgress => 2,
+            Reason::NotRegistered => 3,
+            Reason::NoDataSent => 4,
+            Reason::NoDataReceived => 5,
+            Reason::StuckAtShutdown => 6,
+            Reason::NotReporting => 7,
+            Reason::Stopped => 8,
+            Reason::Inactive => 9,
+        }
+    }
+
+    /// The reason of a [`Reason::code`].
+    pub fn from_code(code: u32) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
     /// The state this reason puts an agent in.
     pub const fn state(self) -> State {
         match self {
@@ -269,6 +289,8 @@ pub(crate) struct Facts {
     /// When it said "stopped", if it has not started since.
     pub stopped_at: Option<Time>,
     pub connected: bool,
+    /// Was already `not reporting` when the server restarted: no grace.
+    pub no_grace: bool,
 }
 
 impl Facts {
@@ -282,10 +304,21 @@ impl Facts {
         if at.since(heard) >= e.rules.inactive {
             return Reason::Inactive;
         }
-        if !e.rules.silence.is_zero() && at.since(heard.max(e.grace_from)) >= e.rules.silence {
+        if !e.rules.silence.is_zero() && at.since(self.silent_from(heard, e)) >= e.rules.silence {
             return Reason::NotReporting;
         }
         Reason::from(self.sensor.why(at, &e.rules.windows))
+    }
+
+    /// Silence counts from the last word, but not from before the server's
+    /// start (the grace after a restart), unless the agent was already silent
+    /// then.
+    fn silent_from(&self, heard: Time, e: &Eval<'_>) -> Time {
+        if self.no_grace {
+            heard
+        } else {
+            heard.max(e.grace_from)
+        }
     }
 
     fn heard_as_of(&self, at: Time, e: &Eval<'_>) -> Time {
@@ -309,7 +342,7 @@ impl Facts {
         let silence_edge = if e.rules.silence.is_zero() || assume_heard {
             None
         } else {
-            heard.max(e.grace_from).checked_add(e.rules.silence)
+            self.silent_from(heard, e).checked_add(e.rules.silence)
         };
         let inactive_edge = if assume_heard {
             None
@@ -364,6 +397,7 @@ mod tests {
             last_heard: t(heard),
             stopped_at: None,
             connected: false,
+            no_grace: false,
         }
     }
 
@@ -436,6 +470,18 @@ mod tests {
         let f = facts(1000, 1000);
         assert_eq!(f.reason_at(t(5000), &e), Reason::AllIsOk);
         assert_eq!(f.next_change(t(5000), &e), Some(t(5300)));
+    }
+
+    #[test]
+    fn an_agent_silent_before_a_restart_gets_no_grace() {
+        let rules = FleetRules::default();
+        let e = Eval {
+            grace_from: t(5000),
+            ..eval(&rules)
+        };
+        let mut f = facts(1000, 1000);
+        f.no_grace = true;
+        assert_eq!(f.reason_at(t(5000), &e), Reason::NotReporting);
     }
 
     #[test]

@@ -19,13 +19,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use fleet_health_sensor::{Sensor, Time};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{
     AgentEvent, AgentId, Eval, EventKind, Facts, FleetRules, Labels, Reason, State,
 };
+use crate::store::{AgentRecord, StoreError, TransitionRecord};
 
 /// Limits that protect the server.
 #[derive(Clone, Debug)]
@@ -275,6 +276,44 @@ pub struct Applied {
     pub duplicates: u32,
     /// Events whose time was clamped.
     pub clamped: u32,
+    /// The commit that makes this durable (0: nothing to wait for).
+    pub commit: u64,
+}
+
+/// The outcome of a Hello.
+#[derive(Clone, Debug)]
+pub struct Connected {
+    /// The stream's session.
+    pub session: Session,
+    /// The last sequence number applied for this incarnation.
+    pub last_applied_seq: u64,
+    /// The commit that makes this durable (0: nothing to wait for).
+    pub commit: u64,
+}
+
+/// What the committer writes: the latest record of each changed agent.
+#[derive(Debug, Default)]
+pub struct DirtyBatch {
+    /// The commit these belong to.
+    pub epoch: u64,
+    /// Encoded records of agents that exist.
+    pub upserts: Vec<(Arc<str>, Vec<u8>)>,
+    /// Agents forgotten.
+    pub deletes: Vec<Arc<str>>,
+}
+
+/// Changed agents waiting for the committer.
+#[derive(Debug)]
+struct Pending {
+    keys: Vec<Arc<str>>,
+    epoch: u64,
+}
+
+/// Group-commit bookkeeping, present when a durable store is in use.
+struct Persist {
+    pending: Mutex<Pending>,
+    wake: Notify,
+    committed: watch::Sender<u64>,
 }
 
 /// An agent's record.
@@ -296,6 +335,10 @@ struct Agent {
     reason: Reason,
     labels: Option<Arc<Labels>>,
     history: VecDeque<Transition>,
+    /// Queued for the committer.
+    dirty: bool,
+    /// Was already not reporting when the server restarted.
+    no_grace: bool,
 }
 
 impl Agent {
@@ -314,7 +357,86 @@ impl Agent {
             reason: Reason::AllIsOk,
             labels: None,
             history: VecDeque::new(),
+            dirty: false,
+            no_grace: false,
         }
+    }
+
+    fn to_record(&self) -> AgentRecord {
+        let s = &self.sensor;
+        AgentRecord {
+            started_at: s.started_at().as_micros(),
+            shutdown_at: s.shutdown_at().as_micros(),
+            last_received: s.last_received().as_micros(),
+            last_sent: s.last_sent().as_micros(),
+            unregistered: !s.is_registered(),
+            last_heard: self.last_heard.as_micros(),
+            first_seen: self.first_seen.as_micros(),
+            since: self.since.as_micros(),
+            evaluated: self.evaluated.as_micros(),
+            stopped_at: self.stopped_at.map(Time::as_micros),
+            incarnation: self.incarnation,
+            last_seq: self.last_seq,
+            reason: self.reason.code(),
+            labels: self.labels.as_deref().cloned().unwrap_or_default(),
+            history: self
+                .history
+                .iter()
+                .map(|t| TransitionRecord {
+                    at: t.at.as_micros(),
+                    from: t.from.map_or(0, Reason::code),
+                    to: t.to.code(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_record(r: AgentRecord) -> Result<Agent, String> {
+        let time = |micros: i64, field: &str| {
+            Time::from_micros(micros).map_err(|e| format!("{field}: {e}"))
+        };
+        let reason =
+            |code: u32| Reason::from_code(code).ok_or_else(|| format!("unknown reason {code}"));
+        let sensor = Sensor::from_parts(
+            time(r.started_at, "started_at")?,
+            time(r.shutdown_at, "shutdown_at")?,
+            time(r.last_received, "last_received")?,
+            time(r.last_sent, "last_sent")?,
+            !r.unregistered,
+        );
+        let history = r
+            .history
+            .into_iter()
+            .map(|t| {
+                Ok(Transition {
+                    at: time(t.at, "history")?,
+                    from: if t.from == 0 {
+                        None
+                    } else {
+                        Some(reason(t.from)?)
+                    },
+                    to: reason(t.to)?,
+                })
+            })
+            .collect::<Result<VecDeque<_>, String>>()?;
+        let reason = reason(r.reason)?;
+        Ok(Agent {
+            sensor,
+            last_heard: time(r.last_heard, "last_heard")?,
+            first_seen: time(r.first_seen, "first_seen")?,
+            since: time(r.since, "since")?,
+            evaluated: time(r.evaluated, "evaluated")?,
+            queued: Time::MAX,
+            stopped_at: r.stopped_at.map(|t| time(t, "stopped_at")).transpose()?,
+            incarnation: r.incarnation,
+            last_seq: r.last_seq,
+            stream: 0,
+            reason,
+            labels: (!r.labels.is_empty()).then(|| Arc::new(r.labels)),
+            history,
+            dirty: false,
+            no_grace: reason == Reason::NotReporting,
+        })
     }
 
     fn facts(&self) -> Facts {
@@ -323,6 +445,7 @@ impl Agent {
             last_heard: self.last_heard,
             stopped_at: self.stopped_at,
             connected: self.stream != 0,
+            no_grace: self.no_grace,
         }
     }
 
@@ -370,6 +493,7 @@ struct Inner {
     storm: AtomicBool,
     next_token: AtomicU64,
     metrics: Arc<Metrics>,
+    persist: Option<Persist>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -386,6 +510,28 @@ impl Registry {
         limits: Limits,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+    ) -> Registry {
+        Registry::build(rules, limits, clock, metrics, false)
+    }
+
+    /// An empty registry whose changes are committed by a durable store: the
+    /// caller runs a committer ([`Registry::take_dirty`], then
+    /// [`Registry::mark_committed`]) and acknowledges only committed changes.
+    pub fn durable(
+        rules: FleetRules,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Registry {
+        Registry::build(rules, limits, clock, metrics, true)
+    }
+
+    fn build(
+        rules: FleetRules,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        durable: bool,
     ) -> Registry {
         let grace_from = clock.now();
         let (changes, _) = broadcast::channel(limits.watch_buffer.max(16));
@@ -407,6 +553,14 @@ impl Registry {
                 storm: AtomicBool::new(false),
                 next_token: AtomicU64::new(1),
                 metrics,
+                persist: durable.then(|| Persist {
+                    pending: Mutex::new(Pending {
+                        keys: Vec::new(),
+                        epoch: 1,
+                    }),
+                    wake: Notify::new(),
+                    committed: watch::Sender::new(0),
+                }),
             }),
         }
     }
@@ -446,18 +600,17 @@ impl Registry {
 
     /// An agent stream said hello: create the agent if new, take over its
     /// stream, start counting sequence numbers afresh for a new incarnation.
-    /// Returns the session and the last sequence number applied for it.
     pub fn connect(
         &self,
         id: &AgentId,
         incarnation: u64,
         labels: Labels,
-    ) -> Result<(Session, u64), RegistryError> {
+    ) -> Result<Connected, RegistryError> {
         let now = self.inner.clock.now();
         let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
         let labels = (!labels.is_empty()).then(|| Arc::new(labels));
         let key = id.as_arc().clone();
-        let last_seq = match self.inner.agents.entry(key.clone()) {
+        let (last_seq, commit) = match self.inner.agents.entry(key.clone()) {
             Entry::Occupied(mut e) => {
                 let a = e.get_mut();
                 if a.incarnation != incarnation {
@@ -474,7 +627,7 @@ impl Registry {
                 a.last_heard = a.last_heard.max(now);
                 self.settle(&key, a, now.max(a.evaluated));
                 self.schedule(&key, a);
-                a.last_seq
+                (a.last_seq, self.mark(&key, a))
             }
             Entry::Vacant(e) => {
                 let count = self.inner.agent_count.fetch_add(1, Ordering::Relaxed);
@@ -493,17 +646,18 @@ impl Registry {
                 a.reason = first;
                 self.record(&key, a, None, now);
                 self.schedule(&key, a);
-                0
+                (0, self.mark(&key, a))
             }
         };
-        Ok((
-            Session {
+        Ok(Connected {
+            session: Session {
                 id: id.clone(),
                 incarnation,
                 token,
             },
-            last_seq,
-        ))
+            last_applied_seq: last_seq,
+            commit,
+        })
     }
 
     /// Applies a batch of events from an open stream, in order, skipping those
@@ -545,6 +699,7 @@ impl Registry {
         let at = now.max(a.evaluated);
         self.settle(key, &mut a, at);
         self.schedule(key, &mut a);
+        out.commit = self.mark(key, &mut a);
         self.inner.metrics.count_batch(out.duplicates, out.clamped);
         Ok(out)
     }
@@ -595,6 +750,7 @@ impl Registry {
             to: a.reason,
         });
         self.count_move(key, before, Some(a.reason));
+        self.mark(key, a);
         if before.is_some() {
             self.inner.metrics.count_transition(a.reason);
         }
@@ -984,6 +1140,7 @@ impl Registry {
             .remove(id.as_arc())
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
         self.inner.agent_count.fetch_sub(1, Ordering::Relaxed);
+        self.mark_removed(&key);
         if a.stream != 0 {
             self.inner.connected.fetch_sub(1, Ordering::Relaxed);
         }
@@ -996,6 +1153,114 @@ impl Registry {
         self.check_storm();
         tracing::info!(agent_id = %id, "agent forgotten");
         Ok(Arc::unwrap_or_clone(last))
+    }
+
+    /// Queues a changed agent for the committer; returns the commit that will
+    /// hold the change (0 without a store). Called under the agent's entry.
+    fn mark(&self, key: &Arc<str>, a: &mut Agent) -> u64 {
+        let Some(p) = &self.inner.persist else {
+            return 0;
+        };
+        let mut pending = lock(&p.pending);
+        if !a.dirty {
+            a.dirty = true;
+            pending.keys.push(key.clone());
+        }
+        // If the agent was already queued, its entry is in this batch or in
+        // one being written now (which may or may not hold this change): this
+        // batch is the latest that may be needed.
+        let epoch = pending.epoch;
+        drop(pending);
+        p.wake.notify_one();
+        epoch
+    }
+
+    fn mark_removed(&self, key: &Arc<str>) {
+        if let Some(p) = &self.inner.persist {
+            lock(&p.pending).keys.push(key.clone());
+            p.wake.notify_one();
+        }
+    }
+
+    /// Waits until something is queued for the committer.
+    pub async fn dirty(&self) {
+        match &self.inner.persist {
+            Some(p) => p.wake.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes what is queued for the committer: the latest record of each
+    /// changed agent, and the forgotten ones.
+    pub fn take_dirty(&self) -> DirtyBatch {
+        let Some(p) = &self.inner.persist else {
+            return DirtyBatch::default();
+        };
+        let (keys, epoch) = {
+            let mut pending = lock(&p.pending);
+            let keys = std::mem::take(&mut pending.keys);
+            let epoch = pending.epoch;
+            pending.epoch += 1;
+            (keys, epoch)
+        };
+        let mut batch = DirtyBatch {
+            epoch,
+            ..DirtyBatch::default()
+        };
+        for key in keys {
+            match self.inner.agents.get_mut(&key) {
+                Some(mut a) => {
+                    if a.dirty {
+                        a.dirty = false;
+                        let record = prost::Message::encode_to_vec(&a.to_record());
+                        batch.upserts.push((key, record));
+                    }
+                }
+                None => batch.deletes.push(key),
+            }
+        }
+        batch
+    }
+
+    /// Records that every batch up to `epoch` is committed.
+    pub fn mark_committed(&self, epoch: u64) {
+        if let Some(p) = &self.inner.persist {
+            p.committed.send_if_modified(|c| {
+                let newer = epoch > *c;
+                if newer {
+                    *c = epoch;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Watches the number of the last committed batch (`None` without a store).
+    pub fn commits(&self) -> Option<watch::Receiver<u64>> {
+        self.inner.persist.as_ref().map(|p| p.committed.subscribe())
+    }
+
+    /// Loads agents from their stored records (at start-up, into an empty
+    /// registry). Agents are not connected; changes that fell due while the
+    /// server was down are applied at their due times by the scheduler.
+    pub fn restore(&self, records: Vec<(String, AgentRecord)>) -> Result<usize, StoreError> {
+        let n = records.len();
+        for (id, record) in records {
+            let corrupt = |reason: String| StoreError::Corrupt {
+                path: std::path::PathBuf::from(crate::store::DB_FILE),
+                agent: id.clone(),
+                reason,
+            };
+            let agent_id = AgentId::parse(&id).map_err(|e| corrupt(e.to_string()))?;
+            let mut a = Agent::from_record(record).map_err(corrupt)?;
+            let key = agent_id.as_arc().clone();
+            self.count_move(&key, None, Some(a.reason));
+            self.schedule(&key, &mut a);
+            self.inner.agents.insert(key, a);
+            self.inner.agent_count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.check_storm();
+        Ok(n)
     }
 
     /// Subscribes to the change feed.
@@ -1052,7 +1317,11 @@ mod tests {
     }
 
     fn healthy_start(reg: &Registry, name: &str) -> Session {
-        let (s, _) = reg.connect(&id(name), 7, Labels::new()).expect("connects");
+        let Connected {
+            session: s,
+            last_applied_seq: _,
+            ..
+        } = reg.connect(&id(name), 7, Labels::new()).expect("connects");
         let applied = reg
             .apply(
                 &s,
@@ -1070,7 +1339,11 @@ mod tests {
     #[test]
     fn a_new_agent_is_faulty_until_it_starts() {
         let (reg, _) = setup();
-        let (s, last) = reg.connect(&id("a"), 1, Labels::new()).expect("connects");
+        let Connected {
+            session: s,
+            last_applied_seq: last,
+            ..
+        } = reg.connect(&id("a"), 1, Labels::new()).expect("connects");
         assert_eq!(last, 0);
         assert_eq!(
             reg.get(&id("a"), None).expect("known").reason,
@@ -1109,9 +1382,17 @@ mod tests {
             Reason::AllIsOk
         );
         // A reconnect with the same incarnation resumes; a new one starts over.
-        let (_, last) = reg.connect(&id("a"), 7, Labels::new()).expect("connects");
+        let Connected {
+            session: _,
+            last_applied_seq: last,
+            ..
+        } = reg.connect(&id("a"), 7, Labels::new()).expect("connects");
         assert_eq!(last, 4);
-        let (s2, last) = reg.connect(&id("a"), 8, Labels::new()).expect("connects");
+        let Connected {
+            session: s2,
+            last_applied_seq: last,
+            ..
+        } = reg.connect(&id("a"), 8, Labels::new()).expect("connects");
         assert_eq!(last, 0);
         let fresh = reg
             .apply(&s2, &[ev(1, EventKind::Unregistered, None)])
@@ -1127,7 +1408,11 @@ mod tests {
     fn a_newer_stream_supersedes_the_older() {
         let (reg, _) = setup();
         let old = healthy_start(&reg, "a");
-        let (_new, _) = reg.connect(&id("a"), 7, Labels::new()).expect("connects");
+        let Connected {
+            session: _new,
+            last_applied_seq: _,
+            ..
+        } = reg.connect(&id("a"), 7, Labels::new()).expect("connects");
         assert!(matches!(
             reg.apply(&old, &[ev(9, EventKind::Heartbeat, None)]),
             Err(RegistryError::Superseded(_))
@@ -1288,7 +1573,11 @@ mod tests {
     #[test]
     fn future_times_are_clamped() {
         let (reg, _) = setup();
-        let (s, _) = reg.connect(&id("a"), 1, Labels::new()).expect("connects");
+        let Connected {
+            session: s,
+            last_applied_seq: _,
+            ..
+        } = reg.connect(&id("a"), 1, Labels::new()).expect("connects");
         let out = reg
             .apply(
                 &s,

@@ -66,7 +66,7 @@ impl TestServer {
         let addr = grpc.local_addr().expect("addr");
         let metrics_addr = metrics.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = Server::new(config, Arc::new(clock.clone()));
+        let server = Server::in_memory(config, Arc::new(clock.clone()));
         let task = tokio::spawn(async move {
             server
                 .run(grpc, Some(metrics), async move {
