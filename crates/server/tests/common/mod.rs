@@ -56,7 +56,19 @@ impl TestServer {
     }
 
     pub async fn with_config(config: Config) -> TestServer {
-        let clock = ManualClock::new(t(T0));
+        TestServer::start_with(config, ManualClock::new(t(T0)), None).await
+    }
+
+    /// A server on a durable store in `dir`, on `clock`.
+    pub async fn durable(dir: &std::path::Path, clock: ManualClock) -> TestServer {
+        TestServer::start_with(Config::default(), clock, Some(dir)).await
+    }
+
+    pub async fn start_with(
+        config: Config,
+        clock: ManualClock,
+        dir: Option<&std::path::Path>,
+    ) -> TestServer {
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -66,7 +78,15 @@ impl TestServer {
         let addr = grpc.local_addr().expect("addr");
         let metrics_addr = metrics.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = Server::in_memory(config, Arc::new(clock.clone()));
+        let server = match dir {
+            Some(dir) => Server::durable(
+                config,
+                Arc::new(clock.clone()),
+                fleet_health_server::store::Store::open(dir).expect("store opens"),
+            )
+            .expect("state loads"),
+            None => Server::in_memory(config, Arc::new(clock.clone())),
+        };
         let task = tokio::spawn(async move {
             server
                 .run(grpc, Some(metrics), async move {
@@ -281,5 +301,28 @@ pub async fn next_change(
             W::Storm(_) => continue,
             other => return other,
         }
+    }
+}
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "fleet-health-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

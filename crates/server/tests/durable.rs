@@ -1,0 +1,211 @@
+//! The durable store end to end: a restart changes no agent's status and
+//! loses no acknowledged event; a damaged or newer data directory is refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fleet_health_proto::v1 as pb;
+use fleet_health_server::clock::ManualClock;
+use fleet_health_server::store::{DB_FILE, Store, StoreError};
+use pb::EventKind as K;
+
+#[tokio::test]
+async fn a_restart_keeps_every_status_history_and_sequence_number() {
+    let dir = TempDir::new("restart");
+    let clock = ManualClock::new(t(T0));
+    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let mut ok = s.agent("ok", 11).await;
+    ok.start_healthy(1).await;
+    let mut stopped = s.agent("stopped", 12).await;
+    stopped.start_healthy(1).await;
+    stopped
+        .events(vec![
+            event(4, K::ShuttingDown, None),
+            event(5, K::Stopped, None),
+        ])
+        .await
+        .expect("applied");
+    let mut unreg = s.open().await;
+    unreg
+        .send(pb::report_request::Body::Hello(pb::Hello {
+            agent_id: "eu/unreg".into(),
+            incarnation: 13,
+            labels: [("site".to_string(), "eu".to_string())].into(),
+        }))
+        .await;
+    let _ = soon(unreg.rx.message()).await;
+    unreg
+        .events(vec![event(1, K::Unregistered, None)])
+        .await
+        .expect("applied");
+    let mut silent = s.agent("silent", 14).await;
+    silent.start_healthy(1).await;
+    drop(silent);
+    // "silent" goes quiet; the others keep talking.
+    s.advance(200);
+    ok.events(vec![event(4, K::Heartbeat, None)])
+        .await
+        .expect("applied");
+    s.advance(200);
+    ok.events(vec![event(5, K::Heartbeat, None)])
+        .await
+        .expect("applied");
+    let before: Vec<pb::AgentStatus> = s.list(pb::StateFilter::All).await.agents;
+    let history_before = s
+        .fleet()
+        .get_history(pb::GetHistoryRequest {
+            agent_id: "silent".into(),
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(
+        before
+            .iter()
+            .find(|a| a.agent_id == "silent")
+            .expect("known")
+            .why_text,
+        "not reporting"
+    );
+    drop((ok, stopped, unreg));
+    s.stop().await;
+
+    // Down for a minute, then up again on the same data directory.
+    clock.advance(Duration::from_secs(60));
+    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let after = s.list(pb::StateFilter::All).await.agents;
+    assert_eq!(after.len(), before.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.agent_id, a.agent_id);
+        assert_eq!(
+            (&b.why_text, b.since, b.last_heard),
+            (&a.why_text, a.since, a.last_heard),
+            "{}",
+            a.agent_id
+        );
+        assert_eq!(
+            (b.incarnation, b.last_seq, &b.labels, &b.sensor),
+            (a.incarnation, a.last_seq, &a.labels, &a.sensor)
+        );
+        assert!(!a.connected);
+    }
+    let history_after = s
+        .fleet()
+        .get_history(pb::GetHistoryRequest {
+            agent_id: "silent".into(),
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history_before, history_after);
+    // The reporter resumes where the store says it left off.
+    let mut ok = s.agent("ok", 11).await;
+    assert_eq!(ok.welcome.last_applied_seq, 5);
+    let ack = ok
+        .events(vec![
+            event(5, K::Heartbeat, None),
+            event(6, K::Heartbeat, None),
+        ])
+        .await
+        .expect("acked");
+    assert_eq!(ack.applied_through, 6);
+
+    // Grace: "ok" was not heard while the server was down, but it is not
+    // "not reporting" before one silence window after the restart.
+    let summary = s
+        .fleet()
+        .get_summary(pb::GetSummaryRequest { at: None })
+        .await
+        .expect("summary")
+        .into_inner();
+    assert_eq!(summary.grace_until, Some(ts(T0 + 460 + 300)));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn grace_after_a_restart_holds_back_not_reporting() {
+    let dir = TempDir::new("grace");
+    let clock = ManualClock::new(t(T0));
+    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let mut a = s.agent("a", 1).await;
+    a.start_healthy(1).await;
+    drop(a);
+    s.stop().await;
+    // Down for four minutes: up again, "a" has been silent for 240 s.
+    clock.advance(Duration::from_secs(240));
+    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    s.advance(200);
+    // 440 s of silence, but only 200 s since the restart: still healthy.
+    assert_eq!(s.get("a").await.why_text, "all is ok");
+    s.advance(100);
+    assert_eq!(s.get("a").await.why_text, "not reporting");
+    assert_eq!(s.get("a").await.since, Some(ts(T0 + 240 + 300)));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn changes_due_while_down_happen_at_their_due_times() {
+    let dir = TempDir::new("due");
+    let clock = ManualClock::new(t(T0));
+    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let mut a = s.agent("a", 1).await;
+    a.start_healthy(1).await;
+    a.events(vec![event(4, K::ShuttingDown, None)])
+        .await
+        .expect("applied");
+    drop(a);
+    s.stop().await;
+    clock.advance(Duration::from_secs(3600));
+    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let st = s.get("a").await;
+    // Stuck at shutdown since T0 + 600, whatever the grace says of silence.
+    assert_eq!(
+        (st.why_text.as_str(), st.since),
+        ("stuck at shutdown", Some(ts(T0 + 600)))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn forgotten_agents_stay_forgotten() {
+    let dir = TempDir::new("forget");
+    let clock = ManualClock::new(t(T0));
+    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let mut a = s.agent("a", 1).await;
+    a.start_healthy(1).await;
+    drop(a);
+    s.fleet()
+        .forget_agent(pb::ForgetAgentRequest {
+            agent_id: "a".into(),
+        })
+        .await
+        .expect("forgotten");
+    s.stop().await;
+    let s = TestServer::durable(&dir.0, clock).await;
+    assert!(s.list(pb::StateFilter::All).await.agents.is_empty());
+    s.stop().await;
+}
+
+#[test]
+fn damaged_or_newer_data_is_refused_not_reset() {
+    let dir = TempDir::new("damaged");
+    std::fs::create_dir_all(&dir.0).expect("dir");
+    std::fs::write(dir.0.join(DB_FILE), b"not a database").expect("written");
+    let err = Store::open(&dir.0).expect_err("refused");
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+
+    let newer = TempDir::new("newer");
+    Store::open(&newer.0)
+        .expect("opens")
+        .set_format_version(99)
+        .expect("set");
+    let err = Store::open(&newer.0).expect_err("refused");
+    assert!(err.to_string().contains("format version 99"), "{err}");
+
+    let file = TempDir::new("file");
+    std::fs::write(&file.0, b"a file, not a directory").expect("written");
+    let err = Store::open(&file.0).expect_err("refused");
+    assert!(matches!(err, StoreError::Dir { .. }), "{err}");
+}
