@@ -237,6 +237,11 @@ pub struct SimulateArgs {
     /// The agents' IDs begin with this; then the behaviour and a number.
     #[arg(long, default_value = "sim-", value_name = "PREFIX")]
     pub prefix: String,
+    /// On exit, drop the agents' streams without a word (they become "not
+    /// reporting" after the server's silence window) instead of stopping them
+    /// cleanly. Agents stuck at shutdown never say `stopped` either way.
+    #[arg(long)]
+    pub leave: bool,
     /// How long the agents take to connect, spread evenly.
     #[arg(long, default_value = "2s", value_parser = parse_duration_arg, value_name = "DURATION")]
     pub ramp_up: Duration,

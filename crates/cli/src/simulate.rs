@@ -299,6 +299,8 @@ struct Plan {
     /// as acknowledged).
     batch: u32,
     interval: Option<Duration>,
+    /// At the end, drop the stream instead of saying `stopped`.
+    leave: bool,
 }
 
 /// Runs the simulation until `--duration` passes or Ctrl-C, then stops the
@@ -359,6 +361,7 @@ pub async fn run(
             start_after: args.ramp_up.mul_f64(f64::from(i) / f64::from(args.agents)),
             batch,
             interval,
+            leave: args.leave,
         };
         fleet_health_client::names::validate_agent_id(&plan.id)
             .map_err(|e| Failure::usage(format!("--prefix: {e}")))?;
@@ -413,7 +416,11 @@ pub async fn run(
     let seconds = started.elapsed().as_secs_f64();
     let events_acked = counters.acked_events.load(Ordering::Relaxed);
     let messages_acked = counters.acked_messages.load(Ordering::Relaxed);
-    eprintln!("stopping the agents (each says stopped)...");
+    if args.leave {
+        eprintln!("leaving: dropping the agents' streams without a word");
+    } else {
+        eprintln!("stopping the agents cleanly (each says stopped)...");
+    }
     let _ = stop_tx.send(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(ctx.timeout + Duration::from_secs(5), drain)
@@ -567,11 +574,17 @@ async fn agent(
         }
         Behaviour::Stop => {
             let life = Duration::from_secs(rng.u64(5..60));
-            tokio::select! {
-                () = tokio::time::sleep(life) => {}
-                _ = stop.wait_for(|s| *s) => {}
+            let lived = tokio::select! {
+                () = tokio::time::sleep(life) => true,
+                _ = stop.wait_for(|s| *s) => false,
+            };
+            if lived {
+                // Its own decision: shut down, say so, and stop.
+                let _ = reporter.report(EventKind::ShuttingDown, Some(now()));
+                let _ = reporter.shutdown(Duration::from_secs(10)).await;
+                account(&counters, &reporter.stats());
+                return;
             }
-            let _ = reporter.report(EventKind::ShuttingDown, Some(now()));
         }
         b if !b.data().is_empty() => {
             let kinds = b.data();
@@ -619,7 +632,10 @@ async fn agent(
             let _ = stop.wait_for(|s| *s).await;
         }
     }
-    let _ = reporter.shutdown(Duration::from_secs(10)).await;
+    // A stuck agent never gets as far as saying `stopped`.
+    if !plan.leave && plan.behaviour != Behaviour::StuckAtShutdown {
+        let _ = reporter.shutdown(Duration::from_secs(10)).await;
+    }
     account(&counters, &reporter.stats());
 }
 

@@ -23,6 +23,7 @@ mod fleet;
 pub mod names;
 mod pending;
 mod reporter;
+mod wire;
 
 use std::time::Duration;
 

@@ -24,7 +24,6 @@ use crate::backoff::{Backoff, BackoffConfig};
 use crate::convert::{from_proto_duration, now, to_timestamp};
 use crate::names::{MAX_LABELS, NameError, validate_agent_id, validate_label};
 use crate::pending::Pending;
-use crate::proto::agent_service_client::AgentServiceClient;
 use crate::proto::{
     EventBatch, EventKind, Hello, ReportRequest, ReportResponse, report_request, report_response,
 };
@@ -285,7 +284,7 @@ impl Reporter {
         let agent_id = config.agent_id.clone();
         let task = Task {
             shared: Arc::clone(&shared),
-            client: AgentServiceClient::new(channel),
+            client: tonic::client::Grpc::new(channel),
             hello: Hello {
                 agent_id: config.agent_id.clone(),
                 incarnation,
@@ -526,7 +525,7 @@ fn describe(status: &Status) -> String {
 
 struct Task {
     shared: Arc<Shared>,
-    client: AgentServiceClient<Channel>,
+    client: tonic::client::Grpc<Channel>,
     hello: Hello,
     config: ReporterConfig,
 }
@@ -607,7 +606,7 @@ impl Task {
             return Outcome::retry("request channel refused the hello", false);
         }
         let timeout = self.config.connect_timeout;
-        let call = self.client.report(ReceiverStream::new(rx));
+        let call = crate::wire::report(&mut self.client, ReceiverStream::new(rx));
         let mut inbound = match tokio::time::timeout(timeout, call).await {
             Err(_) => return Outcome::retry("timed out connecting", false),
             Ok(Err(status)) => return Outcome::from_status(&status, false),
