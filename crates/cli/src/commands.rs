@@ -66,17 +66,33 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         style: Style::detect(cli.color, stdout.is_terminal()),
     };
     let mut out = io::BufWriter::new(stdout.lock());
-    let code = match cli.command {
-        Command::List(args) => list(&ctx, &mut out, args).await?,
-        Command::Status(args) => status(&ctx, &mut out, args).await?,
-        Command::Watch(args) => watch(&ctx, &mut out, args).await?,
-        Command::Summary(args) => summary(&ctx, &mut out, args).await?,
-        Command::History(args) => history(&ctx, &mut out, args).await?,
-        Command::Forget(args) => forget(&ctx, &mut out, args).await?,
-        Command::Report(args) => report(&ctx, &mut out, args).await?,
-        Command::Simulate(args) => crate::simulate::run(&ctx, &mut out, args).await?,
-    };
+    let code = execute(&ctx, &mut out, cli.command)
+        .await
+        .map_err(|mut f| {
+            if f.code == ExitCode::Unreachable {
+                f.error = f.error.context(ctx.server.clone());
+            }
+            f
+        })?;
     out.flush()?;
+    Ok(code)
+}
+
+async fn execute(
+    ctx: &Context,
+    out: &mut dyn Write,
+    command: Command,
+) -> Result<ExitCode, Failure> {
+    let code = match command {
+        Command::List(args) => list(ctx, out, args).await?,
+        Command::Status(args) => status(ctx, out, args).await?,
+        Command::Watch(args) => watch(ctx, out, args).await?,
+        Command::Summary(args) => summary(ctx, out, args).await?,
+        Command::History(args) => history(ctx, out, args).await?,
+        Command::Forget(args) => forget(ctx, out, args).await?,
+        Command::Report(args) => report(ctx, out, args).await?,
+        Command::Simulate(args) => crate::simulate::run(ctx, out, args).await?,
+    };
     Ok(code)
 }
 
@@ -214,8 +230,7 @@ async fn report(ctx: &Context, out: &mut dyn Write, args: ReportArgs) -> Result<
             return Err(Failure::new(
                 ExitCode::Unreachable,
                 anyhow!(
-                    "the server at {} did not acknowledge the event within {:?}{why}",
-                    ctx.server,
+                    "the event was not acknowledged within {:?}{why}",
                     ctx.timeout
                 ),
             ));

@@ -455,8 +455,9 @@ pub fn summary_table(out: &mut dyn Write, style: Style, s: &GetSummaryResponse) 
     let now = reference(s.evaluated_at.as_ref());
     writeln!(
         out,
-        "{} agents: {}, {}, {}; {} connected",
+        "{} agent{}: {}, {}, {}; {} connected",
         s.total,
+        if s.total == 1 { "" } else { "s" },
         style.paint(
             Style::state_code(State::Healthy),
             &format!("{} healthy", s.healthy)
