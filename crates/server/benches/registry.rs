@@ -1,0 +1,104 @@
+//! The registry's hot paths: applying one event, and listing the faulty
+//! agents among a million.
+//!
+//! `cargo bench -p fleet-health-server --bench registry`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use fleet_health_sensor::Time;
+use fleet_health_server::clock::ManualClock;
+use fleet_health_server::metrics::Metrics;
+use fleet_health_server::model::{AgentEvent, AgentId, EventKind, FleetRules, Labels};
+use fleet_health_server::registry::{Limits, Registry, Selector, Session, StateFilter};
+
+const T0: i64 = 1_700_000_000;
+
+fn t(s: i64) -> Time {
+    Time::from_micros(s * 1_000_000).expect("in range")
+}
+
+fn registry() -> Registry {
+    Registry::new(
+        FleetRules::default(),
+        Limits {
+            max_agents: 2_000_000,
+            ..Limits::default()
+        },
+        Arc::new(ManualClock::new(t(T0))),
+        Arc::new(Metrics::default()),
+    )
+}
+
+fn ev(seq: u64, kind: EventKind, at: Option<i64>) -> AgentEvent {
+    AgentEvent {
+        seq,
+        kind,
+        time: at.map(t),
+    }
+}
+
+/// `n` agents, one in `faulty_every` faulty (no data sent); the sessions.
+fn fleet(reg: &Registry, n: usize, faulty_every: usize) -> Vec<Session> {
+    (0..n)
+        .map(|i| {
+            let id = AgentId::parse(&format!("host-{i:07}.example.com")).expect("valid");
+            let c = reg.connect(&id, 1, Labels::new()).expect("connects");
+            let sent = if i % faulty_every == 0 {
+                T0 - 7 * 3600
+            } else {
+                T0
+            };
+            reg.apply(
+                &c.session,
+                &[
+                    ev(1, EventKind::Starting, Some(T0 - 7 * 3600)),
+                    ev(2, EventKind::ServerDataReceived, None),
+                    ev(3, EventKind::ServerDataSent, Some(sent)),
+                ],
+            )
+            .expect("applies");
+            c.session
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let reg = registry();
+    let sessions = fleet(&reg, 1_000_000, 100);
+    let mut g = c.benchmark_group("registry");
+    let mut seq = 3;
+    g.bench_function("apply_one_event", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 7919) % sessions.len();
+            seq += 1;
+            reg.apply(&sessions[i], &[ev(seq, EventKind::Heartbeat, None)])
+                .expect("applies")
+        })
+    });
+    let sel = Selector {
+        filter: StateFilter::Faulty,
+        ..Selector::default()
+    };
+    g.bench_function("list_10000_faulty_of_1000000", |b| {
+        b.iter(|| {
+            let page = reg.list(black_box(&sel), None, None, 10_000);
+            assert_eq!(page.agents.len(), 10_000);
+            page
+        })
+    });
+    g.sample_size(10);
+    g.bench_function("connect_and_start_10000_agents", |b| {
+        b.iter_batched(
+            registry,
+            |r| fleet(&r, 10_000, 100),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
