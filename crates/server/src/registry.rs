@@ -12,8 +12,8 @@
 //! - Lock order: an agent's map shard, then the faulty index or the timer heap.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BTreeSet, BinaryHeap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
@@ -262,7 +262,7 @@ pub struct Session {
     /// The reporter's incarnation.
     pub incarnation: u64,
     /// This stream's token.
-    token: u64,
+    token: u32,
 }
 
 /// The outcome of a batch of events.
@@ -316,6 +316,30 @@ struct Persist {
     committed: watch::Sender<u64>,
 }
 
+/// `Agent::stopped_at` when the agent is not stopped.
+const NOT_STOPPED: Time = Time::MIN;
+
+/// An agent's recent transitions, oldest first: a boxed slice, rebuilt at
+/// each transition (transitions are rare next to events, and a slice costs
+/// no spare capacity).
+#[derive(Debug, Default)]
+struct History(Option<Box<[Transition]>>);
+
+impl History {
+    fn as_slice(&self) -> &[Transition] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
+    fn push(&mut self, t: Transition, cap: usize) {
+        let old = self.as_slice();
+        let keep = old.len().min(cap - 1);
+        let mut v = Vec::with_capacity(keep + 1);
+        v.extend_from_slice(&old[old.len() - keep..]);
+        v.push(t);
+        self.0 = Some(v.into_boxed_slice());
+    }
+}
+
 /// An agent's record.
 #[derive(Debug)]
 struct Agent {
@@ -327,14 +351,15 @@ struct Agent {
     evaluated: Time,
     /// The time of this agent's live timer entry (`Time::MAX`: none).
     queued: Time,
-    stopped_at: Option<Time>,
+    /// When it said "stopped" ([`NOT_STOPPED`]: it has not, or started since).
+    stopped_at: Time,
     incarnation: u64,
     last_seq: u64,
     /// The open stream's token (0: none).
-    stream: u64,
+    stream: u32,
     reason: Reason,
     labels: Option<Arc<Labels>>,
-    history: VecDeque<Transition>,
+    history: History,
     /// Queued for the committer.
     dirty: bool,
     /// Was already not reporting when the server restarted.
@@ -350,13 +375,13 @@ impl Agent {
             since: now,
             evaluated: now,
             queued: Time::MAX,
-            stopped_at: None,
+            stopped_at: NOT_STOPPED,
             incarnation: 0,
             last_seq: 0,
             stream: 0,
             reason: Reason::AllIsOk,
             labels: None,
-            history: VecDeque::new(),
+            history: History::default(),
             dirty: false,
             no_grace: false,
         }
@@ -374,13 +399,14 @@ impl Agent {
             first_seen: self.first_seen.as_micros(),
             since: self.since.as_micros(),
             evaluated: self.evaluated.as_micros(),
-            stopped_at: self.stopped_at.map(Time::as_micros),
+            stopped_at: self.stopped().map(Time::as_micros),
             incarnation: self.incarnation,
             last_seq: self.last_seq,
             reason: self.reason.code(),
             labels: self.labels.as_deref().cloned().unwrap_or_default(),
             history: self
                 .history
+                .as_slice()
                 .iter()
                 .map(|t| TransitionRecord {
                     at: t.at.as_micros(),
@@ -418,7 +444,7 @@ impl Agent {
                     to: reason(t.to)?,
                 })
             })
-            .collect::<Result<VecDeque<_>, String>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
         let reason = reason(r.reason)?;
         Ok(Agent {
             sensor,
@@ -427,23 +453,31 @@ impl Agent {
             since: time(r.since, "since")?,
             evaluated: time(r.evaluated, "evaluated")?,
             queued: Time::MAX,
-            stopped_at: r.stopped_at.map(|t| time(t, "stopped_at")).transpose()?,
+            stopped_at: r
+                .stopped_at
+                .map(|t| time(t, "stopped_at"))
+                .transpose()?
+                .unwrap_or(NOT_STOPPED),
             incarnation: r.incarnation,
             last_seq: r.last_seq,
             stream: 0,
             reason,
             labels: (!r.labels.is_empty()).then(|| Arc::new(r.labels)),
-            history,
+            history: History(Some(history.into_boxed_slice())),
             dirty: false,
             no_grace: reason == Reason::NotReporting,
         })
+    }
+
+    fn stopped(&self) -> Option<Time> {
+        (self.stopped_at != NOT_STOPPED).then_some(self.stopped_at)
     }
 
     fn facts(&self) -> Facts {
         Facts {
             sensor: self.sensor,
             last_heard: self.last_heard,
-            stopped_at: self.stopped_at,
+            stopped_at: self.stopped(),
             connected: self.stream != 0,
             no_grace: self.no_grace,
         }
@@ -456,7 +490,7 @@ impl Agent {
                 // at every process start.
                 self.sensor = Sensor::new();
                 self.sensor.starting(t);
-                self.stopped_at = None;
+                self.stopped_at = NOT_STOPPED;
             }
             EventKind::ShuttingDown => self.sensor.shutting_down(t),
             EventKind::ServerDataReceived => self.sensor.server_data_received(t),
@@ -464,7 +498,7 @@ impl Agent {
             EventKind::Registered => self.sensor.registered(),
             EventKind::Unregistered => self.sensor.unregistered(),
             EventKind::Heartbeat => {}
-            EventKind::Stopped => self.stopped_at = Some(t),
+            EventKind::Stopped => self.stopped_at = t,
         }
     }
 }
@@ -476,7 +510,9 @@ pub struct Registry {
 }
 
 struct Inner {
-    agents: DashMap<Arc<str>, Agent>,
+    /// Boxed: the map's table then holds 24 bytes a slot, and its spare
+    /// capacity (up to half of it) costs little.
+    agents: DashMap<Arc<str>, Box<Agent>>,
     agent_count: AtomicUsize,
     connected: AtomicI64,
     rules: FleetRules,
@@ -491,7 +527,7 @@ struct Inner {
     sleeping_until: AtomicI64,
     changes: broadcast::Sender<Change>,
     storm: AtomicBool,
-    next_token: AtomicU64,
+    next_token: AtomicU32,
     metrics: Arc<Metrics>,
     persist: Option<Persist>,
 }
@@ -551,7 +587,7 @@ impl Registry {
                 sleeping_until: AtomicI64::new(i64::MAX),
                 changes,
                 storm: AtomicBool::new(false),
-                next_token: AtomicU64::new(1),
+                next_token: AtomicU32::new(1),
                 metrics,
                 persist: durable.then(|| Persist {
                     pending: Mutex::new(Pending {
@@ -607,7 +643,11 @@ impl Registry {
         labels: Labels,
     ) -> Result<Connected, RegistryError> {
         let now = self.inner.clock.now();
-        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        // Tokens tell a stream from the one that replaced it; 0 is "none".
+        let mut token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        if token == 0 {
+            token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        }
         let labels = (!labels.is_empty()).then(|| Arc::new(labels));
         let key = id.as_arc().clone();
         let (last_seq, commit) = match self.inner.agents.entry(key.clone()) {
@@ -640,7 +680,7 @@ impl Registry {
                 a.stream = token;
                 a.labels = labels;
                 self.inner.connected.fetch_add(1, Ordering::Relaxed);
-                let mut entry = e.insert(a);
+                let mut entry = e.insert(Box::new(a));
                 let a = entry.value_mut();
                 let first = a.facts().reason_at(now, &self.eval(false));
                 a.reason = first;
@@ -740,15 +780,14 @@ impl Registry {
     fn record(&self, key: &Arc<str>, a: &mut Agent, before: Option<Reason>, at: Time) {
         a.since = at;
         a.evaluated = at;
-        let cap = self.inner.rules.history.max(1);
-        while a.history.len() >= cap {
-            a.history.pop_front();
-        }
-        a.history.push_back(Transition {
-            at,
-            from: before,
-            to: a.reason,
-        });
+        a.history.push(
+            Transition {
+                at,
+                from: before,
+                to: a.reason,
+            },
+            self.inner.rules.history.max(1),
+        );
         self.count_move(key, before, Some(a.reason));
         self.mark(key, a);
         if before.is_some() {
@@ -973,7 +1012,7 @@ impl Registry {
             sensor: a.sensor,
             next_change: facts.next_change(at, &e),
             connected: a.stream != 0,
-            stopped_at: a.stopped_at,
+            stopped_at: a.stopped(),
             evaluated_at: at,
         }
     }
@@ -1128,7 +1167,7 @@ impl Registry {
             .agents
             .get(id.as_arc())
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
-        Ok(a.history.iter().copied().collect())
+        Ok(a.history.as_slice().to_vec())
     }
 
     /// Removes an agent and all that is known of it; returns its last status.
@@ -1256,7 +1295,7 @@ impl Registry {
             let key = agent_id.as_arc().clone();
             self.count_move(&key, None, Some(a.reason));
             self.schedule(&key, &mut a);
-            self.inner.agents.insert(key, a);
+            self.inner.agents.insert(key, Box::new(a));
             self.inner.agent_count.fetch_add(1, Ordering::Relaxed);
         }
         self.check_storm();
