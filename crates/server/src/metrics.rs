@@ -42,9 +42,13 @@ pub struct FleetGauges {
 }
 
 impl Metrics {
-    /// Counts one applied event.
-    pub fn count_event(&self, kind: EventKind) {
-        self.events[kind.index()].fetch_add(1, Ordering::Relaxed);
+    /// Counts applied events, by [`EventKind::index`].
+    pub fn count_events(&self, by_kind: &[u32; 8]) {
+        for (counter, n) in self.events.iter().zip(by_kind) {
+            if *n > 0 {
+                counter.fetch_add(u64::from(*n), Ordering::Relaxed);
+            }
+        }
     }
 
     /// Counts re-sent and clamped events of a batch.
@@ -321,7 +325,9 @@ mod tests {
     #[test]
     fn renders_every_family_with_help_and_type() {
         let m = Metrics::default();
-        m.count_event(EventKind::Heartbeat);
+        let mut kinds = [0; 8];
+        kinds[EventKind::Heartbeat.index()] = 1;
+        m.count_events(&kinds);
         m.observe_ack(Duration::from_micros(300));
         m.observe_ack(Duration::from_secs(2));
         let text = m.render(&FleetGauges {
