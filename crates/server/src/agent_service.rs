@@ -273,10 +273,10 @@ impl ReportStream {
                         ));
                     }
                 }
-                if let Some((ack, received)) = ready {
-                    if let Err(end) = self.ack(ack, received).await {
-                        return end;
-                    }
+                if let Some((ack, received)) = ready
+                    && let Err(end) = self.ack(ack, received).await
+                {
+                    return end;
                 }
             }
             let read = waiting.len() < MAX_UNCOMMITTED_MESSAGES;

@@ -256,10 +256,10 @@ impl Server {
             let _ = committer.await;
             drop(store);
         }
-        if let Some(task) = metrics_task {
-            if let Ok(Err(e)) = task.await {
-                tracing::warn!(error = %e, "metrics endpoint failed");
-            }
+        if let Some(task) = metrics_task
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::warn!(error = %e, "metrics endpoint failed");
         }
         tracing::info!("stopped");
         Ok(result?)

@@ -340,6 +340,9 @@ impl History {
     }
 }
 
+/// The timer heap: each agent's next due time, earliest first.
+type Timers = BinaryHeap<Reverse<(Time, Arc<str>)>>;
+
 /// An agent's record.
 #[derive(Debug)]
 struct Agent {
@@ -521,7 +524,7 @@ struct Inner {
     grace_from: Time,
     faulty: Mutex<BTreeSet<Arc<str>>>,
     counts: [AtomicU64; 9],
-    timers: Mutex<BinaryHeap<Reverse<(Time, Arc<str>)>>>,
+    timers: Mutex<Timers>,
     wake: Notify,
     /// The time the scheduler sleeps until (micros; i64::MAX: indefinitely).
     sleeping_until: AtomicI64,
@@ -750,11 +753,11 @@ impl Registry {
 
     /// A stream ended. The agent stays; it is no longer connected.
     pub fn disconnect(&self, session: &Session) {
-        if let Some(mut a) = self.inner.agents.get_mut(session.id.as_arc()) {
-            if a.stream == session.token {
-                a.stream = 0;
-                self.inner.connected.fetch_sub(1, Ordering::Relaxed);
-            }
+        if let Some(mut a) = self.inner.agents.get_mut(session.id.as_arc())
+            && a.stream == session.token
+        {
+            a.stream = 0;
+            self.inner.connected.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
