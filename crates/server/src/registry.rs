@@ -1125,8 +1125,7 @@ impl Registry {
         }
     }
 
-    /// Every agent that `sel` selects now, in no particular order (a watch's
-    /// snapshot).
+    /// Every agent that `sel` selects now, ordered by ID (a watch's snapshot).
     pub fn snapshot(&self, sel: &Selector) -> Vec<AgentView> {
         let (at, _) = self.query_time(None);
         let mut out = Vec::new();
@@ -1136,6 +1135,7 @@ impl Registry {
                 out.push(self.view_of(entry.key(), a, at, false));
             }
         }
+        out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         out
     }
 
