@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("fleethealth_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        .codec_path("crate::LeanCodec")
         .emit_rerun_if_changed(false)
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());

@@ -7,10 +7,57 @@
 //! The code is generated at build time by protox and tonic-prost-build, so
 //! building needs no `protoc`.
 
+use std::marker::PhantomData;
+
+use tonic::codec::{BufferSettings, Codec};
+use tonic_prost::{ProstDecoder, ProstEncoder};
+
 /// The `fleethealth.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("fleethealth.v1");
+}
+
+/// The prost codec with small initial buffers, used by every generated client
+/// and server.
+///
+/// tonic's default gives each stream an 8 KiB encode and an 8 KiB decode
+/// buffer up front. The API's messages are mostly a few dozen bytes and a
+/// server holds one stream per agent, so the buffers start small and grow
+/// only when a message needs it (a large batch or a long list).
+#[derive(Debug)]
+pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
+
+/// Initial encode buffer: a welcome, an ack or a status fit.
+const ENCODE_BUFFER: usize = 512;
+/// Initial decode buffer: a hello or a handful of events fit.
+const DECODE_BUFFER: usize = 256;
+/// Flush the encode buffer once it holds this much (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+impl<T, U> Default for LeanCodec<T, U> {
+    fn default() -> Self {
+        LeanCodec(PhantomData)
+    }
+}
+
+impl<T, U> Codec for LeanCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder::new(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
+    }
 }
 
 /// The encoded `FileDescriptorSet` of the API, for `tonic-reflection`.
