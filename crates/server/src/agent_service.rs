@@ -15,9 +15,11 @@ use fleet_health_proto::v1 as pb;
 use fleet_health_proto::v1::agent_service_server::AgentService;
 use pb::report_request::Body as In;
 use pb::report_response::Body as Out;
-use tokio::sync::{mpsc, watch};
+use std::pin::Pin;
+
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
@@ -88,11 +90,24 @@ impl Drop for StreamSlot {
     }
 }
 
+/// An agent's stream as the registry knows it: disconnected when dropped,
+/// however the stream ends.
+struct Connection {
+    registry: Registry,
+    session: Session,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.registry.disconnect(&self.session);
+    }
+}
+
 type Reply = Result<pb::ReportResponse, Status>;
 
 #[tonic::async_trait]
 impl AgentService for AgentSvc {
-    type ReportStream = ReceiverStream<Reply>;
+    type ReportStream = Pin<Box<dyn Stream<Item = Reply> + Send>>;
 
     async fn report(
         &self,
@@ -107,30 +122,47 @@ impl AgentService for AgentSvc {
             )));
         }
         self.registry.metrics().streams(1);
-        let slot = StreamSlot {
-            open: self.open.clone(),
-            registry: self.registry.clone(),
-        };
-        let (tx, rx) = mpsc::channel(16);
         let stream = ReportStream {
+            slot: Some(StreamSlot {
+                open: self.open.clone(),
+                registry: self.registry.clone(),
+            }),
             registry: self.registry.clone(),
+            bucket: TokenBucket::new(self.limits.max_events_per_sec),
             limits: self.limits.clone(),
             inbound: request.into_inner(),
-            tx,
             shutdown: self.shutdown.clone(),
+            commits: self.registry.commits(),
+            connection: None,
+            waiting: VecDeque::new(),
+            done: false,
         };
-        tokio::spawn(stream.run(slot));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // The stream is driven by the task that sends the response (one per
+        // HTTP/2 stream): no task or channel of our own, and an agent that
+        // stops reading its acks stops being read.
+        let replies = futures_util::stream::unfold(stream, |mut s| async move {
+            let reply = s.step().await?;
+            Some((reply, s))
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 }
 
-/// One agent's stream.
+/// One agent's stream: a Hello, then events.
 struct ReportStream {
+    /// Freed before the final status goes out, so that an agent told of the
+    /// end may open a new stream at once.
+    slot: Option<StreamSlot>,
     registry: Registry,
     limits: StreamLimits,
+    bucket: TokenBucket,
     inbound: Streaming<pb::ReportRequest>,
-    tx: mpsc::Sender<Reply>,
     shutdown: watch::Receiver<bool>,
+    commits: Option<watch::Receiver<u64>>,
+    connection: Option<Connection>,
+    /// Acks whose events are applied but not yet committed, oldest first.
+    waiting: VecDeque<(u64, pb::Ack, Instant)>,
+    done: bool,
 }
 
 /// What ended a stream.
@@ -141,65 +173,53 @@ enum End {
     Status(Status),
 }
 
+/// Messages applied but not yet committed that one stream may have; past
+/// this, the stream is not read until commits catch up.
+const MAX_UNCOMMITTED_MESSAGES: usize = 64;
+
 impl ReportStream {
-    /// Serves the stream; its slot is freed before the final status goes
-    /// out, so an agent told of the end may open a new stream at once.
-    async fn run(mut self, slot: StreamSlot) {
-        let end = match self.hello().await {
-            Ok(session) => {
-                let end = self.events(&session).await;
-                self.registry.disconnect(&session);
-                if let End::Status(status) = &end {
-                    tracing::debug!(agent_id = %session.id, code = ?status.code(), message = status.message(), "agent stream ended");
-                }
-                end
-            }
-            Err(end) => end,
+    /// The next message for the agent, or `None` when the stream is over.
+    async fn step(&mut self) -> Option<Reply> {
+        if self.done {
+            return None;
+        }
+        let next = match &self.connection {
+            None => self.hello().await,
+            Some(_) => self.next_ack().await,
         };
-        drop(slot);
-        if let End::Status(status) = end {
-            self.fail(status).await;
-        }
-    }
-
-    async fn fail(&self, status: Status) {
-        if !matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::Aborted
-        ) {
-            self.registry.metrics().count_rejected();
-        }
-        // If the agent has gone, there is nobody to tell.
-        let _ = self.tx.send(Err(status)).await;
-    }
-
-    /// Waits for the next message, the idle timeout, or shutdown.
-    async fn next(&mut self, wait: Duration) -> Result<pb::ReportRequest, End> {
-        tokio::select! {
-            msg = tokio::time::timeout(wait, self.inbound.message()) => match msg {
-                Ok(Ok(Some(m))) => Ok(m),
-                Ok(Ok(None)) => Err(End::Closed),
-                Ok(Err(status)) => {
-                    // A message over the size limit, or a broken connection.
-                    if status.code() == tonic::Code::OutOfRange || status.code() == tonic::Code::ResourceExhausted {
-                        Err(End::Status(status))
-                    } else {
-                        Err(End::Closed)
+        match next {
+            Ok(msg) => Some(Ok(msg)),
+            Err(end) => {
+                self.done = true;
+                if let Some(c) = self.connection.take() {
+                    if let End::Status(status) = &end {
+                        tracing::debug!(agent_id = %c.session.id, code = ?status.code(), message = status.message(), "agent stream ended");
                     }
                 }
-                Err(_) => Err(End::Status(Status::deadline_exceeded(format!(
-                    "no message for {}s: closing the stream (send heartbeats)",
-                    wait.as_secs()
-                )))),
-            },
-            () = crate::stopped(&mut self.shutdown) => {
-                Err(End::Status(Status::unavailable("the server is shutting down; reconnect")))
+                self.slot = None;
+                match end {
+                    End::Closed => None,
+                    End::Status(status) => {
+                        if !matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::Aborted
+                        ) {
+                            self.registry.metrics().count_rejected();
+                        }
+                        Some(Err(status))
+                    }
+                }
             }
         }
     }
 
-    async fn hello(&mut self) -> Result<Session, End> {
-        let first = self.next(self.limits.hello_timeout).await?;
+    async fn hello(&mut self) -> Result<pb::ReportResponse, End> {
+        let first = next(
+            &mut self.inbound,
+            &mut self.shutdown,
+            self.limits.hello_timeout,
+        )
+        .await?;
         let hello = match first.body {
             Some(In::Hello(h)) => h,
             _ => {
@@ -219,22 +239,25 @@ impl ReportStream {
             .registry
             .connect(&id, hello.incarnation, labels)
             .map_err(|e| End::Status(e.into()))?;
-        let (session, last_applied_seq) = (connected.session, connected.last_applied_seq);
+        let last_applied_seq = connected.last_applied_seq;
+        self.connection = Some(Connection {
+            registry: self.registry.clone(),
+            session: connected.session,
+        });
         // The welcome tells the agent what it may drop: only what is committed.
-        if let Some(mut commits) = self.registry.commits() {
+        if let Some(commits) = &mut self.commits {
             let committed = tokio::select! {
                 r = commits.wait_for(|c| *c >= connected.commit) => r.is_ok(),
                 () = crate::stopped(&mut self.shutdown) => false,
             };
             if !committed {
-                self.registry.disconnect(&session);
                 return Err(End::Status(Status::unavailable(
                     "the server is shutting down; reconnect",
                 )));
             }
         }
         tracing::debug!(agent_id = %id, incarnation = hello.incarnation, last_applied_seq, "agent connected");
-        let welcome = pb::ReportResponse {
+        Ok(pb::ReportResponse {
             body: Some(Out::Welcome(pb::Welcome {
                 heartbeat_interval: prost_types::Duration::try_from(
                     self.registry.rules().heartbeat,
@@ -243,78 +266,67 @@ impl ReportStream {
                 last_applied_seq,
                 server_time: Some(convert::timestamp(self.registry.clock().now())),
             })),
-        };
-        if self.tx.send(Ok(welcome)).await.is_err() {
-            self.registry.disconnect(&session);
-            return Err(End::Closed);
-        }
-        Ok(session)
+        })
     }
 
-    async fn events(&mut self, session: &Session) -> End {
-        let mut bucket = TokenBucket::new(self.limits.max_events_per_sec);
-        let mut commits = self.registry.commits();
-        // Acks whose events are applied but not yet committed, oldest first.
-        let mut waiting: VecDeque<(u64, pb::Ack, Instant)> = VecDeque::new();
+    /// Reads and applies messages until an acknowledgement can go out.
+    async fn next_ack(&mut self) -> Result<pb::ReportResponse, End> {
         loop {
-            if let Some(rx) = &commits {
-                let done = *rx.borrow();
-                let mut ready: Option<(pb::Ack, Instant)> = None;
-                while waiting.front().is_some_and(|(epoch, _, _)| *epoch <= done) {
-                    if let Some((_, ack, at)) = waiting.pop_front() {
-                        // Acks are cumulative: the newest ready one says it all.
-                        let clamped = ready.as_ref().map_or(0, |(a, _)| a.clamped);
-                        ready = Some((
-                            pb::Ack {
-                                clamped: ack.clamped + clamped,
-                                ..ack
-                            },
-                            at,
-                        ));
-                    }
-                }
-                if let Some((ack, received)) = ready
-                    && let Err(end) = self.ack(ack, received).await
-                {
-                    return end;
-                }
+            if let Some((ack, received)) = self.ready_ack() {
+                self.registry.metrics().observe_ack(received.elapsed());
+                return Ok(pb::ReportResponse {
+                    body: Some(Out::Ack(ack)),
+                });
             }
-            let read = waiting.len() < MAX_UNCOMMITTED_MESSAGES;
+            let read = self.waiting.len() < MAX_UNCOMMITTED_MESSAGES;
             tokio::select! {
-                msg = self.next(self.limits.idle_timeout), if read => {
-                    let msg = match msg {
-                        Ok(m) => m,
-                        Err(end) => return end,
-                    };
+                msg = next(&mut self.inbound, &mut self.shutdown, self.limits.idle_timeout), if read => {
                     let received = Instant::now();
-                    let (ack, commit) = match self.apply(session, msg, &mut bucket, received) {
-                        Ok(x) => x,
-                        Err(status) => return End::Status(status),
-                    };
+                    let (ack, commit) = self.apply(msg?, received).map_err(End::Status)?;
                     if commit == 0 {
-                        if let Err(end) = self.ack(ack, received).await {
-                            return end;
-                        }
-                    } else {
-                        waiting.push_back((commit, ack, received));
+                        self.registry.metrics().observe_ack(received.elapsed());
+                        return Ok(pb::ReportResponse { body: Some(Out::Ack(ack)) });
                     }
+                    self.waiting.push_back((commit, ack, received));
                 }
-                changed = wait_changed(&mut commits), if !waiting.is_empty() => {
+                changed = wait_changed(&mut self.commits), if !self.waiting.is_empty() => {
                     if !changed {
-                        return End::Status(Status::unavailable("the store stopped; reconnect"));
+                        return Err(End::Status(Status::unavailable("the store stopped; reconnect")));
                     }
                 }
             }
         }
+    }
+
+    /// The newest acknowledgement whose commit is done (acks are cumulative:
+    /// it says all the earlier ones too).
+    fn ready_ack(&mut self) -> Option<(pb::Ack, Instant)> {
+        let done = *self.commits.as_ref()?.borrow();
+        let mut ready: Option<(pb::Ack, Instant)> = None;
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(epoch, _, _)| *epoch <= done)
+        {
+            if let Some((_, ack, at)) = self.waiting.pop_front() {
+                let clamped = ready.as_ref().map_or(0, |(a, _)| a.clamped);
+                ready = Some((
+                    pb::Ack {
+                        clamped: ack.clamped + clamped,
+                        ..ack
+                    },
+                    ready.map_or(at, |(_, first)| first),
+                ));
+            }
+        }
+        ready
     }
 
     /// Checks and applies one message; returns its ack and the commit to
     /// wait for.
     fn apply(
-        &self,
-        session: &Session,
+        &mut self,
         msg: pb::ReportRequest,
-        bucket: &mut TokenBucket,
         received: Instant,
     ) -> Result<(pb::Ack, u64), Status> {
         let batch = match msg.body {
@@ -327,33 +339,52 @@ impl ReportStream {
             None => return Err(Status::invalid_argument("an empty message")),
         };
         let events = convert::events(&batch, self.limits.max_batch)?;
-        if !bucket.take(events.len() as u32, received) {
+        if !self.bucket.take(events.len() as u32, received) {
             return Err(Status::resource_exhausted(format!(
                 "this stream sends more than {} events/s (--max-stream-events-per-sec); slow down",
                 self.limits.max_events_per_sec
             )));
         }
-        let applied = self.registry.apply(session, &events)?;
+        let Some(connection) = &self.connection else {
+            return Err(Status::internal("events before a hello"));
+        };
+        let applied = self.registry.apply(&connection.session, &events)?;
         let ack = pb::Ack {
             applied_through: applied.applied_through,
             clamped: applied.clamped,
         };
         Ok((ack, applied.commit))
     }
-
-    async fn ack(&self, ack: pb::Ack, received: Instant) -> Result<(), End> {
-        let msg = pb::ReportResponse {
-            body: Some(Out::Ack(ack)),
-        };
-        self.tx.send(Ok(msg)).await.map_err(|_| End::Closed)?;
-        self.registry.metrics().observe_ack(received.elapsed());
-        Ok(())
-    }
 }
 
-/// Messages applied but not yet committed that one stream may have; past
-/// this, the stream is not read until commits catch up.
-const MAX_UNCOMMITTED_MESSAGES: usize = 64;
+/// Waits for the agent's next message, the timeout, or shutdown.
+async fn next(
+    inbound: &mut Streaming<pb::ReportRequest>,
+    shutdown: &mut watch::Receiver<bool>,
+    wait: Duration,
+) -> Result<pb::ReportRequest, End> {
+    tokio::select! {
+        msg = tokio::time::timeout(wait, inbound.message()) => match msg {
+            Ok(Ok(Some(m))) => Ok(m),
+            Ok(Ok(None)) => Err(End::Closed),
+            Ok(Err(status)) => {
+                // A message over the size limit, or a broken connection.
+                if status.code() == tonic::Code::OutOfRange || status.code() == tonic::Code::ResourceExhausted {
+                    Err(End::Status(status))
+                } else {
+                    Err(End::Closed)
+                }
+            }
+            Err(_) => Err(End::Status(Status::deadline_exceeded(format!(
+                "no message for {}s: closing the stream (send heartbeats)",
+                wait.as_secs()
+            )))),
+        },
+        () = crate::stopped(shutdown) => {
+            Err(End::Status(Status::unavailable("the server is shutting down; reconnect")))
+        }
+    }
+}
 
 /// Waits for the next commit; `false` if the committer is gone.
 async fn wait_changed(commits: &mut Option<watch::Receiver<u64>>) -> bool {

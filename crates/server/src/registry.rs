@@ -522,6 +522,8 @@ struct Inner {
     limits: Limits,
     clock: Arc<dyn Clock>,
     grace_from: Time,
+    /// Agents were loaded from a store: the grace after a restart applies.
+    restored: AtomicBool,
     faulty: Mutex<BTreeSet<Arc<str>>>,
     counts: [AtomicU64; 9],
     timers: Mutex<Timers>,
@@ -583,6 +585,7 @@ impl Registry {
                 limits,
                 clock,
                 grace_from,
+                restored: AtomicBool::new(false),
                 faulty: Mutex::new(BTreeSet::new()),
                 counts: Default::default(),
                 timers: Mutex::new(BinaryHeap::new()),
@@ -1153,7 +1156,8 @@ impl Registry {
             }
             counts
         };
-        let grace_end = if self.inner.rules.silence.is_zero() {
+        let restored = self.inner.restored.load(Ordering::Relaxed);
+        let grace_end = if self.inner.rules.silence.is_zero() || !restored {
             None
         } else {
             self.inner.grace_from.checked_add(self.inner.rules.silence)
@@ -1304,6 +1308,9 @@ impl Registry {
             self.schedule(&key, &mut a);
             self.inner.agents.insert(key, Box::new(a));
             self.inner.agent_count.fetch_add(1, Ordering::Relaxed);
+        }
+        if n > 0 {
+            self.inner.restored.store(true, Ordering::Relaxed);
         }
         self.check_storm();
         Ok(n)
