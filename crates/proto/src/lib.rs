@@ -28,10 +28,10 @@ pub mod v1 {
 #[derive(Debug)]
 pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
 
-/// Initial encode buffer: a welcome, an ack or a status fit.
-const ENCODE_BUFFER: usize = 512;
-/// Initial decode buffer: a hello or a handful of events fit.
-const DECODE_BUFFER: usize = 256;
+/// Initial encode buffer: an ack fits (larger messages grow it).
+const ENCODE_BUFFER: usize = 64;
+/// Initial decode buffer: a hello or a few events fit (larger ones grow it).
+const DECODE_BUFFER: usize = 128;
 /// Flush the encode buffer once it holds this much (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 

@@ -200,7 +200,11 @@ impl From<&AgentView> for pb::AgentStatus {
             labels: v
                 .labels
                 .as_deref()
-                .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .map(|l| {
+                    l.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             sensor: Some(pb::SensorTimes {
                 started_at: Some(timestamp(s.started_at())),

@@ -71,6 +71,49 @@ impl fmt::Display for AgentId {
 /// An agent's labels (site, version, ...).
 pub type Labels = BTreeMap<String, String>;
 
+/// Labels as an agent's record keeps them: sorted by key, in one slice with
+/// no spare capacity (a map's node would cost half a kilobyte for one label).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+
+impl LabelSet {
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    /// The labels, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The labels as a map.
+    pub fn to_map(&self) -> Labels {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl From<&Labels> for LabelSet {
+    fn from(map: &Labels) -> LabelSet {
+        // A BTreeMap iterates in key order: the slice is sorted.
+        LabelSet(
+            map.iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+        )
+    }
+}
+
 /// The most labels an agent may carry.
 pub const MAX_LABELS: usize = 32;
 
@@ -575,4 +618,27 @@ pub struct AgentEvent {
     pub kind: EventKind,
     /// When it happened on the agent; `None`: when the server received it.
     pub time: Option<Time>,
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn label_sets_keep_the_maps_content_and_order() {
+        let map: Labels = [("site", "eu"), ("app", "web"), ("zone", "b")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let set = LabelSet::from(&map);
+        assert_eq!(set.get("site"), Some("eu"));
+        assert_eq!(set.get("zone"), Some("b"));
+        assert_eq!(set.get("nope"), None);
+        assert_eq!(set.to_map(), map);
+        assert_eq!(
+            set.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["app", "site", "zone"]
+        );
+        assert!(LabelSet::default().is_empty());
+    }
 }

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{
-    AgentEvent, AgentId, Eval, EventKind, Facts, FleetRules, Labels, Reason, State,
+    AgentEvent, AgentId, Eval, EventKind, Facts, FleetRules, LabelSet, Labels, Reason, State,
 };
 use crate::store::{AgentRecord, StoreError, TransitionRecord};
 
@@ -92,7 +92,7 @@ pub struct AgentView {
     /// The highest sequence number applied for that incarnation.
     pub last_seq: u64,
     /// Its labels.
-    pub labels: Option<Arc<Labels>>,
+    pub labels: Option<Arc<LabelSet>>,
     /// Its sensor.
     pub sensor: Sensor,
     /// When its status will next change if nothing is heard.
@@ -200,7 +200,7 @@ pub struct Selector {
 
 impl Selector {
     /// Whether an agent with this reason and these labels is selected.
-    pub fn matches(&self, reason: Reason, labels: Option<&Labels>) -> bool {
+    pub fn matches(&self, reason: Reason, labels: Option<&LabelSet>) -> bool {
         self.filter.takes(reason.state())
             && (self.reasons.is_empty() || self.reasons.contains(&reason))
             && self
@@ -361,7 +361,7 @@ struct Agent {
     /// The open stream's token (0: none).
     stream: u32,
     reason: Reason,
-    labels: Option<Arc<Labels>>,
+    labels: Option<Arc<LabelSet>>,
     history: History,
     /// Queued for the committer.
     dirty: bool,
@@ -406,7 +406,11 @@ impl Agent {
             incarnation: self.incarnation,
             last_seq: self.last_seq,
             reason: self.reason.code(),
-            labels: self.labels.as_deref().cloned().unwrap_or_default(),
+            labels: self
+                .labels
+                .as_deref()
+                .map(LabelSet::to_map)
+                .unwrap_or_default(),
             history: self
                 .history
                 .as_slice()
@@ -465,7 +469,7 @@ impl Agent {
             last_seq: r.last_seq,
             stream: 0,
             reason,
-            labels: (!r.labels.is_empty()).then(|| Arc::new(r.labels)),
+            labels: (!r.labels.is_empty()).then(|| Arc::new(LabelSet::from(&r.labels))),
             history: History(Some(history.into_boxed_slice())),
             dirty: false,
             no_grace: reason == Reason::NotReporting,
@@ -654,7 +658,7 @@ impl Registry {
         if token == 0 {
             token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
         }
-        let labels = (!labels.is_empty()).then(|| Arc::new(labels));
+        let labels = (!labels.is_empty()).then(|| Arc::new(LabelSet::from(&labels)));
         let key = id.as_arc().clone();
         let (last_seq, commit) = match self.inner.agents.entry(key.clone()) {
             Entry::Occupied(mut e) => {
