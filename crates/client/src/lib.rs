@@ -23,7 +23,6 @@ mod fleet;
 pub mod names;
 mod pending;
 mod reporter;
-mod wire;
 
 use std::time::Duration;
 

@@ -27,6 +27,7 @@ use crate::pending::Pending;
 use crate::proto::{
     EventBatch, EventKind, Hello, ReportRequest, ReportResponse, report_request, report_response,
 };
+use fleet_health_proto::v1::agent_service_client::AgentServiceClient;
 
 /// The heartbeat interval assumed until the server says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -284,7 +285,7 @@ impl Reporter {
         let agent_id = config.agent_id.clone();
         let task = Task {
             shared: Arc::clone(&shared),
-            client: tonic::client::Grpc::new(channel),
+            client: AgentServiceClient::new(channel),
             hello: Hello {
                 agent_id: config.agent_id.clone(),
                 incarnation,
@@ -525,7 +526,7 @@ fn describe(status: &Status) -> String {
 
 struct Task {
     shared: Arc<Shared>,
-    client: tonic::client::Grpc<Channel>,
+    client: AgentServiceClient<Channel>,
     hello: Hello,
     config: ReporterConfig,
 }
@@ -606,7 +607,9 @@ impl Task {
             return Outcome::retry("request channel refused the hello", false);
         }
         let timeout = self.config.connect_timeout;
-        let call = crate::wire::report(&mut self.client, ReceiverStream::new(rx));
+        // The generated client uses the API's lean codec: small buffers per
+        // stream, which matters to a process that holds many.
+        let call = self.client.report(ReceiverStream::new(rx));
         let mut inbound = match tokio::time::timeout(timeout, call).await {
             Err(_) => return Outcome::retry("timed out connecting", false),
             Ok(Err(status)) => return Outcome::from_status(&status, false),
