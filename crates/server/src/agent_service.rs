@@ -191,10 +191,11 @@ impl ReportStream {
             Ok(msg) => Some(Ok(msg)),
             Err(end) => {
                 self.done = true;
-                if let Some(c) = self.connection.take() {
-                    if let End::Status(status) = &end {
-                        tracing::debug!(agent_id = %c.session.id, code = ?status.code(), message = status.message(), "agent stream ended");
-                    }
+                // Taking the connection disconnects the agent (on drop).
+                if let Some(c) = self.connection.take()
+                    && let End::Status(status) = &end
+                {
+                    tracing::debug!(agent_id = %c.session.id, code = ?status.code(), message = status.message(), "agent stream ended");
                 }
                 self.slot = None;
                 match end {
