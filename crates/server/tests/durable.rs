@@ -20,13 +20,7 @@ async fn a_restart_keeps_every_status_history_and_sequence_number() {
     ok.start_healthy(1).await;
     let mut stopped = s.agent("stopped", 12).await;
     stopped.start_healthy(1).await;
-    stopped
-        .events(vec![
-            event(4, K::ShuttingDown, None),
-            event(5, K::Stopped, None),
-        ])
-        .await
-        .expect("applied");
+    stopped.stop_cleanly(4).await;
     let mut unreg = s.open().await;
     unreg
         .send(pb::report_request::Body::Hello(pb::Hello {

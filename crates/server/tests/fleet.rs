@@ -135,13 +135,7 @@ async fn shutdown_rules_and_clean_stop() {
     };
     let mut clean = s.agent("clean", 1).await;
     clean.start_healthy(1).await;
-    clean
-        .events(vec![
-            event(4, K::ShuttingDown, None),
-            event(5, K::Stopped, None),
-        ])
-        .await
-        .expect("applied");
+    clean.stop_cleanly(4).await;
     drop(clean);
     assert_eq!(s.get("hung").await.why_text, "shutdown is in progress");
     let mut w = watch(&s, pb::StateFilter::Faulty).await;

@@ -256,6 +256,16 @@ impl Agent {
         }
     }
 
+    /// Stops the agent on purpose, now: shutting_down, then stopped.
+    pub async fn stop_cleanly(&mut self, first_seq: u64) -> pb::Ack {
+        self.events(vec![
+            event(first_seq, pb::EventKind::ShuttingDown, None),
+            event(first_seq + 1, pb::EventKind::Stopped, None),
+        ])
+        .await
+        .expect("applied")
+    }
+
     /// Starts the agent healthily at the current time: starting, data both ways.
     pub async fn start_healthy(&mut self, first_seq: u64) -> pb::Ack {
         self.events(vec![
