@@ -56,7 +56,7 @@ impl Default for StreamLimits {
 /// The AgentService implementation.
 pub struct AgentSvc {
     registry: Registry,
-    limits: StreamLimits,
+    limits: Arc<StreamLimits>,
     open: Arc<AtomicUsize>,
     shutdown: watch::Receiver<bool>,
 }
@@ -70,7 +70,7 @@ impl AgentSvc {
     ) -> AgentSvc {
         AgentSvc {
             registry,
-            limits,
+            limits: Arc::new(limits),
             open: Arc::new(AtomicUsize::new(0)),
             shutdown,
         }
@@ -154,7 +154,8 @@ struct ReportStream {
     /// end may open a new stream at once.
     slot: Option<StreamSlot>,
     registry: Registry,
-    limits: StreamLimits,
+    /// Shared by every stream: one pointer each.
+    limits: Arc<StreamLimits>,
     bucket: TokenBucket,
     inbound: Streaming<pb::ReportRequest>,
     shutdown: watch::Receiver<bool>,
@@ -184,7 +185,9 @@ impl ReportStream {
             return None;
         }
         let next = match &self.connection {
-            None => self.hello().await,
+            // Boxed: the hello's state is large and needed once; the stream
+            // keeps only the (smaller) state of the event loop.
+            None => Box::pin(self.hello()).await,
             Some(_) => self.next_ack().await,
         };
         match next {

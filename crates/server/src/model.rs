@@ -73,7 +73,7 @@ pub type Labels = BTreeMap<String, String>;
 
 /// Labels as an agent's record keeps them: sorted by key, in one slice with
 /// no spare capacity (a map's node would cost half a kilobyte for one label).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
 
 impl LabelSet {

@@ -12,7 +12,7 @@
 //! - Lock order: an agent's map shard, then the faulty index or the timer heap.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -316,6 +316,29 @@ struct Persist {
     committed: watch::Sender<u64>,
 }
 
+/// The label sets in use, each kept once however many agents carry it (a
+/// fleet has few distinct sets: site, version). Sets no agent uses any more
+/// are dropped whenever the table has doubled since the last sweep.
+#[derive(Debug, Default)]
+struct LabelInterner {
+    sets: HashSet<Arc<LabelSet>>,
+    sweep_at: usize,
+}
+
+impl LabelInterner {
+    fn intern(&mut self, set: Arc<LabelSet>) -> Arc<LabelSet> {
+        if let Some(existing) = self.sets.get(&*set) {
+            return existing.clone();
+        }
+        if self.sets.len() >= self.sweep_at {
+            self.sets.retain(|s| Arc::strong_count(s) > 1);
+            self.sweep_at = (self.sets.len() * 2).max(1024);
+        }
+        self.sets.insert(set.clone());
+        set
+    }
+}
+
 /// `Agent::stopped_at` when the agent is not stopped.
 const NOT_STOPPED: Time = Time::MIN;
 
@@ -529,6 +552,7 @@ struct Inner {
     /// Agents were loaded from a store: the grace after a restart applies.
     restored: AtomicBool,
     faulty: Mutex<BTreeSet<Arc<str>>>,
+    labels: Mutex<LabelInterner>,
     counts: [AtomicU64; 9],
     timers: Mutex<Timers>,
     wake: Notify,
@@ -591,6 +615,7 @@ impl Registry {
                 grace_from,
                 restored: AtomicBool::new(false),
                 faulty: Mutex::new(BTreeSet::new()),
+                labels: Mutex::new(LabelInterner::default()),
                 counts: Default::default(),
                 timers: Mutex::new(BinaryHeap::new()),
                 wake: Notify::new(),
@@ -658,7 +683,8 @@ impl Registry {
         if token == 0 {
             token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
         }
-        let labels = (!labels.is_empty()).then(|| Arc::new(LabelSet::from(&labels)));
+        let labels = (!labels.is_empty())
+            .then(|| lock(&self.inner.labels).intern(Arc::new(LabelSet::from(&labels))));
         let key = id.as_arc().clone();
         let (last_seq, commit) = match self.inner.agents.entry(key.clone()) {
             Entry::Occupied(mut e) => {
@@ -1307,6 +1333,9 @@ impl Registry {
             };
             let agent_id = AgentId::parse(&id).map_err(|e| corrupt(e.to_string()))?;
             let mut a = Agent::from_record(record).map_err(corrupt)?;
+            if let Some(l) = a.labels.take() {
+                a.labels = Some(lock(&self.inner.labels).intern(l));
+            }
             let key = agent_id.as_arc().clone();
             self.count_move(&key, None, Some(a.reason));
             self.schedule(&key, &mut a);
@@ -1648,5 +1677,31 @@ mod tests {
         let v = reg.get(&id("a"), None).expect("known");
         assert_eq!(v.sensor.started_at(), t(T0));
         assert_eq!(v.sensor.last_sent(), t(T0 + 60));
+    }
+}
+
+#[cfg(test)]
+mod interner_tests {
+    use super::*;
+
+    fn set(v: &str) -> Arc<LabelSet> {
+        let map: Labels = [("site".to_string(), v.to_string())].into();
+        Arc::new(LabelSet::from(&map))
+    }
+
+    #[test]
+    fn equal_label_sets_are_shared_and_unused_ones_swept() {
+        let mut i = LabelInterner::default();
+        let a = i.intern(set("eu"));
+        let b = i.intern(set("eu"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &i.intern(set("us"))));
+        // 1024 sets nobody keeps: when the table reaches its sweep size,
+        // those no agent holds are dropped, so it stays small.
+        for n in 0..1024 {
+            i.intern(set(&format!("tmp-{n}")));
+        }
+        assert!(i.sets.len() < 16, "{} sets kept", i.sets.len());
+        assert!(Arc::ptr_eq(&a, &i.intern(set("eu"))));
     }
 }
