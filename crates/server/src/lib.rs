@@ -281,18 +281,20 @@ async fn run_committer(
             () = registry.dirty() => false,
             () = stopped(&mut stop) => true,
         };
-        let batch = registry.take_dirty();
+        // Shared with the blocking task: a retry writes the same batch again
+        // without copying it.
+        let batch = Arc::new(registry.take_dirty());
         let mut backoff = Duration::from_millis(50);
         loop {
             if batch.upserts.is_empty() && batch.deletes.is_empty() {
                 break;
             }
             let started = std::time::Instant::now();
-            let store = store.clone();
-            let upserts = batch.upserts.clone();
-            let deletes = batch.deletes.clone();
-            let result =
-                tokio::task::spawn_blocking(move || store.commit(&upserts, &deletes)).await;
+            let (store, written) = (store.clone(), batch.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                store.commit(&written.upserts, &written.deletes)
+            })
+            .await;
             match result {
                 Ok(Ok(())) => {
                     registry.metrics().observe_commit(

@@ -241,17 +241,22 @@ pub struct Summary {
 impl Summary {
     /// Agents in a state.
     pub fn count(&self, s: State) -> u64 {
-        Reason::ALL
-            .iter()
-            .filter(|r| r.state() == s)
-            .map(|r| self.by_reason[r.index()])
-            .sum()
+        in_state(&self.by_reason, s)
     }
 
     /// Every agent.
     pub fn total(&self) -> u64 {
         self.by_reason.iter().sum()
     }
+}
+
+/// How many of `counts` (by reason) are in state `s`.
+fn in_state(counts: &[u64; 9], s: State) -> u64 {
+    Reason::ALL
+        .iter()
+        .filter(|r| r.state() == s)
+        .map(|r| counts[r.index()])
+        .sum()
 }
 
 /// An open agent stream, as the registry knows it.
@@ -794,17 +799,6 @@ impl Registry {
         }
     }
 
-    /// Whether the session's stream is still the agent's current one.
-    pub fn is_current(&self, session: &Session) -> Result<(), RegistryError> {
-        match self.inner.agents.get(session.id.as_arc()) {
-            None => Err(RegistryError::Forgotten(session.id.to_string())),
-            Some(a) if a.stream != session.token => {
-                Err(RegistryError::Superseded(session.id.to_string()))
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
     /// Settles the agent's verdict at `at`, recording a transition if it changed.
     fn settle(&self, key: &Arc<str>, a: &mut Agent, at: Time) {
         let new = a.facts().reason_at(at, &self.eval(false));
@@ -944,23 +938,17 @@ impl Registry {
 
     /// The storm guard from the live counts.
     fn storm_now(&self) -> StormView {
-        let counts: [u64; 9] =
-            std::array::from_fn(|i| self.inner.counts[i].load(Ordering::Relaxed));
-        self.storm_of(&counts)
+        self.storm_of(&self.live_counts())
+    }
+
+    /// The live counts by reason, as they stand.
+    fn live_counts(&self) -> [u64; 9] {
+        std::array::from_fn(|i| self.inner.counts[i].load(Ordering::Relaxed))
     }
 
     fn storm_of(&self, counts: &[u64; 9]) -> StormView {
-        let faulty: u64 = Reason::ALL
-            .iter()
-            .filter(|r| r.state() == State::Faulty)
-            .map(|r| counts[r.index()])
-            .sum();
-        let healthy: u64 = Reason::ALL
-            .iter()
-            .filter(|r| r.state() == State::Healthy)
-            .map(|r| counts[r.index()])
-            .sum();
-        let active_agents = faulty + healthy;
+        let faulty = in_state(counts, State::Faulty);
+        let active_agents = faulty + in_state(counts, State::Healthy);
         let rules = &self.inner.rules;
         let dominant = Reason::ALL
             .iter()
@@ -1177,7 +1165,7 @@ impl Registry {
         let (at, forecast) = self.query_time(at);
         let live = !forecast && at == self.inner.clock.now();
         let by_reason: [u64; 9] = if live {
-            std::array::from_fn(|i| self.inner.counts[i].load(Ordering::Relaxed))
+            self.live_counts()
         } else {
             let e = self.eval(forecast);
             let mut counts = [0u64; 9];
@@ -1357,7 +1345,7 @@ impl Registry {
     /// Agents by reason, now (for metrics; settles what is due first).
     pub fn counts(&self) -> [u64; 9] {
         self.process_due();
-        std::array::from_fn(|i| self.inner.counts[i].load(Ordering::Relaxed))
+        self.live_counts()
     }
 
     /// Agents with an open stream.
