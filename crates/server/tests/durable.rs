@@ -21,15 +21,7 @@ async fn a_restart_keeps_every_status_history_and_sequence_number() {
     let mut stopped = s.agent("stopped", 12).await;
     stopped.start_healthy(1).await;
     stopped.stop_cleanly(4).await;
-    let mut unreg = s.open().await;
-    unreg
-        .send(pb::report_request::Body::Hello(pb::Hello {
-            agent_id: "eu/unreg".into(),
-            incarnation: 13,
-            labels: [("site".to_string(), "eu".to_string())].into(),
-        }))
-        .await;
-    let _ = soon(unreg.rx.message()).await;
+    let mut unreg = s.agent_labelled("eu/unreg", 13, &[("site", "eu")]).await;
     unreg
         .events(vec![event(1, K::Unregistered, None)])
         .await

@@ -313,15 +313,7 @@ async fn as_of_queries_forecast_without_changing_anything() {
 async fn lists_page_filter_by_why_and_label() {
     let s = TestServer::start().await;
     let _fleet = fleet_of(&s, 5, 7).await;
-    let mut labelled = s.open().await;
-    labelled
-        .send(pb::report_request::Body::Hello(pb::Hello {
-            agent_id: "eu/host-1".into(),
-            incarnation: 5,
-            labels: [("site".to_string(), "eu".to_string())].into(),
-        }))
-        .await;
-    let _ = soon(labelled.rx.message()).await;
+    let _labelled = s.agent_labelled("eu/host-1", 5, &[("site", "eu")]).await;
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {

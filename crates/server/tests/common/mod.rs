@@ -124,8 +124,21 @@ impl TestServer {
 
     /// Opens a Report stream and says hello.
     pub async fn agent(&self, id: &str, incarnation: u64) -> Agent {
+        self.agent_labelled(id, incarnation, &[]).await
+    }
+
+    /// Opens a Report stream and says hello with labels.
+    pub async fn agent_labelled(
+        &self,
+        id: &str,
+        incarnation: u64,
+        labels: &[(&str, &str)],
+    ) -> Agent {
         let mut a = self.open().await;
-        let welcome = a.hello(id, incarnation).await.expect("welcomed");
+        let welcome = a
+            .hello_with(id, incarnation, labels)
+            .await
+            .expect("welcomed");
         a.welcome = welcome;
         a
     }
@@ -216,10 +229,22 @@ impl Agent {
     }
 
     pub async fn hello(&mut self, id: &str, incarnation: u64) -> Result<pb::Welcome, Status> {
+        self.hello_with(id, incarnation, &[]).await
+    }
+
+    pub async fn hello_with(
+        &mut self,
+        id: &str,
+        incarnation: u64,
+        labels: &[(&str, &str)],
+    ) -> Result<pb::Welcome, Status> {
         self.send(In::Hello(pb::Hello {
             agent_id: id.into(),
             incarnation,
-            labels: Default::default(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }))
         .await;
         match soon(self.rx.message()).await? {
