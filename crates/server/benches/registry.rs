@@ -3,6 +3,9 @@
 //!
 //! `cargo bench -p fleet-health-server --bench registry`
 
+#[path = "../examples/support/fleet.rs"]
+mod fleet;
+
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use fleet_health_sensor::Time;
 use fleet_health_server::clock::ManualClock;
 use fleet_health_server::metrics::Metrics;
-use fleet_health_server::model::{AgentEvent, AgentId, EventKind, FleetRules, Labels};
+use fleet_health_server::model::{AgentEvent, EventKind, FleetRules};
 use fleet_health_server::registry::{Limits, Registry, Selector, Session, StateFilter};
 
 const T0: i64 = 1_700_000_000;
@@ -43,23 +46,12 @@ fn ev(seq: u64, kind: EventKind, at: Option<i64>) -> AgentEvent {
 fn fleet(reg: &Registry, n: usize, faulty_every: usize) -> Vec<Session> {
     (0..n)
         .map(|i| {
-            let id = AgentId::parse(&format!("host-{i:07}.example.com")).expect("valid");
-            let c = reg.connect(&id, 1, Labels::new()).expect("connects");
             let sent = if i % faulty_every == 0 {
                 T0 - 7 * 3600
             } else {
                 T0
             };
-            reg.apply(
-                &c.session,
-                &[
-                    ev(1, EventKind::Starting, Some(T0 - 7 * 3600)),
-                    ev(2, EventKind::ServerDataReceived, None),
-                    ev(3, EventKind::ServerDataSent, Some(sent)),
-                ],
-            )
-            .expect("applies");
-            c.session
+            fleet::add_agent(reg, i, t(T0 - 7 * 3600), t(sent))
         })
         .collect()
 }

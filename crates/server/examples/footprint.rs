@@ -10,13 +10,16 @@
 //! directory and times a start-up: opening the store, reading every record
 //! and rebuilding the registry. Prints one JSON line.
 
+#[path = "support/fleet.rs"]
+mod fleet;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use fleet_health_sensor::Time;
 use fleet_health_server::clock::ManualClock;
 use fleet_health_server::metrics::Metrics;
-use fleet_health_server::model::{AgentEvent, AgentId, EventKind, FleetRules, Labels};
+use fleet_health_server::model::FleetRules;
 use fleet_health_server::registry::{Limits, Registry};
 use fleet_health_server::store::Store;
 
@@ -53,28 +56,9 @@ fn registry(durable: bool, n: usize) -> Registry {
 
 fn fill(reg: &Registry, n: usize) {
     for i in 0..n {
-        let id = AgentId::parse(&format!("host-{i:07}.example.com")).expect("valid");
-        let c = reg.connect(&id, 1, Labels::new()).expect("connects");
         let sent = if i % 100 == 0 { T0 - 7 * 3600 } else { T0 };
-        let events = [
-            AgentEvent {
-                seq: 1,
-                kind: EventKind::Starting,
-                time: Some(t(T0 - 7 * 3600)),
-            },
-            AgentEvent {
-                seq: 2,
-                kind: EventKind::ServerDataReceived,
-                time: None,
-            },
-            AgentEvent {
-                seq: 3,
-                kind: EventKind::ServerDataSent,
-                time: Some(t(sent)),
-            },
-        ];
-        reg.apply(&c.session, &events).expect("applies");
-        reg.disconnect(&c.session);
+        let session = fleet::add_agent(reg, i, t(T0 - 7 * 3600), t(sent));
+        reg.disconnect(&session);
     }
 }
 

@@ -12,6 +12,9 @@
 //! watch client over gRPC on loopback records, for each change, its receipt
 //! time minus its due time (`since`). Prints one JSON line.
 
+#[path = "support/fleet.rs"]
+mod fleet;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +22,6 @@ use fleet_health_proto::v1 as pb;
 use fleet_health_proto::v1::fleet_service_client::FleetServiceClient;
 use fleet_health_sensor::Time;
 use fleet_health_server::clock::{Clock, SystemClock};
-use fleet_health_server::model::{AgentEvent, AgentId, EventKind, Labels};
 use fleet_health_server::{Config, Server};
 
 /// User plus system CPU seconds of this process.
@@ -59,8 +61,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // per agent plus margin, then corrected below by reading the clock).
     let lead = Duration::from_secs(25) + Duration::from_micros(8 * n as u64);
     for i in 0..n {
-        let id = AgentId::parse(&format!("host-{i:07}.example.com"))?;
-        let c = reg.connect(&id, 1, Labels::new())?;
         let sent = if i % (n / m.max(1)).max(1) == 0 && i / (n / m.max(1)).max(1) < m {
             let spread = Duration::from_micros((i as u64 * 30_000_000) / n as u64);
             start
@@ -69,25 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             start
         };
-        let events = [
-            AgentEvent {
-                seq: 1,
-                kind: EventKind::Starting,
-                time: Some(start.saturating_sub(six_hours)),
-            },
-            AgentEvent {
-                seq: 2,
-                kind: EventKind::ServerDataReceived,
-                time: None,
-            },
-            AgentEvent {
-                seq: 3,
-                kind: EventKind::ServerDataSent,
-                time: Some(sent),
-            },
-        ];
-        reg.apply(&c.session, &events)?;
-        reg.disconnect(&c.session);
+        let session = fleet::add_agent(&reg, i, start.saturating_sub(six_hours), sent);
+        reg.disconnect(&session);
     }
     let build_s = built.elapsed().as_secs_f64();
     let first_due = start.saturating_add(lead);
