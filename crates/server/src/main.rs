@@ -45,7 +45,7 @@ struct Args {
 
     /// The most memory the durable store's page cache may take, in MiB
     /// (no store, no cache: ignored with --in-memory).
-    #[arg(long, env = "FLEET_HEALTH_STORE_CACHE_MB", default_value_t = 64)]
+    #[arg(long, env = "FLEET_HEALTH_STORE_CACHE_MB", default_value_t = (Storage::DEFAULT_CACHE_BYTES >> 20) as u32)]
     store_cache_mb: u32,
 
     /// How long a stopping server waits for open streams and requests to end
@@ -90,7 +90,7 @@ struct Args {
     storm_share: f64,
 
     /// The storm flag is never raised for a fleet smaller than this.
-    #[arg(long, env = "FLEET_HEALTH_STORM_MIN_AGENTS", default_value_t = 10)]
+    #[arg(long, env = "FLEET_HEALTH_STORM_MIN_AGENTS", default_value_t = FleetRules::default().storm_min_agents)]
     storm_min_agents: u64,
 
     /// Transitions kept per agent.
@@ -98,15 +98,15 @@ struct Args {
     history: u16,
 
     /// The most agents the server will know (more: RESOURCE_EXHAUSTED).
-    #[arg(long, env = "FLEET_HEALTH_MAX_AGENTS", default_value_t = 1_000_000)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_AGENTS", default_value_t = Limits::default().max_agents)]
     max_agents: usize,
 
     /// The most agent streams open at once (more: RESOURCE_EXHAUSTED).
-    #[arg(long, env = "FLEET_HEALTH_MAX_STREAMS", default_value_t = 200_000)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_STREAMS", default_value_t = StreamLimits::default().max_streams)]
     max_streams: usize,
 
     /// The most events in one message.
-    #[arg(long, env = "FLEET_HEALTH_MAX_BATCH", default_value_t = 4096)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_BATCH", default_value_t = StreamLimits::default().max_batch)]
     max_batch: usize,
 
     /// Sustained events per second one stream may send, with bursts of twice
@@ -114,12 +114,12 @@ struct Args {
     #[arg(
         long,
         env = "FLEET_HEALTH_MAX_STREAM_EVENTS_PER_SEC",
-        default_value_t = 10_000
+        default_value_t = StreamLimits::default().max_events_per_sec
     )]
     max_stream_events_per_sec: u32,
 
     /// The largest message accepted, in bytes.
-    #[arg(long, env = "FLEET_HEALTH_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_MESSAGE_BYTES", default_value_t = Transport::default().max_message_bytes)]
     max_message_bytes: usize,
 
     /// An agent stream with no message for this long is closed.
@@ -335,6 +335,21 @@ mod tests {
         assert_eq!(config.rules, FleetRules::default());
         assert_eq!(config.shutdown, Shutdown::default());
         assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
+        let (limits, streams) = (Limits::default(), StreamLimits::default());
+        assert_eq!(config.limits.max_agents, limits.max_agents);
+        assert_eq!(config.limits.watch_buffer, limits.watch_buffer);
+        assert_eq!(config.streams.max_streams, streams.max_streams);
+        assert_eq!(config.streams.max_batch, streams.max_batch);
+        assert_eq!(
+            config.streams.max_events_per_sec,
+            streams.max_events_per_sec
+        );
+        assert_eq!(config.streams.hello_timeout, streams.hello_timeout);
+        assert_eq!(config.streams.idle_timeout, streams.idle_timeout);
+        assert_eq!(
+            config.transport.max_message_bytes,
+            Transport::default().max_message_bytes
+        );
         match config.storage {
             Storage::Durable { dir, cache_bytes } => {
                 assert_eq!(dir, default_data_dir());
