@@ -11,12 +11,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use fleet_health_sensor::Windows;
-use fleet_health_server::agent_service::StreamLimits;
 use fleet_health_server::clock::SystemClock;
-use fleet_health_server::model::FleetRules;
-use fleet_health_server::registry::Limits;
-use fleet_health_server::store::Store;
-use fleet_health_server::{Config, Server, Transport, bind};
+use fleet_health_server::config::{
+    Config, FleetRules, Limits, Shutdown, Storage, StreamLimits, Transport,
+};
+use fleet_health_server::{Server, bind};
 
 /// The fleet-health aggregator: agents stream their lifecycle events here; it
 /// knows at every moment which agents are faulty and why.
@@ -43,6 +42,16 @@ struct Args {
     /// Keep no state on disk: a restart forgets the whole fleet.
     #[arg(long, env = "FLEET_HEALTH_IN_MEMORY")]
     in_memory: bool,
+
+    /// The most memory the durable store's page cache may take, in MiB
+    /// (no store, no cache: ignored with --in-memory).
+    #[arg(long, env = "FLEET_HEALTH_STORE_CACHE_MB", default_value_t = (Storage::DEFAULT_CACHE_BYTES >> 20) as u32)]
+    store_cache_mb: u32,
+
+    /// How long a stopping server waits for open streams and requests to end
+    /// before it cuts the connections still open.
+    #[arg(long, env = "FLEET_HEALTH_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    drain_timeout: Duration,
 
     /// Faulty when no data was received from the data server for this long
     /// (and the agent started at least this long ago).
@@ -81,7 +90,7 @@ struct Args {
     storm_share: f64,
 
     /// The storm flag is never raised for a fleet smaller than this.
-    #[arg(long, env = "FLEET_HEALTH_STORM_MIN_AGENTS", default_value_t = 10)]
+    #[arg(long, env = "FLEET_HEALTH_STORM_MIN_AGENTS", default_value_t = FleetRules::default().storm_min_agents)]
     storm_min_agents: u64,
 
     /// Transitions kept per agent.
@@ -89,15 +98,15 @@ struct Args {
     history: u16,
 
     /// The most agents the server will know (more: RESOURCE_EXHAUSTED).
-    #[arg(long, env = "FLEET_HEALTH_MAX_AGENTS", default_value_t = 1_000_000)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_AGENTS", default_value_t = Limits::default().max_agents)]
     max_agents: usize,
 
     /// The most agent streams open at once (more: RESOURCE_EXHAUSTED).
-    #[arg(long, env = "FLEET_HEALTH_MAX_STREAMS", default_value_t = 200_000)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_STREAMS", default_value_t = StreamLimits::default().max_streams)]
     max_streams: usize,
 
     /// The most events in one message.
-    #[arg(long, env = "FLEET_HEALTH_MAX_BATCH", default_value_t = 4096)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_BATCH", default_value_t = StreamLimits::default().max_batch)]
     max_batch: usize,
 
     /// Sustained events per second one stream may send, with bursts of twice
@@ -105,12 +114,12 @@ struct Args {
     #[arg(
         long,
         env = "FLEET_HEALTH_MAX_STREAM_EVENTS_PER_SEC",
-        default_value_t = 10_000
+        default_value_t = StreamLimits::default().max_events_per_sec
     )]
     max_stream_events_per_sec: u32,
 
     /// The largest message accepted, in bytes.
-    #[arg(long, env = "FLEET_HEALTH_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_MESSAGE_BYTES", default_value_t = Transport::default().max_message_bytes)]
     max_message_bytes: usize,
 
     /// An agent stream with no message for this long is closed.
@@ -197,6 +206,17 @@ impl Args {
                 max_message_bytes: self.max_message_bytes,
                 ..Transport::default()
             },
+            storage: if self.in_memory {
+                Storage::InMemory
+            } else {
+                Storage::Durable {
+                    dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
+                    cache_bytes: usize::try_from(self.store_cache_mb)?.saturating_mul(1024 * 1024),
+                }
+            },
+            shutdown: Shutdown {
+                drain_timeout: self.drain_timeout,
+            },
         })
     }
 }
@@ -266,15 +286,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         MetricsAddr::At(addr) => Some(bind(addr).await?),
     };
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
-    let clock = Arc::new(SystemClock);
-    let server = if args.in_memory {
-        tracing::warn!("IN-MEMORY: no state is kept on disk; a restart forgets the whole fleet");
-        Server::in_memory(config, clock)
-    } else {
-        let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-        let store = Store::open(&dir)?;
-        Server::durable(config, clock, store)?
-    };
+    let server = Server::open(config, Arc::new(SystemClock))?;
     tracing::info!(
         grpc = %grpc.local_addr()?,
         metrics = %metrics_addr.map_or("off".to_string(), |a| a.to_string()),
@@ -321,7 +333,52 @@ mod tests {
         let args = Args::try_parse_from(["fleet-health-server"]).expect("no flags needed");
         let config = args.config().expect("valid defaults");
         assert_eq!(config.rules, FleetRules::default());
+        assert_eq!(config.shutdown, Shutdown::default());
         assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
+        let (limits, streams) = (Limits::default(), StreamLimits::default());
+        assert_eq!(config.limits.max_agents, limits.max_agents);
+        assert_eq!(config.limits.watch_buffer, limits.watch_buffer);
+        assert_eq!(config.streams.max_streams, streams.max_streams);
+        assert_eq!(config.streams.max_batch, streams.max_batch);
+        assert_eq!(
+            config.streams.max_events_per_sec,
+            streams.max_events_per_sec
+        );
+        assert_eq!(config.streams.hello_timeout, streams.hello_timeout);
+        assert_eq!(config.streams.idle_timeout, streams.idle_timeout);
+        assert_eq!(
+            config.transport.max_message_bytes,
+            Transport::default().max_message_bytes
+        );
+        match config.storage {
+            Storage::Durable { dir, cache_bytes } => {
+                assert_eq!(dir, default_data_dir());
+                assert_eq!(cache_bytes, Storage::DEFAULT_CACHE_BYTES);
+            }
+            Storage::InMemory => panic!("durable by default"),
+        }
+    }
+
+    #[test]
+    fn storage_and_shutdown_flags_reach_the_config() {
+        let args = Args::try_parse_from([
+            "fleet-health-server",
+            "--data-dir=/var/lib/fh",
+            "--store-cache-mb=16",
+            "--drain-timeout=2s",
+        ])
+        .expect("valid flags");
+        let config = args.config().expect("valid");
+        assert_eq!(
+            config.storage,
+            Storage::Durable {
+                dir: PathBuf::from("/var/lib/fh"),
+                cache_bytes: 16 * 1024 * 1024
+            }
+        );
+        assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(2));
+        let args = Args::try_parse_from(["fleet-health-server", "--in-memory"]).expect("valid");
+        assert_eq!(args.config().expect("valid").storage, Storage::InMemory);
     }
 
     #[test]

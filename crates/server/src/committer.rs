@@ -1,0 +1,62 @@
+//! The committer: writes what the registry marks dirty to the durable store,
+//! in group commits, so that many events cost one fsync.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::registry::Registry;
+use crate::shutdown::stopped;
+use crate::store::Store;
+
+/// The longest pause between two attempts at a failing commit.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Writes what the registry marks dirty, in group commits, until `stop`
+/// turns true; then writes what is left. A failed commit is retried with
+/// backoff (nothing is acknowledged meanwhile): a full disk stalls
+/// acknowledgements, it loses nothing.
+pub async fn run(registry: Registry, store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let last = tokio::select! {
+            () = registry.dirty() => false,
+            () = stopped(&mut stop) => true,
+        };
+        // Shared with the blocking task: a retry writes the same batch again
+        // without copying it.
+        let batch = Arc::new(registry.take_dirty());
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if batch.upserts.is_empty() && batch.deletes.is_empty() {
+                break;
+            }
+            let started = Instant::now();
+            let (store, written) = (store.clone(), batch.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                store.commit(&written.upserts, &written.deletes)
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {
+                    registry.metrics().observe_commit(
+                        batch.upserts.len() + batch.deletes.len(),
+                        started.elapsed(),
+                    );
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "commit failed")
+                }
+                Err(e) => tracing::error!(error = %e, "commit task failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        registry.mark_committed(batch.epoch);
+        if last {
+            tracing::info!("state committed");
+            return;
+        }
+    }
+}

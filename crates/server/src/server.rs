@@ -1,0 +1,369 @@
+//! Wiring: builds the server from a [`Config`] and serves gRPC (and the
+//! HTTP endpoint) until a shutdown future resolves.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fleet_health_proto::v1::agent_service_server::AgentServiceServer;
+use fleet_health_proto::v1::fleet_service_server::FleetServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::agent_service::AgentSvc;
+use crate::clock::Clock;
+use crate::config::{Config, Storage};
+use crate::fleet_service::FleetSvc;
+use crate::metrics::Metrics;
+use crate::net::{Acceptor, Connections};
+use crate::registry::Registry;
+use crate::shutdown::{Stop, enforce_deadline};
+use crate::store::{Store, StoreError};
+use crate::{committer, http};
+
+/// The largest message the fleet service sends (a page of agents).
+const MAX_ENCODED_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not read the descriptors.
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The durable store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The metrics listener failed.
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] std::io::Error),
+}
+
+/// A server: its registry, its store (if durable) and its settings.
+pub struct Server {
+    registry: Registry,
+    store: Option<Arc<Store>>,
+    config: Config,
+}
+
+impl Server {
+    /// The server that `config.storage` asks for: in memory, or on the
+    /// durable store in its directory (loading every agent from it).
+    pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Server, StoreError> {
+        match config.storage.clone() {
+            Storage::InMemory => {
+                tracing::warn!(
+                    "IN-MEMORY: no state is kept on disk; a restart forgets the whole fleet"
+                );
+                Ok(Server::in_memory(config, clock))
+            }
+            Storage::Durable { dir, cache_bytes } => {
+                // The store takes no cache size yet: `cache_bytes` is passed
+                // to it here once it does.
+                let _ = cache_bytes;
+                let store = Store::open(&dir)?;
+                Server::durable(config, clock, store)
+            }
+        }
+    }
+
+    /// A server that keeps its state in memory only: a restart forgets the fleet.
+    pub fn in_memory(config: Config, clock: Arc<dyn Clock>) -> Server {
+        let registry = Registry::new(
+            config.rules.clone(),
+            config.limits.clone(),
+            clock,
+            Arc::new(Metrics::default()),
+        );
+        Server {
+            registry,
+            store: None,
+            config,
+        }
+    }
+
+    /// A server on a durable store: loads every agent from it, and from then
+    /// on acknowledges events only once they are committed to it.
+    pub fn durable(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        store: Store,
+    ) -> Result<Server, StoreError> {
+        let started = Instant::now();
+        let registry = Registry::durable(
+            config.rules.clone(),
+            config.limits.clone(),
+            clock,
+            Arc::new(Metrics::default()),
+        );
+        let records = store.load()?;
+        let n = registry.restore(records)?;
+        tracing::info!(
+            agents = n,
+            path = %store.path().display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state loaded"
+        );
+        Ok(Server {
+            registry,
+            store: Some(Arc::new(store)),
+            config,
+        })
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Serves gRPC on `grpc` (and metrics on `metrics`, if given) until
+    /// `shutdown` resolves; then stops accepting, ends open streams with
+    /// UNAVAILABLE, answers what is in flight, cuts what is still open after
+    /// the drain timeout, writes what is left to the store, and returns.
+    pub async fn run(
+        self,
+        grpc: TcpListener,
+        metrics: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Server {
+            registry,
+            store,
+            config,
+        } = self;
+        let stop = Stop::new();
+        let connections = Connections::new();
+
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        health.set_serving::<AgentServiceServer<AgentSvc>>().await;
+        health.set_serving::<FleetServiceServer<FleetSvc>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fleet_health_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let t = &config.transport;
+        let agents = AgentServiceServer::new(AgentSvc::new(
+            registry.clone(),
+            config.streams.clone(),
+            stop.subscribe(),
+        ))
+        .max_decoding_message_size(t.max_message_bytes);
+        let fleet = FleetServiceServer::new(FleetSvc::new(registry.clone(), stop.subscribe()))
+            .max_decoding_message_size(t.max_message_bytes)
+            .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
+
+        let scheduler = {
+            let (registry, stop) = (registry.clone(), stop.clone());
+            tokio::spawn(async move { registry.run_scheduler(stop.given()).await })
+        };
+
+        let metrics_task = match metrics {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                tracing::info!(%addr, "metrics at http://{addr}/metrics");
+                Some(tokio::spawn(http::serve(
+                    Acceptor::new(listener, connections.clone()),
+                    registry.clone(),
+                    stop.clone(),
+                )))
+            }
+            None => None,
+        };
+
+        // The committer stops only after the gRPC server has: streams waiting
+        // for a commit are answered first.
+        let (committer_stop, committer_rx) = watch::channel(false);
+        let committer = store
+            .clone()
+            .map(|store| tokio::spawn(committer::run(registry.clone(), store, committer_rx)));
+
+        let deadline = tokio::spawn(enforce_deadline(
+            stop.clone(),
+            config.shutdown.drain_timeout,
+            connections.clone(),
+        ));
+
+        let stop_signal = {
+            let (health, stop) = (health.clone(), stop.clone());
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections; ending open streams");
+                health
+                    .set_not_serving::<AgentServiceServer<AgentSvc>>()
+                    .await;
+                health
+                    .set_not_serving::<FleetServiceServer<FleetSvc>>()
+                    .await;
+                stop.begin();
+            }
+        };
+        // TCP_NODELAY is set by the acceptor: the builder's own setting
+        // applies only to listeners that tonic binds itself.
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(t.keepalive_interval))
+            .http2_keepalive_timeout(Some(t.keepalive_timeout))
+            .initial_stream_window_size(t.stream_window)
+            .initial_connection_window_size(t.connection_window)
+            .max_concurrent_streams(t.max_concurrent_streams)
+            .add_service(health_svc)
+            .add_service(reflection)
+            .add_service(agents)
+            .add_service(fleet)
+            .serve_with_incoming_shutdown(
+                Acceptor::new(grpc, connections.clone()).into_stream(),
+                stop_signal,
+            )
+            .await;
+        // Also when the transport failed before any signal: every part stops.
+        stop.begin();
+        let _ = scheduler.await;
+        if let Some(task) = metrics_task
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::warn!(error = %e, "metrics endpoint failed");
+        }
+        deadline.abort();
+        if let Some(committer) = committer {
+            // Every stream has ended: write what is left, then stop.
+            committer_stop.send_replace(true);
+            let _ = committer.await;
+        }
+        drop(store);
+        tracing::info!("stopped");
+        Ok(result?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fleet_health_proto::v1 as pb;
+    use fleet_health_proto::v1::agent_service_client::AgentServiceClient;
+    use fleet_health_proto::v1::fleet_service_client::FleetServiceClient;
+    use fleet_health_sensor::Time;
+    use pb::report_request::Body as In;
+    use tokio::sync::{mpsc, oneshot};
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::transport::{Channel, Endpoint};
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// A server on an ephemeral port with `config`; the sender stops it.
+    async fn start(
+        config: Config,
+    ) -> (
+        std::net::SocketAddr,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), ServeError>>,
+    ) {
+        let clock = ManualClock::new(Time::from_micros(1_700_000_000_000_000).expect("in range"));
+        let server = Server::in_memory(config, Arc::new(clock));
+        let grpc = crate::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("binds");
+        let addr = grpc.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(grpc, None, async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop, task)
+    }
+
+    /// Makes `n` agents known: each says hello on a stream of its own and goes.
+    async fn known_agents(channel: &Channel, n: usize) {
+        for i in 0..n {
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(pb::ReportRequest {
+                body: Some(In::Hello(pb::Hello {
+                    agent_id: format!("agent-with-a-longish-name-{i:04}"),
+                    incarnation: 1,
+                    labels: [("site".to_string(), "eu-west".to_string())].into(),
+                })),
+            })
+            .await
+            .expect("queued");
+            let mut replies = AgentServiceClient::new(channel.clone())
+                .report(ReceiverStream::new(rx))
+                .await
+                .expect("stream opens")
+                .into_inner();
+            replies
+                .message()
+                .await
+                .expect("welcomed")
+                .expect("a welcome");
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_keeps_its_deadline_when_a_client_stops_reading() {
+        let drain = Duration::from_millis(300);
+        let mut config = Config::default();
+        config.shutdown.drain_timeout = drain;
+        let (addr, stop, task) = start(config).await;
+        // A client whose stream window (1 KiB) a watch's snapshot overfills:
+        // the server can neither finish that stream nor end it cleanly while
+        // the client does not read.
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .initial_stream_window_size(1024)
+            .connect()
+            .await
+            .expect("connects");
+        known_agents(&channel, 64).await;
+        let unread = FleetServiceClient::new(channel.clone())
+            .watch_agents(pb::WatchAgentsRequest::default())
+            .await
+            .expect("watch opens")
+            .into_inner();
+
+        let asked = tokio::time::Instant::now();
+        stop.send(()).expect("server running");
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("run returns once the drain deadline has passed")
+            .expect("server task ends")
+            .expect("server stops cleanly");
+        // The watch could not end by itself: the deadline ended it.
+        assert!(asked.elapsed() >= drain, "{:?}", asked.elapsed());
+        drop(unread);
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_nothing_when_nothing_is_stuck() {
+        let mut config = Config::default();
+        config.shutdown.drain_timeout = Duration::from_secs(3600);
+        let (addr, stop, task) = start(config).await;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connects");
+        known_agents(&channel, 3).await;
+        let mut watch = FleetServiceClient::new(channel.clone())
+            .watch_agents(pb::WatchAgentsRequest::default())
+            .await
+            .expect("watch opens")
+            .into_inner();
+        stop.send(()).expect("server running");
+        // A reading watcher is told to come back, and the server stops long
+        // before the (hour-long) deadline.
+        let ended = loop {
+            match watch.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("run returns")
+            .expect("server task ends")
+            .expect("server stops cleanly");
+    }
+}
