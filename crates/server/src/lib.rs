@@ -16,10 +16,12 @@
 
 pub mod agent_service;
 pub mod clock;
+pub mod commit_gate;
 pub mod convert;
 pub mod fleet_service;
 pub mod metrics;
 pub mod model;
+pub mod open_streams;
 pub mod registry;
 pub mod store;
 
@@ -33,11 +35,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::agent_service::{AgentSvc, StreamLimits};
+use crate::agent_service::{AgentService, StreamLimits};
 use crate::clock::Clock;
-use crate::fleet_service::FleetSvc;
+use crate::fleet_service::FleetService;
 use crate::metrics::{FleetGauges, Metrics};
 use crate::model::FleetRules;
+use crate::open_streams::OpenStreams;
 use crate::registry::{Limits, Registry};
 use crate::store::{Store, StoreError};
 
@@ -175,21 +178,27 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (health, health_svc) = tonic_health::server::health_reporter();
-        health.set_serving::<AgentServiceServer<AgentSvc>>().await;
-        health.set_serving::<FleetServiceServer<FleetSvc>>().await;
+        health.set_serving::<AgentServiceServer<AgentService>>().await;
+        health.set_serving::<FleetServiceServer<FleetService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fleet_health_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
         let t = &config.transport;
-        let agents = AgentServiceServer::new(AgentSvc::new(
+        let open_streams = OpenStreams::new();
+        let agents = AgentServiceServer::new(AgentService::new(
             registry.clone(),
             config.streams.clone(),
+            open_streams.clone(),
             stop_rx.clone(),
         ))
         .max_decoding_message_size(t.max_message_bytes);
-        let fleet = FleetServiceServer::new(FleetSvc::new(registry.clone(), stop_rx.clone()))
+        let fleet = FleetServiceServer::new(FleetService::new(
+            registry.clone(),
+            open_streams,
+            stop_rx.clone(),
+        ))
             .max_decoding_message_size(t.max_message_bytes)
             .max_encoding_message_size(64 * 1024 * 1024);
 
@@ -228,10 +237,10 @@ impl Server {
                 shutdown.await;
                 tracing::info!("shutting down: no new connections; ending open streams");
                 health
-                    .set_not_serving::<AgentServiceServer<AgentSvc>>()
+                    .set_not_serving::<AgentServiceServer<AgentService>>()
                     .await;
                 health
-                    .set_not_serving::<FleetServiceServer<FleetSvc>>()
+                    .set_not_serving::<FleetServiceServer<FleetService>>()
                     .await;
                 let _ = stop_tx.send(true);
             }

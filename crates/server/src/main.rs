@@ -105,7 +105,7 @@ struct Args {
     #[arg(
         long,
         env = "FLEET_HEALTH_MAX_STREAM_EVENTS_PER_SEC",
-        default_value_t = 10_000
+        default_value_t = StreamLimits::default().max_events_per_sec
     )]
     max_stream_events_per_sec: u32,
 
