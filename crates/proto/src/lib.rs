@@ -154,7 +154,9 @@ mod tests {
         let status = decode::<v1::ReportRequest>(&bad_utf8).expect_err("refused");
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         assert!(
-            status.message().starts_with("the message is not a valid ReportRequest: "),
+            status
+                .message()
+                .starts_with("the message is not a valid ReportRequest: "),
             "{status:?}"
         );
         // A field whose length runs past the end.

@@ -158,9 +158,7 @@ impl AgentServiceApi for AgentService {
             commit_wait: None,
             connection: None,
             waiting: VecDeque::new(),
-            silence: Box::pin(tokio::time::sleep_until(
-                opened + self.limits.hello_timeout,
-            )),
+            silence: Box::pin(tokio::time::sleep_until(opened + self.limits.hello_timeout)),
             heard: opened,
             draining: false,
             done: false,
@@ -491,9 +489,7 @@ fn shutting_down() -> End {
 /// with that status; anything else is the connection going away.
 fn unreadable(status: Status) -> End {
     match status.code() {
-        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
-            End::Status(status)
-        }
+        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => End::Status(status),
         _ => End::Closed,
     }
 }

@@ -132,9 +132,24 @@ mod tests {
             Waker::from(exact.clone()),
             Waker::from(later.clone()),
         );
-        assert!(wait_1.as_mut().poll(&mut Context::from_waker(&w1)).is_pending());
-        assert!(wait_2.as_mut().poll(&mut Context::from_waker(&w2)).is_pending());
-        assert!(wait_3.as_mut().poll(&mut Context::from_waker(&w3)).is_pending());
+        assert!(
+            wait_1
+                .as_mut()
+                .poll(&mut Context::from_waker(&w1))
+                .is_pending()
+        );
+        assert!(
+            wait_2
+                .as_mut()
+                .poll(&mut Context::from_waker(&w2))
+                .is_pending()
+        );
+        assert!(
+            wait_3
+                .as_mut()
+                .poll(&mut Context::from_waker(&w3))
+                .is_pending()
+        );
 
         gate.mark_committed(2);
         assert_eq!((woken(&early), woken(&exact), woken(&later)), (1, 1, 0));
@@ -146,7 +161,12 @@ mod tests {
             wait_2.as_mut().poll(&mut Context::from_waker(&w2)),
             Poll::Ready(())
         );
-        assert!(wait_3.as_mut().poll(&mut Context::from_waker(&w3)).is_pending());
+        assert!(
+            wait_3
+                .as_mut()
+                .poll(&mut Context::from_waker(&w3))
+                .is_pending()
+        );
         assert!(gate.is_committed(2) && !gate.is_committed(3));
         assert!(gate.wait(2).is_none(), "a committed epoch needs no wait");
 
@@ -174,7 +194,10 @@ mod tests {
             wait.as_mut().poll(&mut Context::from_waker(&waker)),
             Poll::Ready(())
         );
-        assert!(lock(&gate.waiting).is_empty(), "committed epochs are dropped");
+        assert!(
+            lock(&gate.waiting).is_empty(),
+            "committed epochs are dropped"
+        );
     }
 
     #[tokio::test]

@@ -178,8 +178,12 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (health, health_svc) = tonic_health::server::health_reporter();
-        health.set_serving::<AgentServiceServer<AgentService>>().await;
-        health.set_serving::<FleetServiceServer<FleetService>>().await;
+        health
+            .set_serving::<AgentServiceServer<AgentService>>()
+            .await;
+        health
+            .set_serving::<FleetServiceServer<FleetService>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fleet_health_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -199,8 +203,8 @@ impl Server {
             open_streams,
             stop_rx.clone(),
         ))
-            .max_decoding_message_size(t.max_message_bytes)
-            .max_encoding_message_size(64 * 1024 * 1024);
+        .max_decoding_message_size(t.max_message_bytes)
+        .max_encoding_message_size(64 * 1024 * 1024);
 
         let scheduler = {
             let registry = registry.clone();
