@@ -24,7 +24,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::commit_gate::CommitGate;
 use crate::convert;
-use crate::open_streams::{EndSignal, OpenStreams};
+use crate::open_streams::{EndSignal, OpenStreams, shutting_down};
 use crate::registry::{Registry, Session};
 
 /// Limits on agent streams.
@@ -73,10 +73,11 @@ pub struct AgentService {
 }
 
 impl AgentService {
-    /// A service over `registry` that ends its streams when `shutdown` turns
-    /// true. `streams` is the table of open streams it shares with the
-    /// [`FleetService`](crate::fleet_service::FleetService), whose forget ends
-    /// an agent's stream.
+    /// A service over `registry`. `streams` is the table of open streams it
+    /// shares with the [`FleetService`](crate::fleet_service::FleetService),
+    /// whose forget ends an agent's stream; the server ends them all with
+    /// [`OpenStreams::shut_down`] when it stops, and `shutdown` turning true
+    /// ends the streams that have not said hello yet.
     pub fn new(
         registry: Registry,
         limits: StreamLimits,
@@ -185,6 +186,7 @@ struct ReportStream {
     limits: Arc<StreamLimits>,
     bucket: TokenBucket,
     inbound: Streaming<pb::ReportRequest>,
+    /// Awaited until the hello; then the connection's end signal says it.
     shutdown: watch::Receiver<bool>,
     /// Where commits are awaited (`None` without a store).
     commits: Option<Arc<CommitGate>>,
@@ -282,7 +284,7 @@ impl ReportStream {
         let first = loop {
             tokio::select! {
                 biased;
-                () = crate::stopped(&mut self.shutdown) => return Err(shutting_down()),
+                () = crate::stopped(&mut self.shutdown) => return Err(End::Status(shutting_down())),
                 () = self.silence.as_mut() => self.silence_elapsed()?,
                 msg = self.inbound.message() => match msg {
                     Ok(Some(m)) => break m,
@@ -318,7 +320,7 @@ impl ReportStream {
             Err(why) => {
                 // A newer stream or a forget came first: nothing to keep.
                 self.registry.disconnect(&connected.session);
-                return Err(End::Status(why.error(&id).into()));
+                return Err(End::Status(why.status(&id)));
             }
         };
         let connection = Connection {
@@ -329,12 +331,12 @@ impl ReportStream {
         };
         let ended = connection.ended.clone();
         self.connection = Some(connection);
-        // The welcome tells the agent what it may drop: only what is committed.
+        // The welcome tells the agent what it may drop: only what is
+        // committed. (From here on, shutdown comes through `ended`.)
         if let Some(gate) = &self.commits {
             tokio::select! {
                 () = gate.committed_through(connected.commit) => {}
-                why = ended.ended() => return Err(End::Status(why.error(&id).into())),
-                () = crate::stopped(&mut self.shutdown) => return Err(shutting_down()),
+                why = ended.ended() => return Err(End::Status(why.status(&id))),
             }
         }
         tracing::debug!(agent_id = %id, incarnation = hello.incarnation, last_applied_seq, "agent connected");
@@ -379,9 +381,8 @@ impl ReportStream {
             tokio::select! {
                 biased;
                 why = connection.ended.ended() => {
-                    return Err(End::Status(why.error(&connection.session.id).into()));
+                    return Err(End::Status(why.status(&connection.session.id)));
                 }
-                () = crate::stopped(&mut self.shutdown) => return Err(shutting_down()),
                 () = committed(&mut self.commit_wait) => {
                     self.commit_wait = None;
                     if full {
@@ -475,13 +476,6 @@ impl ReportStream {
         };
         Ok((ack, applied.commit))
     }
-}
-
-/// How a stream ends when the server shuts down.
-fn shutting_down() -> End {
-    End::Status(Status::unavailable(
-        "the server is shutting down; reconnect",
-    ))
 }
 
 /// What a failed read of the agent's next message means: a message the

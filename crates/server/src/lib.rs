@@ -200,7 +200,7 @@ impl Server {
         .max_decoding_message_size(t.max_message_bytes);
         let fleet = FleetServiceServer::new(FleetService::new(
             registry.clone(),
-            open_streams,
+            open_streams.clone(),
             stop_rx.clone(),
         ))
         .max_decoding_message_size(t.max_message_bytes)
@@ -247,6 +247,7 @@ impl Server {
                     .set_not_serving::<FleetServiceServer<FleetService>>()
                     .await;
                 let _ = stop_tx.send(true);
+                open_streams.shut_down();
             }
         };
         let result = tonic::transport::Server::builder()
