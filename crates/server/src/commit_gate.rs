@@ -50,8 +50,8 @@ impl CommitGate {
         }
         let mut waiting = lock(&self.waiting);
         // Checked again under the lock: `mark_committed` raises the epoch
-        // before it takes the lock, so a commit is either seen here or
-        // wakes the future made here.
+        // and takes the committed entries under it, so a commit is either
+        // seen here or finds (and wakes) the entry made here.
         if self.is_committed(epoch) {
             return None;
         }
@@ -79,7 +79,10 @@ impl CommitGate {
             if self.committed.fetch_max(epoch, Ordering::AcqRel) >= epoch {
                 return;
             }
-            let later = waiting.split_off(&(epoch + 1));
+            let later = match epoch.checked_add(1) {
+                Some(next) => waiting.split_off(&next),
+                None => BTreeMap::new(),
+            };
             std::mem::replace(&mut *waiting, later)
         };
         for notify in woken.values() {
