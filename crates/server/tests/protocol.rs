@@ -287,7 +287,7 @@ async fn a_silent_stream_is_closed_after_the_hello_and_the_idle_timeouts() {
     let config = Config {
         streams: StreamLimits {
             hello_timeout: Duration::from_millis(200),
-            idle_timeout: Duration::from_millis(600),
+            idle_timeout: Duration::from_millis(1500),
             ..StreamLimits::default()
         },
         ..Config::default()
@@ -301,7 +301,9 @@ async fn a_silent_stream_is_closed_after_the_hello_and_the_idle_timeouts() {
     // A message within the idle timeout keeps the stream open: the timeout
     // counts from the last message, not from the hello.
     let mut a = s.agent("a", 1).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Spaced out on purpose: the message comes after most of the idle
+    // timeout has passed since the hello.
+    tokio::time::sleep(Duration::from_millis(900)).await;
     let last = std::time::Instant::now();
     a.events(vec![event(1, K::Heartbeat, None)])
         .await
@@ -309,7 +311,7 @@ async fn a_silent_stream_is_closed_after_the_hello_and_the_idle_timeouts() {
     let status = a.end().await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
-        last.elapsed() >= Duration::from_millis(550),
+        last.elapsed() >= Duration::from_millis(1400),
         "closed {:?} after the last message",
         last.elapsed()
     );
