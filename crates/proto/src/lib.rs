@@ -9,8 +9,9 @@
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, Codec};
-use tonic_prost::{ProstDecoder, ProstEncoder};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic_prost::ProstEncoder;
 
 /// The `fleethealth.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -18,13 +19,18 @@ pub mod v1 {
     tonic::include_proto!("fleethealth.v1");
 }
 
-/// The prost codec with small initial buffers, used by every generated client
-/// and server.
+/// The prost codec with small initial buffers and the API's status for a
+/// message that cannot be decoded; used by every generated client and server.
 ///
 /// tonic's default gives each stream an 8 KiB encode and an 8 KiB decode
 /// buffer up front. The API's messages are mostly a few dozen bytes and a
 /// server holds one stream per agent, so the buffers start small and grow
 /// only when a message needs it (a large batch or a long list).
+///
+/// A message that is not valid protobuf for its type (garbage bytes, a string
+/// that is not UTF-8) is refused with the code its [`Undecodable`] names:
+/// INVALID_ARGUMENT for a request (the caller sent it), INTERNAL for a
+/// response (the server did).
 #[derive(Debug)]
 pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
 
@@ -44,20 +50,86 @@ impl<T, U> Default for LeanCodec<T, U> {
 impl<T, U> Codec for LeanCodec<T, U>
 where
     T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
+    U: prost::Message + Default + Undecodable + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = LeanDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstEncoder::new(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
+        LeanDecoder(PhantomData)
     }
+}
+
+/// Who is at fault when a message of this type cannot be decoded: the status
+/// code the receiver answers with.
+pub trait Undecodable {
+    /// INVALID_ARGUMENT for requests, INTERNAL for responses.
+    const CODE: tonic::Code;
+}
+
+macro_rules! undecodable {
+    ($code:ident: $($t:ident),+ $(,)?) => {
+        $(impl Undecodable for v1::$t {
+            const CODE: tonic::Code = tonic::Code::$code;
+        })+
+    };
+}
+
+undecodable!(InvalidArgument:
+    ReportRequest,
+    GetAgentRequest,
+    ListAgentsRequest,
+    WatchAgentsRequest,
+    GetSummaryRequest,
+    GetHistoryRequest,
+    ForgetAgentRequest,
+);
+undecodable!(Internal:
+    ReportResponse,
+    GetAgentResponse,
+    ListAgentsResponse,
+    WatchAgentsResponse,
+    GetSummaryResponse,
+    GetHistoryResponse,
+    ForgetAgentResponse,
+);
+
+/// Decodes one message of [`LeanCodec`]; a decode error becomes the status
+/// [`Undecodable::CODE`] of the message type.
+#[derive(Debug)]
+pub struct LeanDecoder<U>(PhantomData<U>);
+
+impl<U: prost::Message + Default + Undecodable> Decoder for LeanDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::decode(buf).map(Some).map_err(refusal::<U>)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD)
+    }
+}
+
+/// The status for a message of type `U` that cannot be decoded.
+fn refusal<U: Undecodable>(e: prost::DecodeError) -> Status {
+    Status::new(
+        U::CODE,
+        format!("the message is not a valid {}: {e}", short_name::<U>()),
+    )
+}
+
+/// The message's type name without its module path, as the API names it.
+fn short_name<U>() -> &'static str {
+    let full = std::any::type_name::<U>();
+    full.rsplit("::").next().unwrap_or(full)
 }
 
 /// The encoded `FileDescriptorSet` of the API, for `tonic-reflection`.
@@ -67,6 +139,40 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 #[cfg(test)]
 mod tests {
     use prost::Message;
+
+    use super::{Undecodable, refusal, v1};
+
+    /// Decodes `bytes` as the codec's decoder does.
+    fn decode<U: Message + Default + Undecodable>(bytes: &[u8]) -> Result<U, tonic::Status> {
+        U::decode(bytes).map_err(refusal::<U>)
+    }
+
+    #[test]
+    fn an_undecodable_request_is_invalid_argument_and_a_response_internal() {
+        // A hello whose agent ID is not UTF-8.
+        let bad_utf8 = [0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe];
+        let status = decode::<v1::ReportRequest>(&bad_utf8).expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .starts_with("the message is not a valid ReportRequest: "),
+            "{status:?}"
+        );
+        // A field whose length runs past the end.
+        let truncated = [0x0a, 0x05, 0x61];
+        let status = decode::<v1::GetAgentRequest>(&truncated).expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        let status = decode::<v1::GetAgentResponse>(&truncated).expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        let good = v1::GetAgentRequest {
+            agent_id: "web-1".into(),
+            at: None,
+        }
+        .encode_to_vec();
+        let decoded = decode::<v1::GetAgentRequest>(&good).expect("decodes");
+        assert_eq!(decoded.agent_id, "web-1");
+    }
 
     #[test]
     fn descriptor_set_holds_both_services_and_their_imports() {

@@ -7,22 +7,24 @@
 //! memory).
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fleet_health_proto::v1 as pb;
-use fleet_health_proto::v1::agent_service_server::AgentService;
+use fleet_health_proto::v1::agent_service_server::AgentService as AgentServiceApi;
 use pb::report_request::Body as In;
 use pb::report_response::Body as Out;
-use std::pin::Pin;
-
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::commit_gate::CommitGate;
 use crate::convert;
+use crate::open_streams::{EndSignal, OpenStreams, shutting_down};
 use crate::registry::{Registry, Session};
 
 /// Limits on agent streams.
@@ -33,7 +35,15 @@ pub struct StreamLimits {
     /// The most events in one message.
     pub max_batch: usize,
     /// Sustained events per second one stream may send (0: no limit); it may
-    /// burst to twice that.
+    /// burst to twice that. A stream over it ends with RESOURCE_EXHAUSTED.
+    ///
+    /// The default, 100,000, is there to stop a runaway sender, not to slow a
+    /// real one: an agent reports a few events a second, and one replaying a
+    /// backlog after an outage sends it as fast as it can, in batches. The
+    /// burst (200,000 events) takes twenty times the reporter's default
+    /// backlog (10,000 events) at once, and the sustained rate lets hundreds
+    /// of agents replay at the same time on one server. A sender that needs
+    /// more raises it (`--max-stream-events-per-sec`) or lifts it (0).
     pub max_events_per_sec: u32,
     /// How long a new stream may take to say hello.
     pub hello_timeout: Duration,
@@ -46,32 +56,39 @@ impl Default for StreamLimits {
         StreamLimits {
             max_streams: 200_000,
             max_batch: 4096,
-            max_events_per_sec: 10_000,
+            max_events_per_sec: 100_000,
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
         }
     }
 }
 
-/// The AgentService implementation.
-pub struct AgentSvc {
+/// The `fleethealth.v1.AgentService`: takes each agent's Report stream.
+pub struct AgentService {
     registry: Registry,
     limits: Arc<StreamLimits>,
     open: Arc<AtomicUsize>,
+    streams: OpenStreams,
     shutdown: watch::Receiver<bool>,
 }
 
-impl AgentSvc {
-    /// A service over `registry` that ends its streams when `shutdown` turns true.
+impl AgentService {
+    /// A service over `registry`. `streams` is the table of open streams it
+    /// shares with the [`FleetService`](crate::fleet_service::FleetService),
+    /// whose forget ends an agent's stream; the server ends them all with
+    /// [`OpenStreams::shut_down`] when it stops, and `shutdown` turning true
+    /// ends the streams that have not said hello yet.
     pub fn new(
         registry: Registry,
         limits: StreamLimits,
+        streams: OpenStreams,
         shutdown: watch::Receiver<bool>,
-    ) -> AgentSvc {
-        AgentSvc {
+    ) -> AgentService {
+        AgentService {
             registry,
             limits: Arc::new(limits),
             open: Arc::new(AtomicUsize::new(0)),
+            streams,
             shutdown,
         }
     }
@@ -90,23 +107,27 @@ impl Drop for StreamSlot {
     }
 }
 
-/// An agent's stream as the registry knows it: disconnected when dropped,
-/// however the stream ends.
+/// An agent's stream as the registry and the table of open streams know it:
+/// disconnected and unregistered when dropped, however the stream ends.
 struct Connection {
     registry: Registry,
+    streams: OpenStreams,
     session: Session,
+    /// Set when a newer stream or a forget ends this one.
+    ended: Arc<EndSignal>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.registry.disconnect(&self.session);
+        self.streams.close(&self.session);
     }
 }
 
 type Reply = Result<pb::ReportResponse, Status>;
 
 #[tonic::async_trait]
-impl AgentService for AgentSvc {
+impl AgentServiceApi for AgentService {
     type ReportStream = Pin<Box<dyn Stream<Item = Reply> + Send>>;
 
     async fn report(
@@ -122,19 +143,25 @@ impl AgentService for AgentSvc {
             )));
         }
         self.registry.metrics().streams(1);
+        let opened = Instant::now();
         let stream = ReportStream {
             slot: Some(StreamSlot {
                 open: self.open.clone(),
                 registry: self.registry.clone(),
             }),
             registry: self.registry.clone(),
+            streams: self.streams.clone(),
             bucket: TokenBucket::new(self.limits.max_events_per_sec),
             limits: self.limits.clone(),
             inbound: request.into_inner(),
             shutdown: self.shutdown.clone(),
             commits: self.registry.commits(),
+            commit_wait: None,
             connection: None,
             waiting: VecDeque::new(),
+            silence: Box::pin(tokio::time::sleep_until(opened + self.limits.hello_timeout)),
+            heard: opened,
+            draining: false,
             done: false,
         };
         // The stream is driven by the task that sends the response (one per
@@ -154,15 +181,30 @@ struct ReportStream {
     /// end may open a new stream at once.
     slot: Option<StreamSlot>,
     registry: Registry,
+    streams: OpenStreams,
     /// Shared by every stream: one pointer each.
     limits: Arc<StreamLimits>,
     bucket: TokenBucket,
     inbound: Streaming<pb::ReportRequest>,
+    /// Awaited until the hello; then the connection's end signal says it.
     shutdown: watch::Receiver<bool>,
-    commits: Option<watch::Receiver<u64>>,
+    /// Where commits are awaited (`None` without a store).
+    commits: Option<Arc<CommitGate>>,
+    /// The wait for the commit of the oldest waiting ack, kept across
+    /// messages (made once per commit awaited, not once per message).
+    commit_wait: Option<Pin<Box<OwnedNotified>>>,
     connection: Option<Connection>,
     /// Acks whose events are applied but not yet committed, oldest first.
     waiting: VecDeque<(u64, pb::Ack, Instant)>,
+    /// Fires when the agent may have been silent too long: the hello
+    /// timeout, then the idle timeout. Moved on lazily (when it fires, from
+    /// `heard`), so a message costs no timer work.
+    silence: Pin<Box<Sleep>>,
+    /// When the agent's last message came (or the stream opened).
+    heard: Instant,
+    /// The agent half-closed its side: the acks still waiting for their
+    /// commit go out, then the stream ends.
+    draining: bool,
     done: bool,
 }
 
@@ -204,10 +246,7 @@ impl ReportStream {
                 match end {
                     End::Closed => None,
                     End::Status(status) => {
-                        if !matches!(
-                            status.code(),
-                            tonic::Code::Unavailable | tonic::Code::Aborted
-                        ) {
+                        if !matches!(status.code(), Code::Unavailable | Code::Aborted) {
                             self.registry.metrics().count_rejected();
                         }
                         Some(Err(status))
@@ -217,13 +256,44 @@ impl ReportStream {
         }
     }
 
+    /// How long the agent may be silent now.
+    fn allowed_silence(&self) -> Duration {
+        if self.connection.is_some() {
+            self.limits.idle_timeout
+        } else {
+            self.limits.hello_timeout
+        }
+    }
+
+    /// The silence timer fired: moves it on if the agent spoke since it was
+    /// set; otherwise the stream has timed out.
+    fn silence_elapsed(&mut self) -> Result<(), End> {
+        let allowed = self.allowed_silence();
+        let due = self.heard + allowed;
+        if due > self.silence.deadline() {
+            self.silence.as_mut().reset(due);
+            return Ok(());
+        }
+        Err(End::Status(Status::deadline_exceeded(format!(
+            "no message for {}s: closing the stream (send heartbeats)",
+            allowed.as_secs()
+        ))))
+    }
+
     async fn hello(&mut self) -> Result<pb::ReportResponse, End> {
-        let first = next(
-            &mut self.inbound,
-            &mut self.shutdown,
-            self.limits.hello_timeout,
-        )
-        .await?;
+        let first = loop {
+            tokio::select! {
+                biased;
+                () = crate::stopped(&mut self.shutdown) => return Err(End::Status(shutting_down())),
+                () = self.silence.as_mut() => self.silence_elapsed()?,
+                msg = self.inbound.message() => match msg {
+                    Ok(Some(m)) => break m,
+                    Ok(None) => return Err(End::Closed),
+                    Err(status) => return Err(unreadable(status)),
+                },
+            }
+        };
+        self.heard = Instant::now();
         let hello = match first.body {
             Some(In::Hello(h)) => h,
             _ => {
@@ -244,20 +314,29 @@ impl ReportStream {
             .connect(&id, hello.incarnation, labels)
             .map_err(|e| End::Status(e.into()))?;
         let last_applied_seq = connected.last_applied_seq;
-        self.connection = Some(Connection {
+        // Ends the agent's older stream, if any, at once.
+        let ended = match self.streams.open(&self.registry, &connected.session) {
+            Ok(signal) => signal,
+            Err(why) => {
+                // A newer stream or a forget came first: nothing to keep.
+                self.registry.disconnect(&connected.session);
+                return Err(End::Status(why.status(&id)));
+            }
+        };
+        let connection = Connection {
             registry: self.registry.clone(),
+            streams: self.streams.clone(),
             session: connected.session,
-        });
-        // The welcome tells the agent what it may drop: only what is committed.
-        if let Some(commits) = &mut self.commits {
-            let committed = tokio::select! {
-                r = commits.wait_for(|c| *c >= connected.commit) => r.is_ok(),
-                () = crate::stopped(&mut self.shutdown) => false,
-            };
-            if !committed {
-                return Err(End::Status(Status::unavailable(
-                    "the server is shutting down; reconnect",
-                )));
+            ended,
+        };
+        let ended = connection.ended.clone();
+        self.connection = Some(connection);
+        // The welcome tells the agent what it may drop: only what is
+        // committed. (From here on, shutdown comes through `ended`.)
+        if let Some(gate) = &self.commits {
+            tokio::select! {
+                () = gate.committed_through(connected.commit) => {}
+                why = ended.ended() => return Err(End::Status(why.status(&id))),
             }
         }
         tracing::debug!(agent_id = %id, incarnation = hello.incarnation, last_applied_seq, "agent connected");
@@ -282,22 +361,52 @@ impl ReportStream {
                     body: Some(Out::Ack(ack)),
                 });
             }
-            let read = self.waiting.len() < MAX_UNCOMMITTED_MESSAGES;
+            if self.draining && self.waiting.is_empty() {
+                return Err(End::Closed);
+            }
+            if self.commit_wait.is_none()
+                && let (Some(gate), Some((epoch, _, _))) = (&self.commits, self.waiting.front())
+            {
+                match gate.wait(*epoch) {
+                    Some(wait) => self.commit_wait = Some(Box::pin(wait)),
+                    // Committed since `ready_ack` looked.
+                    None => continue,
+                }
+            }
+            let full = self.waiting.len() >= MAX_UNCOMMITTED_MESSAGES;
+            let read = !self.draining && !full;
+            let Some(connection) = &self.connection else {
+                return Err(End::Status(Status::internal("events before a hello")));
+            };
             tokio::select! {
-                msg = next(&mut self.inbound, &mut self.shutdown, self.limits.idle_timeout), if read => {
-                    let received = Instant::now();
-                    let (ack, commit) = self.apply(msg?, received).map_err(End::Status)?;
-                    if commit == 0 {
-                        self.registry.metrics().observe_ack(received.elapsed());
-                        return Ok(pb::ReportResponse { body: Some(Out::Ack(ack)) });
-                    }
-                    self.waiting.push_back((commit, ack, received));
+                biased;
+                why = connection.ended.ended() => {
+                    return Err(End::Status(why.status(&connection.session.id)));
                 }
-                changed = wait_changed(&mut self.commits), if !self.waiting.is_empty() => {
-                    if !changed {
-                        return Err(End::Status(Status::unavailable("the store stopped; reconnect")));
+                () = committed(&mut self.commit_wait) => {
+                    self.commit_wait = None;
+                    if full {
+                        // The agent was not read while commits caught up:
+                        // its silence counts from now.
+                        self.heard = Instant::now();
                     }
                 }
+                () = self.silence.as_mut(), if read => self.silence_elapsed()?,
+                msg = self.inbound.message(), if read => match msg {
+                    Ok(Some(m)) => {
+                        let received = Instant::now();
+                        self.heard = received;
+                        let (ack, commit) = self.apply(m, received).map_err(End::Status)?;
+                        if commit == 0 {
+                            self.registry.metrics().observe_ack(received.elapsed());
+                            return Ok(pb::ReportResponse { body: Some(Out::Ack(ack)) });
+                        }
+                        self.waiting.push_back((commit, ack, received));
+                    }
+                    // The agent is done sending; what it sent is still acked.
+                    Ok(None) => self.draining = true,
+                    Err(status) => return Err(unreadable(status)),
+                },
             }
         }
     }
@@ -305,7 +414,7 @@ impl ReportStream {
     /// The newest acknowledgement whose commit is done (acks are cumulative:
     /// it says all the earlier ones too).
     fn ready_ack(&mut self) -> Option<(pb::Ack, Instant)> {
-        let done = *self.commits.as_ref()?.borrow();
+        let done = self.commits.as_ref()?.committed();
         let mut ready: Option<(pb::Ack, Instant)> = None;
         while self
             .waiting
@@ -322,6 +431,10 @@ impl ReportStream {
                     ready.map_or(at, |(_, first)| first),
                 ));
             }
+        }
+        if ready.is_some() {
+            // The wait was for an epoch now behind.
+            self.commit_wait = None;
         }
         ready
     }
@@ -344,9 +457,13 @@ impl ReportStream {
         };
         let events = convert::events(&batch, self.limits.max_batch)?;
         if !self.bucket.take(events.len() as u32, received) {
+            let rate = self.limits.max_events_per_sec;
             return Err(Status::resource_exhausted(format!(
-                "this stream sends more than {} events/s (--max-stream-events-per-sec); slow down",
-                self.limits.max_events_per_sec
+                "this stream sent more than {rate} events/s (bursts up to {}), the server's \
+                 limit per stream; send more slowly, or raise the limit on the server \
+                 with --max-stream-events-per-sec or FLEET_HEALTH_MAX_STREAM_EVENTS_PER_SEC \
+                 (0: no limit)",
+                u64::from(rate) * 2
             )));
         }
         let Some(connection) = &self.connection else {
@@ -361,39 +478,20 @@ impl ReportStream {
     }
 }
 
-/// Waits for the agent's next message, the timeout, or shutdown.
-async fn next(
-    inbound: &mut Streaming<pb::ReportRequest>,
-    shutdown: &mut watch::Receiver<bool>,
-    wait: Duration,
-) -> Result<pb::ReportRequest, End> {
-    tokio::select! {
-        msg = tokio::time::timeout(wait, inbound.message()) => match msg {
-            Ok(Ok(Some(m))) => Ok(m),
-            Ok(Ok(None)) => Err(End::Closed),
-            Ok(Err(status)) => {
-                // A message over the size limit, or a broken connection.
-                if status.code() == tonic::Code::OutOfRange || status.code() == tonic::Code::ResourceExhausted {
-                    Err(End::Status(status))
-                } else {
-                    Err(End::Closed)
-                }
-            }
-            Err(_) => Err(End::Status(Status::deadline_exceeded(format!(
-                "no message for {}s: closing the stream (send heartbeats)",
-                wait.as_secs()
-            )))),
-        },
-        () = crate::stopped(shutdown) => {
-            Err(End::Status(Status::unavailable("the server is shutting down; reconnect")))
-        }
+/// What a failed read of the agent's next message means: a message the
+/// agent got wrong (it cannot be decoded, or is too large) ends the stream
+/// with that status; anything else is the connection going away.
+fn unreadable(status: Status) -> End {
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => End::Status(status),
+        _ => End::Closed,
     }
 }
 
-/// Waits for the next commit; `false` if the committer is gone.
-async fn wait_changed(commits: &mut Option<watch::Receiver<u64>>) -> bool {
-    match commits {
-        Some(rx) => rx.changed().await.is_ok(),
+/// Waits for the commit `wait` is for; never resolves without one.
+async fn committed(wait: &mut Option<Pin<Box<OwnedNotified>>>) {
+    match wait {
+        Some(w) => w.as_mut().await,
         None => std::future::pending().await,
     }
 }

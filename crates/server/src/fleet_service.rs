@@ -2,7 +2,7 @@
 //! Each method checks its request, asks the [`Registry`], and encodes.
 
 use fleet_health_proto::v1 as pb;
-use fleet_health_proto::v1::fleet_service_server::FleetService;
+use fleet_health_proto::v1::fleet_service_server::FleetService as FleetServiceApi;
 use pb::watch_agents_response::Event as W;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::open_streams::OpenStreams;
 use crate::registry::{Change, Registry, Selector};
 
 /// Agents in a page when the request does not say.
@@ -17,16 +18,27 @@ pub const DEFAULT_PAGE_SIZE: usize = 1000;
 /// The largest page.
 pub const MAX_PAGE_SIZE: usize = 10_000;
 
-/// The FleetService implementation.
-pub struct FleetSvc {
+/// The `fleethealth.v1.FleetService`: what operators and orchestrators ask.
+pub struct FleetService {
     registry: Registry,
+    streams: OpenStreams,
     shutdown: watch::Receiver<bool>,
 }
 
-impl FleetSvc {
-    /// A service over `registry`; watches end when `shutdown` turns true.
-    pub fn new(registry: Registry, shutdown: watch::Receiver<bool>) -> FleetSvc {
-        FleetSvc { registry, shutdown }
+impl FleetService {
+    /// A service over `registry`; a forget ends the agent's stream in
+    /// `streams` (the table the agent service keeps); watches end when
+    /// `shutdown` turns true.
+    pub fn new(
+        registry: Registry,
+        streams: OpenStreams,
+        shutdown: watch::Receiver<bool>,
+    ) -> FleetService {
+        FleetService {
+            registry,
+            streams,
+            shutdown,
+        }
     }
 }
 
@@ -48,7 +60,7 @@ fn selector(
 type WatchItem = Result<pb::WatchAgentsResponse, Status>;
 
 #[tonic::async_trait]
-impl FleetService for FleetSvc {
+impl FleetServiceApi for FleetService {
     #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %request.get_ref().agent_id))]
     async fn get_agent(
         &self,
@@ -173,6 +185,7 @@ impl FleetService for FleetSvc {
         let req = request.into_inner();
         let id = convert::agent_id(&req.agent_id)?;
         let last = self.registry.forget(&id)?;
+        self.streams.forgotten(&self.registry, &id);
         Ok(Response::new(pb::ForgetAgentResponse {
             last: Some((&last).into()),
         }))

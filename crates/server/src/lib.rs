@@ -10,6 +10,9 @@
 //! - [`registry`]: the fleet, time-driven transitions, the change feed;
 //! - [`store`]: the durable state, one record per agent;
 //! - [`agent_service`] and [`fleet_service`]: the two gRPC services, thin;
+//! - [`open_streams`]: one end signal per connected agent (takeover, forget,
+//!   shutdown end its stream at once);
+//! - [`commit_gate`]: a stream waits for the commit of its own events;
 //! - [`convert`]: wire ⇄ domain;
 //! - [`metrics`]: Prometheus counters, gauges and the ack histogram;
 //! - [`clock`]: where "now" comes from (injected, so tests need not wait);
@@ -24,6 +27,7 @@
 
 pub mod agent_service;
 pub mod clock;
+pub mod commit_gate;
 pub mod committer;
 pub mod config;
 pub mod convert;
@@ -32,6 +36,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod open_streams;
 pub mod registry;
 pub mod server;
 pub mod shutdown;

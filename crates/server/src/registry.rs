@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use fleet_health_sensor::{Sensor, Time};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 
 use crate::clock::Clock;
+use crate::commit_gate::CommitGate;
 use crate::metrics::Metrics;
 use crate::model::{
     AgentEvent, AgentId, Eval, EventKind, Facts, FleetRules, LabelSet, Labels, Reason, State,
@@ -270,6 +271,14 @@ pub struct Session {
     token: u32,
 }
 
+impl Session {
+    /// This stream's token: it tells the stream from an older or newer one
+    /// of the same agent (see [`Registry::is_open`]).
+    pub fn token(&self) -> u32 {
+        self.token
+    }
+}
+
 /// The outcome of a batch of events.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -318,7 +327,7 @@ struct Pending {
 struct Persist {
     pending: Mutex<Pending>,
     wake: Notify,
-    committed: watch::Sender<u64>,
+    committed: Arc<CommitGate>,
 }
 
 /// The label sets in use, each kept once however many agents carry it (a
@@ -635,7 +644,7 @@ impl Registry {
                         epoch: 1,
                     }),
                     wake: Notify::new(),
-                    committed: watch::Sender::new(0),
+                    committed: Arc::new(CommitGate::new()),
                 }),
             }),
         }
@@ -787,6 +796,15 @@ impl Registry {
         self.inner.metrics.count_events(&kinds);
         self.inner.metrics.count_batch(out.duplicates, out.clamped);
         Ok(out)
+    }
+
+    /// Whether the stream with `token` is the agent's open stream: `false`
+    /// once a newer stream took over or the agent was forgotten.
+    pub fn is_open(&self, id: &AgentId, token: u32) -> bool {
+        self.inner
+            .agents
+            .get(id.as_arc())
+            .is_some_and(|a| a.stream == token)
     }
 
     /// A stream ended. The agent stays; it is no longer connected.
@@ -1293,19 +1311,13 @@ impl Registry {
     /// Records that every batch up to `epoch` is committed.
     pub fn mark_committed(&self, epoch: u64) {
         if let Some(p) = &self.inner.persist {
-            p.committed.send_if_modified(|c| {
-                let newer = epoch > *c;
-                if newer {
-                    *c = epoch;
-                }
-                newer
-            });
+            p.committed.mark_committed(epoch);
         }
     }
 
-    /// Watches the number of the last committed batch (`None` without a store).
-    pub fn commits(&self) -> Option<watch::Receiver<u64>> {
-        self.inner.persist.as_ref().map(|p| p.committed.subscribe())
+    /// Where streams wait for their commits (`None` without a store).
+    pub fn commits(&self) -> Option<Arc<CommitGate>> {
+        self.inner.persist.as_ref().map(|p| p.committed.clone())
     }
 
     /// Loads agents from their stored records (at start-up, into an empty

@@ -9,10 +9,11 @@ use fleet_health_proto::v1::fleet_service_server::FleetServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::agent_service::AgentSvc;
+use crate::agent_service::AgentService;
 use crate::clock::Clock;
 use crate::config::{Config, Storage};
-use crate::fleet_service::FleetSvc;
+use crate::fleet_service::FleetService;
+use crate::open_streams::OpenStreams;
 use crate::metrics::Metrics;
 use crate::net::{Acceptor, Connections};
 use crate::registry::Registry;
@@ -136,23 +137,29 @@ impl Server {
         let connections = Connections::new();
 
         let (health, health_svc) = tonic_health::server::health_reporter();
-        health.set_serving::<AgentServiceServer<AgentSvc>>().await;
-        health.set_serving::<FleetServiceServer<FleetSvc>>().await;
+        health.set_serving::<AgentServiceServer<AgentService>>().await;
+        health.set_serving::<FleetServiceServer<FleetService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fleet_health_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
         let t = &config.transport;
-        let agents = AgentServiceServer::new(AgentSvc::new(
+        let open_streams = OpenStreams::new();
+        let agents = AgentServiceServer::new(AgentService::new(
             registry.clone(),
             config.streams.clone(),
+            open_streams.clone(),
             stop.subscribe(),
         ))
         .max_decoding_message_size(t.max_message_bytes);
-        let fleet = FleetServiceServer::new(FleetSvc::new(registry.clone(), stop.subscribe()))
-            .max_decoding_message_size(t.max_message_bytes)
-            .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
+        let fleet = FleetServiceServer::new(FleetService::new(
+            registry.clone(),
+            open_streams.clone(),
+            stop.subscribe(),
+        ))
+        .max_decoding_message_size(t.max_message_bytes)
+        .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
 
         let scheduler = {
             let (registry, stop) = (registry.clone(), stop.clone());
@@ -191,12 +198,13 @@ impl Server {
                 shutdown.await;
                 tracing::info!("shutting down: no new connections; ending open streams");
                 health
-                    .set_not_serving::<AgentServiceServer<AgentSvc>>()
+                    .set_not_serving::<AgentServiceServer<AgentService>>()
                     .await;
                 health
-                    .set_not_serving::<FleetServiceServer<FleetSvc>>()
+                    .set_not_serving::<FleetServiceServer<FleetService>>()
                     .await;
                 stop.begin();
+                open_streams.shut_down();
             }
         };
         // TCP_NODELAY is set by the acceptor: the builder's own setting
