@@ -118,8 +118,8 @@ pub async fn serve(
     transport: &Transport,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let agents =
-        AgentServiceServer::new(FloorService).max_decoding_message_size(transport.max_message_bytes);
+    let agents = AgentServiceServer::new(FloorService)
+        .max_decoding_message_size(transport.max_message_bytes);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(transport.keepalive_interval))

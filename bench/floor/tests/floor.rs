@@ -27,8 +27,14 @@ async fn accepted_sockets_have_nodelay() {
         .expect("a connection is accepted")
         .expect("the listener is open")
         .expect("accept succeeds");
-    assert!(server_side.nodelay().unwrap(), "TCP_NODELAY on the accepted socket");
-    assert_eq!(server_side.peer_addr().unwrap(), client.local_addr().unwrap());
+    assert!(
+        server_side.nodelay().unwrap(),
+        "TCP_NODELAY on the accepted socket"
+    );
+    assert_eq!(
+        server_side.peer_addr().unwrap(),
+        client.local_addr().unwrap()
+    );
 }
 
 /// A floor on an ephemeral port; stopped and awaited by [`Floor::stop`].
@@ -132,7 +138,10 @@ async fn welcomes_then_acks_every_batch_and_ends_when_the_agent_does() {
         }
     }
     drop(tx);
-    assert!(next(&mut inbound).await.is_none(), "the stream ends with OK");
+    assert!(
+        next(&mut inbound).await.is_none(),
+        "the stream ends with OK"
+    );
     floor.stop().await;
 }
 

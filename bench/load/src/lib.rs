@@ -252,7 +252,11 @@ impl Inflight {
     /// Settles the messages an ack of `through` covers (every one whose last
     /// sequence number is at most `through`), calling `each` with the send
     /// time of each; returns how many.
-    pub fn ack(&mut self, through: u64, mut each: impl FnMut(Instant)) -> Result<u64, AckBeyondSent> {
+    pub fn ack(
+        &mut self,
+        through: u64,
+        mut each: impl FnMut(Instant),
+    ) -> Result<u64, AckBeyondSent> {
         if through > self.last_sent {
             return Err(AckBeyondSent {
                 through,
@@ -299,8 +303,10 @@ impl Shared {
     /// Takes one message from the budget; `false` once it is spent.
     fn claim(&self) -> bool {
         self.budget.as_ref().is_none_or(|b| {
-            b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
-                .is_ok()
+            b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
         })
     }
 }
@@ -424,7 +430,10 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
 
 /// Waits for every stream task, bounded: each drains within twice the drain
 /// timeout; one that does not is aborted and counted as failed.
-async fn join(tasks: &mut JoinSet<Result<Outcome, String>>, config: &LoadConfig) -> Vec<Result<Outcome, String>> {
+async fn join(
+    tasks: &mut JoinSet<Result<Outcome, String>>,
+    config: &LoadConfig,
+) -> Vec<Result<Outcome, String>> {
     let deadline = Instant::now() + 2 * config.drain_timeout + Duration::from_secs(5);
     let mut outcomes = Vec::with_capacity(tasks.len());
     loop {
@@ -444,7 +453,11 @@ async fn join(tasks: &mut JoinSet<Result<Outcome, String>>, config: &LoadConfig)
     outcomes
 }
 
-fn summarize(config: &LoadConfig, seconds: f64, outcomes: Vec<Result<Outcome, String>>) -> LoadReport {
+fn summarize(
+    config: &LoadConfig,
+    seconds: f64,
+    outcomes: Vec<Result<Outcome, String>>,
+) -> LoadReport {
     let mut latency = histogram();
     let (mut sent, mut acked_total, mut measured, mut unacked, mut failed) = (0, 0, 0, 0, 0);
     let mut first_error = None;
@@ -467,7 +480,13 @@ fn summarize(config: &LoadConfig, seconds: f64, outcomes: Vec<Result<Outcome, St
     let ms = |micros: u64| micros as f64 / 1000.0;
     let quantile = |q: f64| (!latency.is_empty()).then(|| ms(latency.value_at_quantile(q)));
     let events = measured * u64::from(config.events_per_message);
-    let per_second = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+    let per_second = |n: u64| {
+        if seconds > 0.0 {
+            n as f64 / seconds
+        } else {
+            0.0
+        }
+    };
     LoadReport {
         server: config.server.clone(),
         streams: config.streams,
