@@ -12,8 +12,9 @@
 # order rotates from run to run so that no target always goes first. The
 # server runs with --max-stream-events-per-sec 0 and --metrics-listen off.
 # Prints a Markdown table of medians, each target's events/s as a ratio to
-# the floor's in the same run (the median of the per-run ratios), and the
-# targets' check.
+# the floor's in the same run (the median of the per-run ratios), how busy the
+# load generator was (near 100 % of its threads: it, not the target, was the
+# limit), and the targets' check.
 #
 # Settings (environment):
 #   CONFIGS       streams x in-flight x events/message, space-separated
@@ -100,9 +101,9 @@ run_one() { # target config run
   if [ "$code" != 0 ]; then
     echo "warning: $target $config run $run: $(tail -n 1 "$work/load.err")" >&2
   fi
-  python3 - "$work/load.json" "$target" "$config" "$run" "$(((cpu1 - cpu0)))" "$clk_tck" "$code" >>"$rows" <<'PY'
+  python3 - "$work/load.json" "$target" "$config" "$run" "$((cpu1 - cpu0))" "$clk_tck" "$code" "$threads" >>"$rows" <<'PY'
 import json, sys
-path, target, config, run, ticks, clk_tck, code = sys.argv[1:8]
+path, target, config, run, ticks, clk_tck, code, threads = sys.argv[1:9]
 try:
     r = json.load(open(path))
 except (OSError, ValueError):
@@ -112,7 +113,9 @@ if r is not None:
     acked = max(r["messages_acked_total"], 1)
     row.update(mps=r["messages_per_second"], eps=r["events_per_second"],
                p50=r["ack_latency_p50_ms"], p99=r["ack_latency_p99_ms"],
-               cpu_us=int(ticks) / int(clk_tck) / acked * 1e6)
+               cpu_us=int(ticks) / int(clk_tck) / acked * 1e6,
+               load_busy=None if r.get("generator_cpu_seconds") is None or not r["seconds"]
+               else r["generator_cpu_seconds"] / r["seconds"] / int(threads) * 100)
 print(json.dumps(row))
 PY
 }
@@ -137,8 +140,8 @@ def med(values, fmt):
     values = [v for v in values if v is not None]
     return fmt.format(statistics.median(values)) if values else "-"
 ratios = {}
-print("| streams × in flight × events/msg | target | messages/s | events/s | × floor | ack p50 ms | ack p99 ms | server CPU µs/msg | failed runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| streams × in flight × events/msg | target | messages/s | events/s | × floor | ack p50 ms | ack p99 ms | server CPU µs/msg | load generator busy | failed runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for config in configs:
     floor = {r["run"]: r.get("eps") for r in rows if r["config"] == config and r["target"] == "floor" and r["ok"]}
     for target in ("floor", "memory", "durable"):
@@ -150,9 +153,10 @@ for config in configs:
         print(f"| {config.replace('x', ' × ')} | {names[target]} | {med([r['mps'] for r in ok], '{:,.0f}')} "
               f"| {med([r['eps'] for r in ok], '{:,.0f}')} | {'-' if ratio is None else f'{ratio:.2f}×'} "
               f"| {med([r['p50'] for r in ok], '{:.2f}')} | {med([r['p99'] for r in ok], '{:.2f}')} "
-              f"| {med([r['cpu_us'] for r in ok], '{:.2f}')} | {len(rs) - len(ok)} |")
+              f"| {med([r['cpu_us'] for r in ok], '{:.2f}')} | {med([r['load_busy'] for r in ok], '{:.0f} %')} | {len(rs) - len(ok)} |")
 print(f"\n(medians of {runs} runs of {duration} after {warmup} of warm-up; load generator on {threads} thread(s); "
-      "× floor is the median of each run's events/s over the floor's in the same run)\n")
+      "× floor is the median of each run's events/s over the floor's in the same run; "
+      "a load generator busy near 100 % of its threads was the limit, not the target)\n")
 for config, target, goal in [("256x16x1", "memory", 0.85), ("256x16x1", "durable", 0.65), ("256x16x100", "durable", 0.5)]:
     ratio = ratios.get((config, target))
     if ratio is None:

@@ -168,6 +168,10 @@ pub struct LoadReport {
     pub ack_latency_p99_ms: Option<f64>,
     /// The largest latency seen.
     pub ack_latency_max_ms: Option<f64>,
+    /// CPU time this process (the generator) used in the window, in seconds
+    /// (Linux only): near `seconds` × its worker threads, the generator, not
+    /// the server, was the limit.
+    pub generator_cpu_seconds: Option<f64>,
     /// Messages sent over the whole run (warm-up and drain included).
     pub messages_sent: u64,
     /// Messages acknowledged over the whole run.
@@ -414,6 +418,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     }
     shared.measuring.store(true, Ordering::Relaxed);
     let window_start = Instant::now();
+    let cpu_start = process_cpu_seconds();
     if !done_early {
         tokio::select! {
             () = tokio::time::sleep(config.duration) => {}
@@ -422,10 +427,13 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     }
     shared.measuring.store(false, Ordering::Relaxed);
     let seconds = window_start.elapsed().as_secs_f64();
+    let cpu = cpu_start
+        .zip(process_cpu_seconds())
+        .map(|(start, end)| end - start);
     phase_tx.send_replace(Phase::Stop);
 
     let outcomes = join(&mut tasks, &config).await;
-    Ok(summarize(&config, seconds, outcomes))
+    Ok(summarize(&config, seconds, cpu, outcomes))
 }
 
 /// Waits for every stream task, bounded: each drains within twice the drain
@@ -456,6 +464,7 @@ async fn join(
 fn summarize(
     config: &LoadConfig,
     seconds: f64,
+    generator_cpu_seconds: Option<f64>,
     outcomes: Vec<Result<Outcome, String>>,
 ) -> LoadReport {
     let mut latency = histogram();
@@ -501,6 +510,7 @@ fn summarize(
         ack_latency_p50_ms: quantile(0.5),
         ack_latency_p99_ms: quantile(0.99),
         ack_latency_max_ms: (!latency.is_empty()).then(|| ms(latency.max())),
+        generator_cpu_seconds,
         messages_sent: sent,
         messages_acked_total: acked_total,
         unacked_at_end: unacked,
@@ -687,6 +697,18 @@ fn batch(seq: &mut u64, n: u32, times: bool) -> pb::ReportRequest {
     }
 }
 
+/// User and system CPU time of this process so far, from `/proc/self/stat`
+/// (in USER_HZ ticks, 100 per second on Linux); `None` elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count from its closing ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
+}
+
 fn status_text(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
@@ -755,6 +777,23 @@ mod tests {
         assert_eq!(second.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
         assert!(second.iter().all(|e| e.time.is_some()));
         assert_eq!(seq, 5);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_process_cpu_time_grows_with_work() {
+        let before = process_cpu_seconds().expect("/proc/self/stat is readable");
+        // Busy until it shows (bounded: 30 s of wall time on a loaded machine).
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut grown = 0.0;
+        while grown < 0.05 && spin.elapsed() < Duration::from_secs(30) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            grown = process_cpu_seconds().expect("/proc/self/stat is readable") - before;
+        }
+        assert!(grown >= 0.05, "{grown} s of CPU after {:?}", spin.elapsed());
     }
 
     #[test]
