@@ -8,8 +8,8 @@
 //! numbers, keeping up to [`LoadConfig::in_flight`] messages unacknowledged
 //! (pipelined: a stream does not wait for each ack before the next message).
 //! After a warm-up, acknowledgements are counted for the measured window;
-//! each acknowledged message's latency (send to ack) goes into an
-//! HdrHistogram. Then every stream stops sending, waits (bounded) for its
+//! each acknowledged message's latency (send to ack) goes into one
+//! HdrHistogram (each stream hands its samples over in small batches). Then every stream stops sending, waits (bounded) for its
 //! outstanding acks, half-closes, and waits (bounded) for the server to end
 //! the stream. The result is a [`LoadReport`].
 //!
@@ -24,8 +24,8 @@
 
 use std::collections::VecDeque;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fleet_health_proto::v1 as pb;
@@ -301,6 +301,8 @@ struct Shared {
     /// Told once every stream's sending is over.
     all_finished: Notify,
     streams: usize,
+    /// Send-to-ack latencies of the window, in microseconds.
+    latency: Mutex<Histogram<u64>>,
 }
 
 impl Shared {
@@ -327,18 +329,54 @@ impl Drop for Finished<'_> {
 }
 
 /// What one stream did.
+#[derive(Default)]
 struct Outcome {
-    latency: Histogram<u64>,
     sent: u64,
     acked_total: u64,
     measured_messages: u64,
     unacked: u64,
 }
 
-/// Latencies are recorded in microseconds, from 1 µs to 60 s, to two
-/// significant digits (about 20 KiB per stream).
+/// Latencies are recorded in microseconds, from 1 µs to 60 s, to three
+/// significant digits.
 fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Samples a stream keeps before handing them to the shared histogram: a
+/// lock taken once per this many acks, and a little memory per stream.
+const LATENCY_BATCH: usize = 256;
+
+/// One stream's latency samples on their way to the shared histogram;
+/// whatever is left is handed over on drop.
+struct Latencies<'a> {
+    batch: Vec<u64>,
+    into: &'a Mutex<Histogram<u64>>,
+}
+
+impl Latencies<'_> {
+    fn record(&mut self, micros: u64) {
+        if self.batch.capacity() == 0 {
+            self.batch.reserve_exact(LATENCY_BATCH);
+        }
+        self.batch.push(micros);
+        if self.batch.len() == LATENCY_BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut histogram = self.into.lock().unwrap_or_else(|e| e.into_inner());
+        for micros in self.batch.drain(..) {
+            histogram.saturating_record(micros);
+        }
+    }
+}
+
+impl Drop for Latencies<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// Runs the load described by `config` and reports what it achieved.
@@ -365,6 +403,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         finished: AtomicUsize::new(0),
         all_finished: Notify::new(),
         streams: config.streams as usize,
+        latency: Mutex::new(histogram()),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
@@ -433,7 +472,8 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     phase_tx.send_replace(Phase::Stop);
 
     let outcomes = join(&mut tasks, &config).await;
-    Ok(summarize(&config, seconds, cpu, outcomes))
+    let latency = shared.latency.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(summarize(&config, seconds, cpu, &latency, outcomes))
 }
 
 /// Waits for every stream task, bounded: each drains within twice the drain
@@ -465,16 +505,14 @@ fn summarize(
     config: &LoadConfig,
     seconds: f64,
     generator_cpu_seconds: Option<f64>,
+    latency: &Histogram<u64>,
     outcomes: Vec<Result<Outcome, String>>,
 ) -> LoadReport {
-    let mut latency = histogram();
     let (mut sent, mut acked_total, mut measured, mut unacked, mut failed) = (0, 0, 0, 0, 0);
     let mut first_error = None;
     for outcome in outcomes {
         match outcome {
             Ok(o) => {
-                // Same bounds: adding cannot fail.
-                let _ = latency.add(&o.latency);
                 sent += o.sent;
                 acked_total += o.acked_total;
                 measured += o.measured_messages;
@@ -565,18 +603,16 @@ async fn drive(
         .await
         .map(|p| *p == Phase::Run)
         .unwrap_or(false);
-    let mut outcome = Outcome {
-        latency: histogram(),
-        sent: 0,
-        acked_total: 0,
-        measured_messages: 0,
-        unacked: 0,
-    };
+    let mut outcome = Outcome::default();
     if !started {
         return Ok(outcome);
     }
 
     let finished = Finished(&shared);
+    let mut latencies = Latencies {
+        batch: Vec::new(),
+        into: &shared.latency,
+    };
     let in_flight = config.in_flight as usize;
     let mut seq = welcome.last_applied_seq;
     let mut inflight = Inflight::default();
@@ -608,12 +644,11 @@ async fn drive(
                 let now = Instant::now();
                 let ack = expect_ack(msg)?;
                 let measuring = shared.measuring.load(Ordering::Relaxed);
-                let latency = &mut outcome.latency;
                 let settled = inflight
                     .ack(ack.applied_through, |at| {
                         if measuring {
                             let micros = u64::try_from((now - at).as_micros()).unwrap_or(u64::MAX);
-                            latency.saturating_record(micros.max(1));
+                            latencies.record(micros.max(1));
                         }
                     })
                     .map_err(|e| e.to_string())?;
@@ -629,7 +664,7 @@ async fn drive(
             () = &mut drain => break,
         }
     }
-    drop(finished);
+    drop((finished, latencies));
     outcome.unacked = inflight.len() as u64;
 
     // Half-close, then the server ends the stream (answering anything late).
@@ -744,6 +779,26 @@ mod tests {
         assert_eq!(inflight.len(), 2);
         assert_eq!(inflight.ack(40, |_| {}), Ok(2));
         assert!(inflight.is_empty());
+    }
+
+    #[test]
+    fn latencies_reach_the_shared_histogram_in_batches_and_on_drop() {
+        let shared = Mutex::new(histogram());
+        let count = || shared.lock().unwrap().len();
+        let mut latencies = Latencies {
+            batch: Vec::new(),
+            into: &shared,
+        };
+        for micros in 1..LATENCY_BATCH as u64 {
+            latencies.record(micros);
+        }
+        assert_eq!(count(), 0, "held until the batch is full");
+        latencies.record(1000);
+        latencies.record(2000);
+        assert_eq!(count(), LATENCY_BATCH as u64);
+        drop(latencies);
+        assert_eq!(count(), LATENCY_BATCH as u64 + 1);
+        assert_eq!(shared.lock().unwrap().max(), 2000);
     }
 
     #[test]
