@@ -32,7 +32,6 @@ configs=${CONFIGS:-"256x16x1 256x16x100 16x16x1"}
 duration=${DURATION:-10s}
 warmup=${WARMUP:-2s}
 threads=${LOAD_THREADS:-1}
-data_root=${DATA_ROOT:-${TMPDIR:-/tmp}}
 case $runs in '' | *[!0-9]* | 0) echo "runs must be a whole number above 0" >&2; exit 2 ;; esac
 
 cargo build -q --release -p fleet-health-server -p fleet-health-floor -p fleet-health-load
@@ -41,50 +40,9 @@ work=$(mktemp -d)
 rows=$work/rows.jsonl
 : >"$rows"
 clk_tck=$(getconf CLK_TCK)
-pid=
-data=
-
-stop_target() {
-  if [ -n "$pid" ]; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    pid=
-  fi
-  if [ -n "$data" ]; then rm -rf "$data"; data=; fi
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 trap 'stop_target; rm -rf "$work"' EXIT
-
-# Starts a target on 127.0.0.1:0; sets pid and addr (from its "listening" log line).
-start_target() { # target
-  local target=$1 log=$work/target.log
-  local server=("$bin/fleet-health-server" --listen 127.0.0.1:0 --metrics-listen off
-    --max-stream-events-per-sec 0 --log-format json)
-  local cmd
-  case $target in
-    floor) cmd=("$bin/fleet-health-floor" --listen 127.0.0.1:0 --log-format json) ;;
-    memory) cmd=("${server[@]}" --in-memory) ;;
-    durable)
-      data=$(mktemp -d "$data_root/fleet-health-bench.XXXXXX")
-      cmd=("${server[@]}" --data-dir "$data")
-      ;;
-  esac
-  "${cmd[@]}" >/dev/null 2>"$log" &
-  pid=$!
-  addr=
-  for _ in $(seq 300); do
-    addr=$(sed -n 's/.*"grpc":"\(127\.0\.0\.1:[0-9]*\)".*/\1/p' "$log" | head -n 1)
-    [ -n "$addr" ] && return 0
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "$target exited before listening:" >&2; cat "$log" >&2; exit 1
-    fi
-    sleep 0.1
-  done
-  echo "$target did not say where it listens within 30 s:" >&2; cat "$log" >&2; exit 1
-}
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 run_one() { # target config run
   local target=$1 config=$2 run=$3 streams in_flight epm
