@@ -120,8 +120,9 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let agents = AgentServiceServer::new(FloorService)
         .max_decoding_message_size(transport.max_message_bytes);
+    // `Server::builder().tcp_nodelay` applies only to listeners tonic binds
+    // itself: with an incoming stream, `incoming` sets it.
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(transport.keepalive_interval))
         .http2_keepalive_timeout(Some(transport.keepalive_timeout))
         .initial_stream_window_size(transport.stream_window)
