@@ -2,9 +2,7 @@
 //! manual clock), watch order and resync, the storm guard, as-of queries,
 //! paging, history, forget, health checks, reflection and metrics.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_health_proto::v1 as pb;
 use fleet_health_server::Config;
 use pb::EventKind as K;
