@@ -226,10 +226,6 @@ impl Agent {
             .expect("stream open");
     }
 
-    pub async fn hello(&mut self, id: &str, incarnation: u64) -> Result<pb::Welcome, Status> {
-        self.hello_with(id, incarnation, &[]).await
-    }
-
     pub async fn hello_with(
         &mut self,
         id: &str,
