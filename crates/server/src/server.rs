@@ -13,9 +13,9 @@ use crate::agent_service::AgentService;
 use crate::clock::Clock;
 use crate::config::{Config, Storage};
 use crate::fleet_service::FleetService;
-use crate::open_streams::OpenStreams;
 use crate::metrics::Metrics;
 use crate::net::{Acceptor, Connections};
+use crate::open_streams::OpenStreams;
 use crate::registry::Registry;
 use crate::shutdown::{Stop, enforce_deadline};
 use crate::store::{Store, StoreError};
@@ -137,8 +137,12 @@ impl Server {
         let connections = Connections::new();
 
         let (health, health_svc) = tonic_health::server::health_reporter();
-        health.set_serving::<AgentServiceServer<AgentService>>().await;
-        health.set_serving::<FleetServiceServer<FleetService>>().await;
+        health
+            .set_serving::<AgentServiceServer<AgentService>>()
+            .await;
+        health
+            .set_serving::<FleetServiceServer<FleetService>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fleet_health_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -22,7 +22,9 @@ pub enum AgentIdError {
     #[error("agent ID is empty (an agent ID is 1 to 253 characters of [A-Za-z0-9._:@/-])")]
     Empty,
     /// The string is longer than [`MAX_AGENT_ID_LEN`] characters.
-    #[error("agent ID is {0} characters long (an agent ID is 1 to 253 characters of [A-Za-z0-9._:@/-])")]
+    #[error(
+        "agent ID is {0} characters long (an agent ID is 1 to 253 characters of [A-Za-z0-9._:@/-])"
+    )]
     TooLong(usize),
     /// The string holds a character outside the set.
     #[error("agent ID contains {0:?} (an agent ID is 1 to 253 characters of [A-Za-z0-9._:@/-])")]

@@ -1,11 +1,9 @@
 //! The durable store end to end: a restart changes no agent's status and
 //! loses no acknowledged event; a damaged or newer data directory is refused.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_health_proto::v1 as pb;
 use fleet_health_server::clock::ManualClock;
 use fleet_health_server::store::{DB_FILE, Store, StoreError};
@@ -13,9 +11,9 @@ use pb::EventKind as K;
 
 #[tokio::test]
 async fn a_restart_keeps_every_status_history_and_sequence_number() {
-    let dir = TempDir::new("restart");
+    let dir = scratch();
     let clock = ManualClock::new(t(T0));
-    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let s = TestServer::durable(dir.path(), clock.clone()).await;
     let mut ok = s.agent("ok", 11).await;
     ok.start_healthy(1).await;
     let mut stopped = s.agent("stopped", 12).await;
@@ -60,7 +58,7 @@ async fn a_restart_keeps_every_status_history_and_sequence_number() {
 
     // Down for a minute, then up again on the same data directory.
     clock.advance(Duration::from_secs(60));
-    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let s = TestServer::durable(dir.path(), clock.clone()).await;
     let after = s.list(pb::StateFilter::All).await.agents;
     assert_eq!(after.len(), before.len());
     for (b, a) in before.iter().zip(&after) {
@@ -112,16 +110,16 @@ async fn a_restart_keeps_every_status_history_and_sequence_number() {
 
 #[tokio::test]
 async fn grace_after_a_restart_holds_back_not_reporting() {
-    let dir = TempDir::new("grace");
+    let dir = scratch();
     let clock = ManualClock::new(t(T0));
-    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let s = TestServer::durable(dir.path(), clock.clone()).await;
     let mut a = s.agent("a", 1).await;
     a.start_healthy(1).await;
     drop(a);
     s.stop().await;
     // Down for four minutes: up again, "a" has been silent for 240 s.
     clock.advance(Duration::from_secs(240));
-    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let s = TestServer::durable(dir.path(), clock.clone()).await;
     s.advance(200);
     // 440 s of silence, but only 200 s since the restart: still healthy.
     assert_eq!(s.get("a").await.why_text, "all is ok");
@@ -133,9 +131,9 @@ async fn grace_after_a_restart_holds_back_not_reporting() {
 
 #[tokio::test]
 async fn changes_due_while_down_happen_at_their_due_times() {
-    let dir = TempDir::new("due");
+    let dir = scratch();
     let clock = ManualClock::new(t(T0));
-    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let s = TestServer::durable(dir.path(), clock.clone()).await;
     let mut a = s.agent("a", 1).await;
     a.start_healthy(1).await;
     a.events(vec![event(4, K::ShuttingDown, None)])
@@ -144,7 +142,7 @@ async fn changes_due_while_down_happen_at_their_due_times() {
     drop(a);
     s.stop().await;
     clock.advance(Duration::from_secs(3600));
-    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let s = TestServer::durable(dir.path(), clock.clone()).await;
     let st = s.get("a").await;
     // Stuck at shutdown since T0 + 600, whatever the grace says of silence.
     assert_eq!(
@@ -156,9 +154,9 @@ async fn changes_due_while_down_happen_at_their_due_times() {
 
 #[tokio::test]
 async fn forgotten_agents_stay_forgotten() {
-    let dir = TempDir::new("forget");
+    let dir = scratch();
     let clock = ManualClock::new(t(T0));
-    let s = TestServer::durable(&dir.0, clock.clone()).await;
+    let s = TestServer::durable(dir.path(), clock.clone()).await;
     let mut a = s.agent("a", 1).await;
     a.start_healthy(1).await;
     drop(a);
@@ -169,29 +167,29 @@ async fn forgotten_agents_stay_forgotten() {
         .await
         .expect("forgotten");
     s.stop().await;
-    let s = TestServer::durable(&dir.0, clock).await;
+    let s = TestServer::durable(dir.path(), clock).await;
     assert!(s.list(pb::StateFilter::All).await.agents.is_empty());
     s.stop().await;
 }
 
 #[test]
 fn damaged_or_newer_data_is_refused_not_reset() {
-    let dir = TempDir::new("damaged");
-    std::fs::create_dir_all(&dir.0).expect("dir");
-    std::fs::write(dir.0.join(DB_FILE), b"not a database").expect("written");
-    let err = Store::open(&dir.0).expect_err("refused");
+    let dir = scratch();
+    std::fs::write(dir.path().join(DB_FILE), b"not a database").expect("written");
+    let err = Store::open(dir.path()).expect_err("refused");
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
 
-    let newer = TempDir::new("newer");
-    Store::open(&newer.0)
+    let newer = scratch();
+    Store::open(newer.path())
         .expect("opens")
         .set_format_version(99)
         .expect("set");
-    let err = Store::open(&newer.0).expect_err("refused");
+    let err = Store::open(newer.path()).expect_err("refused");
     assert!(err.to_string().contains("format version 99"), "{err}");
 
-    let file = TempDir::new("file");
-    std::fs::write(&file.0, b"a file, not a directory").expect("written");
-    let err = Store::open(&file.0).expect_err("refused");
+    let scratch = scratch();
+    let file = scratch.path().join("data");
+    std::fs::write(&file, b"a file, not a directory").expect("written");
+    let err = Store::open(&file).expect_err("refused");
     assert!(matches!(err, StoreError::Dir { .. }), "{err}");
 }

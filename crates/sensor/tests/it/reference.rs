@@ -1,28 +1,65 @@
-//! The rules agree with the reference itself (`../shared/reference/replay.py`,
-//! run by Python 3) on random traces of every shape, not only the recorded ones.
+//! The rules agree with the reference itself (`replay.py`, run by Python 3)
+//! on random traces of every shape, not only the recorded ones.
 //!
-//! Needs `python3` and the shared reference beside the project's root, as on a
-//! developer's machine and in CI.
-
-#[path = "support/trace.rs"]
-mod trace;
+//! The reference is not part of the project: it is looked for in the folder
+//! named by `FLEET_HEALTH_REFERENCE`, or else in `shared/reference/` beside
+//! the project's root, as on a developer's machine and in CI. Where it (or
+//! Python 3) is missing, the run says so in the test output and checks
+//! nothing more than the recorded vectors do; with
+//! `FLEET_HEALTH_REQUIRE_REFERENCE=1` (as CI sets it) a missing reference
+//! fails the test instead.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::trace::{self, Op};
 use fleet_health_sensor::{Sensor, Windows};
-use trace::Op;
 
-fn reference_replay() -> PathBuf {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/replay.py");
-    assert!(
-        path.exists(),
-        "the reference {} is missing: this test needs shared/ beside the project's root",
-        path.display()
-    );
-    path
+/// Names the folder that holds the reference's `replay.py`.
+const REFERENCE_ENV: &str = "FLEET_HEALTH_REFERENCE";
+/// Set to `1`, makes a missing reference a failure rather than a skipped run.
+const REQUIRE_ENV: &str = "FLEET_HEALTH_REQUIRE_REFERENCE";
+
+/// The reference's `replay.py`, or why it cannot be run here.
+fn reference_replay() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os(REFERENCE_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        // `crates/sensor` -> the project's root -> the folder beside it.
+        None => match Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(3) {
+            Some(beside_root) => beside_root.join("shared/reference"),
+            None => return Err("the project's root has no parent folder".to_owned()),
+        },
+    };
+    let path = dir.join("replay.py");
+    if !path.is_file() {
+        return Err(format!(
+            "reference sensor not found at {} (set {REFERENCE_ENV} to the folder that holds replay.py)",
+            path.display()
+        ));
+    }
+    match Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(status) if status.success() => Ok(path),
+        Ok(status) => Err(format!(
+            "python3 --version failed ({status}), so the reference sensor at {} cannot run",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "python3 could not be started ({e}), so the reference sensor at {} cannot run",
+            path.display()
+        )),
+    }
+}
+
+/// Whether CI (or the person running the tests) asked for the reference to be
+/// present.
+fn reference_required() -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// A small deterministic generator (xorshift), so the traces are the same each run.
@@ -101,9 +138,9 @@ fn ours(trace: &str) -> String {
     out
 }
 
-fn theirs(trace: &str) -> String {
+fn theirs(replay: &Path, trace: &str) -> String {
     let mut child = Command::new("python3")
-        .arg(reference_replay())
+        .arg(replay)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -122,10 +159,25 @@ fn theirs(trace: &str) -> String {
 }
 
 #[test]
-fn random_traces_agree_with_the_reference() {
+fn random_traces_agree_with_the_reference_where_it_is_present() {
+    let replay = match reference_replay() {
+        Ok(replay) => replay,
+        Err(why) if reference_required() => panic!("{why}; {REQUIRE_ENV} is set"),
+        Err(why) => {
+            // Straight to the process's stderr: the harness captures what a
+            // passing test prints with `eprintln!`, and this line is meant to
+            // be seen in every `cargo test` run.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nnote: {why}; differential run skipped (the recorded vectors ran; \
+                 {REQUIRE_ENV}=1 makes this a failure)"
+            );
+            return;
+        }
+    };
     for seed in [1, 0x5eed, 20_261_124] {
         let trace = random_traces(seed, 300);
-        let (a, b) = (ours(&trace), theirs(&trace));
+        let (a, b) = (ours(&trace), theirs(&replay, &trace));
         assert!(a.lines().count() > 1000, "too few statuses compared");
         for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
             assert_eq!(x, y, "seed {seed}, status {i}");

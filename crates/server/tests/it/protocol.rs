@@ -3,11 +3,9 @@
 //! forget) while idle, a half-close with acks still to come, silence, and the
 //! per-stream rate limit.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_health_proto::v1 as pb;
 use fleet_health_server::Config;
 use fleet_health_server::agent_service::StreamLimits;
@@ -178,8 +176,8 @@ async fn an_undecodable_unary_request_is_invalid_argument() {
 
 #[tokio::test]
 async fn events_sent_with_a_half_close_are_acknowledged_before_the_end() {
-    let dir = TempDir::new("half-close");
-    let s = TestServer::durable(&dir.0, ManualClock::new(t(T0))).await;
+    let dir = scratch();
+    let s = TestServer::durable(dir.path(), ManualClock::new(t(T0))).await;
     // Everything at once, then the agent's side closes: the server must
     // still say which events it committed.
     let Agent { tx, mut rx, .. } = s.open().await;
@@ -250,8 +248,8 @@ async fn a_takeover_ends_the_idle_older_stream_at_once() {
 
 #[tokio::test]
 async fn a_durable_takeover_ends_the_older_stream_at_once_too() {
-    let dir = TempDir::new("takeover");
-    let s = TestServer::durable(&dir.0, ManualClock::new(t(T0))).await;
+    let dir = scratch();
+    let s = TestServer::durable(dir.path(), ManualClock::new(t(T0))).await;
     let mut old = s.agent("a", 1).await;
     old.start_healthy(1).await;
     let _new = s.agent("a", 2).await;

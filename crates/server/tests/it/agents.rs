@@ -1,9 +1,7 @@
 //! The agent side end to end: a real server, a real tonic client, a manual
 //! clock. Streams, acknowledgements, exactly-once, and every bad input.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_health_proto::v1 as pb;
 use fleet_health_server::Config;
 use pb::EventKind as K;

@@ -2,62 +2,21 @@
 //! acknowledged event is there and none is applied twice. Runs the real
 //! server binary on a real data directory.
 
-mod common;
-
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::TempDir;
+use fleet_health_e2e::Server;
 use fleet_health_proto::v1 as pb;
 use fleet_health_proto::v1::agent_service_client::AgentServiceClient;
 use fleet_health_proto::v1::fleet_service_client::FleetServiceClient;
 use pb::report_request::Body as In;
 use pb::report_response::Body as Out;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_stream::wrappers::ReceiverStream;
 
 const BASE: i64 = 1_700_000_000;
 const AGENTS: u64 = 4;
 const EVENTS: u64 = 1500;
-
-/// Starts the server binary on an ephemeral port; returns it and its address.
-async fn start(dir: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-health-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-            "--log-format",
-            "json",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("server says where it listens")
-            .expect("stderr readable")
-            .expect("server exited before listening");
-        if let Some(i) = line.find("\"grpc\":\"") {
-            let rest = &line[i + 8..];
-            break rest[..rest.find('"').expect("closing quote")]
-                .parse()
-                .expect("an address");
-        }
-    };
-    // Keep draining the logs so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
 
 /// One agent: sends server_data_sent events whose time encodes their sequence
 /// number, re-sends what was not acknowledged after every reconnect, and
@@ -158,9 +117,8 @@ async fn statuses(addr: SocketAddr) -> Vec<pb::AgentStatus> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() {
-    let dir = TempDir::new("crash");
-    let (mut server, first) = start(&dir.0).await;
-    let addr = Arc::new(Mutex::new(first));
+    let mut server = Server::start(&[]).await;
+    let addr = Arc::new(Mutex::new(server.addr()));
     let acked = Arc::new(Mutex::new(vec![0u64; AGENTS as usize]));
     let agents: Vec<_> = (0..AGENTS)
         .map(|n| tokio::spawn(agent(n, addr.clone(), acked.clone())))
@@ -171,12 +129,11 @@ async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() {
         // A moment that differs from kill to kill.
         pause = (pause * 7919 + 13) % 250 + 20;
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        server.start_kill().expect("SIGKILL sent");
-        server.wait().await.expect("killed");
+        server.kill9().await;
         kills += 1;
         let before = acked.lock().expect("lock").clone();
-        let (next, at) = start(&dir.0).await;
-        server = next;
+        server.restart().await;
+        let at = server.addr();
         // Every event acknowledged before the kill is there after it.
         for (n, st) in statuses(at).await.iter().enumerate() {
             assert!(
@@ -211,16 +168,13 @@ async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() {
         "the agents finished before the server was killed twice"
     );
     // One last kill after everything was acknowledged.
-    server.start_kill().expect("SIGKILL sent");
-    server.wait().await.expect("killed");
-    let (mut server, at) = start(&dir.0).await;
-    for (n, st) in statuses(at).await.iter().enumerate() {
+    server.kill9().await;
+    server.restart().await;
+    for (n, st) in statuses(server.addr()).await.iter().enumerate() {
         assert_eq!(st.last_seq, EVENTS, "agent-{n}");
         // Had a re-sent event been applied again after a later one, the last
         // sent time would be older than the last event's.
         let sent = st.sensor.as_ref().and_then(|s| s.last_sent).expect("times");
         assert_eq!(sent.seconds, BASE + EVENTS as i64, "agent-{n}");
     }
-    server.start_kill().expect("stopped");
-    let _ = server.wait().await;
 }

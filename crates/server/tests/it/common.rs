@@ -1,8 +1,6 @@
 //! A real server on an ephemeral port with a manual clock, and helpers to
 //! talk to it with the generated tonic clients.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,10 +226,6 @@ impl Agent {
             .expect("stream open");
     }
 
-    pub async fn hello(&mut self, id: &str, incarnation: u64) -> Result<pb::Welcome, Status> {
-        self.hello_with(id, incarnation, &[]).await
-    }
-
     pub async fn hello_with(
         &mut self,
         id: &str,
@@ -339,25 +333,11 @@ pub async fn next_change(
     }
 }
 
-/// A fresh directory under the system's temporary directory, removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "fleet-health-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh, empty directory under the system's temporary directory, removed
+/// on drop.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("fleet-health-test-")
+        .tempdir()
+        .expect("create a temporary directory")
 }

@@ -1,15 +1,11 @@
 //! Every recorded trace of `data/sensor_traces.jsonl` (a copy of the shared
 //! vectors, produced by the reference) gives exactly the recorded statuses.
 
-#[path = "support/trace.rs"]
-#[allow(dead_code)]
-mod trace;
-
+use crate::trace::{self, Op};
 use fleet_health_sensor::{Sensor, Windows};
 use serde_json::Value;
-use trace::Op;
 
-const VECTORS: &str = include_str!("data/sensor_traces.jsonl");
+const VECTORS: &str = include_str!("../data/sensor_traces.jsonl");
 
 #[test]
 fn every_recorded_trace_matches_the_reference() {

@@ -17,10 +17,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -53,40 +53,6 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A directory under the system's temporary directory, removed on drop.
-#[derive(Debug)]
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates a fresh, empty directory whose name starts with `prefix`.
-    pub fn new(prefix: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "fleet-health-e2e-{prefix}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create a temporary directory");
-        TempDir { path }
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 /// A running `fleet-health-server` binary, killed when dropped.
 #[derive(Debug)]
 pub struct Server {
@@ -94,7 +60,7 @@ pub struct Server {
     addr: SocketAddr,
     args: Vec<String>,
     logs: Arc<Mutex<Vec<String>>>,
-    // Declared last: dropped after the child is killed.
+    // Declared last: removed after the child is killed.
     dir: TempDir,
 }
 
@@ -102,7 +68,10 @@ impl Server {
     /// Starts the server on `127.0.0.1:0` with metrics off, JSON logs, a new
     /// temporary data directory, and `args` (such as `--silence-window 2s`).
     pub async fn start(args: &[&str]) -> Server {
-        let dir = TempDir::new("data");
+        let dir = tempfile::Builder::new()
+            .prefix("fleet-health-e2e-")
+            .tempdir()
+            .expect("create a temporary data directory");
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (child, addr) = spawn_server(dir.path(), &args, Arc::clone(&logs)).await;

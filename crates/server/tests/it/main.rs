@@ -1,0 +1,9 @@
+//! The server's integration tests, one binary: a real server on an
+//! ephemeral port (started through the library's `run`, on a manual clock)
+//! and the generated tonic clients. `common` holds the harness.
+
+mod agents;
+mod common;
+mod durable;
+mod fleet;
+mod protocol;

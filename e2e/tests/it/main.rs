@@ -1,0 +1,8 @@
+//! The end-to-end tests, one binary: each module runs the real
+//! `fleet-health-server` and `fleet-health` binaries through the harness in
+//! the crate's library (`fleet_health_e2e`).
+
+mod cli;
+mod crash;
+mod reporter;
+mod simulate;
