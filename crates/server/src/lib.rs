@@ -39,7 +39,7 @@ use crate::fleet_service::FleetSvc;
 use crate::metrics::{FleetGauges, Metrics};
 use crate::model::FleetRules;
 use crate::registry::{Limits, Registry};
-use crate::store::{Store, StoreError};
+use crate::store::{AgentStore, StoreError};
 
 /// Everything the server can be told.
 #[derive(Clone, Debug, Default)]
@@ -104,7 +104,7 @@ pub enum ServeError {
 /// A server: its registry, its store (if durable) and its settings.
 pub struct Server {
     registry: Registry,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn AgentStore>>,
     config: Config,
 }
 
@@ -129,7 +129,7 @@ impl Server {
     pub fn durable(
         config: Config,
         clock: Arc<dyn Clock>,
-        store: Store,
+        store: impl AgentStore,
     ) -> Result<Server, StoreError> {
         let started = std::time::Instant::now();
         let registry = Registry::durable(
@@ -139,10 +139,12 @@ impl Server {
             Arc::new(Metrics::default()),
         );
         let records = store.load()?;
-        let n = registry.restore(records)?;
+        let n = registry
+            .restore(records)
+            .map_err(|e| StoreError::corrupt(store.location(), e))?;
         tracing::info!(
             agents = n,
-            path = %store.path().display(),
+            path = %store.location(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state loaded"
         );
@@ -272,7 +274,7 @@ impl Server {
 /// nothing.
 async fn run_committer(
     registry: Registry,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn AgentStore>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(store) = store else { return };
@@ -333,7 +335,7 @@ async fn serve_metrics(
                 let registry = registry.clone();
                 async move {
                     let gauges = FleetGauges {
-                        by_reason: registry.counts(),
+                        by_reason: registry.counts().into_array(),
                         connected: registry.connected(),
                     };
                     (

@@ -15,7 +15,7 @@ use fleet_health_server::agent_service::StreamLimits;
 use fleet_health_server::clock::SystemClock;
 use fleet_health_server::model::FleetRules;
 use fleet_health_server::registry::Limits;
-use fleet_health_server::store::Store;
+use fleet_health_server::store::RedbStore;
 use fleet_health_server::{Config, Server, Transport, bind};
 
 /// The fleet-health aggregator: agents stream their lifecycle events here; it
@@ -272,7 +272,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Server::in_memory(config, clock)
     } else {
         let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-        let store = Store::open(&dir)?;
+        let store = RedbStore::open(&dir)?;
         Server::durable(config, clock, store)?
     };
     tracing::info!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use fleet_health_proto::v1 as pb;
 use fleet_health_server::clock::ManualClock;
-use fleet_health_server::store::{DB_FILE, Store, StoreError};
+use fleet_health_server::store::{DB_FILE, RedbStore as Store, StoreError};
 use pb::EventKind as K;
 
 #[tokio::test]

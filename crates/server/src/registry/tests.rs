@@ -1,0 +1,316 @@
+//! The registry's behaviour through its public handle.
+
+use std::time::Duration;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::model::{AgentEvent, AgentId, EventKind, Labels};
+
+const T0: i64 = 1_700_000_000;
+
+fn t(s: i64) -> Time {
+    Time::from_micros(s * 1_000_000).expect("in range")
+}
+
+fn setup() -> (Registry, ManualClock) {
+    let clock = ManualClock::new(t(T0));
+    let reg = Registry::new(
+        FleetRules::default(),
+        Limits::default(),
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::default()),
+    );
+    (reg, clock)
+}
+
+fn id(s: &str) -> AgentId {
+    AgentId::parse(s).expect("valid id")
+}
+
+fn ev(seq: u64, kind: EventKind, at: Option<i64>) -> AgentEvent {
+    AgentEvent {
+        seq,
+        kind,
+        time: at.map(t),
+    }
+}
+
+fn healthy_start(reg: &Registry, name: &str) -> Session {
+    let Connected {
+        session: s,
+        last_applied_seq: _,
+        ..
+    } = reg.connect(&id(name), 7, Labels::new()).expect("connects");
+    let applied = reg
+        .apply(
+            &s,
+            &[
+                ev(1, EventKind::Starting, None),
+                ev(2, EventKind::ServerDataSent, None),
+                ev(3, EventKind::ServerDataReceived, None),
+            ],
+        )
+        .expect("applies");
+    assert_eq!(applied.applied_through, 3);
+    s
+}
+
+#[test]
+fn a_new_agent_is_faulty_until_it_starts() {
+    let (reg, _) = setup();
+    let Connected {
+        session: s,
+        last_applied_seq: last,
+        ..
+    } = reg.connect(&id("a"), 1, Labels::new()).expect("connects");
+    assert_eq!(last, 0);
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::NoDataReceived
+    );
+    reg.apply(&s, &[ev(1, EventKind::Starting, None)])
+        .expect("applies");
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::AllIsOk
+    );
+    let h = reg.history(&id("a")).expect("known");
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].from, None);
+    assert_eq!(h[1].to, Reason::AllIsOk);
+}
+
+#[test]
+fn resent_events_are_applied_once() {
+    let (reg, _) = setup();
+    let s = healthy_start(&reg, "a");
+    let again = reg
+        .apply(
+            &s,
+            &[
+                ev(2, EventKind::Unregistered, None),
+                ev(4, EventKind::Heartbeat, None),
+            ],
+        )
+        .expect("applies");
+    assert_eq!(again.duplicates, 1);
+    assert_eq!(again.applied, 1);
+    assert_eq!(again.applied_through, 4);
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::AllIsOk
+    );
+    // A reconnect with the same incarnation resumes; a new one starts over.
+    let Connected {
+        session: _,
+        last_applied_seq: last,
+        ..
+    } = reg.connect(&id("a"), 7, Labels::new()).expect("connects");
+    assert_eq!(last, 4);
+    let Connected {
+        session: s2,
+        last_applied_seq: last,
+        ..
+    } = reg.connect(&id("a"), 8, Labels::new()).expect("connects");
+    assert_eq!(last, 0);
+    let fresh = reg
+        .apply(&s2, &[ev(1, EventKind::Unregistered, None)])
+        .expect("applies");
+    assert_eq!(fresh.applied, 1);
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::NotRegistered
+    );
+}
+
+#[test]
+fn a_newer_stream_supersedes_the_older() {
+    let (reg, _) = setup();
+    let old = healthy_start(&reg, "a");
+    let Connected {
+        session: _new,
+        last_applied_seq: _,
+        ..
+    } = reg.connect(&id("a"), 7, Labels::new()).expect("connects");
+    assert!(matches!(
+        reg.apply(&old, &[ev(9, EventKind::Heartbeat, None)]),
+        Err(RegistryError::Superseded(_))
+    ));
+    reg.disconnect(&old);
+    assert_eq!(reg.connected(), 1);
+}
+
+#[test]
+fn time_driven_transitions_happen_at_their_due_time() {
+    let (reg, clock) = setup();
+    let s = healthy_start(&reg, "a");
+    let mut feed = reg.subscribe();
+    // Heard every 4 minutes for almost 6 hours: the send window runs out.
+    for i in 1..=89 {
+        clock.advance(Duration::from_secs(240));
+        reg.apply(&s, &[ev(3 + i, EventKind::ServerDataReceived, None)])
+            .expect("applies");
+    }
+    // The heap wakes the agent lazily, at or before its real next change.
+    assert!(reg.process_due().is_some_and(|due| due <= t(T0 + 21_600)));
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!(
+        (v.reason, v.next_change),
+        (Reason::AllIsOk, Some(t(T0 + 21_600)))
+    );
+    clock.set(t(T0 + 21_599));
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::AllIsOk
+    );
+    clock.set(t(T0 + 21_600));
+    reg.process_due();
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!((v.reason, v.since), (Reason::NoDataSent, t(T0 + 21_600)));
+    match feed.try_recv().expect("a change was sent") {
+        Change::Status { view, before } => {
+            assert_eq!(before, Some(Reason::AllIsOk));
+            assert_eq!(view.reason, Reason::NoDataSent);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Then silence: not reporting at last_heard + 5 min.
+    clock.set(t(T0 + 21_360 + 400));
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!(
+        (v.reason, v.since),
+        (Reason::NotReporting, t(T0 + 21_360 + 300))
+    );
+    // The read settled nothing: the timer task records the transition.
+    assert_eq!(reg.history(&id("a")).expect("known").len(), 3);
+    reg.process_due();
+    assert_eq!(reg.history(&id("a")).expect("known").len(), 4);
+}
+
+#[test]
+fn faulty_list_uses_the_index_and_pages() {
+    let (reg, clock) = setup();
+    for i in 0..30 {
+        let name = format!("agent-{i:02}");
+        if i % 3 == 0 {
+            healthy_start(&reg, &name);
+        } else {
+            reg.connect(&id(&name), 1, Labels::new()).expect("connects");
+        }
+    }
+    let sel = Selector {
+        filter: StateFilter::Faulty,
+        ..Selector::default()
+    };
+    let p1 = reg.list(&sel, None, None, 15);
+    assert_eq!(p1.agents.len(), 15);
+    assert!(p1.more);
+    assert!(p1.storm.active);
+    assert_eq!(p1.storm.dominant, Some((Reason::NoDataReceived, 20)));
+    let last = p1.agents.last().expect("non-empty").id.to_string();
+    let p2 = reg.list(&sel, None, Some(&last), 15);
+    assert_eq!(p2.agents.len(), 5);
+    assert!(!p2.more);
+    assert_eq!(p2.agents[0].id.as_str(), "agent-23");
+    let healthy = reg.list(
+        &Selector {
+            filter: StateFilter::Healthy,
+            ..Selector::default()
+        },
+        None,
+        None,
+        100,
+    );
+    assert_eq!(healthy.agents.len(), 10);
+    // Forecast: in 6 hours the healthy ones (connected) miss their sends.
+    let later = reg.list(&sel, Some(t(T0 + 21_600)), None, 100);
+    assert_eq!(later.agents.len(), 30);
+    assert_eq!(later.agents[0].reason, Reason::NoDataSent);
+    assert_eq!(later.agents[0].since, t(T0 + 21_600));
+    // Nothing was changed by the forecast.
+    assert_eq!(reg.list(&sel, None, None, 100).agents.len(), 20);
+    let _ = clock;
+}
+
+#[test]
+fn stopped_agents_are_healthy_until_they_start_again() {
+    let (reg, clock) = setup();
+    let s = healthy_start(&reg, "a");
+    reg.apply(
+        &s,
+        &[
+            ev(4, EventKind::ShuttingDown, None),
+            ev(5, EventKind::Stopped, None),
+        ],
+    )
+    .expect("applies");
+    reg.disconnect(&s);
+    clock.advance(Duration::from_secs(8 * 86_400));
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!(v.reason, Reason::Stopped);
+    assert_eq!(v.next_change, None);
+}
+
+#[test]
+fn forgetting_removes_everything() {
+    let (reg, _) = setup();
+    healthy_start(&reg, "a");
+    let last = reg.forget(&id("a")).expect("known");
+    assert_eq!(last.reason, Reason::AllIsOk);
+    assert!(reg.is_empty());
+    assert_eq!(reg.counts().total(), 0);
+    assert!(matches!(
+        reg.get(&id("a"), None),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        reg.forget(&id("a")),
+        Err(RegistryError::NotFound(_))
+    ));
+}
+
+#[test]
+fn the_agent_cap_is_enforced() {
+    let clock = ManualClock::new(t(T0));
+    let reg = Registry::new(
+        FleetRules::default(),
+        Limits {
+            max_agents: 2,
+            ..Limits::default()
+        },
+        Arc::new(clock),
+        Arc::new(Metrics::default()),
+    );
+    reg.connect(&id("a"), 1, Labels::new()).expect("first");
+    reg.connect(&id("b"), 1, Labels::new()).expect("second");
+    assert_eq!(
+        reg.connect(&id("c"), 1, Labels::new()).map(|_| ()),
+        Err(RegistryError::TooManyAgents(2))
+    );
+    reg.connect(&id("a"), 2, Labels::new())
+        .expect("a known agent reconnects");
+    assert_eq!(reg.len(), 2);
+}
+
+#[test]
+fn future_times_are_clamped() {
+    let (reg, _) = setup();
+    let Connected {
+        session: s,
+        last_applied_seq: _,
+        ..
+    } = reg.connect(&id("a"), 1, Labels::new()).expect("connects");
+    let out = reg
+        .apply(
+            &s,
+            &[
+                ev(1, EventKind::Starting, Some(T0 + 3600)),
+                ev(2, EventKind::ServerDataSent, Some(T0 + 60)),
+            ],
+        )
+        .expect("applies");
+    assert_eq!(out.clamped, 1);
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!(v.sensor.started_at(), t(T0));
+    assert_eq!(v.sensor.last_sent(), t(T0 + 60));
+}
