@@ -239,7 +239,7 @@ impl Registry {
 
     /// [`Registry::list`] by evaluating every agent at `at`: the way to
     /// answer about the past (and, in tests, the reference for the index).
-    fn list_by_scan(
+    pub(super) fn list_by_scan(
         &self,
         sel: &Selector,
         at: Time,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::model::{AgentEvent, AgentId, EventKind, Labels};
+use crate::model::{AgentEvent, AgentId, ByWhy, EventKind, Labels, State};
 
 const T0: i64 = 1_700_000_000;
 
@@ -313,4 +313,255 @@ fn future_times_are_clamped() {
     let v = reg.get(&id("a"), None).expect("known");
     assert_eq!(v.sensor.started_at(), t(T0));
     assert_eq!(v.sensor.last_sent(), t(T0 + 60));
+}
+
+/// Forty agents in every kind of state, half connected, with labels; then
+/// twenty minutes pass without the timer task, so that several agents have
+/// a change due that is not yet settled.
+fn mixed_fleet() -> (Registry, ManualClock) {
+    let (reg, clock) = setup();
+    for i in 0..40 {
+        let name = format!("agent-{i:02}");
+        let site = if i % 2 == 0 { "eu" } else { "us" };
+        let labels: Labels = [("site".to_string(), site.to_string())].into();
+        let s = reg
+            .connect(&id(&name), 1, labels)
+            .expect("connects")
+            .session;
+        let started = [
+            ev(1, EventKind::Starting, Some(T0 - 7 * 3600)),
+            ev(2, EventKind::ServerDataReceived, None),
+        ];
+        match i % 5 {
+            // Never started: no data received.
+            0 => {}
+            // Healthy, and stays connected.
+            1 => {
+                reg.apply(&s, &started).expect("applies");
+                reg.apply(&s, &[ev(3, EventKind::ServerDataSent, None)])
+                    .expect("applies");
+            }
+            // Stopped on purpose.
+            2 => {
+                reg.apply(&s, &started).expect("applies");
+                reg.apply(&s, &[ev(3, EventKind::Stopped, None)])
+                    .expect("applies");
+            }
+            // Healthy, then gone: not reporting after the silence window.
+            3 => {
+                reg.apply(&s, &started).expect("applies");
+                reg.apply(&s, &[ev(3, EventKind::ServerDataSent, None)])
+                    .expect("applies");
+                reg.disconnect(&s);
+            }
+            // Sent last almost six hours ago: no data sent in ten minutes.
+            _ => {
+                reg.apply(&s, &started).expect("applies");
+                reg.apply(
+                    &s,
+                    &[ev(3, EventKind::ServerDataSent, Some(T0 - 21_600 + 600))],
+                )
+                .expect("applies");
+            }
+        }
+        if i >= 20 && i % 5 != 3 {
+            reg.disconnect(&s);
+        }
+    }
+    clock.advance(Duration::from_secs(20 * 60));
+    (reg, clock)
+}
+
+fn selectors() -> Vec<Selector> {
+    let mut out = Vec::new();
+    for filter in [
+        StateFilter::Active,
+        StateFilter::Faulty,
+        StateFilter::Healthy,
+        StateFilter::Inactive,
+        StateFilter::All,
+    ] {
+        for reasons in [vec![], vec![Reason::NotReporting, Reason::AllIsOk]] {
+            for labels in [Labels::new(), [("site".into(), "eu".into())].into()] {
+                out.push(Selector {
+                    filter,
+                    reasons: reasons.clone(),
+                    labels,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn ids_and_status(page: &Page) -> Vec<(String, Reason, Time, Option<Time>)> {
+    page.agents
+        .iter()
+        .map(|v| (v.id.to_string(), v.reason, v.since, v.next_change))
+        .collect()
+}
+
+#[test]
+fn the_index_answers_as_a_scan_of_the_fleet_would() {
+    let (reg, clock) = mixed_fleet();
+    // First with changes due and not settled, then with them settled (which
+    // leaves connected agents settled as not reporting: a forecast takes
+    // them as heard).
+    for settle in [false, true] {
+        if settle {
+            reg.process_due();
+        }
+        compare_index_and_scan(&reg, clock.now());
+    }
+}
+
+fn compare_index_and_scan(reg: &Registry, now: Time) {
+    let times = [
+        None,
+        Some(now),
+        Some(t(T0 + 3600)),
+        Some(t(T0 + 8 * 86_400)),
+        Some(t(T0 - 600)),
+    ];
+    for at in times {
+        let when = at.unwrap_or(now);
+        let forecast = when > now;
+        for sel in selectors() {
+            // Page through with a small limit: every page matches the scan's.
+            let mut after: Option<String> = None;
+            loop {
+                let page = reg.list(&sel, at, after.as_deref(), 7);
+                let scan = reg.list_by_scan(&sel, when, forecast, after.as_deref(), 7);
+                assert_eq!(
+                    ids_and_status(&page),
+                    ids_and_status(&scan),
+                    "{sel:?} at {when:?} after {after:?}"
+                );
+                assert_eq!(page.more, scan.more, "{sel:?} at {when:?}");
+                assert_eq!(page.storm, scan.storm, "{sel:?} at {when:?}");
+                if !page.more {
+                    break;
+                }
+                after = page.agents.last().map(|v| v.id.to_string());
+            }
+        }
+        let all = reg.list_by_scan(
+            &Selector {
+                filter: StateFilter::All,
+                ..Selector::default()
+            },
+            when,
+            forecast,
+            None,
+            usize::MAX,
+        );
+        let mut by_reason = ByWhy::<u64>::default();
+        for v in &all.agents {
+            by_reason[v.reason] += 1;
+        }
+        assert_eq!(reg.summary(at).by_reason, by_reason, "at {when:?}");
+    }
+}
+
+#[test]
+fn reads_evaluate_their_time_and_settle_nothing() {
+    let (reg, _clock) = mixed_fleet();
+    let settled = reg.inner.tally.counts();
+    let histories: Vec<usize> = (0..40)
+        .map(|i| {
+            reg.history(&id(&format!("agent-{i:02}")))
+                .expect("known")
+                .len()
+        })
+        .collect();
+    // Read in every way: the due changes show, nothing is settled.
+    let counts = reg.counts();
+    assert_ne!(counts, settled, "some changes are due");
+    assert_eq!(reg.summary(None).by_reason, counts);
+    assert_eq!(reg.storm(), reg.inner.tally.storm_of(&counts));
+    let faulty = Selector {
+        filter: StateFilter::Faulty,
+        ..Selector::default()
+    };
+    let listed = reg.list(&faulty, None, None, 100);
+    assert_eq!(listed.agents.len() as u64, counts.in_state(State::Faulty));
+    assert_eq!(reg.snapshot(&faulty).len(), listed.agents.len());
+    assert!(
+        listed
+            .agents
+            .iter()
+            .any(|v| v.reason == Reason::NotReporting)
+    );
+    for i in 0..40 {
+        let agent = id(&format!("agent-{i:02}"));
+        reg.get(&agent, None).expect("known");
+        assert_eq!(reg.history(&agent).expect("known").len(), histories[i]);
+    }
+    assert_eq!(reg.inner.tally.counts(), settled);
+    // The timer task settles exactly what the reads showed.
+    reg.process_due();
+    assert_eq!(reg.inner.tally.counts(), counts);
+    assert_eq!(
+        ids_and_status(&reg.list(&faulty, None, None, 100)),
+        ids_and_status(&listed)
+    );
+}
+
+#[test]
+fn healthy_and_all_lists_page_in_id_order() {
+    let (reg, _) = setup();
+    for i in (0..25).rev() {
+        healthy_start(&reg, &format!("agent-{i:02}"));
+    }
+    let healthy = Selector {
+        filter: StateFilter::Healthy,
+        ..Selector::default()
+    };
+    let p1 = reg.list(&healthy, None, None, 10);
+    assert!(p1.more);
+    assert_eq!(p1.agents[0].id.as_str(), "agent-00");
+    let p3 = reg.list(&healthy, None, Some("agent-19"), 10);
+    assert!(!p3.more);
+    let names: Vec<&str> = p3.agents.iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(
+        names,
+        ["agent-20", "agent-21", "agent-22", "agent-23", "agent-24"]
+    );
+}
+
+#[test]
+fn a_restored_registry_answers_as_the_one_that_wrote_it() {
+    let (reg, clock) = mixed_fleet();
+    let durable = Registry::durable(
+        FleetRules::default(),
+        Limits::default(),
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::default()),
+    );
+    assert!(durable.commits().is_some());
+    assert!(reg.commits().is_none(), "in memory: nothing to wait for");
+    assert_eq!(
+        reg.take_dirty().upserts.len(),
+        0,
+        "in memory: nothing journalled"
+    );
+    // Copy the fleet through its records.
+    let records: Vec<(String, Vec<u8>)> = reg
+        .inner
+        .agents
+        .iter()
+        .map(|e| (e.key().to_string(), record::encode(e.value())))
+        .collect();
+    assert_eq!(durable.restore(records.clone()).expect("restores"), 40);
+    assert_eq!(durable.len(), 40);
+    // Every agent is back as it was written (a restored server then grants
+    // one silence window of grace, so its verdicts may differ for a while).
+    for (key, bytes) in &records {
+        let a = durable.inner.agents.get(&**key).expect("restored");
+        assert_eq!(&record::encode(&a), bytes, "{key}");
+        assert!(!a.connected());
+    }
+    assert_eq!(durable.inner.tally.counts(), reg.inner.tally.counts());
+    let damaged = durable.restore(vec![("x".into(), vec![0xff; 3])]);
+    assert!(matches!(damaged, Err(RecordError { ref agent, .. }) if agent == "x"));
 }
