@@ -308,13 +308,32 @@ impl Registry {
         }
     }
 
-    /// The recent transitions of one agent, oldest first.
+    /// The recent transitions of one agent, oldest first, up to now: those
+    /// the timer task has settled, and those due by now that it has not yet.
     pub fn history(&self, id: &AgentId) -> Result<Vec<Transition>, RegistryError> {
+        let now = self.inner.settings.clock.now();
         let a = self
             .inner
             .agents
             .get(id.as_arc())
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
-        Ok(a.history.as_slice().to_vec())
+        let mut out = a.history.as_slice().to_vec();
+        let (facts, e) = (a.facts(), self.eval(false));
+        let (mut t, mut from) = (a.evaluated, a.reason);
+        drop(a);
+        while let Some(at) = facts.next_change(t, &e).filter(|c| *c <= now) {
+            let to = facts.reason_at(at, &e);
+            out.push(Transition {
+                at,
+                from: Some(from),
+                to,
+            });
+            (t, from) = (at, to);
+        }
+        let cap = self.inner.settings.rules.history.max(1);
+        if out.len() > cap {
+            out.drain(..out.len() - cap);
+        }
+        Ok(out)
     }
 }

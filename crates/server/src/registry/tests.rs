@@ -181,10 +181,57 @@ fn time_driven_transitions_happen_at_their_due_time() {
         (v.reason, v.since),
         (Reason::NotReporting, t(T0 + 21_360 + 300))
     );
-    // The read settled nothing: the timer task records the transition.
-    assert_eq!(reg.history(&id("a")).expect("known").len(), 3);
+    // The read settled nothing, yet the history shows the transition due.
+    let due = reg.history(&id("a")).expect("known");
+    assert_eq!(due.len(), 4);
+    assert_eq!(
+        reg.inner
+            .agents
+            .get("a")
+            .expect("known")
+            .history
+            .as_slice()
+            .len(),
+        3
+    );
+    // The timer task records it exactly as it was shown.
     reg.process_due();
-    assert_eq!(reg.history(&id("a")).expect("known").len(), 4);
+    assert_eq!(reg.history(&id("a")).expect("known"), due);
+    assert_eq!(
+        reg.inner.agents.get("a").expect("known").history.as_slice(),
+        due
+    );
+}
+
+#[tokio::test]
+async fn the_timer_task_settles_what_is_due_when_it_stops() {
+    let (reg, clock) = setup();
+    let s = healthy_start(&reg, "a");
+    reg.disconnect(&s);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = {
+        let reg = reg.clone();
+        tokio::spawn(async move {
+            reg.run_scheduler(async move {
+                let _ = stopped.await;
+            })
+            .await;
+        })
+    };
+    // Let the task settle what is due and go to sleep until the silence
+    // window ends; then move past it and stop the task in one step.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        reg.inner.agents.get("a").expect("known").reason,
+        Reason::AllIsOk
+    );
+    clock.advance(Duration::from_secs(400));
+    stop.send(()).expect("task waits");
+    task.await.expect("task ends");
+    let a = reg.inner.agents.get("a").expect("known");
+    assert_eq!((a.reason, a.since), (Reason::NotReporting, t(T0 + 300)));
 }
 
 #[test]

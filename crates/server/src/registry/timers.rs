@@ -129,7 +129,9 @@ impl Registry {
         }
     }
 
-    /// Runs the time-driven transitions until `shutdown` resolves.
+    /// Runs the time-driven transitions until `shutdown` resolves; then
+    /// settles once more what is due, so that a committer that runs after it
+    /// stores every change up to the stop.
     pub async fn run_scheduler(&self, shutdown: impl Future<Output = ()>) {
         let timers = &self.inner.timers;
         tokio::pin!(shutdown);
@@ -150,9 +152,14 @@ impl Registry {
                 }
             };
             tokio::select! {
+                // A stop comes first, even when a change falls due at once.
+                biased;
+                () = &mut shutdown => {
+                    self.process_due();
+                    return;
+                }
                 () = sleep => {}
                 () = timers.wake.notified() => {}
-                () = &mut shutdown => return,
             }
         }
     }
