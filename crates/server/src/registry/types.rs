@@ -47,7 +47,7 @@ pub enum RegistryError {
 /// One change of an agent's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
-    /// When.
+    /// When the verdict changed (the due time, for a time-driven change).
     pub at: Time,
     /// The reason before (`None` for the agent's first status).
     pub from: Option<Reason>,
@@ -74,7 +74,7 @@ pub struct AgentView {
     pub last_seq: u64,
     /// Its labels.
     pub labels: Option<Arc<LabelSet>>,
-    /// Its sensor.
+    /// Its sensor: the reference's four times and registration.
     pub sensor: Sensor,
     /// When its status will next change if nothing is heard.
     pub next_change: Option<Time>,
@@ -82,7 +82,7 @@ pub struct AgentView {
     pub connected: bool,
     /// When it said "stopped", if it is stopped.
     pub stopped_at: Option<Time>,
-    /// The time of the evaluation.
+    /// The time this view was evaluated at (now, or the as-of time).
     pub evaluated_at: Time,
 }
 
@@ -96,13 +96,15 @@ impl AgentView {
 /// The storm guard's reading.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StormView {
-    /// The flag.
+    /// Whether the faulty share is at or above the threshold, in a fleet of
+    /// at least the minimum size.
     pub active: bool,
-    /// Faulty agents.
+    /// Faulty agents (restart candidates).
     pub faulty: u64,
-    /// Healthy and faulty agents.
+    /// Healthy and faulty agents: the fleet the share is taken of
+    /// (inactive agents do not count).
     pub active_agents: u64,
-    /// The configured share.
+    /// The faulty share that raises the flag (`--storm-share`).
     pub threshold: f64,
     /// The configured minimum fleet.
     pub min_agents: u64,
@@ -171,7 +173,7 @@ impl StateFilter {
 /// Which agents a list or watch takes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Selector {
-    /// States.
+    /// Which states are taken.
     pub filter: StateFilter,
     /// Any of these reasons; empty: any.
     pub reasons: Vec<Reason>,
@@ -210,7 +212,7 @@ pub struct Page {
     pub more: bool,
     /// The storm guard at the evaluated time.
     pub storm: StormView,
-    /// The evaluated time.
+    /// The time the page was evaluated at (now, or the as-of time).
     pub evaluated_at: Time,
 }
 
@@ -221,9 +223,9 @@ pub struct Summary {
     pub by_reason: ByWhy<u64>,
     /// Agents with an open stream.
     pub connected: u64,
-    /// The storm guard.
+    /// The storm guard at the evaluated time.
     pub storm: StormView,
-    /// The evaluated time.
+    /// The time the counts were evaluated at (now, or the as-of time).
     pub evaluated_at: Time,
     /// `not reporting` is held back until then, if that is later.
     pub grace_until: Option<Time>,
