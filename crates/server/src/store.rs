@@ -169,6 +169,8 @@ struct Db {
     forget_at: u64,
     /// Agents forgotten since the last look.
     forgotten: u64,
+    /// Compactions done since the store was opened.
+    compactions: u64,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -212,6 +214,7 @@ impl RedbStore {
                 compact_at: 0,
                 forget_at: 0,
                 forgotten: 0,
+                compactions: 0,
             }),
             path,
             options,
@@ -231,6 +234,12 @@ impl RedbStore {
     /// The size of the database file in bytes.
     pub fn file_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// How many times the file was compacted since it was opened (the first
+    /// is at the opening).
+    pub fn compactions(&self) -> u64 {
+        self.lock().compactions
     }
 
     fn lock(&self) -> MutexGuard<'_, Db> {
@@ -266,6 +275,7 @@ impl RedbStore {
     fn compact(&self, db: &mut Db) -> Result<(), StoreError> {
         let before = self.file_bytes();
         while db.db.compact()? {}
+        db.compactions += 1;
         let after = self.file_bytes();
         if after < before {
             tracing::info!(
@@ -446,6 +456,7 @@ mod tests {
         }
         let after = store.file_bytes();
         assert!(after * 4 < full, "{full} bytes before, {after} after");
+        assert!(store.compactions() > 1);
         assert_eq!(store.load().expect("loads").len(), 100);
     }
 
