@@ -22,6 +22,13 @@ use super::Registry;
 use super::agent::Agent;
 use super::types::{AgentView, Page, RegistryError, Selector, StormView, Summary, Transition};
 
+/// How many keys a list takes from the index at a time.
+#[cfg(not(test))]
+const INDEX_CHUNK: usize = 1024;
+/// Small in tests, so that they walk several chunks.
+#[cfg(test)]
+const INDEX_CHUNK: usize = 3;
+
 /// An agent whose verdict at the queried time differs from its settled one.
 struct Unsettled {
     key: Arc<str>,
@@ -194,40 +201,53 @@ impl Registry {
         }
         let (counts, changed) = self.counts_at(at, forecast);
         let reasons = sel.reasons();
-        // Without label filters, the first `limit + 1` selected agents are
-        // among the first `limit + 1 + changed` of the index.
-        let take = if sel.labels.is_empty() {
-            limit.saturating_add(1).saturating_add(changed.len())
-        } else {
-            usize::MAX
-        };
-        let mut keys = self.inner.tally.keys(&reasons, after, take);
-        keys.retain(|k| changed.binary_search_by(|c| c.key.cmp(k)).is_err());
-        keys.extend(
-            changed
-                .iter()
-                .filter(|c| reasons.contains(&c.at) && after.is_none_or(|x| &*c.key > x))
-                .map(|c| c.key.clone()),
-        );
-        keys.sort_unstable();
+        // Agents whose verdict at `at` is selected although the index has
+        // them under another reason, by ID.
+        let mut extra = changed
+            .iter()
+            .filter(|c| reasons.contains(&c.at) && after.is_none_or(|x| &*c.key > x))
+            .map(|c| c.key.clone())
+            .peekable();
         let mut agents = Vec::with_capacity(limit.min(1024));
         let mut more = false;
-        for key in keys {
-            let Some(a) = self.inner.agents.get(&key) else {
-                continue;
-            };
-            let reason = match changed.binary_search_by(|c| c.key.cmp(&key)) {
-                Ok(i) => changed[i].at,
-                Err(_) => a.reason,
-            };
-            if !sel.matches(reason, a.labels.as_deref()) {
-                continue;
+        // Walk the index in chunks, so that its lock is never held for long
+        // and a label filter reads only as far as it must.
+        let mut cursor: Option<Arc<str>> = None;
+        'walk: loop {
+            let chunk = self
+                .inner
+                .tally
+                .keys(&reasons, cursor.as_deref().or(after), INDEX_CHUNK);
+            let bound = (chunk.len() == INDEX_CHUNK).then(|| chunk[INDEX_CHUNK - 1].clone());
+            let mut keys: Vec<Arc<str>> = chunk
+                .into_iter()
+                .filter(|k| changed.binary_search_by(|c| c.key.cmp(k)).is_err())
+                .collect();
+            while let Some(k) = extra.next_if(|k| bound.as_ref().is_none_or(|b| k <= b)) {
+                keys.push(k);
             }
-            if agents.len() == limit {
-                more = true;
-                break;
+            keys.sort_unstable();
+            for key in keys {
+                let Some(a) = self.inner.agents.get(&key) else {
+                    continue;
+                };
+                let reason = match changed.binary_search_by(|c| c.key.cmp(&key)) {
+                    Ok(i) => changed[i].at,
+                    Err(_) => a.reason,
+                };
+                if !sel.matches(reason, a.labels.as_deref()) {
+                    continue;
+                }
+                if agents.len() == limit {
+                    more = true;
+                    break 'walk;
+                }
+                agents.push(self.view_of(&key, &a, at, forecast));
             }
-            agents.push(self.view_of(&key, &a, at, forecast));
+            match bound {
+                Some(b) => cursor = Some(b),
+                None => break,
+            }
         }
         Page {
             agents,
