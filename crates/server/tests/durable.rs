@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::*;
 use fleet_health_proto::v1 as pb;
 use fleet_health_server::clock::ManualClock;
-use fleet_health_server::store::{DB_FILE, RedbStore as Store, StoreError};
+use fleet_health_server::store::{AgentStore, DB_FILE, RedbStore as Store, StoreError};
+use fleet_health_server::{Config, Server};
 use pb::EventKind as K;
 
 #[tokio::test]
@@ -194,4 +195,21 @@ fn damaged_or_newer_data_is_refused_not_reset() {
     std::fs::write(&file.0, b"a file, not a directory").expect("written");
     let err = Store::open(&file.0).expect_err("refused");
     assert!(matches!(err, StoreError::Dir { .. }), "{err}");
+}
+
+#[test]
+fn a_damaged_record_is_refused_with_its_agent_and_file() {
+    let dir = TempDir::new("record");
+    let store = Store::open(&dir.0).expect("opens");
+    store
+        .commit(&[(std::sync::Arc::from("a"), vec![0xff, 0xff])], &[])
+        .expect("written");
+    let clock = std::sync::Arc::new(ManualClock::new(t(T0)));
+    let Err(err) = Server::durable(Config::default(), clock, store) else {
+        panic!("a damaged record was loaded");
+    };
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(DB_FILE), "{msg}");
+    assert!(msg.contains("agent \"a\" is damaged"), "{msg}");
 }
