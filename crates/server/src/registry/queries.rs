@@ -29,6 +29,23 @@ const INDEX_CHUNK: usize = 1024;
 #[cfg(test)]
 const INDEX_CHUNK: usize = 3;
 
+/// Where a query's time lies, from the clock's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    /// Before now: every agent is evaluated then.
+    Past,
+    /// Now.
+    Now,
+    /// A forecast: connected agents are taken as heard until then.
+    Future,
+}
+
+impl When {
+    fn forecast(self) -> bool {
+        self == When::Future
+    }
+}
+
 /// An agent whose verdict at the queried time differs from its settled one.
 struct Unsettled {
     key: Arc<str>,
@@ -67,20 +84,15 @@ impl Registry {
         self.inner.tally.storm_of(&self.counts())
     }
 
-    /// Resolves the time of a query: `None` is now. Returns the time and
-    /// whether it is a forecast (later than now).
-    fn query_time(&self, at: Option<Time>) -> (Time, bool) {
+    /// Resolves the time of a query (`None` is now) against one reading of
+    /// the clock.
+    fn query_time(&self, at: Option<Time>) -> (Time, When) {
         let now = self.inner.settings.clock.now();
         match at {
-            Some(t) if t != now => (t, t > now),
-            _ => (now, false),
+            Some(t) if t < now => (t, When::Past),
+            Some(t) if t > now => (t, When::Future),
+            _ => (now, When::Now),
         }
-    }
-
-    /// Whether `at` is before the clock's time: only then must a query
-    /// evaluate every agent.
-    fn is_past(&self, at: Time) -> bool {
-        at < self.inner.settings.clock.now()
     }
 
     /// The agents whose verdict at `at` (not in the past) differs from their
@@ -177,7 +189,8 @@ impl Registry {
 
     /// One agent, now or at another time.
     pub fn get(&self, id: &AgentId, at: Option<Time>) -> Result<AgentView, RegistryError> {
-        let (at, forecast) = self.query_time(at);
+        let (at, when) = self.query_time(at);
+        let forecast = when.forecast();
         let a = self
             .inner
             .agents
@@ -195,10 +208,11 @@ impl Registry {
         after: Option<&str>,
         limit: usize,
     ) -> Page {
-        let (at, forecast) = self.query_time(at);
-        if self.is_past(at) {
+        let (at, when) = self.query_time(at);
+        if when == When::Past {
             return self.list_by_scan(sel, at, false, after, limit);
         }
+        let forecast = when.forecast();
         let (counts, changed) = self.counts_at(at, forecast);
         let reasons = sel.reasons();
         // Agents whose verdict at `at` is selected although the index has
@@ -306,11 +320,10 @@ impl Registry {
 
     /// Counts by reason, now or at another time.
     pub fn summary(&self, at: Option<Time>) -> Summary {
-        let (at, forecast) = self.query_time(at);
-        let by_reason = if self.is_past(at) {
-            self.counts_by_scan(at)
-        } else {
-            self.counts_at(at, forecast).0
+        let (at, when) = self.query_time(at);
+        let by_reason = match when {
+            When::Past => self.counts_by_scan(at),
+            _ => self.counts_at(at, when.forecast()).0,
         };
         let settings = &self.inner.settings;
         let restored = settings.restored.load(Ordering::Relaxed);
