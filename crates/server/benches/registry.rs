@@ -1,5 +1,6 @@
-//! The registry's hot paths: applying one event, and listing the faulty
-//! agents among a million.
+//! The registry's hot paths: applying one event, listing the faulty agents
+//! among a million, a page of healthy ones from the middle of the fleet (the
+//! per-reason index, no scan), and the summary.
 //!
 //! `cargo bench -p fleet-health-server --bench registry`
 
@@ -80,6 +81,21 @@ fn bench(c: &mut Criterion) {
             assert_eq!(page.agents.len(), 10_000);
             page
         })
+    });
+    let healthy = Selector {
+        filter: StateFilter::Healthy,
+        ..Selector::default()
+    };
+    g.bench_function("list_1000_healthy_of_1000000_after_the_middle", |b| {
+        let after = fleet::agent_id(500_000).to_string();
+        b.iter(|| {
+            let page = reg.list(black_box(&healthy), None, Some(&after), 1000);
+            assert_eq!(page.agents.len(), 1000);
+            page
+        })
+    });
+    g.bench_function("summary_now_of_1000000", |b| {
+        b.iter(|| reg.summary(black_box(None)))
     });
     g.sample_size(10);
     g.bench_function("connect_and_start_10000_agents", |b| {

@@ -21,7 +21,7 @@ use fleet_health_server::clock::ManualClock;
 use fleet_health_server::metrics::Metrics;
 use fleet_health_server::model::FleetRules;
 use fleet_health_server::registry::{Limits, Registry};
-use fleet_health_server::store::Store;
+use fleet_health_server::store::{AgentStore, RedbStore};
 
 const T0: i64 = 1_700_000_000;
 
@@ -76,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     let fill_started = Instant::now();
     {
-        let store = Store::open(&dir)?;
+        let store = RedbStore::open(&dir)?;
         let reg = registry(true, n);
         fill(&reg, n);
         let batch = reg.take_dirty();
@@ -86,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db_bytes = std::fs::metadata(dir.join(fleet_health_server::store::DB_FILE))?.len();
 
     let started = Instant::now();
-    let store = Store::open(&dir)?;
+    let store = RedbStore::open(&dir)?;
     let records = store.load()?;
     let loaded = started.elapsed();
     let reg = registry(true, n);

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::registry::Registry;
 use crate::shutdown::stopped;
-use crate::store::Store;
+use crate::store::AgentStore;
 
 /// The longest pause between two attempts at a failing commit.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -17,7 +17,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// turns true; then writes what is left. A failed commit is retried with
 /// backoff (nothing is acknowledged meanwhile): a full disk stalls
 /// acknowledgements, it loses nothing.
-pub async fn run(registry: Registry, store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+pub async fn run(registry: Registry, store: Arc<dyn AgentStore>, mut stop: watch::Receiver<bool>) {
     loop {
         let last = tokio::select! {
             () = registry.dirty() => false,

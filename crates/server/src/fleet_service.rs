@@ -140,12 +140,12 @@ impl FleetServiceApi for FleetService {
         let s = self.registry.summary(at);
         let mut by_why: Vec<pb::WhyCount> = crate::model::Reason::ALL
             .iter()
-            .filter(|r| s.by_reason[r.index()] > 0)
+            .filter(|r| s.by_reason[**r] > 0)
             .map(|r| pb::WhyCount {
                 why: pb::Why::from(*r) as i32,
                 why_text: r.as_str().to_string(),
                 state: pb::State::from(r.state()) as i32,
-                count: s.by_reason[r.index()],
+                count: s.by_reason[*r],
             })
             .collect();
         by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));

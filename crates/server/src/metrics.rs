@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::model::{EventKind, Reason};
+use crate::model::{ByKind, ByWhy, Reason};
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -38,14 +38,14 @@ type Count = Gauge<u64, AtomicU64>;
 #[derive(Debug)]
 pub struct Metrics {
     /// The fleet, set from [`FleetGauges`] on each scrape.
-    agents: [Count; Reason::ALL.len()],
+    agents: ByWhy<Count>,
     connected: Count,
     streams: Gauge,
     storm: Gauge,
-    events: [Counter; EventKind::ALL.len()],
+    events: ByKind<Counter>,
     duplicates: Counter,
     clamped: Counter,
-    transitions: [Counter; Reason::ALL.len()],
+    transitions: ByWhy<Counter>,
     watchers: Gauge,
     resyncs: Counter,
     rejected: Counter,
@@ -59,17 +59,17 @@ pub struct Metrics {
 /// What a scrape shows of the fleet besides the counters.
 #[derive(Debug, Clone, Copy)]
 pub struct FleetGauges {
-    /// Agents by reason, in [`Reason::ALL`] order.
-    pub by_reason: [u64; Reason::ALL.len()],
+    /// Agents by reason.
+    pub by_reason: ByWhy<u64>,
     /// Agents with an open stream.
     pub connected: u64,
 }
 
 impl Default for Metrics {
     fn default() -> Metrics {
-        let agents = Reason::ALL.map(|_| Count::default());
-        let events = EventKind::ALL.map(|_| Counter::default());
-        let transitions = Reason::ALL.map(|_| Counter::default());
+        let agents = ByWhy::<Count>::default();
+        let events = ByKind::<Counter>::default();
+        let transitions = ByWhy::<Counter>::default();
         let m = Metrics {
             agents,
             connected: Count::default(),
@@ -100,7 +100,7 @@ impl Metrics {
         r.register(
             "fleet_health_agents",
             "Known agents by state and reason",
-            Series::new(Reason::ALL.iter().zip(&self.agents).map(|(why, g)| {
+            Series::new(self.agents.iter().map(|(why, g)| {
                 (
                     vec![("state", why.state().as_str()), ("why", why.as_str())],
                     g.clone(),
@@ -126,9 +126,8 @@ impl Metrics {
             "fleet_health_events",
             "Events applied, by kind",
             Series::new(
-                EventKind::ALL
+                self.events
                     .iter()
-                    .zip(&self.events)
                     .map(|(k, c)| (vec![("kind", k.as_str())], c.clone())),
             ),
         );
@@ -146,9 +145,8 @@ impl Metrics {
             "fleet_health_transitions",
             "Changes of agent status, by the reason changed to",
             Series::new(
-                Reason::ALL
+                self.transitions
                     .iter()
-                    .zip(&self.transitions)
                     .map(|(why, c)| (vec![("to", why.as_str())], c.clone())),
             ),
         );
@@ -190,9 +188,10 @@ impl Metrics {
         self
     }
 
-    /// Counts applied events, by [`EventKind::index`].
-    pub fn count_events(&self, by_kind: &[u32; EventKind::ALL.len()]) {
-        for (counter, n) in self.events.iter().zip(by_kind) {
+    /// Counts applied events, by kind.
+    pub fn count_events(&self, by_kind: &ByKind<u32>) {
+        for (kind, counter) in self.events.iter() {
+            let n = &by_kind[kind];
             if *n > 0 {
                 counter.inc_by(u64::from(*n));
             }
@@ -211,7 +210,7 @@ impl Metrics {
 
     /// Counts a transition into `to`.
     pub fn count_transition(&self, to: Reason) {
-        self.transitions[to.index()].inc();
+        self.transitions[to].inc();
     }
 
     /// Sets the storm flag.
@@ -255,8 +254,8 @@ impl Metrics {
     /// Renders everything in the Prometheus text format (version 0.0.4),
     /// with the fleet as `fleet` says it is now.
     pub fn render(&self, fleet: &FleetGauges) -> String {
-        for (gauge, n) in self.agents.iter().zip(fleet.by_reason) {
-            gauge.set(n);
+        for (why, gauge) in self.agents.iter() {
+            gauge.set(fleet.by_reason[why]);
         }
         self.connected.set(fleet.connected);
         let mut out = String::with_capacity(4096);
@@ -298,11 +297,12 @@ impl<M: EncodeMetric + TypedMetric> EncodeMetric for Series<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::EventKind;
 
     fn fleet() -> FleetGauges {
-        let mut by_reason = [0; Reason::ALL.len()];
-        by_reason[Reason::AllIsOk.index()] = 1;
-        by_reason[Reason::NoDataReceived.index()] = 2;
+        let mut by_reason = ByWhy::default();
+        by_reason[Reason::AllIsOk] = 1;
+        by_reason[Reason::NoDataReceived] = 2;
         FleetGauges {
             by_reason,
             connected: 3,
@@ -312,8 +312,8 @@ mod tests {
     #[test]
     fn renders_every_family_with_help_and_type() {
         let m = Metrics::default();
-        let mut kinds = [0; EventKind::ALL.len()];
-        kinds[EventKind::Heartbeat.index()] = 1;
+        let mut kinds = ByKind::default();
+        kinds[EventKind::Heartbeat] = 1;
         m.count_events(&kinds);
         m.observe_ack(Duration::from_micros(300));
         m.observe_ack(Duration::from_secs(2));
@@ -465,7 +465,7 @@ mod tests {
         }
         // A scrape shows the fleet as it is at that scrape.
         let text = m.render(&FleetGauges {
-            by_reason: [0; Reason::ALL.len()],
+            by_reason: ByWhy::default(),
             connected: 0,
         });
         assert!(text.contains("fleet_health_agents_connected 0\n"));

@@ -30,7 +30,8 @@ pub enum AgentIdError {
 }
 
 impl AgentId {
-    /// Checks `s` against the rule of SPEC §2.
+    /// Checks `s` against the rule: 1 to 253 characters, each an ASCII letter,
+    /// a digit, or one of `._:@/-`.
     pub fn parse(s: &str) -> Result<AgentId, AgentIdError> {
         if s.is_empty() {
             return Err(AgentIdError::Empty);
@@ -277,7 +278,8 @@ impl fmt::Display for Reason {
     }
 }
 
-/// The fleet's windows and thresholds (SPEC §2).
+/// The fleet's windows and thresholds: the sensor's windows plus the fleet's
+/// silence, inactive and storm rules.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FleetRules {
     /// The sensor's three windows.
@@ -620,6 +622,89 @@ pub struct AgentEvent {
     pub time: Option<Time>,
 }
 
+/// A table with one value per variant of a small, fixed enum, indexed by the
+/// variant itself: what `[T; N]` indexed by `variant.index()` would be, with
+/// the size and the order written once, in the enum's `ALL`.
+macro_rules! per_variant {
+    ($(#[$doc:meta])* $name:ident, $key:ident, $n:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        pub struct $name<T>([T; $n]);
+
+        impl<T> $name<T> {
+            /// A table whose value for each variant is `f(variant)`.
+            pub fn from_fn(mut f: impl FnMut($key) -> T) -> $name<T> {
+                $name(std::array::from_fn(|i| f($key::ALL[i])))
+            }
+
+            /// Every variant with its value, in the enum's `ALL` order.
+            pub fn iter(&self) -> impl Iterator<Item = ($key, &T)> {
+                $key::ALL.into_iter().zip(self.0.iter())
+            }
+
+            /// The table with `f` applied to every value.
+            pub fn map<U>(self, f: impl FnMut(T) -> U) -> $name<U> {
+                $name(self.0.map(f))
+            }
+
+            /// The values in the enum's `ALL` order (for code that predates
+            /// the table).
+            pub fn into_array(self) -> [T; $n] {
+                self.0
+            }
+        }
+
+        impl<T> std::ops::Index<$key> for $name<T> {
+            type Output = T;
+            fn index(&self, k: $key) -> &T {
+                &self.0[k.index()]
+            }
+        }
+
+        impl<T> std::ops::IndexMut<$key> for $name<T> {
+            fn index_mut(&mut self, k: $key) -> &mut T {
+                &mut self.0[k.index()]
+            }
+        }
+
+        impl<T> From<[T; $n]> for $name<T> {
+            fn from(values: [T; $n]) -> $name<T> {
+                $name(values)
+            }
+        }
+    };
+}
+
+per_variant!(
+    /// One value per reason (why an agent is in its state), such as the
+    /// number of agents with each.
+    ByWhy,
+    Reason,
+    Reason::ALL.len()
+);
+
+per_variant!(
+    /// One value per event kind, such as the events of each kind in a batch.
+    ByKind,
+    EventKind,
+    EventKind::ALL.len()
+);
+
+impl ByWhy<u64> {
+    /// The sum over every reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The sum over the reasons that put an agent in state `s`.
+    pub fn in_state(&self, s: State) -> u64 {
+        self.iter()
+            .filter(|(r, _)| r.state() == s)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod label_tests {
     use super::*;
@@ -640,5 +725,22 @@ mod label_tests {
             ["app", "site", "zone"]
         );
         assert!(LabelSet::default().is_empty());
+    }
+
+    #[test]
+    fn tables_by_why_are_indexed_by_the_reason() {
+        let mut counts = ByWhy::<u64>::default();
+        counts[Reason::NoDataSent] += 2;
+        counts[Reason::AllIsOk] += 1;
+        counts[Reason::Inactive] += 4;
+        assert_eq!(counts.total(), 7);
+        assert_eq!(counts.in_state(State::Faulty), 2);
+        assert_eq!(counts.in_state(State::Healthy), 1);
+        assert_eq!(counts.into_array()[Reason::Inactive.index()], 4);
+        let codes = ByWhy::from_fn(Reason::code);
+        assert!(codes.iter().all(|(r, c)| r.code() == *c));
+        let mut kinds = ByKind::<u32>::default();
+        kinds[EventKind::Stopped] += 1;
+        assert_eq!(kinds.into_array()[EventKind::Stopped.index()], 1);
     }
 }

@@ -18,7 +18,7 @@ use crate::net::{Acceptor, Connections};
 use crate::open_streams::OpenStreams;
 use crate::registry::Registry;
 use crate::shutdown::{Stop, enforce_deadline};
-use crate::store::{Store, StoreError};
+use crate::store::{AgentStore, RedbStore, StoreError, StoreOptions};
 use crate::{committer, http};
 
 /// The largest message the fleet service sends (a page of agents).
@@ -44,7 +44,7 @@ pub enum ServeError {
 /// A server: its registry, its store (if durable) and its settings.
 pub struct Server {
     registry: Registry,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn AgentStore>>,
     config: Config,
 }
 
@@ -60,10 +60,11 @@ impl Server {
                 Ok(Server::in_memory(config, clock))
             }
             Storage::Durable { dir, cache_bytes } => {
-                // The store takes no cache size yet: `cache_bytes` is passed
-                // to it here once it does.
-                let _ = cache_bytes;
-                let store = Store::open(&dir)?;
+                let options = StoreOptions {
+                    cache_bytes,
+                    ..StoreOptions::default()
+                };
+                let store = RedbStore::open_with(&dir, options)?;
                 Server::durable(config, clock, store)
             }
         }
@@ -89,7 +90,7 @@ impl Server {
     pub fn durable(
         config: Config,
         clock: Arc<dyn Clock>,
-        store: Store,
+        store: impl AgentStore,
     ) -> Result<Server, StoreError> {
         let started = Instant::now();
         let registry = Registry::durable(
@@ -99,10 +100,12 @@ impl Server {
             Arc::new(Metrics::default()),
         );
         let records = store.load()?;
-        let n = registry.restore(records)?;
+        let n = registry
+            .restore(records)
+            .map_err(|e| StoreError::corrupt(store.location(), e))?;
         tracing::info!(
             agents = n,
-            path = %store.path().display(),
+            path = %store.location(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state loaded"
         );

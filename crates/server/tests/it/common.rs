@@ -80,7 +80,7 @@ impl TestServer {
             Some(dir) => Server::durable(
                 config,
                 Arc::new(clock.clone()),
-                fleet_health_server::store::Store::open(dir).expect("store opens"),
+                fleet_health_server::store::RedbStore::open(dir).expect("store opens"),
             )
             .expect("state loads"),
             None => Server::in_memory(config, Arc::new(clock.clone())),

@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::common::*;
 use fleet_health_proto::v1 as pb;
 use fleet_health_server::clock::ManualClock;
-use fleet_health_server::store::{DB_FILE, Store, StoreError};
+use fleet_health_server::store::{AgentStore, DB_FILE, RedbStore, StoreError};
+use fleet_health_server::{Config, Server};
 use pb::EventKind as K;
 
 #[tokio::test]
@@ -176,20 +177,37 @@ async fn forgotten_agents_stay_forgotten() {
 fn damaged_or_newer_data_is_refused_not_reset() {
     let dir = scratch();
     std::fs::write(dir.path().join(DB_FILE), b"not a database").expect("written");
-    let err = Store::open(dir.path()).expect_err("refused");
+    let err = RedbStore::open(dir.path()).expect_err("refused");
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
 
     let newer = scratch();
-    Store::open(newer.path())
+    RedbStore::open(newer.path())
         .expect("opens")
         .set_format_version(99)
         .expect("set");
-    let err = Store::open(newer.path()).expect_err("refused");
+    let err = RedbStore::open(newer.path()).expect_err("refused");
     assert!(err.to_string().contains("format version 99"), "{err}");
 
     let scratch = scratch();
     let file = scratch.path().join("data");
     std::fs::write(&file, b"a file, not a directory").expect("written");
-    let err = Store::open(&file).expect_err("refused");
+    let err = RedbStore::open(&file).expect_err("refused");
     assert!(matches!(err, StoreError::Dir { .. }), "{err}");
+}
+
+#[test]
+fn a_damaged_record_is_refused_with_its_agent_and_file() {
+    let dir = scratch();
+    let store = RedbStore::open(dir.path()).expect("opens");
+    store
+        .commit(&[(std::sync::Arc::from("a"), vec![0xff, 0xff])], &[])
+        .expect("written");
+    let clock = std::sync::Arc::new(ManualClock::new(t(T0)));
+    let Err(err) = Server::durable(Config::default(), clock, store) else {
+        panic!("a damaged record was loaded");
+    };
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(DB_FILE), "{msg}");
+    assert!(msg.contains("agent \"a\" is damaged"), "{msg}");
 }

@@ -1,0 +1,211 @@
+//! One agent's record: its sensor, what the fleet rules read, its settled
+//! verdict and its recent transitions.
+//!
+//! An [`Agent`] lives boxed in the registry's map and is only touched under
+//! its map entry; nothing here locks.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use fleet_health_sensor::{Sensor, Time};
+
+use crate::model::{EventKind, Facts, LabelSet, Reason};
+
+use super::types::{StreamToken, Transition};
+
+/// `Agent::stopped_at` when the agent is not stopped (a sentinel rather than
+/// an `Option`: it keeps the record 8 bytes smaller).
+const NOT_STOPPED: Time = Time::MIN;
+
+/// An agent's recent transitions, oldest first: a boxed slice, rebuilt at
+/// each transition (transitions are rare next to events, and a slice costs
+/// no spare capacity).
+#[derive(Debug, Default)]
+pub(super) struct History(Option<Box<[Transition]>>);
+
+impl History {
+    /// A history of these transitions, oldest first.
+    pub(super) fn from_vec(v: Vec<Transition>) -> History {
+        History((!v.is_empty()).then(|| v.into_boxed_slice()))
+    }
+
+    /// The transitions, oldest first.
+    pub(super) fn as_slice(&self) -> &[Transition] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
+    /// Appends `t`, keeping at most `cap` (at least one).
+    pub(super) fn push(&mut self, t: Transition, cap: usize) {
+        let old = self.as_slice();
+        let keep = old.len().min(cap.max(1) - 1);
+        let mut v = Vec::with_capacity(keep + 1);
+        v.extend_from_slice(&old[old.len() - keep..]);
+        v.push(t);
+        self.0 = Some(v.into_boxed_slice());
+    }
+}
+
+/// An agent's record.
+#[derive(Debug)]
+pub(super) struct Agent {
+    pub(super) sensor: Sensor,
+    pub(super) last_heard: Time,
+    pub(super) first_seen: Time,
+    /// Since when it has had `reason`.
+    pub(super) since: Time,
+    /// When the verdict was last settled.
+    pub(super) evaluated: Time,
+    /// The time of this agent's live timer entry (`Time::MAX`: none).
+    pub(super) queued: Time,
+    /// When it said "stopped" ([`NOT_STOPPED`]: it has not, or started since).
+    stopped_at: Time,
+    pub(super) incarnation: u64,
+    pub(super) last_seq: u64,
+    /// The open stream's token, if a stream is open.
+    pub(super) stream: Option<StreamToken>,
+    /// The settled verdict, as of `evaluated`.
+    pub(super) reason: Reason,
+    pub(super) labels: Option<Arc<LabelSet>>,
+    pub(super) history: History,
+    /// Queued for the committer.
+    pub(super) dirty: bool,
+    /// Was already not reporting when the server restarted.
+    pub(super) no_grace: bool,
+}
+
+impl Agent {
+    /// A new agent, first heard at `now`.
+    pub(super) fn new(now: Time) -> Agent {
+        Agent {
+            sensor: Sensor::new(),
+            last_heard: now,
+            first_seen: now,
+            since: now,
+            evaluated: now,
+            queued: Time::MAX,
+            stopped_at: NOT_STOPPED,
+            incarnation: 0,
+            last_seq: 0,
+            stream: None,
+            reason: Reason::AllIsOk,
+            labels: None,
+            history: History::default(),
+            dirty: false,
+            no_grace: false,
+        }
+    }
+
+    /// When it said "stopped", if it has not started since.
+    pub(super) fn stopped(&self) -> Option<Time> {
+        (self.stopped_at != NOT_STOPPED).then_some(self.stopped_at)
+    }
+
+    /// Sets or clears the time it said "stopped".
+    pub(super) fn set_stopped(&mut self, at: Option<Time>) {
+        self.stopped_at = at.unwrap_or(NOT_STOPPED);
+    }
+
+    /// Whether a stream from it is open.
+    pub(super) fn connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// What the fleet rules read.
+    pub(super) fn facts(&self) -> Facts {
+        Facts {
+            sensor: self.sensor,
+            last_heard: self.last_heard,
+            stopped_at: self.stopped(),
+            connected: self.connected(),
+            no_grace: self.no_grace,
+        }
+    }
+
+    /// Applies one event that happened at `t` to the sensor and the record.
+    pub(super) fn apply(&mut self, kind: EventKind, t: Time) {
+        match kind {
+            EventKind::Starting => {
+                // A new life: a fresh sensor, as the original agent built one
+                // at every process start.
+                self.sensor = Sensor::new();
+                self.sensor.starting(t);
+                self.stopped_at = NOT_STOPPED;
+            }
+            EventKind::ShuttingDown => self.sensor.shutting_down(t),
+            EventKind::ServerDataReceived => self.sensor.server_data_received(t),
+            EventKind::ServerDataSent => self.sensor.server_data_sent(t),
+            EventKind::Registered => self.sensor.registered(),
+            EventKind::Unregistered => self.sensor.unregistered(),
+            EventKind::Heartbeat => {}
+            EventKind::Stopped => self.stopped_at = t,
+        }
+    }
+}
+
+/// Hands out stream tokens: never zero, so that `Option<StreamToken>` costs
+/// no more than the token.
+#[derive(Debug)]
+pub(super) struct Tokens(std::sync::atomic::AtomicU32);
+
+impl Tokens {
+    pub(super) fn new() -> Tokens {
+        Tokens(std::sync::atomic::AtomicU32::new(1))
+    }
+
+    /// A token distinct from the last 2³² − 1 handed out.
+    pub(super) fn next(&self) -> StreamToken {
+        loop {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(t) = NonZeroU32::new(n) {
+                return t;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Time {
+        Time::from_micros(s * 1_000_000).expect("in range")
+    }
+
+    fn tr(at: i64) -> Transition {
+        Transition {
+            at: t(at),
+            from: None,
+            to: Reason::AllIsOk,
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_most_recent() {
+        let mut h = History::default();
+        assert!(h.as_slice().is_empty());
+        for at in 1..=5 {
+            h.push(tr(at), 3);
+        }
+        let kept: Vec<_> = h.as_slice().iter().map(|x| x.at).collect();
+        assert_eq!(kept, [t(3), t(4), t(5)]);
+    }
+
+    #[test]
+    fn stopping_and_starting_again() {
+        let mut a = Agent::new(t(1));
+        assert_eq!(a.stopped(), None);
+        a.apply(EventKind::Stopped, t(2));
+        assert_eq!(a.stopped(), Some(t(2)));
+        assert_eq!(a.facts().stopped_at, Some(t(2)));
+        a.apply(EventKind::Starting, t(3));
+        assert_eq!(a.stopped(), None);
+        assert_eq!(a.sensor.started_at(), t(3));
+    }
+
+    #[test]
+    fn tokens_are_never_zero() {
+        let tokens = Tokens(std::sync::atomic::AtomicU32::new(u32::MAX));
+        assert_eq!(tokens.next().get(), u32::MAX);
+        assert_eq!(tokens.next().get(), 1);
+    }
+}

@@ -1,0 +1,372 @@
+//! What is read: one agent, a page of agents, counts and the storm guard, an
+//! agent's history; now, or as of another time.
+//!
+//! Reads do not write: a read at time T evaluates T. The tally holds every
+//! agent's settled verdict; the only agents whose verdict at T (now or
+//! later) may differ from it are those with a timer due by T (and, for a
+//! forecast, which takes connected agents as heard, connected agents settled
+//! as not reporting or inactive). A query evaluates those few and takes the
+//! rest from the tally's index. A query about the past evaluates every agent.
+//!
+//! Locks: a query copies keys out of the tally or the timer queue, releases
+//! that lock, then reads agents one map entry at a time.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fleet_health_sensor::Time;
+
+use crate::model::{AgentId, ByWhy, Reason};
+
+use super::Registry;
+use super::agent::Agent;
+use super::types::{AgentView, Page, RegistryError, Selector, StormView, Summary, Transition};
+
+/// How many keys a list takes from the index at a time.
+#[cfg(not(test))]
+const INDEX_CHUNK: usize = 1024;
+/// Small in tests, so that they walk several chunks.
+#[cfg(test)]
+const INDEX_CHUNK: usize = 3;
+
+/// Where a query's time lies, from the clock's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    /// Before now: every agent is evaluated then.
+    Past,
+    /// Now.
+    Now,
+    /// A forecast: connected agents are taken as heard until then.
+    Future,
+}
+
+impl When {
+    fn forecast(self) -> bool {
+        self == When::Future
+    }
+}
+
+/// An agent whose verdict at the queried time differs from its settled one.
+struct Unsettled {
+    key: Arc<str>,
+    settled: Reason,
+    at: Reason,
+}
+
+impl Registry {
+    /// How many agents are known.
+    pub fn len(&self) -> usize {
+        self.inner.population.known.load(Ordering::Relaxed)
+    }
+
+    /// Whether no agent is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Agents with an open stream.
+    pub fn connected(&self) -> u64 {
+        self.inner
+            .population
+            .connected
+            .load(Ordering::Relaxed)
+            .max(0) as u64
+    }
+
+    /// Agents by reason, now (for metrics).
+    pub fn counts(&self) -> ByWhy<u64> {
+        let now = self.inner.settings.clock.now();
+        self.counts_at(now, false).0
+    }
+
+    /// The storm guard now.
+    pub fn storm(&self) -> StormView {
+        self.inner.tally.storm_of(&self.counts())
+    }
+
+    /// Resolves the time of a query (`None` is now) against one reading of
+    /// the clock.
+    fn query_time(&self, at: Option<Time>) -> (Time, When) {
+        let now = self.inner.settings.clock.now();
+        match at {
+            Some(t) if t < now => (t, When::Past),
+            Some(t) if t > now => (t, When::Future),
+            _ => (now, When::Now),
+        }
+    }
+
+    /// The agents whose verdict at `at` (not in the past) differs from their
+    /// settled one, sorted by ID.
+    fn unsettled(&self, at: Time, forecast: bool) -> Vec<Unsettled> {
+        let mut keys = self.inner.timers.due_by(at);
+        if forecast {
+            let fleet = [Reason::NotReporting, Reason::Inactive];
+            keys.extend(self.inner.tally.keys(&fleet, None, usize::MAX));
+            keys.sort_unstable();
+            keys.dedup();
+        }
+        let e = self.eval(forecast);
+        keys.into_iter()
+            .filter_map(|key| {
+                let a = self.inner.agents.get(&key)?;
+                let now = a.facts().reason_at(at, &e);
+                let settled = a.reason;
+                drop(a);
+                (now != settled).then_some(Unsettled {
+                    key,
+                    settled,
+                    at: now,
+                })
+            })
+            .collect()
+    }
+
+    /// Counts by reason at `at` (not in the past), and the agents whose
+    /// verdict then differs from their settled one.
+    fn counts_at(&self, at: Time, forecast: bool) -> (ByWhy<u64>, Vec<Unsettled>) {
+        let changed = self.unsettled(at, forecast);
+        let mut counts = self.inner.tally.counts();
+        for c in &changed {
+            counts[c.settled] = counts[c.settled].saturating_sub(1);
+            counts[c.at] += 1;
+        }
+        (counts, changed)
+    }
+
+    /// Counts by reason at a past time: every agent evaluated then.
+    fn counts_by_scan(&self, at: Time) -> ByWhy<u64> {
+        let e = self.eval(false);
+        let mut counts = ByWhy::<u64>::default();
+        for entry in self.inner.agents.iter() {
+            counts[entry.value().facts().reason_at(at, &e)] += 1;
+        }
+        counts
+    }
+
+    /// The agent's status at `at`. Called under the agent's entry.
+    pub(super) fn view_of(&self, key: &Arc<str>, a: &Agent, at: Time, forecast: bool) -> AgentView {
+        let facts = a.facts();
+        let e = self.eval(forecast);
+        let (reason, since) = if at == a.evaluated {
+            (a.reason, a.since)
+        } else {
+            let reason = facts.reason_at(at, &e);
+            let since = if reason == a.reason && at >= a.since {
+                a.since
+            } else if at > a.evaluated {
+                // Walk the changes between the last settlement and `at`.
+                let mut t = a.evaluated;
+                let mut since = at;
+                while let Some(c) = facts.next_change(t, &e) {
+                    if c > at {
+                        break;
+                    }
+                    since = c;
+                    t = c;
+                }
+                since
+            } else {
+                at
+            };
+            (reason, since)
+        };
+        AgentView {
+            id: AgentId::from_arc(key.clone()),
+            reason,
+            since,
+            last_heard: a.last_heard,
+            first_seen: a.first_seen,
+            incarnation: a.incarnation,
+            last_seq: a.last_seq,
+            labels: a.labels.clone(),
+            sensor: a.sensor,
+            next_change: facts.next_change(at, &e),
+            connected: a.connected(),
+            stopped_at: a.stopped(),
+            evaluated_at: at,
+        }
+    }
+
+    /// One agent, now or at another time.
+    pub fn get(&self, id: &AgentId, at: Option<Time>) -> Result<AgentView, RegistryError> {
+        let (at, when) = self.query_time(at);
+        let forecast = when.forecast();
+        let a = self
+            .inner
+            .agents
+            .get(id.as_arc())
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        Ok(self.view_of(id.as_arc(), &a, at, forecast))
+    }
+
+    /// The agents that `sel` selects, ordered by ID, after `after`, at most
+    /// `limit`, evaluated now or at another time.
+    pub fn list(
+        &self,
+        sel: &Selector,
+        at: Option<Time>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Page {
+        let (at, when) = self.query_time(at);
+        if when == When::Past {
+            return self.list_by_scan(sel, at, false, after, limit);
+        }
+        let forecast = when.forecast();
+        let (counts, changed) = self.counts_at(at, forecast);
+        let reasons = sel.reasons();
+        // Agents whose verdict at `at` is selected although the index has
+        // them under another reason, by ID.
+        let mut extra = changed
+            .iter()
+            .filter(|c| reasons.contains(&c.at) && after.is_none_or(|x| &*c.key > x))
+            .map(|c| c.key.clone())
+            .peekable();
+        let mut agents = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        // Walk the index in chunks, so that its lock is never held for long
+        // and a label filter reads only as far as it must.
+        let mut cursor: Option<Arc<str>> = None;
+        'walk: loop {
+            let chunk = self
+                .inner
+                .tally
+                .keys(&reasons, cursor.as_deref().or(after), INDEX_CHUNK);
+            let bound = (chunk.len() == INDEX_CHUNK).then(|| chunk[INDEX_CHUNK - 1].clone());
+            let mut keys: Vec<Arc<str>> = chunk
+                .into_iter()
+                .filter(|k| changed.binary_search_by(|c| c.key.cmp(k)).is_err())
+                .collect();
+            while let Some(k) = extra.next_if(|k| bound.as_ref().is_none_or(|b| k <= b)) {
+                keys.push(k);
+            }
+            keys.sort_unstable();
+            for key in keys {
+                let Some(a) = self.inner.agents.get(&key) else {
+                    continue;
+                };
+                let reason = match changed.binary_search_by(|c| c.key.cmp(&key)) {
+                    Ok(i) => changed[i].at,
+                    Err(_) => a.reason,
+                };
+                if !sel.matches(reason, a.labels.as_deref()) {
+                    continue;
+                }
+                if agents.len() == limit {
+                    more = true;
+                    break 'walk;
+                }
+                agents.push(self.view_of(&key, &a, at, forecast));
+            }
+            match bound {
+                Some(b) => cursor = Some(b),
+                None => break,
+            }
+        }
+        Page {
+            agents,
+            more,
+            storm: self.inner.tally.storm_of(&counts),
+            evaluated_at: at,
+        }
+    }
+
+    /// [`Registry::list`] by evaluating every agent at `at`: the way to
+    /// answer about the past (and, in tests, the reference for the index).
+    pub(super) fn list_by_scan(
+        &self,
+        sel: &Selector,
+        at: Time,
+        forecast: bool,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Page {
+        let e = self.eval(forecast);
+        let mut counts = ByWhy::<u64>::default();
+        let mut keys: Vec<Arc<str>> = Vec::new();
+        for entry in self.inner.agents.iter() {
+            let a = entry.value();
+            let reason = a.facts().reason_at(at, &e);
+            counts[reason] += 1;
+            if after.is_some_and(|x| &**entry.key() <= x) {
+                continue;
+            }
+            if sel.matches(reason, a.labels.as_deref()) {
+                keys.push(entry.key().clone());
+            }
+        }
+        keys.sort_unstable();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let agents = keys
+            .into_iter()
+            .filter_map(|key| {
+                let a = self.inner.agents.get(&key)?;
+                Some(self.view_of(&key, &a, at, forecast))
+            })
+            .collect();
+        Page {
+            agents,
+            more,
+            storm: self.inner.tally.storm_of(&counts),
+            evaluated_at: at,
+        }
+    }
+
+    /// Every agent that `sel` selects now, ordered by ID (a watch's snapshot).
+    pub fn snapshot(&self, sel: &Selector) -> Vec<AgentView> {
+        self.list(sel, None, None, usize::MAX).agents
+    }
+
+    /// Counts by reason, now or at another time.
+    pub fn summary(&self, at: Option<Time>) -> Summary {
+        let (at, when) = self.query_time(at);
+        let by_reason = match when {
+            When::Past => self.counts_by_scan(at),
+            _ => self.counts_at(at, when.forecast()).0,
+        };
+        let settings = &self.inner.settings;
+        let restored = settings.restored.load(Ordering::Relaxed);
+        let grace_end = if settings.rules.silence.is_zero() || !restored {
+            None
+        } else {
+            settings.grace_from.checked_add(settings.rules.silence)
+        };
+        Summary {
+            storm: self.inner.tally.storm_of(&by_reason),
+            by_reason,
+            connected: self.connected(),
+            evaluated_at: at,
+            grace_until: grace_end.filter(|g| *g > at),
+        }
+    }
+
+    /// The recent transitions of one agent, oldest first, up to now: those
+    /// the timer task has settled, and those due by now that it has not yet.
+    pub fn history(&self, id: &AgentId) -> Result<Vec<Transition>, RegistryError> {
+        let now = self.inner.settings.clock.now();
+        let a = self
+            .inner
+            .agents
+            .get(id.as_arc())
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        let mut out = a.history.as_slice().to_vec();
+        let (facts, e) = (a.facts(), self.eval(false));
+        let (mut t, mut from) = (a.evaluated, a.reason);
+        drop(a);
+        while let Some(at) = facts.next_change(t, &e).filter(|c| *c <= now) {
+            let to = facts.reason_at(at, &e);
+            out.push(Transition {
+                at,
+                from: Some(from),
+                to,
+            });
+            (t, from) = (at, to);
+        }
+        let cap = self.inner.settings.rules.history.max(1);
+        if out.len() > cap {
+            out.drain(..out.len() - cap);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,307 @@
+//! The stored form of an agent: [`AgentRecord`], a protobuf message (so
+//! fields can be added without a migration), and the conversions between it
+//! and the registry's [`Agent`]. Times are microseconds since the epoch;
+//! reasons are `fleethealth.v1.Why` numbers, which never change meaning.
+//!
+//! No locks: callers convert under the agent's map entry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fleet_health_sensor::{Sensor, Time, TimeError};
+use prost::Message;
+
+use crate::model::{AgentId, AgentIdError, LabelSet, Reason};
+
+use super::agent::{Agent, History};
+use super::types::Transition;
+
+/// A stored record that cannot be turned back into an agent.
+#[derive(Debug, thiserror::Error)]
+#[error("the record of agent {agent:?} is damaged: {problem}")]
+pub struct RecordError {
+    /// The key the record is stored under.
+    pub agent: String,
+    /// What is wrong with it.
+    pub problem: RecordProblem,
+}
+
+/// What is wrong with a stored record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordProblem {
+    /// The bytes are not an [`AgentRecord`].
+    #[error("it cannot be decoded: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The key is not a valid agent ID.
+    #[error("its key is not an agent ID: {0}")]
+    Id(#[from] AgentIdError),
+    /// A time is out of the range the sensor handles.
+    #[error("{field}: {source}")]
+    Time {
+        /// The field.
+        field: &'static str,
+        /// Why the time is refused.
+        source: TimeError,
+    },
+    /// A reason number that no reason has.
+    #[error("{field}: unknown reason {code}")]
+    UnknownWhy {
+        /// The field.
+        field: &'static str,
+        /// The number found.
+        code: u32,
+    },
+}
+
+/// One transition as stored.
+#[derive(Clone, PartialEq, Message)]
+pub struct TransitionRecord {
+    /// When (microseconds since the epoch).
+    #[prost(int64, tag = "1")]
+    pub at: i64,
+    /// The reason before, as its `fleethealth.v1.Why` number (0: none).
+    #[prost(uint32, tag = "2")]
+    pub from: u32,
+    /// The reason after, as its `fleethealth.v1.Why` number.
+    #[prost(uint32, tag = "3")]
+    pub to: u32,
+}
+
+/// One agent as stored. Times are microseconds since the epoch; reasons are
+/// `fleethealth.v1.Why` numbers, which never change meaning.
+#[derive(Clone, PartialEq, Message)]
+pub struct AgentRecord {
+    /// The sensor's `started_at`.
+    #[prost(int64, tag = "1")]
+    pub started_at: i64,
+    /// The sensor's `shutdown_at`.
+    #[prost(int64, tag = "2")]
+    pub shutdown_at: i64,
+    /// The sensor's `last_received`.
+    #[prost(int64, tag = "3")]
+    pub last_received: i64,
+    /// The sensor's `last_sent`.
+    #[prost(int64, tag = "4")]
+    pub last_sent: i64,
+    /// Not registered (the default, false, is registered).
+    #[prost(bool, tag = "5")]
+    pub unregistered: bool,
+    /// When last heard from.
+    #[prost(int64, tag = "6")]
+    pub last_heard: i64,
+    /// When first heard from.
+    #[prost(int64, tag = "7")]
+    pub first_seen: i64,
+    /// Since when it has had its reason.
+    #[prost(int64, tag = "8")]
+    pub since: i64,
+    /// When its reason was last settled.
+    #[prost(int64, tag = "9")]
+    pub evaluated: i64,
+    /// When it said "stopped", if it is stopped.
+    #[prost(int64, optional, tag = "10")]
+    pub stopped_at: Option<i64>,
+    /// The reporter incarnation.
+    #[prost(uint64, tag = "11")]
+    pub incarnation: u64,
+    /// The last sequence number applied for it.
+    #[prost(uint64, tag = "12")]
+    pub last_seq: u64,
+    /// The reason.
+    #[prost(uint32, tag = "13")]
+    pub reason: u32,
+    /// Labels.
+    #[prost(btree_map = "string, string", tag = "14")]
+    pub labels: BTreeMap<String, String>,
+    /// Recent transitions, oldest first.
+    #[prost(message, repeated, tag = "15")]
+    pub history: Vec<TransitionRecord>,
+}
+
+impl Agent {
+    /// The agent's stored form.
+    pub(super) fn to_record(&self) -> AgentRecord {
+        let s = &self.sensor;
+        AgentRecord {
+            started_at: s.started_at().as_micros(),
+            shutdown_at: s.shutdown_at().as_micros(),
+            last_received: s.last_received().as_micros(),
+            last_sent: s.last_sent().as_micros(),
+            unregistered: !s.is_registered(),
+            last_heard: self.last_heard.as_micros(),
+            first_seen: self.first_seen.as_micros(),
+            since: self.since.as_micros(),
+            evaluated: self.evaluated.as_micros(),
+            stopped_at: self.stopped().map(Time::as_micros),
+            incarnation: self.incarnation,
+            last_seq: self.last_seq,
+            reason: self.reason.code(),
+            labels: self
+                .labels
+                .as_deref()
+                .map(LabelSet::to_map)
+                .unwrap_or_default(),
+            history: self
+                .history
+                .as_slice()
+                .iter()
+                .map(|t| TransitionRecord {
+                    at: t.at.as_micros(),
+                    from: t.from.map_or(0, Reason::code),
+                    to: t.to.code(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The agent a stored record describes: not connected, its timer not
+    /// yet scheduled, its labels not yet interned.
+    pub(super) fn from_record(r: AgentRecord) -> Result<Agent, RecordProblem> {
+        let time = |micros: i64, field: &'static str| {
+            Time::from_micros(micros).map_err(|source| RecordProblem::Time { field, source })
+        };
+        let reason = |code: u32, field: &'static str| {
+            Reason::from_code(code).ok_or(RecordProblem::UnknownWhy { field, code })
+        };
+        let sensor = Sensor::from_parts(
+            time(r.started_at, "started_at")?,
+            time(r.shutdown_at, "shutdown_at")?,
+            time(r.last_received, "last_received")?,
+            time(r.last_sent, "last_sent")?,
+            !r.unregistered,
+        );
+        let history = r
+            .history
+            .into_iter()
+            .map(|t| {
+                Ok(Transition {
+                    at: time(t.at, "history")?,
+                    from: match t.from {
+                        0 => None,
+                        code => Some(reason(code, "history")?),
+                    },
+                    to: reason(t.to, "history")?,
+                })
+            })
+            .collect::<Result<Vec<_>, RecordProblem>>()?;
+        let mut a = Agent::new(time(r.first_seen, "first_seen")?);
+        a.sensor = sensor;
+        a.last_heard = time(r.last_heard, "last_heard")?;
+        a.since = time(r.since, "since")?;
+        a.evaluated = time(r.evaluated, "evaluated")?;
+        a.set_stopped(r.stopped_at.map(|t| time(t, "stopped_at")).transpose()?);
+        a.incarnation = r.incarnation;
+        a.last_seq = r.last_seq;
+        a.reason = reason(r.reason, "reason")?;
+        a.labels = (!r.labels.is_empty()).then(|| Arc::new(LabelSet::from(&r.labels)));
+        a.history = History::from_vec(history);
+        a.no_grace = a.reason == Reason::NotReporting;
+        Ok(a)
+    }
+}
+
+/// The encoded record of an agent, as the store keeps it.
+pub(super) fn encode(a: &Agent) -> Vec<u8> {
+    a.to_record().encode_to_vec()
+}
+
+/// The agent stored under `key` as `bytes`.
+pub(super) fn decode(key: &str, bytes: &[u8]) -> Result<(AgentId, Agent), RecordError> {
+    let parse = || -> Result<(AgentId, Agent), RecordProblem> {
+        let id = AgentId::parse(key)?;
+        let record = AgentRecord::decode(bytes)?;
+        Ok((id, Agent::from_record(record)?))
+    };
+    parse().map_err(|problem| RecordError {
+        agent: key.to_string(),
+        problem,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventKind;
+
+    fn t(s: i64) -> Time {
+        Time::from_micros(s * 1_000_000).expect("in range")
+    }
+
+    #[test]
+    fn an_agent_survives_its_record() {
+        let mut a = Agent::new(t(100));
+        a.apply(EventKind::Starting, t(101));
+        a.apply(EventKind::ServerDataSent, t(102));
+        a.apply(EventKind::Stopped, t(103));
+        a.incarnation = 7;
+        a.last_seq = 9;
+        a.reason = Reason::Stopped;
+        a.since = t(103);
+        a.evaluated = t(104);
+        a.labels = Some(Arc::new(LabelSet::from(
+            &[("site".to_string(), "eu".to_string())].into(),
+        )));
+        a.history.push(
+            Transition {
+                at: t(100),
+                from: None,
+                to: Reason::NoDataReceived,
+            },
+            8,
+        );
+        a.history.push(
+            Transition {
+                at: t(103),
+                from: Some(Reason::NoDataReceived),
+                to: Reason::Stopped,
+            },
+            8,
+        );
+        let (id, b) = decode("a", &encode(&a)).expect("decodes");
+        assert_eq!(id.as_str(), "a");
+        assert_eq!(b.to_record(), a.to_record());
+        assert_eq!(b.facts(), a.facts());
+        assert_eq!(b.history.as_slice(), a.history.as_slice());
+        assert!(!b.connected());
+    }
+
+    #[test]
+    fn damaged_records_say_what_is_wrong() {
+        let err = decode("a", &[0xff, 0xff, 0xff]).expect_err("garbage");
+        assert!(matches!(err.problem, RecordProblem::Decode(_)), "{err}");
+        let err = decode("not an id", &[]).expect_err("bad key");
+        assert!(matches!(err.problem, RecordProblem::Id(_)), "{err}");
+        let bad_reason = AgentRecord {
+            reason: 42,
+            ..AgentRecord::default()
+        };
+        let err = decode("a", &bad_reason.encode_to_vec()).expect_err("bad reason");
+        assert!(
+            matches!(
+                err.problem,
+                RecordProblem::UnknownWhy {
+                    field: "reason",
+                    code: 42
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("agent \"a\""), "{err}");
+        let bad_time = AgentRecord {
+            reason: 1,
+            last_heard: i64::MAX,
+            ..AgentRecord::default()
+        };
+        let err = decode("a", &bad_time.encode_to_vec()).expect_err("bad time");
+        assert!(
+            matches!(
+                err.problem,
+                RecordProblem::Time {
+                    field: "last_heard",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,615 @@
+//! The registry's behaviour through its public handle.
+
+use std::time::Duration;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::model::{AgentEvent, AgentId, ByWhy, EventKind, Labels, State};
+
+const T0: i64 = 1_700_000_000;
+
+fn t(s: i64) -> Time {
+    Time::from_micros(s * 1_000_000).expect("in range")
+}
+
+fn setup() -> (Registry, ManualClock) {
+    let clock = ManualClock::new(t(T0));
+    let reg = Registry::new(
+        FleetRules::default(),
+        Limits::default(),
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::default()),
+    );
+    (reg, clock)
+}
+
+fn id(s: &str) -> AgentId {
+    AgentId::parse(s).expect("valid id")
+}
+
+fn ev(seq: u64, kind: EventKind, at: Option<i64>) -> AgentEvent {
+    AgentEvent {
+        seq,
+        kind,
+        time: at.map(t),
+    }
+}
+
+fn healthy_start(reg: &Registry, name: &str) -> Session {
+    let Connected {
+        session: s,
+        last_applied_seq: _,
+        ..
+    } = reg.connect(&id(name), 7, Labels::new()).expect("connects");
+    let applied = reg
+        .apply(
+            &s,
+            &[
+                ev(1, EventKind::Starting, None),
+                ev(2, EventKind::ServerDataSent, None),
+                ev(3, EventKind::ServerDataReceived, None),
+            ],
+        )
+        .expect("applies");
+    assert_eq!(applied.applied_through, 3);
+    s
+}
+
+#[test]
+fn a_new_agent_is_faulty_until_it_starts() {
+    let (reg, _) = setup();
+    let Connected {
+        session: s,
+        last_applied_seq: last,
+        ..
+    } = reg.connect(&id("a"), 1, Labels::new()).expect("connects");
+    assert_eq!(last, 0);
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::NoDataReceived
+    );
+    reg.apply(&s, &[ev(1, EventKind::Starting, None)])
+        .expect("applies");
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::AllIsOk
+    );
+    let h = reg.history(&id("a")).expect("known");
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].from, None);
+    assert_eq!(h[1].to, Reason::AllIsOk);
+}
+
+#[test]
+fn resent_events_are_applied_once() {
+    let (reg, _) = setup();
+    let s = healthy_start(&reg, "a");
+    let again = reg
+        .apply(
+            &s,
+            &[
+                ev(2, EventKind::Unregistered, None),
+                ev(4, EventKind::Heartbeat, None),
+            ],
+        )
+        .expect("applies");
+    assert_eq!(again.duplicates, 1);
+    assert_eq!(again.applied, 1);
+    assert_eq!(again.applied_through, 4);
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::AllIsOk
+    );
+    // A reconnect with the same incarnation resumes; a new one starts over.
+    let Connected {
+        session: _,
+        last_applied_seq: last,
+        ..
+    } = reg.connect(&id("a"), 7, Labels::new()).expect("connects");
+    assert_eq!(last, 4);
+    let Connected {
+        session: s2,
+        last_applied_seq: last,
+        ..
+    } = reg.connect(&id("a"), 8, Labels::new()).expect("connects");
+    assert_eq!(last, 0);
+    let fresh = reg
+        .apply(&s2, &[ev(1, EventKind::Unregistered, None)])
+        .expect("applies");
+    assert_eq!(fresh.applied, 1);
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::NotRegistered
+    );
+}
+
+#[test]
+fn a_newer_stream_supersedes_the_older() {
+    let (reg, _) = setup();
+    let old = healthy_start(&reg, "a");
+    let Connected {
+        session: _new,
+        last_applied_seq: _,
+        ..
+    } = reg.connect(&id("a"), 7, Labels::new()).expect("connects");
+    assert!(matches!(
+        reg.apply(&old, &[ev(9, EventKind::Heartbeat, None)]),
+        Err(RegistryError::Superseded(_))
+    ));
+    reg.disconnect(&old);
+    assert_eq!(reg.connected(), 1);
+}
+
+#[test]
+fn time_driven_transitions_happen_at_their_due_time() {
+    let (reg, clock) = setup();
+    let s = healthy_start(&reg, "a");
+    let mut feed = reg.subscribe();
+    // Heard every 4 minutes for almost 6 hours: the send window runs out.
+    for i in 1..=89 {
+        clock.advance(Duration::from_secs(240));
+        reg.apply(&s, &[ev(3 + i, EventKind::ServerDataReceived, None)])
+            .expect("applies");
+    }
+    // The heap wakes the agent lazily, at or before its real next change.
+    assert!(reg.process_due().is_some_and(|due| due <= t(T0 + 21_600)));
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!(
+        (v.reason, v.next_change),
+        (Reason::AllIsOk, Some(t(T0 + 21_600)))
+    );
+    clock.set(t(T0 + 21_599));
+    assert_eq!(
+        reg.get(&id("a"), None).expect("known").reason,
+        Reason::AllIsOk
+    );
+    clock.set(t(T0 + 21_600));
+    reg.process_due();
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!((v.reason, v.since), (Reason::NoDataSent, t(T0 + 21_600)));
+    match feed.try_recv().expect("a change was sent") {
+        Change::Status { view, before } => {
+            assert_eq!(before, Some(Reason::AllIsOk));
+            assert_eq!(view.reason, Reason::NoDataSent);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Then silence: not reporting at last_heard + 5 min.
+    clock.set(t(T0 + 21_360 + 400));
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!(
+        (v.reason, v.since),
+        (Reason::NotReporting, t(T0 + 21_360 + 300))
+    );
+    // The read settled nothing, yet the history shows the transition due.
+    let due = reg.history(&id("a")).expect("known");
+    assert_eq!(due.len(), 4);
+    assert_eq!(
+        reg.inner
+            .agents
+            .get("a")
+            .expect("known")
+            .history
+            .as_slice()
+            .len(),
+        3
+    );
+    // The timer task records it exactly as it was shown.
+    reg.process_due();
+    assert_eq!(reg.history(&id("a")).expect("known"), due);
+    assert_eq!(
+        reg.inner.agents.get("a").expect("known").history.as_slice(),
+        due
+    );
+}
+
+#[tokio::test]
+async fn the_timer_task_settles_what_is_due_when_it_stops() {
+    let (reg, clock) = setup();
+    let s = healthy_start(&reg, "a");
+    reg.disconnect(&s);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = {
+        let reg = reg.clone();
+        tokio::spawn(async move {
+            reg.run_scheduler(async move {
+                let _ = stopped.await;
+            })
+            .await;
+        })
+    };
+    // Let the task settle what is due and go to sleep until the silence
+    // window ends; then move past it and stop the task in one step.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        reg.inner.agents.get("a").expect("known").reason,
+        Reason::AllIsOk
+    );
+    clock.advance(Duration::from_secs(400));
+    stop.send(()).expect("task waits");
+    task.await.expect("task ends");
+    let a = reg.inner.agents.get("a").expect("known");
+    assert_eq!((a.reason, a.since), (Reason::NotReporting, t(T0 + 300)));
+}
+
+#[test]
+fn faulty_list_uses_the_index_and_pages() {
+    let (reg, clock) = setup();
+    for i in 0..30 {
+        let name = format!("agent-{i:02}");
+        if i % 3 == 0 {
+            healthy_start(&reg, &name);
+        } else {
+            reg.connect(&id(&name), 1, Labels::new()).expect("connects");
+        }
+    }
+    let sel = Selector {
+        filter: StateFilter::Faulty,
+        ..Selector::default()
+    };
+    let p1 = reg.list(&sel, None, None, 15);
+    assert_eq!(p1.agents.len(), 15);
+    assert!(p1.more);
+    assert!(p1.storm.active);
+    assert_eq!(p1.storm.dominant, Some((Reason::NoDataReceived, 20)));
+    let last = p1.agents.last().expect("non-empty").id.to_string();
+    let p2 = reg.list(&sel, None, Some(&last), 15);
+    assert_eq!(p2.agents.len(), 5);
+    assert!(!p2.more);
+    assert_eq!(p2.agents[0].id.as_str(), "agent-23");
+    let healthy = reg.list(
+        &Selector {
+            filter: StateFilter::Healthy,
+            ..Selector::default()
+        },
+        None,
+        None,
+        100,
+    );
+    assert_eq!(healthy.agents.len(), 10);
+    // Forecast: in 6 hours the healthy ones (connected) miss their sends.
+    let later = reg.list(&sel, Some(t(T0 + 21_600)), None, 100);
+    assert_eq!(later.agents.len(), 30);
+    assert_eq!(later.agents[0].reason, Reason::NoDataSent);
+    assert_eq!(later.agents[0].since, t(T0 + 21_600));
+    // Nothing was changed by the forecast.
+    assert_eq!(reg.list(&sel, None, None, 100).agents.len(), 20);
+    let _ = clock;
+}
+
+#[test]
+fn stopped_agents_are_healthy_until_they_start_again() {
+    let (reg, clock) = setup();
+    let s = healthy_start(&reg, "a");
+    reg.apply(
+        &s,
+        &[
+            ev(4, EventKind::ShuttingDown, None),
+            ev(5, EventKind::Stopped, None),
+        ],
+    )
+    .expect("applies");
+    reg.disconnect(&s);
+    clock.advance(Duration::from_secs(8 * 86_400));
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!(v.reason, Reason::Stopped);
+    assert_eq!(v.next_change, None);
+}
+
+#[test]
+fn forgetting_removes_everything() {
+    let (reg, _) = setup();
+    healthy_start(&reg, "a");
+    let last = reg.forget(&id("a")).expect("known");
+    assert_eq!(last.reason, Reason::AllIsOk);
+    assert!(reg.is_empty());
+    assert_eq!(reg.counts().total(), 0);
+    assert!(matches!(
+        reg.get(&id("a"), None),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        reg.forget(&id("a")),
+        Err(RegistryError::NotFound(_))
+    ));
+}
+
+#[test]
+fn the_agent_cap_is_enforced() {
+    let clock = ManualClock::new(t(T0));
+    let reg = Registry::new(
+        FleetRules::default(),
+        Limits {
+            max_agents: 2,
+            ..Limits::default()
+        },
+        Arc::new(clock),
+        Arc::new(Metrics::default()),
+    );
+    reg.connect(&id("a"), 1, Labels::new()).expect("first");
+    reg.connect(&id("b"), 1, Labels::new()).expect("second");
+    assert_eq!(
+        reg.connect(&id("c"), 1, Labels::new()).map(|_| ()),
+        Err(RegistryError::TooManyAgents(2))
+    );
+    reg.connect(&id("a"), 2, Labels::new())
+        .expect("a known agent reconnects");
+    assert_eq!(reg.len(), 2);
+}
+
+#[test]
+fn future_times_are_clamped() {
+    let (reg, _) = setup();
+    let Connected {
+        session: s,
+        last_applied_seq: _,
+        ..
+    } = reg.connect(&id("a"), 1, Labels::new()).expect("connects");
+    let out = reg
+        .apply(
+            &s,
+            &[
+                ev(1, EventKind::Starting, Some(T0 + 3600)),
+                ev(2, EventKind::ServerDataSent, Some(T0 + 60)),
+            ],
+        )
+        .expect("applies");
+    assert_eq!(out.clamped, 1);
+    let v = reg.get(&id("a"), None).expect("known");
+    assert_eq!(v.sensor.started_at(), t(T0));
+    assert_eq!(v.sensor.last_sent(), t(T0 + 60));
+}
+
+/// Forty agents in every kind of state, half connected, with labels; then
+/// twenty minutes pass without the timer task, so that several agents have
+/// a change due that is not yet settled.
+fn mixed_fleet() -> (Registry, ManualClock) {
+    let (reg, clock) = setup();
+    for i in 0..40 {
+        let name = format!("agent-{i:02}");
+        let site = if i % 2 == 0 { "eu" } else { "us" };
+        let labels: Labels = [("site".to_string(), site.to_string())].into();
+        let s = reg
+            .connect(&id(&name), 1, labels)
+            .expect("connects")
+            .session;
+        let started = [
+            ev(1, EventKind::Starting, Some(T0 - 7 * 3600)),
+            ev(2, EventKind::ServerDataReceived, None),
+        ];
+        match i % 5 {
+            // Never started: no data received.
+            0 => {}
+            // Healthy, and stays connected.
+            1 => {
+                reg.apply(&s, &started).expect("applies");
+                reg.apply(&s, &[ev(3, EventKind::ServerDataSent, None)])
+                    .expect("applies");
+            }
+            // Stopped on purpose.
+            2 => {
+                reg.apply(&s, &started).expect("applies");
+                reg.apply(&s, &[ev(3, EventKind::Stopped, None)])
+                    .expect("applies");
+            }
+            // Healthy, then gone: not reporting after the silence window.
+            3 => {
+                reg.apply(&s, &started).expect("applies");
+                reg.apply(&s, &[ev(3, EventKind::ServerDataSent, None)])
+                    .expect("applies");
+                reg.disconnect(&s);
+            }
+            // Sent last almost six hours ago: no data sent in ten minutes.
+            _ => {
+                reg.apply(&s, &started).expect("applies");
+                reg.apply(
+                    &s,
+                    &[ev(3, EventKind::ServerDataSent, Some(T0 - 21_600 + 600))],
+                )
+                .expect("applies");
+            }
+        }
+        if i >= 20 && i % 5 != 3 {
+            reg.disconnect(&s);
+        }
+    }
+    clock.advance(Duration::from_secs(20 * 60));
+    (reg, clock)
+}
+
+fn selectors() -> Vec<Selector> {
+    let mut out = Vec::new();
+    for filter in [
+        StateFilter::Active,
+        StateFilter::Faulty,
+        StateFilter::Healthy,
+        StateFilter::Inactive,
+        StateFilter::All,
+    ] {
+        for reasons in [vec![], vec![Reason::NotReporting, Reason::AllIsOk]] {
+            for labels in [Labels::new(), [("site".into(), "eu".into())].into()] {
+                out.push(Selector {
+                    filter,
+                    reasons: reasons.clone(),
+                    labels,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn ids_and_status(page: &Page) -> Vec<(String, Reason, Time, Option<Time>)> {
+    page.agents
+        .iter()
+        .map(|v| (v.id.to_string(), v.reason, v.since, v.next_change))
+        .collect()
+}
+
+#[test]
+fn the_index_answers_as_a_scan_of_the_fleet_would() {
+    let (reg, clock) = mixed_fleet();
+    // First with changes due and not settled, then with them settled (which
+    // leaves connected agents settled as not reporting: a forecast takes
+    // them as heard).
+    for settle in [false, true] {
+        if settle {
+            reg.process_due();
+        }
+        compare_index_and_scan(&reg, clock.now());
+    }
+}
+
+fn compare_index_and_scan(reg: &Registry, now: Time) {
+    let times = [
+        None,
+        Some(now),
+        Some(t(T0 + 3600)),
+        Some(t(T0 + 8 * 86_400)),
+        Some(t(T0 - 600)),
+    ];
+    for at in times {
+        let when = at.unwrap_or(now);
+        let forecast = when > now;
+        for sel in selectors() {
+            // Page through with a small limit: every page matches the scan's.
+            let mut after: Option<String> = None;
+            loop {
+                let page = reg.list(&sel, at, after.as_deref(), 7);
+                let scan = reg.list_by_scan(&sel, when, forecast, after.as_deref(), 7);
+                assert_eq!(
+                    ids_and_status(&page),
+                    ids_and_status(&scan),
+                    "{sel:?} at {when:?} after {after:?}"
+                );
+                assert_eq!(page.more, scan.more, "{sel:?} at {when:?}");
+                assert_eq!(page.storm, scan.storm, "{sel:?} at {when:?}");
+                if !page.more {
+                    break;
+                }
+                after = page.agents.last().map(|v| v.id.to_string());
+            }
+        }
+        let all = reg.list_by_scan(
+            &Selector {
+                filter: StateFilter::All,
+                ..Selector::default()
+            },
+            when,
+            forecast,
+            None,
+            usize::MAX,
+        );
+        let mut by_reason = ByWhy::<u64>::default();
+        for v in &all.agents {
+            by_reason[v.reason] += 1;
+        }
+        assert_eq!(reg.summary(at).by_reason, by_reason, "at {when:?}");
+    }
+}
+
+#[test]
+fn reads_evaluate_their_time_and_settle_nothing() {
+    let (reg, _clock) = mixed_fleet();
+    let settled = reg.inner.tally.counts();
+    let histories: Vec<usize> = (0..40)
+        .map(|i| {
+            let a = reg.inner.agents.get(format!("agent-{i:02}").as_str());
+            a.expect("known").history.as_slice().len()
+        })
+        .collect();
+    // Read in every way: the due changes show, nothing is settled.
+    let counts = reg.counts();
+    assert_ne!(counts, settled, "some changes are due");
+    assert_eq!(reg.summary(None).by_reason, counts);
+    assert_eq!(reg.storm(), reg.inner.tally.storm_of(&counts));
+    let faulty = Selector {
+        filter: StateFilter::Faulty,
+        ..Selector::default()
+    };
+    let listed = reg.list(&faulty, None, None, 100);
+    assert_eq!(listed.agents.len() as u64, counts.in_state(State::Faulty));
+    assert_eq!(reg.snapshot(&faulty).len(), listed.agents.len());
+    assert!(
+        listed
+            .agents
+            .iter()
+            .any(|v| v.reason == Reason::NotReporting)
+    );
+    for (i, settled_history) in histories.iter().enumerate() {
+        let agent = id(&format!("agent-{i:02}"));
+        reg.get(&agent, None).expect("known");
+        reg.history(&agent).expect("known");
+        let a = reg.inner.agents.get(agent.as_arc()).expect("known");
+        assert_eq!(a.history.as_slice().len(), *settled_history);
+    }
+    assert_eq!(reg.inner.tally.counts(), settled);
+    // The timer task settles exactly what the reads showed.
+    reg.process_due();
+    assert_eq!(reg.inner.tally.counts(), counts);
+    assert_eq!(
+        ids_and_status(&reg.list(&faulty, None, None, 100)),
+        ids_and_status(&listed)
+    );
+}
+
+#[test]
+fn healthy_and_all_lists_page_in_id_order() {
+    let (reg, _) = setup();
+    for i in (0..25).rev() {
+        healthy_start(&reg, &format!("agent-{i:02}"));
+    }
+    let healthy = Selector {
+        filter: StateFilter::Healthy,
+        ..Selector::default()
+    };
+    let p1 = reg.list(&healthy, None, None, 10);
+    assert!(p1.more);
+    assert_eq!(p1.agents[0].id.as_str(), "agent-00");
+    let p3 = reg.list(&healthy, None, Some("agent-19"), 10);
+    assert!(!p3.more);
+    let names: Vec<&str> = p3.agents.iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(
+        names,
+        ["agent-20", "agent-21", "agent-22", "agent-23", "agent-24"]
+    );
+}
+
+#[test]
+fn a_restored_registry_answers_as_the_one_that_wrote_it() {
+    let (reg, clock) = mixed_fleet();
+    let durable = Registry::durable(
+        FleetRules::default(),
+        Limits::default(),
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::default()),
+    );
+    assert!(durable.commits().is_some());
+    assert!(reg.commits().is_none(), "in memory: nothing to wait for");
+    assert_eq!(
+        reg.take_dirty().upserts.len(),
+        0,
+        "in memory: nothing journalled"
+    );
+    // Copy the fleet through its records.
+    let records: Vec<(String, Vec<u8>)> = reg
+        .inner
+        .agents
+        .iter()
+        .map(|e| (e.key().to_string(), record::encode(e.value())))
+        .collect();
+    assert_eq!(durable.restore(records.clone()).expect("restores"), 40);
+    assert_eq!(durable.len(), 40);
+    // Every agent is back as it was written (a restored server then grants
+    // one silence window of grace, so its verdicts may differ for a while).
+    for (key, bytes) in &records {
+        let a = durable.inner.agents.get(&**key).expect("restored");
+        assert_eq!(&record::encode(&a), bytes, "{key}");
+        assert!(!a.connected());
+    }
+    assert_eq!(durable.inner.tally.counts(), reg.inner.tally.counts());
+    let damaged = durable.restore(vec![("x".into(), vec![0xff; 3])]);
+    assert!(matches!(damaged, Err(RecordError { ref agent, .. }) if agent == "x"));
+}
