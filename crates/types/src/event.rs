@@ -72,6 +72,14 @@ impl fmt::Display for EventKind {
     }
 }
 
+crate::per_variant!(
+    /// One value per event kind, indexed by the kind itself: the events of
+    /// each kind in a batch, a counter for each.
+    ByKind,
+    EventKind,
+    EventKind::COUNT
+);
+
 /// One event, as a reporter numbers it and the server applies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentEvent {
@@ -94,5 +102,8 @@ mod tests {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(EventKind::parse("shutting-down"), None);
+        let mut kinds = ByKind::<u32>::default();
+        kinds[EventKind::Stopped] += 1;
+        assert_eq!(kinds.into_array()[EventKind::Stopped.index()], 1);
     }
 }

@@ -7,7 +7,6 @@
 //! metrics labels, logs) and a short name for flags (`no-data-sent`).
 
 use std::fmt;
-use std::ops::{Index, IndexMut};
 
 use fleet_health_sensor as sensor;
 
@@ -223,31 +222,13 @@ impl fmt::Display for Why {
     }
 }
 
-/// One `T` for each why, indexed by the why: counts, gauges, sets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ByWhy<T>([T; Why::COUNT]);
-
-impl<T> ByWhy<T> {
-    /// A table made by calling `f` for each why.
-    pub fn from_fn(mut f: impl FnMut(Why) -> T) -> ByWhy<T> {
-        ByWhy(std::array::from_fn(|i| f(Why::ALL[i])))
-    }
-
-    /// Each why with its value, in [`Why::ALL`] order.
-    pub fn iter(&self) -> impl Iterator<Item = (Why, &T)> {
-        Why::ALL.into_iter().zip(self.0.iter())
-    }
-
-    /// Each why with its value, mutably.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Why, &mut T)> {
-        Why::ALL.into_iter().zip(self.0.iter_mut())
-    }
-
-    /// A table of `f` applied to each value.
-    pub fn map<U>(&self, mut f: impl FnMut(Why, &T) -> U) -> ByWhy<U> {
-        ByWhy::from_fn(|w| f(w, &self[w]))
-    }
-}
+crate::per_variant!(
+    /// One value per why, indexed by the why itself: the number of agents
+    /// with each, a gauge or a set for each.
+    ByWhy,
+    Why,
+    Why::COUNT
+);
 
 impl ByWhy<u64> {
     /// The sum over the whys that put an agent in `state`.
@@ -260,21 +241,7 @@ impl ByWhy<u64> {
 
     /// The sum over every why.
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-}
-
-impl<T> Index<Why> for ByWhy<T> {
-    type Output = T;
-
-    fn index(&self, why: Why) -> &T {
-        &self.0[why.index()]
-    }
-}
-
-impl<T> IndexMut<Why> for ByWhy<T> {
-    fn index_mut(&mut self, why: Why) -> &mut T {
-        &mut self.0[why.index()]
+        self.iter().map(|(_, n)| *n).sum()
     }
 }
 
@@ -321,8 +288,11 @@ mod tests {
         assert_eq!(t.in_state(State::Healthy), 5);
         assert_eq!(t.in_state(State::Inactive), 7);
         assert_eq!(t.total(), 15);
-        let doubled = t.map(|_, n| n * 2);
+        let doubled = t.map(|n| n * 2);
         assert_eq!(doubled[Why::AllIsOk], 10);
+        assert_eq!(t.into_array()[Why::Inactive.index()], 7);
+        let codes = ByWhy::from_fn(Why::code);
+        assert!(codes.iter().all(|(w, c)| w.code() == *c));
     }
 
     #[test]
