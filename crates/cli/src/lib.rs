@@ -20,14 +20,17 @@
 //! The modules depend on each other in one direction only (no circle):
 //!
 //! ```text
-//! main ─> args ─> config ─> render ─> simulate ─> error ─> exit_codes
-//!          │  └─> timearg      ▲          ▲
-//!          └────> commands ────┴──────────┘
+//! main     -> args, commands, config, error
+//! args     -> config, render, simulate, timearg, error
+//! commands -> config, render, simulate, error
+//! config   -> render, simulate
+//! render   -> simulate (to print its report and notes)
+//! simulate -> error
+//! error    -> exit_codes
 //! ```
 //!
-//! `args` also uses `render` (formats, colours) and `simulate` (the mix, the
-//! settings); `commands` uses `config` and `error`. The binary
-//! (`src/main.rs`) parses the flags, picks a runtime and calls [`run`].
+//! The binary (`src/main.rs`) parses the flags, settles them with
+//! [`Cli::into_config`], picks a runtime and calls [`run`].
 
 pub mod args;
 pub mod commands;

@@ -132,7 +132,7 @@ impl ResumingWatch {
                 return Ok(change);
             }
             Ok(None) => "the server ended the watch".to_owned(),
-            Err(e) if is_transient(&e) => e.to_string(),
+            Err(e) if is_transient(&e) => loss(&e).to_owned(),
             Err(e) => return Err(e),
         };
         self.current = None;
@@ -192,6 +192,15 @@ fn is_transient(e: &ClientError) -> bool {
     }
 }
 
+/// What a transient error that ended a watch means, in words (the transport's
+/// own message, such as an HTTP/2 error, says little to a person).
+fn loss(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Unreachable(_) => "the server stopped answering",
+        _ => "the connection to the server broke",
+    }
+}
+
 /// A budget for messages: whole seconds as `90s`, else milliseconds.
 fn humanize(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
@@ -230,6 +239,16 @@ mod tests {
                 "{status:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_loss_is_told_in_words() {
+        let h2 = ClientError::from(Status::unknown(
+            "h2 protocol error: error reading a body from connection",
+        ));
+        assert_eq!(loss(&h2), "the connection to the server broke");
+        let down = ClientError::from(Status::unavailable("tcp connect error"));
+        assert_eq!(loss(&down), "the server stopped answering");
     }
 
     #[test]
