@@ -730,7 +730,7 @@ mod tests {
 
     #[test]
     fn the_opening_events_make_each_rule_show_at_once() {
-        use fleet_health_client::proto::EventKind as K;
+        use fleet_health_client::EventKind as K;
         use fleet_health_sensor::{Sensor, Why, Windows};
         let now = Time::from_unix(1_714_564_800, 0).unwrap();
         let expected = [

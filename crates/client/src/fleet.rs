@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 
 use crate::InvalidEndpoint;
 use crate::convert::to_timestamp;
-use crate::names::{NameError, validate_agent_id};
+use crate::names::{NameError, validate_agent_id, validate_label};
 use crate::proto::fleet_service_client::FleetServiceClient;
 use crate::proto::{
     ForgetAgentRequest, GetAgentRequest, GetHistoryRequest, GetSummaryRequest, ListAgentsRequest,
@@ -65,7 +65,7 @@ impl From<Status> for ClientError {
 }
 
 /// Which agents a list or a watch takes.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentQuery {
     /// Which states; the default (`Unspecified`) is the active agents.
     pub filter: StateFilter,
@@ -75,6 +75,15 @@ pub struct AgentQuery {
     pub labels: BTreeMap<String, String>,
     /// Evaluate at this time instead of now (lists only).
     pub at: Option<Time>,
+}
+
+impl AgentQuery {
+    /// Checks the labels against the rules before anything is sent.
+    fn check(&self) -> Result<(), NameError> {
+        self.labels
+            .iter()
+            .try_for_each(|(k, v)| validate_label(k, v))
+    }
 }
 
 /// A client for `FleetService`. Cheap to clone: clones share one connection.
@@ -146,6 +155,7 @@ impl FleetClient {
         query: &AgentQuery,
         page_token: Option<String>,
     ) -> Result<AgentPage, ClientError> {
+        query.check()?;
         let request = ListAgentsRequest {
             filter: query.filter as i32,
             why: query.why.iter().map(|w| *w as i32).collect(),
@@ -180,6 +190,7 @@ impl FleetClient {
 
     /// Starts a watch: the current matching set, then each change.
     pub async fn watch(&self, query: &AgentQuery) -> Result<Watch, ClientError> {
+        query.check()?;
         let request = WatchAgentsRequest {
             filter: query.filter as i32,
             why: query.why.iter().map(|w| *w as i32).collect(),
@@ -224,6 +235,26 @@ impl FleetClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_query_with_a_bad_label_is_refused_before_sending() {
+        // Nothing listens at port 1: a request that were sent would fail
+        // as unreachable, not as an invalid name.
+        let client = FleetClient::connect_lazy("http://127.0.0.1:1", Duration::from_secs(1))
+            .unwrap();
+        let query = AgentQuery {
+            labels: [("bad key".to_owned(), "v".to_owned())].into_iter().collect(),
+            ..AgentQuery::default()
+        };
+        assert!(matches!(
+            client.list(&query).await,
+            Err(ClientError::InvalidName(NameError::LabelKey { .. }))
+        ));
+        assert!(matches!(
+            client.watch(&query).await,
+            Err(ClientError::InvalidName(NameError::LabelKey { .. }))
+        ));
+    }
 
     #[test]
     fn statuses_map_to_the_errors_scripts_tell_apart() {
