@@ -240,10 +240,12 @@ mod tests {
     async fn a_query_with_a_bad_label_is_refused_before_sending() {
         // Nothing listens at port 1: a request that were sent would fail
         // as unreachable, not as an invalid name.
-        let client = FleetClient::connect_lazy("http://127.0.0.1:1", Duration::from_secs(1))
-            .unwrap();
+        let client =
+            FleetClient::connect_lazy("http://127.0.0.1:1", Duration::from_secs(1)).unwrap();
         let query = AgentQuery {
-            labels: [("bad key".to_owned(), "v".to_owned())].into_iter().collect(),
+            labels: [("bad key".to_owned(), "v".to_owned())]
+                .into_iter()
+                .collect(),
             ..AgentQuery::default()
         };
         assert!(matches!(

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::agents::{AgentJson, ts};
 use super::summary::{StormJson, storm_line};
-use super::time::{format_time, human_duration};
+use super::time::format_time;
 use super::{Style, write_ndjson};
 
 /// One message of a watch, as NDJSON.
@@ -137,7 +137,7 @@ pub fn watch_line(style: Style, change: &WatchChange) -> String {
 pub fn lost_note(cause: &str, budget: Duration) -> String {
     format!(
         "fleet-health: lost the server ({cause}); reconnecting for up to {}",
-        human_duration(budget)
+        humantime::format_duration(budget)
     )
 }
 
@@ -209,6 +209,11 @@ mod tests {
         assert_eq!(
             lost_note("the server ended the watch", Duration::from_secs(120)),
             "fleet-health: lost the server (the server ended the watch); reconnecting for up to 2m"
+        );
+        assert!(
+            lost_note("x", Duration::from_millis(1500)).ends_with("for up to 1s 500ms"),
+            "{}",
+            lost_note("x", Duration::from_millis(1500))
         );
     }
 }
