@@ -1,225 +1,185 @@
-//! What each subcommand does.
+//! What each task does: ask the server through the client crate, print with
+//! `render`, and decide the exit code. Commands see the settled [`Config`],
+//! never the flags.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::anyhow;
 use fleet_health_client::names::event_name;
-use fleet_health_client::proto::StateFilter;
 use fleet_health_client::{
-    AgentQuery, BackoffConfig, FleetClient, Reporter, ReporterConfig, ReporterError,
+    AgentQuery, BackoffConfig, FleetClient, ReconnectPolicy, Reporter, ReporterConfig,
+    ReporterError, ResumingWatch, StateFilter, Storm, Time,
 };
-use serde::Serialize;
 
-use crate::cli::{
-    AgentArgs, Cli, Command, Filter, ListArgs, Output, ReportArgs, StatusArgs, SummaryArgs,
-    WatchArgs,
-};
-use crate::output::{self, Style};
-use crate::{ExitCode, Failure};
+use crate::config::{Config, ReportTask, Task};
+use crate::error::Failure;
+use crate::exit_codes::ExitCode;
+use crate::render::report::ReportJson;
+use crate::render::{self, Format, Style, agents, history, report, summary, watch};
+use crate::simulate::{self, Settings};
 
-/// What a command needs besides its own arguments.
-pub struct Context {
-    /// The server's address.
-    pub server: String,
-    /// How long to wait for the server.
-    pub timeout: Duration,
-    /// The format asked for, if any.
-    pub output: Option<Output>,
-    /// Colours or not.
-    pub style: Style,
-}
-
-impl Context {
-    /// The format to use: the one asked for, if this command has it, else
-    /// the first (the default).
-    fn format(&self, command: &str, formats: &[Output]) -> Result<Output, Failure> {
-        match self.output {
-            None => Ok(formats[0]),
-            Some(f) if formats.contains(&f) => Ok(f),
-            Some(f) => {
-                let names: Vec<String> = formats
-                    .iter()
-                    .map(|f| format!("{f:?}").to_lowercase())
-                    .collect();
-                Err(Failure::usage(format!(
-                    "`{command}` has no {} output; it has: {}",
-                    format!("{f:?}").to_lowercase(),
-                    names.join(", ")
-                )))
-            }
-        }
-    }
-
-    fn fleet(&self) -> Result<FleetClient, Failure> {
-        Ok(FleetClient::connect_lazy(&self.server, self.timeout)?)
-    }
-}
-
-/// Runs a parsed command line; returns the exit code, or the failure.
-pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+/// Carries out a settled configuration; returns the exit code, or the
+/// failure. Everything goes to stdout through one buffer, flushed at the end
+/// (and after each watch message); warnings and notes go to stderr.
+pub async fn run(config: Config) -> Result<ExitCode, Failure> {
     let stdout = io::stdout();
-    let ctx = Context {
-        server: cli.server,
-        timeout: cli.timeout,
-        output: cli.output,
-        style: Style::detect(cli.color, stdout.is_terminal()),
-    };
     let mut out = io::BufWriter::new(stdout.lock());
-    let code = execute(&ctx, &mut out, cli.command)
-        .await
-        .map_err(|mut f| {
-            if f.code == ExitCode::Unreachable {
-                f.error = f.error.context(ctx.server.clone());
-            }
-            f
-        })?;
+    let code = execute(&config, &mut out).await.map_err(|mut f| {
+        if f.code == ExitCode::Unreachable {
+            f.error = f.error.context(config.server.clone());
+        }
+        f
+    })?;
     out.flush()?;
     Ok(code)
 }
 
-async fn execute(
-    ctx: &Context,
-    out: &mut dyn Write,
-    command: Command,
-) -> Result<ExitCode, Failure> {
-    let code = match command {
-        Command::List(args) => list(ctx, out, args).await?,
-        Command::Status(args) => status(ctx, out, args).await?,
-        Command::Watch(args) => watch(ctx, out, args).await?,
-        Command::Summary(args) => summary(ctx, out, args).await?,
-        Command::History(args) => history(ctx, out, args).await?,
-        Command::Forget(args) => forget(ctx, out, args).await?,
-        Command::Report(args) => report(ctx, out, args).await?,
-        Command::Simulate(args) => crate::simulate::run(ctx, out, args).await?,
-    };
-    Ok(code)
-}
-
-fn query(filter: &Filter, at: Option<fleet_health_client::Time>) -> AgentQuery {
-    AgentQuery {
-        filter: filter.state(),
-        why: filter.why.clone(),
-        labels: filter.labels(),
-        at,
-    }
-}
-
-async fn list(ctx: &Context, out: &mut dyn Write, args: ListArgs) -> Result<ExitCode, Failure> {
-    let format = ctx.format(
-        "list",
-        &[Output::Table, Output::Json, Output::Ndjson, Output::Ids],
-    )?;
-    let query = query(&args.filter, args.at);
-    let list = ctx.fleet()?.list(&query).await?;
-    match format {
-        Output::Table => output::list_table(out, ctx.style, &list)?,
-        Output::Json => output::list_json(out, &list)?,
-        Output::Ndjson => output::list_ndjson(out, &list)?,
-        Output::Ids => output::ids(out, &list.agents)?,
-    }
-    let storm = list.storm.as_ref().filter(|s| s.active);
-    match storm {
-        Some(storm) if query.filter == StateFilter::Faulty => {
-            out.flush()?;
-            eprintln!("{}", ctx.style.warn(&output::storm_warning(storm)));
-            Ok(ExitCode::Storm)
+async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failure> {
+    let style = config.style;
+    let fleet = || FleetClient::connect_lazy(&config.server, config.timeout);
+    match &config.task {
+        Task::List { query, format } => list(&fleet()?, out, style, query, *format).await,
+        Task::Status { agent, at, format } => {
+            status(&fleet()?, out, style, agent, *at, *format).await
         }
-        _ => Ok(ExitCode::Success),
+        Task::Watch {
+            query,
+            format,
+            reconnect,
+        } => watch(fleet()?, out, style, query, *format, *reconnect).await,
+        Task::Summary { at, format } => summary(&fleet()?, out, style, *at, *format).await,
+        Task::History { agent, format } => history(&fleet()?, out, style, agent, *format).await,
+        Task::Forget { agent, format } => forget(&fleet()?, out, agent, *format).await,
+        Task::Report(task) => report(&config.server, config.timeout, out, task).await,
+        Task::Simulate { settings, format } => simulate(settings, out, *format).await,
     }
 }
 
-async fn status(ctx: &Context, out: &mut dyn Write, args: StatusArgs) -> Result<ExitCode, Failure> {
-    let format = ctx.format(
-        "status",
-        &[Output::Table, Output::Json, Output::Ndjson, Output::Ids],
-    )?;
-    let agent = ctx.fleet()?.get_agent(&args.agent, args.at).await?;
-    match format {
-        Output::Table => output::status_table(out, ctx.style, &agent)?,
-        Output::Json => output::agent_json(out, &agent, true)?,
-        Output::Ndjson => output::agent_json(out, &agent, false)?,
-        Output::Ids => output::ids(out, std::slice::from_ref(&agent))?,
-    }
-    Ok(ExitCode::Success)
-}
-
-async fn summary(
-    ctx: &Context,
+/// Exit 5 with a warning on stderr when the storm flag is raised; the
+/// output, already complete, is flushed first so that it comes before.
+fn storm_exit(
     out: &mut dyn Write,
-    args: SummaryArgs,
+    style: Style,
+    storm: Option<&Storm>,
 ) -> Result<ExitCode, Failure> {
-    let format = ctx.format("summary", &[Output::Table, Output::Json])?;
-    let summary = ctx.fleet()?.summary(args.at).await?;
-    match format {
-        Output::Json => output::summary_json(out, &summary)?,
-        _ => output::summary_table(out, ctx.style, &summary)?,
-    }
-    match summary.storm.as_ref().filter(|s| s.active) {
+    match storm.filter(|s| s.active) {
         Some(storm) => {
             out.flush()?;
-            eprintln!("{}", ctx.style.warn(&output::storm_warning(storm)));
+            eprintln!("{}", summary::storm_warning(style, storm));
             Ok(ExitCode::Storm)
         }
         None => Ok(ExitCode::Success),
     }
 }
 
-async fn history(ctx: &Context, out: &mut dyn Write, args: AgentArgs) -> Result<ExitCode, Failure> {
-    let format = ctx.format("history", &[Output::Table, Output::Json, Output::Ndjson])?;
-    let history = ctx.fleet()?.history(&args.agent).await?;
+async fn list(
+    fleet: &FleetClient,
+    out: &mut dyn Write,
+    style: Style,
+    query: &AgentQuery,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let list = fleet.list(query).await?;
     match format {
-        Output::Json => output::history_json(out, &history)?,
-        Output::Ndjson => output::history_ndjson(out, &history)?,
-        _ => output::history_table(out, ctx.style, &history)?,
+        Format::Table => agents::list_table(out, style, &list)?,
+        Format::Json => agents::list_json(out, &list)?,
+        Format::Ndjson => agents::list_ndjson(out, &list)?,
+        Format::Ids => agents::ids(out, list.agents.iter().map(|a| a.agent_id.as_str()))?,
+    }
+    // Only a list of the faulty ones is a list of restart candidates, where
+    // a storm must stop a script from acting.
+    if query.filter == StateFilter::Faulty {
+        storm_exit(out, style, list.storm.as_ref())
+    } else {
+        Ok(ExitCode::Success)
+    }
+}
+
+async fn status(
+    fleet: &FleetClient,
+    out: &mut dyn Write,
+    style: Style,
+    agent: &str,
+    at: Option<Time>,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let agent = fleet.get_agent(agent, at).await?;
+    match format {
+        Format::Table => agents::status_table(out, style, &agent)?,
+        Format::Json => agents::agent_json(out, &agent, true)?,
+        Format::Ndjson => agents::agent_json(out, &agent, false)?,
+        Format::Ids => agents::ids(out, [agent.agent_id.as_str()])?,
     }
     Ok(ExitCode::Success)
 }
 
-async fn forget(ctx: &Context, out: &mut dyn Write, args: AgentArgs) -> Result<ExitCode, Failure> {
-    let format = ctx.format("forget", &[Output::Table, Output::Json, Output::Ids])?;
-    let last = ctx.fleet()?.forget(&args.agent).await?;
+async fn summary(
+    fleet: &FleetClient,
+    out: &mut dyn Write,
+    style: Style,
+    at: Option<Time>,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let s = fleet.summary(at).await?;
+    match format {
+        Format::Json => summary::summary_json(out, &s)?,
+        _ => summary::summary_table(out, style, &s)?,
+    }
+    storm_exit(out, style, s.storm.as_ref())
+}
+
+async fn history(
+    fleet: &FleetClient,
+    out: &mut dyn Write,
+    style: Style,
+    agent: &str,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let h = fleet.history(agent).await?;
+    match format {
+        Format::Json => history::history_json(out, &h)?,
+        Format::Ndjson => history::history_ndjson(out, &h)?,
+        _ => history::history_table(out, style, &h)?,
+    }
+    Ok(ExitCode::Success)
+}
+
+async fn forget(
+    fleet: &FleetClient,
+    out: &mut dyn Write,
+    agent: &str,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let last = fleet.forget(agent).await?;
     match (format, &last) {
-        (Output::Json, Some(a)) => output::agent_json(out, a, true)?,
-        (Output::Json, None) => writeln!(out, "null")?,
-        (Output::Ids, _) => writeln!(out, "{}", args.agent)?,
-        (_, Some(a)) => writeln!(
-            out,
-            "forgot {} (it was {}: {})",
-            a.agent_id,
-            fleet_health_client::names::state_name(a.state()),
-            a.why_text
-        )?,
-        (_, None) => writeln!(out, "forgot {}", args.agent)?,
+        (Format::Json, Some(a)) => agents::agent_json(out, a, true)?,
+        (Format::Json, None) => writeln!(out, "null")?,
+        (Format::Ids, _) => agents::ids(out, [agent])?,
+        _ => agents::forgot_line(out, agent, last.as_ref())?,
     }
     Ok(ExitCode::Success)
 }
 
-/// What `report -o json` prints.
-#[derive(Serialize)]
-struct ReportJson<'a> {
-    agent_id: &'a str,
-    event: &'static str,
-    incarnation: String,
-    seq: u64,
-    acknowledged: bool,
-}
-
-async fn report(ctx: &Context, out: &mut dyn Write, args: ReportArgs) -> Result<ExitCode, Failure> {
-    let format = ctx.format("report", &[Output::Table, Output::Json])?;
-    let deadline = tokio::time::Instant::now() + ctx.timeout;
-    let mut config = ReporterConfig::new(&args.agent);
-    config.labels = args.label.into_iter().collect();
+async fn report(
+    server: &str,
+    timeout: Duration,
+    out: &mut dyn Write,
+    task: &ReportTask,
+) -> Result<ExitCode, Failure> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut config = ReporterConfig::new(&task.agent);
+    config.labels = task.labels.clone();
     config.max_pending = 16;
-    config.connect_timeout = ctx.timeout;
+    config.connect_timeout = timeout;
     config.backoff = BackoffConfig {
         initial: Duration::from_millis(100),
         max: Duration::from_secs(1),
     };
     // A fresh reporter: its own random incarnation, so that this event is
     // never taken for a re-send of an earlier run's.
-    let reporter = Reporter::connect(&ctx.server, config)?;
-    let seq = reporter.report(args.event, args.at)?;
+    let reporter = Reporter::connect(server, config)?;
+    let seq = reporter.report(task.event, task.at)?;
     match tokio::time::timeout_at(deadline, reporter.wait_acked(seq)).await {
         Ok(result) => result?,
         Err(_) => {
@@ -229,10 +189,7 @@ async fn report(ctx: &Context, out: &mut dyn Write, args: ReportArgs) -> Result<
                 .map_or_else(String::new, |e| format!(" (last error: {e})"));
             return Err(Failure::new(
                 ExitCode::Unreachable,
-                anyhow!(
-                    "the event was not acknowledged within {:?}{why}",
-                    ctx.timeout
-                ),
+                anyhow!("the event was not acknowledged within {timeout:?}{why}"),
             ));
         }
     }
@@ -245,46 +202,75 @@ async fn report(ctx: &Context, out: &mut dyn Write, args: ReportArgs) -> Result<
         Ok(()) | Err(ReporterError::Timeout { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    if format == Output::Json {
-        let json = ReportJson {
-            agent_id: reporter.agent_id(),
-            event: event_name(args.event),
-            incarnation: reporter.incarnation().to_string(),
-            seq,
-            acknowledged: true,
-        };
-        serde_json::to_writer(&mut *out, &json).map_err(io::Error::from)?;
-        writeln!(out)?;
+    if task.format == Format::Json {
+        report::report_json(
+            out,
+            &ReportJson {
+                agent_id: reporter.agent_id(),
+                event: event_name(task.event),
+                incarnation: reporter.incarnation().to_string(),
+                seq,
+                acknowledged: true,
+            },
+        )?;
     }
     Ok(ExitCode::Success)
 }
 
-async fn watch(ctx: &Context, out: &mut dyn Write, args: WatchArgs) -> Result<ExitCode, Failure> {
-    let format = ctx.format("watch", &[Output::Table, Output::Ndjson])?;
-    let query = query(&args.filter, None);
-    let mut watch = ctx.fleet()?.watch(&query).await?;
+async fn watch(
+    fleet: FleetClient,
+    out: &mut dyn Write,
+    style: Style,
+    query: &AgentQuery,
+    format: Format,
+    reconnect: ReconnectPolicy,
+) -> Result<ExitCode, Failure> {
+    let budget = reconnect.give_up_after;
+    let mut watch = ResumingWatch::start(fleet, query.clone(), reconnect)
+        .await?
+        .on_lost(Box::new(move |cause| {
+            eprintln!("{}", watch::lost_note(cause, budget));
+        }));
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
-        let event = tokio::select! {
+        let change = tokio::select! {
             _ = &mut interrupted => return Ok(ExitCode::Success),
-            event = watch.next() => event?,
-        };
-        let Some(event) = event else {
-            return Err(Failure::new(
-                ExitCode::Unreachable,
-                anyhow!("the server ended the watch"),
-            ));
+            change = watch.next() => change?,
         };
         match format {
-            Output::Ndjson => output::watch_ndjson(out, &event)?,
-            _ => {
-                if let Some(line) = output::watch_line(ctx.style, &event) {
-                    writeln!(out, "{line}")?;
-                }
-            }
+            Format::Ndjson => watch::watch_ndjson(out, &change)?,
+            _ => writeln!(out, "{}", watch::watch_line(style, &change))?,
         }
         // One message at a time reaches a reader of the pipe.
         out.flush()?;
     }
+}
+
+async fn simulate(
+    settings: &Settings,
+    out: &mut dyn Write,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let outcome = simulate::run(settings, &mut |note| {
+        eprintln!("{}", render::report::note_line(&note));
+    })
+    .await?;
+    match format {
+        Format::Json => report::simulation_json(out, &outcome)?,
+        _ => report::simulation_table(out, &outcome)?,
+    }
+    if outcome.all_failed() {
+        let why = outcome
+            .first_failure
+            .map_or_else(String::new, |e| format!(" (first failure: {e})"));
+        return Err(Failure::new(
+            ExitCode::Unreachable,
+            anyhow!(
+                "no simulated agent could report to {}{why}",
+                settings.server
+            ),
+        ));
+    }
+    Ok(ExitCode::Success)
 }

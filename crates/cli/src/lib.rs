@@ -1,157 +1,48 @@
 //! `fleet-health`, the command line of fleet-health: see the fleet, report an
 //! agent's events from a script, simulate a fleet.
 //!
-//! - [`cli`]: the flags and subcommands (clap derive).
-//! - [`commands`]: what each subcommand does, on the client crate.
-//! - [`output`]: the printers, one per format; the JSON shapes are stable.
-//! - [`timefmt`]: TIME arguments and how times and durations are shown.
-//! - [`simulate`]: the simulated fleet and load generator.
-//! - [`exit_codes`]: the documented exit codes.
+//! It follows one flow: the flags are parsed ([`args`], the only module that
+//! sees clap), settled into a [`Config`] ([`config`]) with every check done,
+//! carried out ([`commands`]) on the client crate, and printed ([`render`]).
 //!
-//! The binary (`src/main.rs`) only parses the flags, picks a runtime and
-//! calls [`run`].
+//! - [`args`]: the flags and subcommands (clap derive), and the one function
+//!   that turns them into a [`Config`].
+//! - [`config`]: the settled configuration of one run: the server, the
+//!   timeout, the colours and the task with its output format.
+//! - [`commands`]: what each task does, given its config and a client.
+//! - [`render`]: every output format: tables, lines, JSON and NDJSON shapes,
+//!   IDs, times and durations.
+//! - [`simulate`]: the simulated fleet and load generator, on a plain
+//!   settings struct.
+//! - [`timearg`]: TIME and DURATION arguments.
+//! - [`error`]: a failure and its exit code; [`exit_codes`]: the codes.
+//!
+//! The modules depend on each other in one direction only (no circle):
+//!
+//! ```text
+//! main     -> args, commands, config, error
+//! args     -> config, render, simulate, timearg, error
+//! commands -> config, render, simulate, error
+//! config   -> render, simulate
+//! render   -> simulate (to print its report and notes)
+//! simulate -> error
+//! error    -> exit_codes
+//! ```
+//!
+//! The binary (`src/main.rs`) parses the flags, settles them with
+//! [`Cli::into_config`], picks a runtime and calls [`run`].
 
-pub mod cli;
+pub mod args;
 pub mod commands;
+pub mod config;
+pub mod error;
 pub mod exit_codes;
-pub mod output;
+pub mod render;
 pub mod simulate;
-pub mod timefmt;
+pub mod timearg;
 
-use std::fmt;
-use std::io;
-
-use fleet_health_client::{ClientError, ReporterError};
-
-pub use cli::Cli;
+pub use args::Cli;
 pub use commands::run;
+pub use config::Config;
+pub use error::Failure;
 pub use exit_codes::ExitCode;
-
-/// An error with the exit code it maps to.
-#[derive(Debug)]
-pub struct Failure {
-    /// The exit code.
-    pub code: ExitCode,
-    /// What went wrong, with its causes.
-    pub error: anyhow::Error,
-}
-
-impl Failure {
-    /// A failure with an explicit code.
-    pub fn new(code: ExitCode, error: impl Into<anyhow::Error>) -> Failure {
-        Failure {
-            code,
-            error: error.into(),
-        }
-    }
-
-    /// A usage error.
-    pub fn usage(message: impl fmt::Display) -> Failure {
-        Failure::new(ExitCode::Usage, anyhow::anyhow!("{message}"))
-    }
-
-    /// Whether this is stdout closed under us (`| head`): not an error.
-    pub fn is_broken_pipe(&self) -> bool {
-        self.error
-            .chain()
-            .filter_map(|e| e.downcast_ref::<io::Error>())
-            .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
-    }
-}
-
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Failure {
-        let code = match &e {
-            ClientError::NotFound(_) => ExitCode::NotFound,
-            ClientError::Unreachable(_) => ExitCode::Unreachable,
-            ClientError::InvalidName(_)
-            | ClientError::InvalidEndpoint(_)
-            | ClientError::InvalidArgument(_) => ExitCode::Usage,
-            ClientError::Status(_) => ExitCode::Failure,
-        };
-        Failure::new(code, e)
-    }
-}
-
-impl From<ReporterError> for Failure {
-    fn from(e: ReporterError) -> Failure {
-        let code = match &e {
-            ReporterError::InvalidName(_)
-            | ReporterError::InvalidEndpoint(_)
-            | ReporterError::UnspecifiedEvent
-            | ReporterError::Refused { .. } => ExitCode::Usage,
-            ReporterError::Timeout { .. } => ExitCode::Unreachable,
-            ReporterError::NoRuntime | ReporterError::Closed => ExitCode::Failure,
-        };
-        Failure::new(code, e)
-    }
-}
-
-impl From<io::Error> for Failure {
-    fn from(e: io::Error) -> Failure {
-        Failure::new(ExitCode::Failure, e)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fleet_health_client::names::validate_agent_id;
-    use tonic::Status;
-
-    #[test]
-    fn errors_map_to_their_exit_codes() {
-        let cases = [
-            (
-                Failure::from(ClientError::from(Status::not_found("x"))),
-                ExitCode::NotFound,
-            ),
-            (
-                Failure::from(ClientError::from(Status::unavailable("x"))),
-                ExitCode::Unreachable,
-            ),
-            (
-                Failure::from(ClientError::from(Status::deadline_exceeded("x"))),
-                ExitCode::Unreachable,
-            ),
-            (
-                Failure::from(ClientError::from(Status::invalid_argument("x"))),
-                ExitCode::Usage,
-            ),
-            (
-                Failure::from(ClientError::from(Status::internal("x"))),
-                ExitCode::Failure,
-            ),
-            (
-                Failure::from(ClientError::from(validate_agent_id("a b").unwrap_err())),
-                ExitCode::Usage,
-            ),
-            (
-                Failure::from(ReporterError::Timeout { unacked: 1 }),
-                ExitCode::Unreachable,
-            ),
-            (
-                Failure::from(ReporterError::Refused {
-                    message: "bad".into(),
-                }),
-                ExitCode::Usage,
-            ),
-            (Failure::usage("no"), ExitCode::Usage),
-        ];
-        for (failure, code) in cases {
-            assert_eq!(failure.code, code, "{:#}", failure.error);
-        }
-    }
-
-    #[test]
-    fn a_closed_pipe_is_recognised_through_the_context() {
-        let f = Failure::from(io::Error::from(io::ErrorKind::BrokenPipe));
-        assert!(f.is_broken_pipe());
-        let wrapped = Failure::new(
-            ExitCode::Failure,
-            anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing"),
-        );
-        assert!(wrapped.is_broken_pipe());
-        assert!(!Failure::usage("x").is_broken_pipe());
-    }
-}

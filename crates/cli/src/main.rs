@@ -1,12 +1,12 @@
-//! The `fleet-health` binary: parses the flags, picks a runtime, runs the
-//! command and exits with its documented code.
+//! The `fleet-health` binary: parses the flags, settles them into a config,
+//! picks a runtime, runs the command and exits with its documented code.
 
 use std::process;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use fleet_health_cli::cli::Command;
-use fleet_health_cli::{Cli, ExitCode};
+use fleet_health_cli::config::Task;
+use fleet_health_cli::{Cli, ExitCode, Failure};
 
 fn main() -> process::ExitCode {
     let cli = match Cli::try_parse() {
@@ -22,9 +22,13 @@ fn main() -> process::ExitCode {
             .into();
         }
     };
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(failure) => return fail(&failure),
+    };
     // The simulator drives many streams at once; everything else is one
     // request at a time.
-    let runtime = if matches!(cli.command, Command::Simulate(_)) {
+    let runtime = if matches!(config.task, Task::Simulate { .. }) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -40,12 +44,15 @@ fn main() -> process::ExitCode {
             return ExitCode::Failure.into();
         }
     };
-    match runtime.block_on(fleet_health_cli::run(cli)) {
+    match runtime.block_on(fleet_health_cli::run(config)) {
         Ok(code) => code.into(),
         Err(failure) if failure.is_broken_pipe() => ExitCode::Success.into(),
-        Err(failure) => {
-            eprintln!("fleet-health: {:#}", failure.error);
-            failure.code.into()
-        }
+        Err(failure) => fail(&failure),
     }
+}
+
+/// Says what went wrong, with its causes, and gives the exit code.
+fn fail(failure: &Failure) -> process::ExitCode {
+    eprintln!("fleet-health: {:#}", failure.error);
+    failure.code.into()
 }

@@ -1,17 +1,26 @@
 //! Conversions between the sensor's [`Time`] and the wire's timestamps and
-//! durations.
+//! durations, and this machine's clock. None of them panics or truncates:
+//! a value out of range is an error or saturates, as each says.
 
 use std::time::{Duration, SystemTime};
 
 use fleet_health_sensor::{Time, TimeError};
 
-/// The current time of this machine's clock.
-///
-/// # Panics
-///
-/// Never in practice: only if the system clock is set beyond year 9999.
+/// The current time of this machine's clock, saturating at [`Time::MIN`] and
+/// [`Time::MAX`] (years -9999 and 9999) if the clock is set beyond them.
 pub fn now() -> Time {
-    Time::try_from(SystemTime::now()).expect("the system clock is before year 9999")
+    clamp_system_time(SystemTime::now())
+}
+
+/// A system time as a [`Time`], saturating outside the range of [`Time`].
+fn clamp_system_time(t: SystemTime) -> Time {
+    Time::try_from(t).unwrap_or_else(|_| {
+        if t > SystemTime::UNIX_EPOCH {
+            Time::MAX
+        } else {
+            Time::MIN
+        }
+    })
 }
 
 /// A [`Time`] as a protobuf timestamp.
@@ -19,7 +28,7 @@ pub fn to_timestamp(t: Time) -> prost_types::Timestamp {
     let (seconds, nanos) = t.as_unix();
     prost_types::Timestamp {
         seconds,
-        // At most 999_999_000, so it fits.
+        // A Time's nanoseconds are below one second, so they always fit.
         nanos: i32::try_from(nanos).unwrap_or(999_999_999),
     }
 }
@@ -29,11 +38,6 @@ pub fn to_timestamp(t: Time) -> prost_types::Timestamp {
 pub fn from_timestamp(ts: &prost_types::Timestamp) -> Result<Time, TimeError> {
     let nanos = u32::try_from(ts.nanos).map_err(|_| TimeError::OutOfRange)?;
     Time::from_unix(ts.seconds, nanos)
-}
-
-/// An optional protobuf timestamp as a [`Time`]; `None` when unset or invalid.
-pub fn opt_time(ts: Option<&prost_types::Timestamp>) -> Option<Time> {
-    ts.and_then(|ts| from_timestamp(ts).ok())
 }
 
 /// A protobuf duration as a [`Duration`]; `None` if unset or negative.
@@ -66,7 +70,33 @@ mod tests {
             })
             .is_err()
         );
-        assert_eq!(opt_time(None), None);
+        assert!(
+            from_timestamp(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: 1_000_000_000
+            })
+            .is_err()
+        );
+        assert!(
+            from_timestamp(&prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_err()
+        );
+        // Extreme times keep their nanoseconds on the wire.
+        let ts = to_timestamp(Time::MAX.saturating_sub(Duration::from_micros(1)));
+        assert_eq!(ts.nanos, 999_999_000);
+    }
+
+    #[test]
+    fn the_clock_saturates_instead_of_panicking() {
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(clamp_system_time(far), Time::MAX);
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(400_000_000_000);
+        assert_eq!(clamp_system_time(before), Time::MIN);
+        let t = clamp_system_time(SystemTime::UNIX_EPOCH + Duration::from_micros(1_500_000));
+        assert_eq!(t, Time::from_micros(1_500_000).unwrap());
     }
 
     #[test]

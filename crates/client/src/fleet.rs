@@ -5,17 +5,18 @@ use std::time::Duration;
 
 use fleet_health_sensor::Time;
 use tonic::transport::Channel;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
 use crate::InvalidEndpoint;
 use crate::convert::to_timestamp;
-use crate::names::{NameError, validate_agent_id};
+use crate::names::{NameError, validate_agent_id, validate_label};
 use crate::proto::fleet_service_client::FleetServiceClient;
 use crate::proto::{
-    AgentStatus, ForgetAgentRequest, GetAgentRequest, GetHistoryRequest, GetHistoryResponse,
-    GetSummaryRequest, GetSummaryResponse, ListAgentsRequest, ListAgentsResponse, StateFilter,
-    Storm, WatchAgentsRequest, WatchAgentsResponse, Why, watch_agents_response,
+    ForgetAgentRequest, GetAgentRequest, GetHistoryRequest, GetSummaryRequest, ListAgentsRequest,
+    StateFilter, WatchAgentsRequest, Why,
 };
+use crate::view::{AgentList, AgentPage, AgentView, DecodeError, History, Summary, the_agent};
+use crate::watch::Watch;
 
 /// What can go wrong with a fleet query.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum ClientError {
     /// The server could not be reached, or did not answer in time.
     #[error("server unreachable: {0}")]
     Unreachable(String),
+    /// The server's answer could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
     /// Any other error status.
     #[error("{}", describe(.0))]
     Status(Status),
@@ -61,7 +65,7 @@ impl From<Status> for ClientError {
 }
 
 /// Which agents a list or a watch takes.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentQuery {
     /// Which states; the default (`Unspecified`) is the active agents.
     pub filter: StateFilter,
@@ -73,15 +77,13 @@ pub struct AgentQuery {
     pub at: Option<Time>,
 }
 
-/// Every agent that matched a list, across all its pages.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AgentList {
-    /// The agents, ordered by ID.
-    pub agents: Vec<AgentStatus>,
-    /// The storm guard, as the last page reported it.
-    pub storm: Option<Storm>,
-    /// When the first page was evaluated.
-    pub evaluated_at: Option<prost_types::Timestamp>,
+impl AgentQuery {
+    /// Checks the labels against the rules before anything is sent.
+    fn check(&self) -> Result<(), NameError> {
+        self.labels
+            .iter()
+            .try_for_each(|(k, v)| validate_label(k, v))
+    }
 }
 
 /// A client for `FleetService`. Cheap to clone: clones share one connection.
@@ -136,7 +138,7 @@ impl FleetClient {
         &self,
         agent_id: &str,
         at: Option<Time>,
-    ) -> Result<AgentStatus, ClientError> {
+    ) -> Result<AgentView, ClientError> {
         validate_agent_id(agent_id)?;
         let request = GetAgentRequest {
             agent_id: agent_id.to_owned(),
@@ -144,33 +146,32 @@ impl FleetClient {
         };
         let mut inner = self.inner.clone();
         let response = self.call(inner.get_agent(request)).await?;
-        response
-            .agent
-            .ok_or_else(|| ClientError::Status(Status::internal("the answer held no agent")))
+        Ok(the_agent(response)?)
     }
 
-    /// One page of a list, from `page_token` ("" for the first).
+    /// One page of a list, from `page_token` (`None` for the first).
     pub async fn list_page(
         &self,
         query: &AgentQuery,
-        page_token: String,
-    ) -> Result<ListAgentsResponse, ClientError> {
+        page_token: Option<String>,
+    ) -> Result<AgentPage, ClientError> {
+        query.check()?;
         let request = ListAgentsRequest {
             filter: query.filter as i32,
             why: query.why.iter().map(|w| *w as i32).collect(),
             labels: query.labels.clone().into_iter().collect(),
             at: query.at.map(to_timestamp),
             page_size: self.page_size,
-            page_token,
+            page_token: page_token.unwrap_or_default(),
         };
         let mut inner = self.inner.clone();
-        self.call(inner.list_agents(request)).await
+        Ok(self.call(inner.list_agents(request)).await?.try_into()?)
     }
 
     /// Every agent matching `query`, following the pages to the end.
     pub async fn list(&self, query: &AgentQuery) -> Result<AgentList, ClientError> {
         let mut list = AgentList::default();
-        let mut token = String::new();
+        let mut token = None;
         loop {
             let page = self.list_page(query, token).await?;
             if list.evaluated_at.is_none() {
@@ -180,15 +181,16 @@ impl FleetClient {
             if page.storm.is_some() {
                 list.storm = page.storm;
             }
-            if page.next_page_token.is_empty() {
-                return Ok(list);
+            match page.next_page_token {
+                None => return Ok(list),
+                Some(next) => token = Some(next),
             }
-            token = page.next_page_token;
         }
     }
 
     /// Starts a watch: the current matching set, then each change.
     pub async fn watch(&self, query: &AgentQuery) -> Result<Watch, ClientError> {
+        query.check()?;
         let request = WatchAgentsRequest {
             filter: query.filter as i32,
             why: query.why.iter().map(|w| *w as i32).collect(),
@@ -196,62 +198,65 @@ impl FleetClient {
         };
         let mut inner = self.inner.clone();
         let stream = self.call(inner.watch_agents(request)).await?;
-        Ok(Watch { stream })
+        Ok(Watch::new(stream))
     }
 
     /// Counts by state and reason, and the storm flag, now or at `at`.
-    pub async fn summary(&self, at: Option<Time>) -> Result<GetSummaryResponse, ClientError> {
+    pub async fn summary(&self, at: Option<Time>) -> Result<Summary, ClientError> {
         let request = GetSummaryRequest {
             at: at.map(to_timestamp),
         };
         let mut inner = self.inner.clone();
-        self.call(inner.get_summary(request)).await
+        Ok(self.call(inner.get_summary(request)).await?.try_into()?)
     }
 
     /// The recent transitions of one agent, oldest first.
-    pub async fn history(&self, agent_id: &str) -> Result<GetHistoryResponse, ClientError> {
+    pub async fn history(&self, agent_id: &str) -> Result<History, ClientError> {
         validate_agent_id(agent_id)?;
         let request = GetHistoryRequest {
             agent_id: agent_id.to_owned(),
         };
         let mut inner = self.inner.clone();
-        self.call(inner.get_history(request)).await
+        Ok(self.call(inner.get_history(request)).await?.try_into()?)
     }
 
     /// Removes an agent; returns its status just before.
-    pub async fn forget(&self, agent_id: &str) -> Result<Option<AgentStatus>, ClientError> {
+    pub async fn forget(&self, agent_id: &str) -> Result<Option<AgentView>, ClientError> {
         validate_agent_id(agent_id)?;
         let request = ForgetAgentRequest {
             agent_id: agent_id.to_owned(),
         };
         let mut inner = self.inner.clone();
-        Ok(self.call(inner.forget_agent(request)).await?.last)
-    }
-}
-
-/// A running watch.
-#[derive(Debug)]
-pub struct Watch {
-    stream: Streaming<WatchAgentsResponse>,
-}
-
-impl Watch {
-    /// The next message; `None` when the server ended the watch.
-    pub async fn next(&mut self) -> Result<Option<watch_agents_response::Event>, ClientError> {
-        loop {
-            match self.stream.message().await? {
-                None => return Ok(None),
-                Some(WatchAgentsResponse { event: Some(e) }) => return Ok(Some(e)),
-                // A message with no event (from a newer server): nothing to say.
-                Some(WatchAgentsResponse { event: None }) => {}
-            }
-        }
+        let last = self.call(inner.forget_agent(request)).await?.last;
+        Ok(last.map(AgentView::try_from).transpose()?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_query_with_a_bad_label_is_refused_before_sending() {
+        // Nothing listens at port 1: a request that were sent would fail
+        // as unreachable, not as an invalid name.
+        let client =
+            FleetClient::connect_lazy("http://127.0.0.1:1", Duration::from_secs(1)).unwrap();
+        let query = AgentQuery {
+            labels: [("bad key".to_owned(), "v".to_owned())]
+                .into_iter()
+                .collect(),
+            ..AgentQuery::default()
+        };
+        assert!(matches!(
+            client.list(&query).await,
+            Err(ClientError::InvalidName(NameError::LabelKey { .. }))
+        ));
+        assert!(matches!(
+            client.watch(&query).await,
+            Err(ClientError::InvalidName(NameError::LabelKey { .. }))
+        ));
+    }
 
     #[test]
     fn statuses_map_to_the_errors_scripts_tell_apart() {

@@ -8,14 +8,19 @@
 //!   interval the server asks for, and on [`Reporter::shutdown`] says
 //!   `stopped` and closes its stream cleanly.
 //! - [`FleetClient`]: a typed client for `FleetService` (get, list across
-//!   pages, watch, summary, history, forget).
-//! - [`names`]: the rules for agent IDs and labels, and the names of events
-//!   and reasons as people type them.
+//!   pages, watch, summary, history, forget). It answers in the plain values
+//!   of [`view`] ([`AgentView`], [`Summary`], [`WatchChange`], ...), decoded
+//!   once with `TryFrom`; nothing above it sees a protobuf message.
+//! - [`ResumingWatch`]: a watch that reconnects with backoff after the
+//!   server restarts, and resumes with a fresh snapshot.
+//! - [`names`]: the client side's one copy of the rules for agent IDs and
+//!   labels, and the names of events and reasons as people type them.
 //! - [`convert`]: the sensor's [`Time`] to and from the wire's timestamps.
 //!
 //! Layout: `pending.rs` is the pure bookkeeping of sequence numbers, batches
 //! and acknowledgements; `backoff.rs` the reconnection delays; `reporter.rs`
-//! the task that moves batches over the stream; `fleet.rs` the query client.
+//! the task that moves batches over the stream; `fleet.rs` the query client;
+//! `view.rs` the values it answers with; `watch.rs` the watches.
 
 mod backoff;
 pub mod convert;
@@ -23,16 +28,24 @@ mod fleet;
 pub mod names;
 mod pending;
 mod reporter;
+pub mod view;
+mod watch;
 
 use std::time::Duration;
 
 pub use backoff::BackoffConfig;
 pub use convert::now;
-pub use fleet::{AgentList, AgentQuery, ClientError, FleetClient, Watch};
+pub use fleet::{AgentQuery, ClientError, FleetClient};
 pub use fleet_health_proto::v1 as proto;
 pub use fleet_health_sensor::Time;
+pub use proto::{EventKind, State, StateFilter, Why};
 pub use reporter::{AckHook, Acked, Reporter, ReporterConfig, ReporterError, Stats};
 use tonic::transport::{Channel, Endpoint};
+pub use view::{
+    AgentList, AgentPage, AgentView, DecodeError, History, Reason, ResyncCause, SensorView,
+    StateAndWhy, Storm, Summary, Transition, WatchChange, WhyCount,
+};
+pub use watch::{LostHook, ReconnectPolicy, ResumingWatch, Watch};
 
 /// The server address used when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";

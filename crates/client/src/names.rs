@@ -1,5 +1,11 @@
 //! The names people and scripts use: agent IDs, label keys, event names and
-//! reasons, checked and translated in one place.
+//! reasons, checked and translated in one place. Every part of the client
+//! crate (the reporter, the fleet client) and the CLI checks names here and
+//! nowhere else.
+//!
+//! Lengths: agent IDs and label keys allow only ASCII characters, so their
+//! limits in characters and in bytes are the same; a label value may hold
+//! any text and its limit is in bytes, as the server counts it.
 
 use std::fmt;
 

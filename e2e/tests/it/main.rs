@@ -6,3 +6,4 @@ mod cli;
 mod crash;
 mod reporter;
 mod simulate;
+mod watch;

@@ -1,22 +1,29 @@
-//! The command line: flags, subcommands and the parsing of their values.
+//! The command line: flags, subcommands and the parsing of their values,
+//! and [`Cli::into_config`], the one place where they become a [`Config`].
+//! This is the only module that sees clap's types.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use fleet_health_client::names::{self, validate_agent_id, validate_label};
-use fleet_health_client::proto::{EventKind, StateFilter, Why};
-use fleet_health_client::{DEFAULT_SERVER, Time};
+use fleet_health_client::{
+    AgentQuery, DEFAULT_SERVER, EventKind, ReconnectPolicy, StateFilter, Time, Why,
+};
 
-use crate::simulate::Mix;
-use crate::timefmt::{parse_duration_arg, parse_time};
+use crate::config::{Config, ReportTask, Task};
+use crate::error::Failure;
+use crate::render::{Colour, Format, Style};
+use crate::simulate::{Mix, Settings};
+use crate::timearg::{parse_duration_arg, parse_time};
 
 /// See the health of a fleet of agents, report an agent's events, simulate a
 /// fleet.
 ///
-/// Exit codes: 0 ok, 1 error, 2 usage error, 3 server unreachable, 4 agent
-/// not found, 5 storm (a large share of the fleet is faulty at once; from
-/// `list --faulty` and `summary`).
+/// Exit codes: 0 ok, 1 error, 2 usage error, 3 server unreachable (for
+/// `watch`: gone for good), 4 agent not found, 5 storm (a large share of the
+/// fleet is faulty at once; from `list --faulty` and `summary`).
 #[derive(Debug, Parser)]
 #[command(name = "fleet-health", version, propagate_version = true)]
 pub struct Cli {
@@ -76,7 +83,9 @@ pub enum Command {
     /// Show one agent in detail.
     Status(StatusArgs),
     /// Show the matching agents, then each change as it happens, until
-    /// interrupted. Use `-o ndjson` in scripts.
+    /// interrupted. Use `-o ndjson` in scripts. If the server goes away, it
+    /// reconnects and starts over with a fresh snapshot; it exits 3 if the
+    /// server does not come back within --reconnect-for.
     Watch(WatchArgs),
     /// Counts by state and reason, and the storm flag.
     Summary(SummaryArgs),
@@ -171,6 +180,12 @@ pub struct WatchArgs {
     /// Which agents.
     #[command(flatten)]
     pub filter: Filter,
+    /// When the server goes away (a restart, a broken connection), keep
+    /// trying to reconnect for this long, with growing pauses, before giving
+    /// up with exit code 3. After a reconnect the watch starts over: a
+    /// `resync` message, then a fresh snapshot. 0s: give up at once.
+    #[arg(long, default_value = "2m", value_parser = parse_duration_arg, value_name = "DURATION")]
+    pub reconnect_for: Duration,
 }
 
 /// `summary`'s arguments.
@@ -245,6 +260,141 @@ pub struct SimulateArgs {
     /// How long the agents take to connect, spread evenly.
     #[arg(long, default_value = "2s", value_parser = parse_duration_arg, value_name = "DURATION")]
     pub ramp_up: Duration,
+}
+
+impl From<Output> for Format {
+    fn from(o: Output) -> Format {
+        match o {
+            Output::Table => Format::Table,
+            Output::Json => Format::Json,
+            Output::Ndjson => Format::Ndjson,
+            Output::Ids => Format::Ids,
+        }
+    }
+}
+
+impl From<ColorWhen> for Colour {
+    fn from(c: ColorWhen) -> Colour {
+        match c {
+            ColorWhen::Auto => Colour::Auto,
+            ColorWhen::Always => Colour::Always,
+            ColorWhen::Never => Colour::Never,
+        }
+    }
+}
+
+/// The format to use: the one asked for, if the command has it, else its
+/// first (the default); a usage error naming what it has otherwise.
+fn pick_format(
+    command: &str,
+    asked: Option<Output>,
+    offered: &[Format],
+) -> Result<Format, Failure> {
+    match asked.map(Format::from) {
+        None => Ok(offered[0]),
+        Some(f) if offered.contains(&f) => Ok(f),
+        Some(f) => {
+            let names: Vec<&str> = offered.iter().map(|f| f.name()).collect();
+            Err(Failure::usage(format!(
+                "`{command}` has no {} output; it has: {}",
+                f.name(),
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+impl Filter {
+    /// The query these flags ask for, at `at`.
+    fn query(self, at: Option<Time>) -> AgentQuery {
+        AgentQuery {
+            filter: self.state(),
+            labels: self.labels(),
+            why: self.why,
+            at,
+        }
+    }
+}
+
+impl Cli {
+    /// Settles the flags into a [`Config`]: checks the output format against
+    /// the command, checks values that clap cannot, and decides colours
+    /// (from `--color`, `NO_COLOR` and whether stdout is a terminal).
+    pub fn into_config(self) -> Result<Config, Failure> {
+        use Format::{Ids, Json, Ndjson, Table};
+        let out = self.output;
+        let task = match self.command {
+            Command::List(args) => Task::List {
+                format: pick_format("list", out, &[Table, Json, Ndjson, Ids])?,
+                query: args.filter.query(args.at),
+            },
+            Command::Status(args) => Task::Status {
+                format: pick_format("status", out, &[Table, Json, Ndjson, Ids])?,
+                agent: args.agent,
+                at: args.at,
+            },
+            Command::Watch(args) => Task::Watch {
+                format: pick_format("watch", out, &[Table, Ndjson])?,
+                query: args.filter.query(None),
+                reconnect: ReconnectPolicy {
+                    give_up_after: args.reconnect_for,
+                    ..ReconnectPolicy::default()
+                },
+            },
+            Command::Summary(args) => Task::Summary {
+                format: pick_format("summary", out, &[Table, Json])?,
+                at: args.at,
+            },
+            Command::History(args) => Task::History {
+                format: pick_format("history", out, &[Table, Json, Ndjson])?,
+                agent: args.agent,
+            },
+            Command::Forget(args) => Task::Forget {
+                format: pick_format("forget", out, &[Table, Json, Ids])?,
+                agent: args.agent,
+            },
+            Command::Report(args) => Task::Report(ReportTask {
+                format: pick_format("report", out, &[Table, Json])?,
+                agent: args.agent,
+                event: args.event,
+                at: args.at,
+                labels: args.label.into_iter().collect(),
+            }),
+            Command::Simulate(args) => {
+                let format = pick_format("simulate", out, &[Table, Json])?;
+                if let Some(rate) = args.rate
+                    && (!rate.is_finite() || rate < 0.0)
+                {
+                    return Err(Failure::usage(
+                        "--rate must be a number of events per second, 0 or more",
+                    ));
+                }
+                Task::Simulate {
+                    format,
+                    settings: Settings {
+                        server: self.server.clone(),
+                        timeout: self.timeout,
+                        agents: args.agents,
+                        mix: args.mix,
+                        rate: args.rate,
+                        streams_per_connection: args.streams_per_connection,
+                        events_per_message: args.events_per_message,
+                        duration: args.duration,
+                        prefix: args.prefix,
+                        leave: args.leave,
+                        ramp_up: args.ramp_up,
+                        progress: std::io::stderr().is_terminal(),
+                    },
+                }
+            }
+        };
+        Ok(Config {
+            server: self.server,
+            timeout: self.timeout,
+            style: Style::detect(self.color.into(), std::io::stdout().is_terminal()),
+            task,
+        })
+    }
 }
 
 /// Parses an agent ID, with the rule in the message when it is refused.
@@ -407,6 +557,82 @@ mod tests {
             assert_eq!(r.agent, "web-1");
             assert_eq!(r.at.unwrap().as_unix(), (1_714_564_800, 0));
         }
+    }
+
+    fn config(args: &[&str]) -> Result<Config, Failure> {
+        parse(args).unwrap().into_config()
+    }
+
+    #[test]
+    fn formats_are_checked_once_against_what_each_command_has() {
+        let c = config(&["list", "-o", "ids", "--faulty"]).unwrap();
+        let Task::List { query, format } = c.task else {
+            panic!()
+        };
+        assert_eq!(format, Format::Ids);
+        assert_eq!(query.filter, StateFilter::Faulty);
+        let c = config(&["history", "x"]).unwrap();
+        assert!(matches!(
+            c.task,
+            Task::History {
+                format: Format::Table,
+                ..
+            }
+        ));
+        for (args, message) in [
+            (
+                &["summary", "-o", "ids"][..],
+                "`summary` has no ids output; it has: table, json",
+            ),
+            (
+                &["watch", "-o", "json"],
+                "`watch` has no json output; it has: table, ndjson",
+            ),
+            (
+                &["simulate", "-o", "ndjson"],
+                "`simulate` has no ndjson output; it has: table, json",
+            ),
+            (
+                &["forget", "x", "-o", "ndjson"],
+                "`forget` has no ndjson output; it has: table, json, ids",
+            ),
+        ] {
+            let f = config(args).unwrap_err();
+            assert_eq!(f.code, crate::ExitCode::Usage, "{args:?}");
+            assert_eq!(f.error.to_string(), message, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn watch_reconnects_for_two_minutes_unless_told() {
+        let Task::Watch { reconnect, .. } = config(&["watch"]).unwrap().task else {
+            panic!()
+        };
+        assert_eq!(reconnect.give_up_after, Duration::from_secs(120));
+        let Task::Watch {
+            reconnect, query, ..
+        } = config(&["watch", "--reconnect-for", "5s", "--label", "a=b"])
+            .unwrap()
+            .task
+        else {
+            panic!()
+        };
+        assert_eq!(reconnect.give_up_after, Duration::from_secs(5));
+        assert_eq!(query.labels["a"], "b");
+        assert_eq!(query.at, None);
+    }
+
+    #[test]
+    fn a_bad_rate_is_a_usage_error() {
+        for rate in ["--rate=-1", "--rate=NaN", "--rate=inf"] {
+            let f = config(&["simulate", rate]).unwrap_err();
+            assert_eq!(f.code, crate::ExitCode::Usage, "{rate}");
+        }
+        let Task::Simulate { settings, .. } = config(&["simulate", "--rate", "0"]).unwrap().task
+        else {
+            panic!()
+        };
+        assert_eq!(settings.rate, Some(0.0));
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! The settled configuration of one run: everything the flags asked for,
+//! checked, in plain types. Commands see this, never the flags.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_health_client::{AgentQuery, EventKind, ReconnectPolicy, Time};
+
+use crate::render::{Format, Style};
+use crate::simulate::Settings;
+
+/// One run of `fleet-health`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The server's address.
+    pub server: String,
+    /// How long to wait for the server: to connect and for each answer.
+    pub timeout: Duration,
+    /// Colours or not.
+    pub style: Style,
+    /// What to do.
+    pub task: Task,
+}
+
+/// What to do, with the output format already checked against what the
+/// command offers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Task {
+    /// List the agents matching a query; exit 5 on a storm when the query
+    /// asks for the faulty ones.
+    List {
+        /// Which agents, and when.
+        query: AgentQuery,
+        /// How to print them.
+        format: Format,
+    },
+    /// Show one agent.
+    Status {
+        /// The agent.
+        agent: String,
+        /// Evaluate at this time instead of now.
+        at: Option<Time>,
+        /// How to print it.
+        format: Format,
+    },
+    /// Watch the agents matching a query until interrupted.
+    Watch {
+        /// Which agents (`at` unset).
+        query: AgentQuery,
+        /// How to print each message.
+        format: Format,
+        /// How to reconnect when the server goes away, and for how long.
+        reconnect: ReconnectPolicy,
+    },
+    /// The fleet in numbers; exit 5 on a storm.
+    Summary {
+        /// Evaluate at this time instead of now.
+        at: Option<Time>,
+        /// How to print it.
+        format: Format,
+    },
+    /// One agent's recent transitions.
+    History {
+        /// The agent.
+        agent: String,
+        /// How to print them.
+        format: Format,
+    },
+    /// Remove an agent from the server.
+    Forget {
+        /// The agent.
+        agent: String,
+        /// How to print what it was.
+        format: Format,
+    },
+    /// Report one event and wait for its acknowledgement.
+    Report(ReportTask),
+    /// Run a simulated fleet.
+    Simulate {
+        /// What to simulate.
+        settings: Settings,
+        /// How to print the outcome.
+        format: Format,
+    },
+}
+
+/// `report`'s settled arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportTask {
+    /// The agent.
+    pub agent: String,
+    /// The event.
+    pub event: EventKind,
+    /// When it happened; `None`: when the server receives it.
+    pub at: Option<Time>,
+    /// Labels to set on the agent; empty: keep its earlier ones.
+    pub labels: BTreeMap<String, String>,
+    /// Table (silent) or JSON.
+    pub format: Format,
+}

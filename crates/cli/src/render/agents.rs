@@ -1,0 +1,363 @@
+//! One agent or a list of them: a table and a detail view for people, the
+//! agent JSON shape, NDJSON, and IDs one a line.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use fleet_health_client::names::why_name;
+use fleet_health_client::{AgentList, AgentView, SensorView, State, Time};
+use serde::Serialize;
+
+use super::time::{format_time, human_duration, relative};
+use super::{Cell, Style, state_name, write_json, write_ndjson, write_table};
+
+/// One agent, as JSON.
+#[derive(Debug, Serialize)]
+pub struct AgentJson {
+    agent_id: String,
+    healthy: bool,
+    state: &'static str,
+    why: String,
+    why_name: &'static str,
+    since: Option<String>,
+    last_heard: Option<String>,
+    connected: bool,
+    labels: BTreeMap<String, String>,
+    incarnation: String,
+    last_seq: u64,
+    next_change: Option<String>,
+    stopped_at: Option<String>,
+    first_seen: Option<String>,
+    evaluated_at: Option<String>,
+    sensor: Option<SensorJson>,
+}
+
+/// The sensor's recorded times, as JSON.
+#[derive(Debug, Serialize)]
+struct SensorJson {
+    started_at: Option<String>,
+    shutdown_at: Option<String>,
+    last_received: Option<String>,
+    last_sent: Option<String>,
+    registered: bool,
+}
+
+/// An optional time as RFC 3339.
+pub(super) fn ts(t: Option<Time>) -> Option<String> {
+    t.map(format_time)
+}
+
+impl From<&AgentView> for AgentJson {
+    fn from(a: &AgentView) -> AgentJson {
+        AgentJson {
+            agent_id: a.agent_id.clone(),
+            healthy: a.healthy,
+            state: state_name(a.state),
+            why: a.why_text.clone(),
+            why_name: why_name(a.why),
+            since: ts(a.since),
+            last_heard: ts(a.last_heard),
+            connected: a.connected,
+            labels: a.labels.clone(),
+            incarnation: a.incarnation.to_string(),
+            last_seq: a.last_seq,
+            next_change: ts(a.next_change),
+            stopped_at: ts(a.stopped_at),
+            first_seen: ts(a.first_seen),
+            evaluated_at: ts(a.evaluated_at),
+            sensor: a.sensor.as_ref().map(|s: &SensorView| SensorJson {
+                started_at: ts(s.started_at),
+                shutdown_at: ts(s.shutdown_at),
+                last_received: ts(s.last_received),
+                last_sent: ts(s.last_sent),
+                registered: s.registered,
+            }),
+        }
+    }
+}
+
+/// The reference time for durations: the evaluation time, else now.
+pub(super) fn reference(evaluated_at: Option<Time>) -> Time {
+    evaluated_at.unwrap_or_else(fleet_health_client::now)
+}
+
+/// How long since `since`, for people: `2h13m`, or `-` if unknown.
+fn for_how_long(since: Option<Time>, now: Time) -> String {
+    since.map_or_else(|| "-".to_owned(), |t| human_duration(now.since(t)))
+}
+
+/// `12s ago`, or `never`.
+fn heard(last_heard: Option<Time>, now: Time) -> String {
+    last_heard.map_or_else(|| "never".into(), |t| relative(t, now))
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// `list` as a table, with a summary line.
+pub fn list_table(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Result<()> {
+    let now = reference(list.evaluated_at);
+    if list.agents.is_empty() {
+        return writeln!(out, "no agents match");
+    }
+    let rows: Vec<Vec<Cell>> = list
+        .agents
+        .iter()
+        .map(|a| {
+            vec![
+                Cell::plain(a.agent_id.clone()),
+                Cell::state(a.state),
+                Cell::plain(a.why_text.clone()),
+                Cell::plain(for_how_long(a.since, now)),
+                Cell::plain(heard(a.last_heard, now)),
+                Cell::plain(labels_text(&a.labels)),
+            ]
+        })
+        .collect();
+    write_table(
+        out,
+        style,
+        &["AGENT", "STATE", "WHY", "FOR", "LAST HEARD", "LABELS"],
+        &rows,
+    )?;
+    let mut parts = Vec::new();
+    for state in [State::Faulty, State::Healthy, State::Inactive] {
+        let n = list.agents.iter().filter(|a| a.state == state).count();
+        if n > 0 {
+            parts.push(style.paint(
+                Style::state_code(state),
+                &format!("{n} {}", state_name(state)),
+            ));
+        }
+    }
+    let n = list.agents.len();
+    writeln!(
+        out,
+        "{n} agent{}: {}",
+        if n == 1 { "" } else { "s" },
+        parts.join(", ")
+    )
+}
+
+/// `list` as one JSON array.
+pub fn list_json(out: &mut dyn Write, list: &AgentList) -> io::Result<()> {
+    let agents: Vec<AgentJson> = list.agents.iter().map(AgentJson::from).collect();
+    write_json(out, &agents)
+}
+
+/// `list` as one JSON object a line.
+pub fn list_ndjson(out: &mut dyn Write, list: &AgentList) -> io::Result<()> {
+    list.agents
+        .iter()
+        .try_for_each(|a| write_ndjson(out, &AgentJson::from(a)))
+}
+
+/// Agent IDs, one a line.
+pub fn ids<'a>(out: &mut dyn Write, ids: impl IntoIterator<Item = &'a str>) -> io::Result<()> {
+    ids.into_iter().try_for_each(|id| writeln!(out, "{id}"))
+}
+
+/// One agent in detail, for people.
+pub fn status_table(out: &mut dyn Write, style: Style, a: &AgentView) -> io::Result<()> {
+    let now = reference(a.evaluated_at);
+    let when = |t: Option<Time>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| format!("{} ({})", format_time(t), relative(t, now)),
+        )
+    };
+    let mut rows: Vec<(&str, String)> = vec![
+        ("agent", a.agent_id.clone()),
+        (
+            "state",
+            format!(
+                "{} for {}",
+                style.state(a.state),
+                for_how_long(a.since, now)
+            ),
+        ),
+        ("why", a.why_text.clone()),
+        ("since", when(a.since)),
+        (
+            "last heard",
+            format!(
+                "{}{}",
+                heard(a.last_heard, now),
+                if a.connected {
+                    " (connected)"
+                } else {
+                    " (not connected)"
+                }
+            ),
+        ),
+        (
+            "next change",
+            a.next_change
+                .map_or_else(|| "none due".into(), |t| relative(t, now)),
+        ),
+        ("labels", labels_text(&a.labels)),
+        (
+            "incarnation",
+            format!("{} (last seq {})", a.incarnation, a.last_seq),
+        ),
+        ("first seen", when(a.first_seen)),
+    ];
+    if a.stopped_at.is_some() {
+        rows.push(("stopped at", when(a.stopped_at)));
+    }
+    if let Some(s) = &a.sensor {
+        let sensor_time = |t: Option<Time>| match t {
+            Some(Time::ZERO) => "never".to_owned(),
+            other => when(other),
+        };
+        rows.push(("started", sensor_time(s.started_at)));
+        rows.push(("last sent", sensor_time(s.last_sent)));
+        rows.push(("last received", sensor_time(s.last_received)));
+        rows.push(("shutdown", sensor_time(s.shutdown_at)));
+        rows.push(("registered", if s.registered { "yes" } else { "no" }.into()));
+    }
+    if a.evaluated_at.is_some() {
+        rows.push(("evaluated at", format_time(now)));
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        writeln!(out, "{k:<width$}  {v}")?;
+    }
+    Ok(())
+}
+
+/// One agent as JSON (pretty) or NDJSON (one line).
+pub fn agent_json(out: &mut dyn Write, a: &AgentView, pretty: bool) -> io::Result<()> {
+    if pretty {
+        write_json(out, &AgentJson::from(a))
+    } else {
+        write_ndjson(out, &AgentJson::from(a))
+    }
+}
+
+/// What `forget` says for people: what the agent was, if it was known.
+pub fn forgot_line(
+    out: &mut dyn Write,
+    agent_id: &str,
+    last: Option<&AgentView>,
+) -> io::Result<()> {
+    match last {
+        Some(a) => writeln!(
+            out,
+            "forgot {} (it was {}: {})",
+            a.agent_id,
+            state_name(a.state),
+            a.why_text
+        ),
+        None => writeln!(out, "forgot {agent_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::fixtures::{NOW, PLAIN, agent, fleet, render};
+    use fleet_health_client::Why;
+
+    #[test]
+    fn list_table_is_aligned_with_durations_and_a_summary_line() {
+        let text = render(|o| list_table(o, PLAIN, &fleet()));
+        let expected = "\
+AGENT  STATE    WHY                     FOR    LAST HEARD  LABELS
+db-7   faulty   no data sent to server  2h13m  12s ago     site=eu
+web-1  healthy  all is ok               42s    12s ago     site=eu
+2 agents: 1 faulty, 1 healthy
+";
+        assert_eq!(text, expected);
+        let empty = render(|o| list_table(o, PLAIN, &AgentList::default()));
+        assert_eq!(empty, "no agents match\n");
+    }
+
+    #[test]
+    fn colour_only_when_asked_and_alignment_ignores_it() {
+        let coloured = render(|o| list_table(o, Style { color: true }, &fleet()));
+        assert!(coloured.contains("\x1b[1;31mfaulty\x1b[0m"));
+        let stripped = coloured
+            .replace("\x1b[1;31m", "")
+            .replace("\x1b[32m", "")
+            .replace("\x1b[1m", "")
+            .replace("\x1b[0m", "");
+        assert_eq!(stripped, render(|o| list_table(o, PLAIN, &fleet())));
+        assert!(!render(|o| list_table(o, PLAIN, &fleet())).contains('\x1b'));
+    }
+
+    #[test]
+    fn list_json_has_the_documented_fields() {
+        let text = render(|o| list_json(o, &fleet()));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let a = &v.as_array().unwrap()[0];
+        assert_eq!(a["agent_id"], "db-7");
+        assert_eq!(a["healthy"], false);
+        assert_eq!(a["state"], "faulty");
+        assert_eq!(a["why"], "no data sent to server");
+        assert_eq!(a["why_name"], "no-data-sent");
+        assert_eq!(a["since"], "2024-05-01T09:47:00Z");
+        assert_eq!(a["last_heard"], "2024-05-01T11:59:48Z");
+        assert_eq!(a["incarnation"], u64::MAX.to_string());
+        assert_eq!(a["labels"]["site"], "eu");
+        assert_eq!(a["next_change"], serde_json::Value::Null);
+        assert_eq!(a["sensor"]["last_sent"], "2024-05-01T05:00:00Z");
+        assert_eq!(a["sensor"]["shutdown_at"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn ndjson_is_one_object_a_line_and_ids_one_id_a_line() {
+        let text = render(|o| list_ndjson(o, &fleet()));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(v["agent_id"].is_string());
+        }
+        let list = fleet();
+        let text = render(|o| ids(o, list.agents.iter().map(|a| a.agent_id.as_str())));
+        assert_eq!(text, "db-7\nweb-1\n");
+    }
+
+    #[test]
+    fn status_shows_how_long_in_words() {
+        let mut a = agent("db-7", State::Faulty, Why::NoDataSent, NOW - 8000);
+        a.sensor.as_mut().unwrap().shutdown_at = Some(Time::ZERO);
+        let text = render(|o| status_table(o, PLAIN, &a));
+        assert!(text.contains("state          faulty for 2h13m\n"), "{text}");
+        assert!(
+            text.contains("why            no data sent to server\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("last heard     12s ago (connected)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("last sent      2024-05-01T05:00:00Z (7h ago)\n"),
+            "{text}"
+        );
+        assert!(text.contains("shutdown       never\n"), "{text}");
+        assert!(text.contains("next change    none due\n"), "{text}");
+        assert!(
+            text.contains("evaluated at   2024-05-01T12:00:00Z\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn forget_says_what_the_agent_was() {
+        let a = agent("db-7", State::Faulty, Why::NoDataSent, NOW);
+        assert_eq!(
+            render(|o| forgot_line(o, "db-7", Some(&a))),
+            "forgot db-7 (it was faulty: no data sent to server)\n"
+        );
+        assert_eq!(render(|o| forgot_line(o, "x", None)), "forgot x\n");
+    }
+}

@@ -1,0 +1,269 @@
+//! Every output format of `fleet-health`, in one place: tables and lines for
+//! people, the JSON and NDJSON shapes for scripts (stable and documented in
+//! the crate's README), agent IDs one a line, and how times and durations
+//! read. Printers take the client's plain values ([`fleet_health_client::view`])
+//! and a writer; they decode nothing and decide no exit code.
+//!
+//! - [`agents`]: one agent or a list of them (table, JSON, NDJSON, IDs).
+//! - [`summary`]: the summary and the storm guard.
+//! - [`history`]: one agent's transitions.
+//! - [`watch`]: the messages of a watch.
+//! - [`report`]: what `report` and `simulate` print.
+//! - [`time`]: times and durations.
+
+pub mod agents;
+pub mod history;
+pub mod report;
+pub mod summary;
+pub mod time;
+pub mod watch;
+
+use std::io::{self, Write};
+
+use fleet_health_client::State;
+use serde::Serialize;
+
+/// An output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns and a summary line, for people.
+    Table,
+    /// One JSON document.
+    Json,
+    /// One JSON object a line.
+    Ndjson,
+    /// One agent ID a line.
+    Ids,
+}
+
+impl Format {
+    /// Its name as `-o` takes it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Table => "table",
+            Format::Json => "json",
+            Format::Ndjson => "ndjson",
+            Format::Ids => "ids",
+        }
+    }
+}
+
+/// When to colour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Colour {
+    /// On a terminal, unless `NO_COLOR` is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Colours, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Style {
+    /// Whether to emit ANSI colours.
+    pub color: bool,
+}
+
+impl Style {
+    /// Decides from the flag, whether stdout is a terminal, and `NO_COLOR`.
+    pub fn detect(when: Colour, is_terminal: bool) -> Style {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let color = match when {
+            Colour::Always => true,
+            Colour::Never => false,
+            Colour::Auto => is_terminal && !no_color,
+        };
+        Style { color }
+    }
+
+    fn paint(self, code: &str, text: &str) -> String {
+        if self.color && !code.is_empty() {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn state_code(state: State) -> &'static str {
+        match state {
+            State::Healthy => "32",
+            State::Faulty => "1;31",
+            State::Inactive => "2",
+            State::Unspecified => "",
+        }
+    }
+
+    /// A state's word, in its colour.
+    fn state(self, state: State) -> String {
+        self.paint(Style::state_code(state), state_name(state))
+    }
+
+    /// Bold, for headers.
+    fn bold(self, text: &str) -> String {
+        self.paint("1", text)
+    }
+
+    /// A warning's colour.
+    pub fn warn(self, text: &str) -> String {
+        self.paint("1;33", text)
+    }
+}
+
+/// The word for a state.
+fn state_name(state: State) -> &'static str {
+    fleet_health_client::names::state_name(state)
+}
+
+/// A table cell: text, and the colour to paint it with.
+struct Cell {
+    text: String,
+    color: &'static str,
+}
+
+impl Cell {
+    fn plain(text: impl Into<String>) -> Cell {
+        Cell {
+            text: text.into(),
+            color: "",
+        }
+    }
+
+    fn state(state: State) -> Cell {
+        Cell {
+            text: state_name(state).into(),
+            color: Style::state_code(state),
+        }
+    }
+}
+
+/// Writes rows aligned in columns (by characters), the last column unpadded.
+fn write_table(
+    out: &mut dyn Write,
+    style: Style,
+    header: &[&str],
+    rows: &[Vec<Cell>],
+) -> io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.text.chars().count());
+        }
+    }
+    let last = header.len() - 1;
+    let pad = |i: usize, len: usize| if i == last { 0 } else { widths[i] - len + 2 };
+    let mut line = String::new();
+    for (i, h) in header.iter().enumerate() {
+        line.push_str(&style.bold(h));
+        line.push_str(&" ".repeat(pad(i, h.chars().count())));
+    }
+    writeln!(out, "{}", line.trim_end())?;
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(&style.paint(cell.color, &cell.text));
+            line.push_str(&" ".repeat(pad(i, cell.text.chars().count())));
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// One pretty JSON document and a newline.
+fn write_json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)
+}
+
+/// One JSON object on one line.
+fn write_ndjson(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)
+}
+
+#[cfg(test)]
+mod fixtures {
+    //! The values the printers' tests print.
+
+    use std::io;
+
+    use fleet_health_client::names::why_text;
+    use fleet_health_client::{AgentList, AgentView, Reason, SensorView, State, Storm, Time, Why};
+
+    /// 2024-05-01T12:00:00Z.
+    pub const NOW: i64 = 1_714_564_800;
+
+    pub fn t(secs: i64) -> Option<Time> {
+        Some(Time::from_unix(secs, 0).unwrap())
+    }
+
+    pub fn agent(id: &str, state: State, why: Why, since: i64) -> AgentView {
+        AgentView {
+            agent_id: id.into(),
+            healthy: state == State::Healthy,
+            state,
+            why,
+            why_text: why_text(why).into(),
+            since: t(since),
+            last_heard: t(NOW - 12),
+            incarnation: u64::MAX,
+            labels: [("site".to_string(), "eu".to_string())]
+                .into_iter()
+                .collect(),
+            sensor: Some(SensorView {
+                started_at: t(NOW - 7 * 3600),
+                shutdown_at: None,
+                last_received: t(NOW - 60),
+                last_sent: t(NOW - 7 * 3600),
+                registered: true,
+            }),
+            next_change: None,
+            connected: true,
+            last_seq: 9,
+            evaluated_at: t(NOW),
+            stopped_at: None,
+            first_seen: t(NOW - 8 * 3600),
+        }
+    }
+
+    pub fn fleet() -> AgentList {
+        AgentList {
+            agents: vec![
+                agent(
+                    "db-7",
+                    State::Faulty,
+                    Why::NoDataSent,
+                    NOW - (2 * 3600 + 13 * 60),
+                ),
+                agent("web-1", State::Healthy, Why::AllIsOk, NOW - 42),
+            ],
+            storm: None,
+            evaluated_at: t(NOW),
+        }
+    }
+
+    pub fn storm(active: bool) -> Storm {
+        Storm {
+            active,
+            faulty: 6,
+            active_agents: 10,
+            faulty_share: 0.6,
+            threshold: 0.5,
+            min_agents: 10,
+            dominant: Some(Reason {
+                why: Why::NoDataReceived,
+                text: "no data received from server".into(),
+            }),
+            dominant_count: 5,
+        }
+    }
+
+    pub fn render(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+        let mut buf = Vec::new();
+        f(&mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    pub const PLAIN: super::Style = super::Style { color: false };
+}
