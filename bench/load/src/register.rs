@@ -267,14 +267,15 @@ async fn one(client: &mut AgentServiceClient<Channel>, agent_id: &str) -> Result
         }
     }
     drop(tx);
-    loop {
-        match inbound.message().await.map_err(|s| status_text(&s))? {
-            None => return Ok(()),
-            // Anything after the Ack (a heartbeat request, say) is not ours
-            // to answer: the stream is closing.
-            Some(_) => {}
-        }
-    }
+    // Anything after the Ack (a heartbeat request, say) is not ours to
+    // answer: the stream is closing.
+    while inbound
+        .message()
+        .await
+        .map_err(|s| status_text(&s))?
+        .is_some()
+    {}
+    Ok(())
 }
 
 #[cfg(test)]
