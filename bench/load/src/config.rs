@@ -131,6 +131,16 @@ pub enum LoadError {
         /// The first failure seen (or the timeout).
         first_error: String,
     },
+    /// An agent could not be registered; the run stopped there.
+    #[error("{registered} of {agents} agents registered, then: {first_error}")]
+    Register {
+        /// Agents registered before the run stopped.
+        registered: u64,
+        /// Agents asked for.
+        agents: u64,
+        /// The first failure.
+        first_error: String,
+    },
 }
 #[cfg(test)]
 mod tests {

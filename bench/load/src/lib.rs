@@ -23,13 +23,18 @@
 //! a [`LoadConfig::messages`] budget is spent), the end by
 //! [`LoadConfig::drain_timeout`].
 //!
+//! [`register`] is the other mode: it makes many distinct agents known (one
+//! short stream each: Hello, `starting`, its Ack, close), a bounded number at
+//! a time, to fill a server for a memory measurement.
+//!
 //! Layout: `config.rs` the settings and their bounds; `inflight.rs` the
 //! bookkeeping of unacknowledged messages; `stream.rs` one stream's life and
-//! the state all streams share; `report.rs` latencies and the report; this
-//! file the run's phases.
+//! the state all streams share; `report.rs` latencies and the report;
+//! `register.rs` the registration mode; this file the run's phases.
 
 mod config;
 mod inflight;
+mod register;
 mod report;
 mod stream;
 
@@ -44,6 +49,7 @@ use tokio::time::Instant;
 
 pub use config::{LoadConfig, LoadError};
 pub use inflight::{AckBeyondSent, Inflight};
+pub use register::{RegisterConfig, RegisterReport, register};
 pub use report::LoadReport;
 
 use report::{histogram, process_cpu_seconds, summarize};

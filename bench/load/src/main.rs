@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fleet_health_load::{LoadConfig, run};
+use fleet_health_load::{LoadConfig, RegisterConfig, register, run};
 
 /// Load for fleet-health's AgentService (the server, or the floor): S Report
 /// streams over C connections, K messages in flight each, N events per
@@ -64,9 +64,39 @@ struct Args {
     #[arg(long, default_value = "load")]
     agent_prefix: String,
 
+    /// Instead of a timed load: make this many distinct agents known, each
+    /// with one short stream (Hello, a `starting` event, its Ack, close),
+    /// --streams of them at a time over --connections; prints the
+    /// registration rate. --in-flight, --events-per-message, --duration,
+    /// --warmup, --messages and --drain-timeout do not apply;
+    /// --setup-timeout bounds connecting and each agent's stream.
+    #[arg(long, value_name = "AGENTS")]
+    register: Option<u64>,
+
     /// Worker threads of the generator's runtime.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
+}
+
+/// Runs a registration and prints its report.
+fn registration(runtime: &tokio::runtime::Runtime, config: RegisterConfig) -> ExitCode {
+    let report = match runtime.block_on(register(config)) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("fleet-health-load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match serde_json::to_string_pretty(&report) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleet-health-load: cannot write the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -92,11 +122,23 @@ impl Args {
             agent_prefix: self.agent_prefix.clone(),
         }
     }
+
+    fn register_config(&self, agents: u64) -> RegisterConfig {
+        RegisterConfig {
+            server: self.server.clone(),
+            agents,
+            concurrency: self.streams,
+            connections: self
+                .connections
+                .unwrap_or_else(|| self.streams.div_ceil(100).max(1)),
+            agent_prefix: self.agent_prefix.clone(),
+            timeout: self.setup_timeout,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = args.config();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.threads))
         .enable_all()
@@ -108,7 +150,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = match runtime.block_on(run(config)) {
+    if let Some(agents) = args.register {
+        return registration(&runtime, args.register_config(agents));
+    }
+    let report = match runtime.block_on(run(args.config())) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("fleet-health-load: {e}");

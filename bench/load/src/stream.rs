@@ -251,7 +251,8 @@ fn batch(seq: &mut u64, n: u32, times: bool) -> pb::ReportRequest {
     }
 }
 
-fn status_text(status: &tonic::Status) -> String {
+/// A status as `Code: message`.
+pub(crate) fn status_text(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
 

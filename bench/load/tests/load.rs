@@ -35,11 +35,15 @@ impl Running {
     }
 
     async fn server(streams: StreamLimits) -> Running {
+        Running::server_with(fleet_health_server::Config {
+            streams,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn server_with(config: fleet_health_server::Config) -> Running {
         Running::start(|listener, stopped| {
-            let config = fleet_health_server::Config {
-                streams,
-                ..Default::default()
-            };
             let server = fleet_health_server::Server::in_memory(config, Arc::new(SystemClock));
             tokio::spawn(async move {
                 server
@@ -208,4 +212,80 @@ async fn no_server_is_a_connect_error() {
     .await
     .expect_err("nothing listens");
     assert!(matches!(err, LoadError::Connect { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn registration_makes_every_agent_known_once() {
+    use fleet_health_load::{RegisterConfig, register};
+    use fleet_health_proto::v1::GetSummaryRequest;
+    use fleet_health_proto::v1::fleet_service_client::FleetServiceClient;
+
+    let server = Running::server(StreamLimits::default()).await;
+    let config = RegisterConfig {
+        server: server.url.clone(),
+        agents: 250,
+        concurrency: 16,
+        connections: 2,
+        agent_prefix: "reg".into(),
+        timeout: LIMIT,
+    };
+    let report = tokio::time::timeout(LIMIT, register(config))
+        .await
+        .expect("the registration ends in time")
+        .expect("the registration succeeds");
+    assert_eq!(report.registered, 250);
+    assert!(report.agents_per_second > 0.0, "{report:?}");
+
+    let mut fleet = FleetServiceClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let summary = fleet
+        .get_summary(GetSummaryRequest { at: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.total, 250, "{summary:?}");
+    assert_eq!(summary.connected, 0, "every stream was closed: {summary:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_agent_stops_the_registration_and_is_named() {
+    use fleet_health_load::{RegisterConfig, register};
+    use fleet_health_server::registry::Limits;
+
+    let server = Running::server_with(fleet_health_server::Config {
+        limits: Limits {
+            max_agents: 5,
+            ..Limits::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let err = tokio::time::timeout(
+        LIMIT,
+        register(RegisterConfig {
+            server: server.url.clone(),
+            agents: 8,
+            concurrency: 1,
+            connections: 1,
+            agent_prefix: "reg".into(),
+            timeout: LIMIT,
+        }),
+    )
+    .await
+    .expect("the registration ends in time")
+    .expect_err("the sixth agent is one too many");
+    match err {
+        LoadError::Register {
+            registered: 5,
+            agents: 8,
+            first_error,
+        } => {
+            assert!(first_error.contains("agent reg-5"), "{first_error}");
+            assert!(first_error.contains("ResourceExhausted"), "{first_error}");
+        }
+        other => panic!("a registration error after five agents, not {other:?}"),
+    }
+    server.stop().await;
 }
