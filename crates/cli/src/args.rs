@@ -7,10 +7,8 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use fleet_health_client::names::{self, validate_agent_id, validate_label};
-use fleet_health_client::{
-    AgentQuery, DEFAULT_SERVER, EventKind, ReconnectPolicy, StateFilter, Time, Why,
-};
+use fleet_health_client::{AgentQuery, DEFAULT_SERVER, ReconnectPolicy, Time};
+use fleet_health_types::{AgentId, EventKind, StateFilter, Why, check_label};
 
 use crate::config::{Config, ReportTask, Task};
 use crate::error::Failure;
@@ -399,16 +397,16 @@ impl Cli {
 
 /// Parses an agent ID, with the rule in the message when it is refused.
 pub fn parse_agent_id(s: &str) -> Result<String, String> {
-    validate_agent_id(s).map_err(|e| e.to_string())?;
+    AgentId::parse(s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())
 }
 
-/// Parses a reason: its text or its short name.
+/// Parses a why: its text or its short name.
 pub fn parse_why_arg(s: &str) -> Result<Why, String> {
-    names::parse_why(s).ok_or_else(|| {
-        let known: Vec<&str> = names::WHY_NAMES.iter().map(|(_, n, _)| *n).collect();
+    Why::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = Why::ALL.iter().map(|w| w.name()).collect();
         format!(
-            "unknown reason {s:?}: use its text (\"no data sent to server\") or one of {}",
+            "unknown why {s:?}: use its text (\"no data sent to server\") or one of {}",
             known.join(", ")
         )
     })
@@ -416,8 +414,8 @@ pub fn parse_why_arg(s: &str) -> Result<Why, String> {
 
 /// Parses an event name as the reference spells it.
 pub fn parse_event_arg(s: &str) -> Result<EventKind, String> {
-    names::event_kind(s).ok_or_else(|| {
-        let known: Vec<&str> = names::EVENT_NAMES.iter().map(|(_, n)| *n).collect();
+    EventKind::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
         format!("unknown event {s:?}: one of {}", known.join(", "))
     })
 }
@@ -427,7 +425,7 @@ pub fn parse_label_arg(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("invalid label {s:?}: expected KEY=VALUE"))?;
-    validate_label(k, v).map_err(|e| e.to_string())?;
+    check_label(k, v).map_err(|e| e.to_string())?;
     Ok((k.to_owned(), v.to_owned()))
 }
 
@@ -529,7 +527,7 @@ mod tests {
                 &["report", "--agent", "a", "shutting-down"],
                 "unknown event",
             ),
-            (&["list", "--why", "sad"], "unknown reason"),
+            (&["list", "--why", "sad"], "unknown why"),
             (&["list", "--label", "site"], "KEY=VALUE"),
             (&["list", "--at", "tomorrow"], "RFC 3339"),
         ];
@@ -548,7 +546,8 @@ mod tests {
 
     #[test]
     fn report_takes_every_event_name_of_the_reference() {
-        for (kind, name) in names::EVENT_NAMES {
+        for kind in EventKind::ALL {
+            let name = kind.as_str();
             let cli = parse(&["report", "--agent", "web-1", name, "--at", "1714564800"]).unwrap();
             let Command::Report(r) = cli.command else {
                 panic!()

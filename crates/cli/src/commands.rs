@@ -6,7 +6,6 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use fleet_health_client::names::event_name;
 use fleet_health_client::{
     AgentQuery, BackoffConfig, FleetClient, ReconnectPolicy, Reporter, ReporterConfig,
     ReporterError, ResumingWatch, StateFilter, Storm, Time,
@@ -207,7 +206,7 @@ async fn report(
             out,
             &ReportJson {
                 agent_id: reporter.agent_id(),
-                event: event_name(task.event),
+                event: task.event.as_str(),
                 incarnation: reporter.incarnation().to_string(),
                 seq,
                 acknowledged: true,

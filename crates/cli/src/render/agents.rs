@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use fleet_health_client::names::why_name;
 use fleet_health_client::{AgentList, AgentView, SensorView, State, Time};
 use serde::Serialize;
 
 use super::time::{format_time, human_duration, relative};
-use super::{Cell, Style, state_name, write_json, write_ndjson, write_table};
+use super::{Cell, Style, state_name, why_name, write_json, write_ndjson, write_table};
 
 /// One agent, as JSON.
 #[derive(Debug, Serialize)]
@@ -128,7 +127,7 @@ pub fn list_table(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Re
     )?;
     let mut parts = Vec::new();
     for state in [State::Faulty, State::Healthy, State::Inactive] {
-        let n = list.agents.iter().filter(|a| a.state == state).count();
+        let n = list.agents.iter().filter(|a| a.state == Some(state)).count();
         if n > 0 {
             parts.push(style.paint(
                 Style::state_code(state),

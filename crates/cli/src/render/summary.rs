@@ -3,13 +3,12 @@
 
 use std::io::{self, Write};
 
-use fleet_health_client::names::why_name;
 use fleet_health_client::{State, Storm, Summary};
 use serde::Serialize;
 
 use super::agents::{reference, ts};
 use super::time::{format_time, relative};
-use super::{Cell, Style, state_name, write_json, write_table};
+use super::{Cell, Style, state_name, why_name, write_json, write_table};
 
 /// The storm guard, as JSON.
 #[derive(Debug, Serialize)]
@@ -184,15 +183,15 @@ mod tests {
             connected: 9,
             by_why: vec![
                 WhyCount {
-                    why: Why::NoDataReceived,
+                    why: Some(Why::NoDataReceived),
                     why_text: "no data received from server".into(),
-                    state: State::Faulty,
+                    state: Some(State::Faulty),
                     count: 5,
                 },
                 WhyCount {
-                    why: Why::AllIsOk,
+                    why: Some(Why::AllIsOk),
                     why_text: "all is ok".into(),
-                    state: State::Healthy,
+                    state: Some(State::Healthy),
                     count: 4,
                 },
             ],
