@@ -85,7 +85,7 @@ pub enum Command {
     /// reconnects and starts over with a fresh snapshot; it exits 3 if the
     /// server does not come back within --reconnect-for.
     Watch(WatchArgs),
-    /// Counts by state and reason, and the storm flag.
+    /// Counts by state and why, and the storm flag.
     Summary(SummaryArgs),
     /// The recent changes of one agent's status.
     History(AgentArgs),
@@ -99,7 +99,7 @@ pub enum Command {
     Simulate(SimulateArgs),
 }
 
-/// Which agents: state flags, reasons and labels.
+/// Which agents: state flags, whys and labels.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("state").args(["faulty", "healthy", "inactive", "all"])))]
 pub struct Filter {
@@ -115,7 +115,7 @@ pub struct Filter {
     /// Every agent, inactive ones included.
     #[arg(long)]
     pub all: bool,
-    /// Only agents with this reason: its text ("no data sent to server") or
+    /// Only agents with this why: its text ("no data sent to server") or
     /// short name (no-data-sent, no-data-received, stuck-at-shutdown,
     /// not-reporting, shutdown-in-progress, not-registered, all-is-ok,
     /// stopped, inactive). Repeat for any of several.

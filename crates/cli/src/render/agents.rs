@@ -311,6 +311,21 @@ web-1  healthy  all is ok               42s    12s ago     site=eu
     }
 
     #[test]
+    fn a_why_this_version_does_not_know_shows_the_servers_text() {
+        let mut list = fleet();
+        let a = &mut list.agents[0];
+        a.state = None;
+        a.why = None;
+        a.why_text = "cosmic rays".into();
+        let v: serde_json::Value = serde_json::from_str(&render(|o| list_json(o, &list))).unwrap();
+        assert_eq!(v[0]["state"], "unspecified");
+        assert_eq!(v[0]["why"], "cosmic rays");
+        assert_eq!(v[0]["why_name"], "unspecified");
+        let table = render(|o| list_table(o, PLAIN, &list));
+        assert!(table.contains("db-7   unspecified  cosmic rays"), "{table}");
+    }
+
+    #[test]
     fn ndjson_is_one_object_a_line_and_ids_one_id_a_line() {
         let text = render(|o| list_ndjson(o, &fleet()));
         let lines: Vec<&str> = text.lines().collect();

@@ -232,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn a_grace_period_is_told_and_a_storm_without_a_dominant_reason_says_none() {
+    fn a_grace_period_is_told_and_a_storm_without_a_dominant_why_says_none() {
         let mut s = summary();
         s.grace_until = t(NOW + 600);
         let mut calm = storm(false);
