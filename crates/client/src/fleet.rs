@@ -91,7 +91,10 @@ impl AgentQuery {
 
     /// The whys as their wire numbers.
     fn wire_whys(&self) -> Vec<i32> {
-        self.why.iter().map(|w| proto::Why::from(*w) as i32).collect()
+        self.why
+            .iter()
+            .map(|w| proto::Why::from(*w) as i32)
+            .collect()
     }
 }
 
@@ -290,7 +293,10 @@ mod tests {
         let client =
             FleetClient::connect_lazy("http://127.0.0.1:1", Duration::from_secs(1)).unwrap();
         let e = client.get_agent("a b", None).await.unwrap_err();
-        assert!(matches!(e, ClientError::InvalidName(NameError::AgentId(_))), "{e}");
+        assert!(
+            matches!(e, ClientError::InvalidName(NameError::AgentId(_))),
+            "{e}"
+        );
         assert!(e.to_string().contains("1 to 253 characters"), "{e}");
     }
 

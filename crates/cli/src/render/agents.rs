@@ -127,7 +127,11 @@ pub fn list_table(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Re
     )?;
     let mut parts = Vec::new();
     for state in [State::Faulty, State::Healthy, State::Inactive] {
-        let n = list.agents.iter().filter(|a| a.state == Some(state)).count();
+        let n = list
+            .agents
+            .iter()
+            .filter(|a| a.state == Some(state))
+            .count();
         if n > 0 {
             parts.push(style.paint(
                 Style::state_code(state),

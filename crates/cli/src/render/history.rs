@@ -6,9 +6,7 @@ use fleet_health_client::{History, Transition};
 use serde::Serialize;
 
 use super::agents::ts;
-use super::{
-    Cell, Style, state_name, why_name, why_text, write_json, write_ndjson, write_table,
-};
+use super::{Cell, Style, state_name, why_name, why_text, write_json, write_ndjson, write_table};
 
 /// `history` for people.
 pub fn history_table(out: &mut dyn Write, style: Style, h: &History) -> io::Result<()> {
