@@ -1,6 +1,5 @@
 //! A typed client for `FleetService`: the operators' and orchestrators' view.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fleet_health_sensor::Time;
@@ -8,7 +7,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use fleet_health_types::wire::timestamp;
-use fleet_health_types::{AgentId, StateFilter, Why, check_labels};
+use fleet_health_types::{AgentId, Labels, StateFilter, Why, check_labels};
 
 use crate::proto::fleet_service_client::FleetServiceClient;
 use crate::proto::{
@@ -73,7 +72,7 @@ pub struct AgentQuery {
     /// Only these whys (any of them); empty: any.
     pub why: Vec<Why>,
     /// Only agents that carry all these labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Evaluate at this time instead of now (lists only).
     pub at: Option<Time>,
 }

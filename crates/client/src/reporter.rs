@@ -7,7 +7,7 @@
 //! idle, and on a broken stream reconnects with backoff and sends again
 //! whatever was not acknowledged.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use crate::proto::{
 use crate::{InvalidEndpoint, NameError};
 use fleet_health_proto::v1::agent_service_client::AgentServiceClient;
 use fleet_health_types::wire::{self, now};
-use fleet_health_types::{AgentId, EventKind, check_labels};
+use fleet_health_types::{AgentId, EventKind, Labels, check_labels};
 
 /// The heartbeat interval assumed until the server says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -56,7 +56,7 @@ pub struct ReporterConfig {
     pub agent_id: String,
     /// Labels sent with every Hello (at most 32). None: the server keeps the
     /// agent's earlier labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// At most this many unacknowledged events are kept (default 10 000); when
     /// full, the oldest is dropped and counted in [`Stats::dropped`].
     pub max_pending: usize,
@@ -75,7 +75,7 @@ impl ReporterConfig {
     pub fn new(agent_id: impl Into<String>) -> ReporterConfig {
         ReporterConfig {
             agent_id: agent_id.into(),
-            labels: BTreeMap::new(),
+            labels: Labels::new(),
             max_pending: 10_000,
             max_batch: 500,
             connect_timeout: Duration::from_secs(10),

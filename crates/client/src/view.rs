@@ -12,10 +12,8 @@
 //! for it is kept: `AgentView::why_text`, `WhyCount::why_text`,
 //! `Transition::to_why_text` and `WhyText::text` show what the server said.
 
-use std::collections::BTreeMap;
-
 use fleet_health_sensor::Time;
-use fleet_health_types::{State, Why, wire};
+use fleet_health_types::{Labels, State, Why, wire};
 
 use crate::proto::{self, watch_agents_response::Event as WireEvent};
 
@@ -92,7 +90,7 @@ pub struct AgentView {
     /// Whether the agent has a stream open now.
     pub connected: bool,
     /// The agent's labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The incarnation of the agent process that reported last.
     pub incarnation: u64,
     /// The last sequence number applied from that incarnation.
