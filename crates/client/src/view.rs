@@ -42,9 +42,15 @@ fn time(
     field: &'static str,
     ts: Option<&prost_types::Timestamp>,
 ) -> Result<Option<Time>, DecodeError> {
-    wire::opt_time(ts, field).map_err(|e| DecodeError {
-        field,
-        reason: e.to_string(),
+    wire::opt_time(ts, field).map_err(|e| {
+        // The wire error names the field first; the decode error names it once.
+        let text = e.to_string();
+        let reason = text
+            .strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(&text)
+            .to_owned();
+        DecodeError { field, reason }
     })
 }
 
@@ -513,6 +519,10 @@ mod tests {
         };
         let e = AgentView::try_from(wire).unwrap_err();
         assert_eq!(e.field, "AgentStatus.last_heard");
+        assert_eq!(
+            e.to_string(),
+            "the server sent an invalid AgentStatus.last_heard: nanos -5 is not in 0..1000000000"
+        );
         let far = proto::GetSummaryResponse {
             grace_until: Some(prost_types::Timestamp {
                 seconds: i64::MAX,
