@@ -2,13 +2,12 @@
 //! and [`Cli::into_config`], the one place where they become a [`Config`].
 //! This is the only module that sees clap's types.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use fleet_health_client::{AgentQuery, DEFAULT_SERVER, ReconnectPolicy, Time};
-use fleet_health_types::{AgentId, EventKind, StateFilter, Why, check_label};
+use fleet_health_types::{AgentId, EventKind, Labels, StateFilter, Why, check_label};
 
 use crate::config::{Config, ReportTask, Task};
 use crate::error::Failure;
@@ -143,7 +142,7 @@ impl Filter {
     }
 
     /// The labels as a map.
-    pub fn labels(&self) -> BTreeMap<String, String> {
+    pub fn labels(&self) -> Labels {
         self.label.iter().cloned().collect()
     }
 }
@@ -166,7 +165,7 @@ pub struct ListArgs {
 pub struct StatusArgs {
     /// The agent's ID.
     #[arg(value_parser = parse_agent_id, value_name = "AGENT")]
-    pub agent: String,
+    pub agent: AgentId,
     /// Evaluate at this TIME instead of now (RFC 3339, epoch seconds, -7h, +2h).
     #[arg(long, value_parser = parse_time_arg, value_name = "TIME", allow_hyphen_values = true)]
     pub at: Option<Time>,
@@ -199,7 +198,7 @@ pub struct SummaryArgs {
 pub struct AgentArgs {
     /// The agent's ID.
     #[arg(value_parser = parse_agent_id, value_name = "AGENT")]
-    pub agent: String,
+    pub agent: AgentId,
 }
 
 /// `report`'s arguments.
@@ -207,7 +206,7 @@ pub struct AgentArgs {
 pub struct ReportArgs {
     /// The agent's ID: 1 to 253 characters of A-Z a-z 0-9 . _ : @ / -
     #[arg(long, value_parser = parse_agent_id, value_name = "ID")]
-    pub agent: String,
+    pub agent: AgentId,
     /// The event, as the reference sensor names it: starting, shutting_down,
     /// server_data_received, server_data_sent, registered, unregistered,
     /// heartbeat, stopped.
@@ -396,9 +395,8 @@ impl Cli {
 }
 
 /// Parses an agent ID, with the rule in the message when it is refused.
-pub fn parse_agent_id(s: &str) -> Result<String, String> {
-    AgentId::parse(s).map_err(|e| e.to_string())?;
-    Ok(s.to_owned())
+pub fn parse_agent_id(s: &str) -> Result<AgentId, String> {
+    AgentId::parse(s).map_err(|e| e.to_string())
 }
 
 /// Parses a why: its text or its short name.
@@ -553,7 +551,7 @@ mod tests {
                 panic!()
             };
             assert_eq!(r.event, kind);
-            assert_eq!(r.agent, "web-1");
+            assert_eq!(r.agent.as_str(), "web-1");
             assert_eq!(r.at.unwrap().as_unix(), (1_714_564_800, 0));
         }
     }
