@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use fleet_health_client::{State, Storm, Summary};
+use fleet_health_client::{State, Storm, Summary, Why};
 use serde::Serialize;
 
 use super::agents::{reference, ts};
@@ -128,7 +128,8 @@ pub fn summary_table(out: &mut dyn Write, style: Style, s: &Summary) -> io::Resu
     if let Some(grace) = s.grace_until {
         writeln!(
             out,
-            "\"not reporting\" held back until {} ({}): the server restarted recently",
+            "\"{}\" held back until {} ({}): the server restarted recently",
+            Why::NotReporting,
             format_time(grace),
             relative(grace, now)
         )?;
