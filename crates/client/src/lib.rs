@@ -10,7 +10,9 @@
 //! - [`FleetClient`]: a typed client for `FleetService` (get, list across
 //!   pages, watch, summary, history, forget). It answers in the plain values
 //!   of [`view`] ([`AgentView`], [`Summary`], [`WatchChange`], ...), decoded
-//!   once with `TryFrom`; nothing above it sees a protobuf message.
+//!   once with `TryFrom`; nothing above it sees a protobuf message. A state
+//!   or why that a newer server sends and this version does not know reads
+//!   as `None`, with the server's text kept (`AgentView::why_text`).
 //! - [`ResumingWatch`]: a watch that reconnects with backoff after the
 //!   server restarts, and resumes with a fresh snapshot.
 //!
