@@ -2,15 +2,12 @@
 //! and [`Cli::into_config`], the one place where they become a [`Config`].
 //! This is the only module that sees clap's types.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use fleet_health_client::names::{self, validate_agent_id, validate_label};
-use fleet_health_client::{
-    AgentQuery, DEFAULT_SERVER, EventKind, ReconnectPolicy, StateFilter, Time, Why,
-};
+use fleet_health_client::{AgentQuery, DEFAULT_SERVER, ReconnectPolicy, Time};
+use fleet_health_types::{AgentId, EventKind, Labels, StateFilter, Why, check_label};
 
 use crate::config::{Config, ReportTask, Task};
 use crate::error::Failure;
@@ -87,7 +84,7 @@ pub enum Command {
     /// reconnects and starts over with a fresh snapshot; it exits 3 if the
     /// server does not come back within --reconnect-for.
     Watch(WatchArgs),
-    /// Counts by state and reason, and the storm flag.
+    /// Counts by state and why, and the storm flag.
     Summary(SummaryArgs),
     /// The recent changes of one agent's status.
     History(AgentArgs),
@@ -101,7 +98,7 @@ pub enum Command {
     Simulate(SimulateArgs),
 }
 
-/// Which agents: state flags, reasons and labels.
+/// Which agents: state flags, whys and labels.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("state").args(["faulty", "healthy", "inactive", "all"])))]
 pub struct Filter {
@@ -117,7 +114,7 @@ pub struct Filter {
     /// Every agent, inactive ones included.
     #[arg(long)]
     pub all: bool,
-    /// Only agents with this reason: its text ("no data sent to server") or
+    /// Only agents with this why: its text ("no data sent to server") or
     /// short name (no-data-sent, no-data-received, stuck-at-shutdown,
     /// not-reporting, shutdown-in-progress, not-registered, all-is-ok,
     /// stopped, inactive). Repeat for any of several.
@@ -145,7 +142,7 @@ impl Filter {
     }
 
     /// The labels as a map.
-    pub fn labels(&self) -> BTreeMap<String, String> {
+    pub fn labels(&self) -> Labels {
         self.label.iter().cloned().collect()
     }
 }
@@ -168,7 +165,7 @@ pub struct ListArgs {
 pub struct StatusArgs {
     /// The agent's ID.
     #[arg(value_parser = parse_agent_id, value_name = "AGENT")]
-    pub agent: String,
+    pub agent: AgentId,
     /// Evaluate at this TIME instead of now (RFC 3339, epoch seconds, -7h, +2h).
     #[arg(long, value_parser = parse_time_arg, value_name = "TIME", allow_hyphen_values = true)]
     pub at: Option<Time>,
@@ -201,7 +198,7 @@ pub struct SummaryArgs {
 pub struct AgentArgs {
     /// The agent's ID.
     #[arg(value_parser = parse_agent_id, value_name = "AGENT")]
-    pub agent: String,
+    pub agent: AgentId,
 }
 
 /// `report`'s arguments.
@@ -209,7 +206,7 @@ pub struct AgentArgs {
 pub struct ReportArgs {
     /// The agent's ID: 1 to 253 characters of A-Z a-z 0-9 . _ : @ / -
     #[arg(long, value_parser = parse_agent_id, value_name = "ID")]
-    pub agent: String,
+    pub agent: AgentId,
     /// The event, as the reference sensor names it: starting, shutting_down,
     /// server_data_received, server_data_sent, registered, unregistered,
     /// heartbeat, stopped.
@@ -398,17 +395,16 @@ impl Cli {
 }
 
 /// Parses an agent ID, with the rule in the message when it is refused.
-pub fn parse_agent_id(s: &str) -> Result<String, String> {
-    validate_agent_id(s).map_err(|e| e.to_string())?;
-    Ok(s.to_owned())
+pub fn parse_agent_id(s: &str) -> Result<AgentId, String> {
+    AgentId::parse(s).map_err(|e| e.to_string())
 }
 
-/// Parses a reason: its text or its short name.
+/// Parses a why: its text or its short name.
 pub fn parse_why_arg(s: &str) -> Result<Why, String> {
-    names::parse_why(s).ok_or_else(|| {
-        let known: Vec<&str> = names::WHY_NAMES.iter().map(|(_, n, _)| *n).collect();
+    Why::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = Why::ALL.iter().map(|w| w.name()).collect();
         format!(
-            "unknown reason {s:?}: use its text (\"no data sent to server\") or one of {}",
+            "unknown why {s:?}: use its text (\"no data sent to server\") or one of {}",
             known.join(", ")
         )
     })
@@ -416,8 +412,8 @@ pub fn parse_why_arg(s: &str) -> Result<Why, String> {
 
 /// Parses an event name as the reference spells it.
 pub fn parse_event_arg(s: &str) -> Result<EventKind, String> {
-    names::event_kind(s).ok_or_else(|| {
-        let known: Vec<&str> = names::EVENT_NAMES.iter().map(|(_, n)| *n).collect();
+    EventKind::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
         format!("unknown event {s:?}: one of {}", known.join(", "))
     })
 }
@@ -427,7 +423,7 @@ pub fn parse_label_arg(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("invalid label {s:?}: expected KEY=VALUE"))?;
-    validate_label(k, v).map_err(|e| e.to_string())?;
+    check_label(k, v).map_err(|e| e.to_string())?;
     Ok((k.to_owned(), v.to_owned()))
 }
 
@@ -529,7 +525,7 @@ mod tests {
                 &["report", "--agent", "a", "shutting-down"],
                 "unknown event",
             ),
-            (&["list", "--why", "sad"], "unknown reason"),
+            (&["list", "--why", "sad"], "unknown why"),
             (&["list", "--label", "site"], "KEY=VALUE"),
             (&["list", "--at", "tomorrow"], "RFC 3339"),
         ];
@@ -548,13 +544,14 @@ mod tests {
 
     #[test]
     fn report_takes_every_event_name_of_the_reference() {
-        for (kind, name) in names::EVENT_NAMES {
+        for kind in EventKind::ALL {
+            let name = kind.as_str();
             let cli = parse(&["report", "--agent", "web-1", name, "--at", "1714564800"]).unwrap();
             let Command::Report(r) = cli.command else {
                 panic!()
             };
             assert_eq!(r.event, kind);
-            assert_eq!(r.agent, "web-1");
+            assert_eq!(r.agent.as_str(), "web-1");
             assert_eq!(r.at.unwrap().as_unix(), (1_714_564_800, 0));
         }
     }

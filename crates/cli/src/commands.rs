@@ -6,7 +6,6 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use fleet_health_client::names::event_name;
 use fleet_health_client::{
     AgentQuery, BackoffConfig, FleetClient, ReconnectPolicy, Reporter, ReporterConfig,
     ReporterError, ResumingWatch, StateFilter, Storm, Time,
@@ -41,7 +40,7 @@ async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failu
     match &config.task {
         Task::List { query, format } => list(&fleet()?, out, style, query, *format).await,
         Task::Status { agent, at, format } => {
-            status(&fleet()?, out, style, agent, *at, *format).await
+            status(&fleet()?, out, style, agent.as_str(), *at, *format).await
         }
         Task::Watch {
             query,
@@ -49,8 +48,10 @@ async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failu
             reconnect,
         } => watch(fleet()?, out, style, query, *format, *reconnect).await,
         Task::Summary { at, format } => summary(&fleet()?, out, style, *at, *format).await,
-        Task::History { agent, format } => history(&fleet()?, out, style, agent, *format).await,
-        Task::Forget { agent, format } => forget(&fleet()?, out, agent, *format).await,
+        Task::History { agent, format } => {
+            history(&fleet()?, out, style, agent.as_str(), *format).await
+        }
+        Task::Forget { agent, format } => forget(&fleet()?, out, agent.as_str(), *format).await,
         Task::Report(task) => report(&config.server, config.timeout, out, task).await,
         Task::Simulate { settings, format } => simulate(settings, out, *format).await,
     }
@@ -168,7 +169,7 @@ async fn report(
     task: &ReportTask,
 ) -> Result<ExitCode, Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut config = ReporterConfig::new(&task.agent);
+    let mut config = ReporterConfig::new(task.agent.as_str());
     config.labels = task.labels.clone();
     config.max_pending = 16;
     config.connect_timeout = timeout;
@@ -207,7 +208,7 @@ async fn report(
             out,
             &ReportJson {
                 agent_id: reporter.agent_id(),
-                event: event_name(task.event),
+                event: task.event.as_str(),
                 incarnation: reporter.incarnation().to_string(),
                 seq,
                 acknowledged: true,

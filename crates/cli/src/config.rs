@@ -1,10 +1,9 @@
 //! The settled configuration of one run: everything the flags asked for,
 //! checked, in plain types. Commands see this, never the flags.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleet_health_client::{AgentQuery, EventKind, ReconnectPolicy, Time};
+use fleet_health_client::{AgentId, AgentQuery, EventKind, Labels, ReconnectPolicy, Time};
 
 use crate::render::{Format, Style};
 use crate::simulate::Settings;
@@ -37,7 +36,7 @@ pub enum Task {
     /// Show one agent.
     Status {
         /// The agent.
-        agent: String,
+        agent: AgentId,
         /// Evaluate at this time instead of now.
         at: Option<Time>,
         /// How to print it.
@@ -62,14 +61,14 @@ pub enum Task {
     /// One agent's recent transitions.
     History {
         /// The agent.
-        agent: String,
+        agent: AgentId,
         /// How to print them.
         format: Format,
     },
     /// Remove an agent from the server.
     Forget {
         /// The agent.
-        agent: String,
+        agent: AgentId,
         /// How to print what it was.
         format: Format,
     },
@@ -88,13 +87,13 @@ pub enum Task {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportTask {
     /// The agent.
-    pub agent: String,
+    pub agent: AgentId,
     /// The event.
     pub event: EventKind,
     /// When it happened; `None`: when the server receives it.
     pub at: Option<Time>,
     /// Labels to set on the agent; empty: keep its earlier ones.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Table (silent) or JSON.
     pub format: Format,
 }

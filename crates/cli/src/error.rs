@@ -59,7 +59,6 @@ impl From<ReporterError> for Failure {
         let code = match &e {
             ReporterError::InvalidName(_)
             | ReporterError::InvalidEndpoint(_)
-            | ReporterError::UnspecifiedEvent
             | ReporterError::Refused { .. } => ExitCode::Usage,
             ReporterError::Timeout { .. } => ExitCode::Unreachable,
             ReporterError::NoRuntime | ReporterError::Closed => ExitCode::Failure,
@@ -77,7 +76,7 @@ impl From<io::Error> for Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_health_client::names::validate_agent_id;
+    use fleet_health_client::{AgentId, NameError};
     use tonic::Status;
 
     #[test]
@@ -104,7 +103,9 @@ mod tests {
                 ExitCode::Failure,
             ),
             (
-                Failure::from(ClientError::from(validate_agent_id("a b").unwrap_err())),
+                Failure::from(ClientError::from(NameError::from(
+                    AgentId::parse("a b").unwrap_err(),
+                ))),
                 ExitCode::Usage,
             ),
             (

@@ -11,7 +11,7 @@ pub enum ExitCode {
     /// I/O error).
     Failure = 1,
     /// 2: a usage error: bad flags or arguments (an invalid agent ID, TIME,
-    /// label or reason), or a request the server refused as invalid.
+    /// label or why), or a request the server refused as invalid.
     Usage = 2,
     /// 3: the server could not be reached or did not answer in time
     /// (including an event that `report` could not get acknowledged).

@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_health_client::names::validate_agent_id;
 use fleet_health_client::{
-    BackoffConfig, EventKind, Reporter, ReporterConfig, Stats, Time, lazy_channel, now,
+    AgentId, BackoffConfig, EventKind, Reporter, ReporterConfig, Stats, Time, lazy_channel, now,
 };
 use hdrhistogram::Histogram;
 use tokio::sync::watch;
@@ -409,7 +408,7 @@ pub async fn run(settings: &Settings, note: &mut dyn FnMut(Note)) -> Result<SimR
             interval,
             leave: settings.leave,
         };
-        validate_agent_id(&plan.id).map_err(|e| Failure::usage(format!("--prefix: {e}")))?;
+        AgentId::parse(&plan.id).map_err(|e| Failure::usage(format!("--prefix: {e}")))?;
         let channel = channels[(n / per_conn) as usize].clone();
         tasks.spawn(agent(plan, channel, Arc::clone(&counters), stop_rx.clone()));
     }

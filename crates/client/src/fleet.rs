@@ -1,27 +1,27 @@
 //! A typed client for `FleetService`: the operators' and orchestrators' view.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fleet_health_sensor::Time;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::InvalidEndpoint;
-use crate::convert::to_timestamp;
-use crate::names::{NameError, validate_agent_id, validate_label};
+use fleet_health_types::wire::timestamp;
+use fleet_health_types::{AgentId, Labels, StateFilter, Why, check_labels};
+
 use crate::proto::fleet_service_client::FleetServiceClient;
 use crate::proto::{
-    ForgetAgentRequest, GetAgentRequest, GetHistoryRequest, GetSummaryRequest, ListAgentsRequest,
-    StateFilter, WatchAgentsRequest, Why,
+    self, ForgetAgentRequest, GetAgentRequest, GetHistoryRequest, GetSummaryRequest,
+    ListAgentsRequest, WatchAgentsRequest,
 };
 use crate::view::{AgentList, AgentPage, AgentView, DecodeError, History, Summary, the_agent};
 use crate::watch::Watch;
+use crate::{InvalidEndpoint, NameError};
 
 /// What can go wrong with a fleet query.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// An agent ID given to the client breaks the rules.
+    /// An agent ID or a label given to the client breaks the rules.
     #[error(transparent)]
     InvalidName(#[from] NameError),
     /// The server address is not a valid URL.
@@ -67,12 +67,12 @@ impl From<Status> for ClientError {
 /// Which agents a list or a watch takes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentQuery {
-    /// Which states; the default (`Unspecified`) is the active agents.
+    /// Which states; the default is the active agents.
     pub filter: StateFilter,
-    /// Only these reasons (any of them); empty: any.
+    /// Only these whys (any of them); empty: any.
     pub why: Vec<Why>,
     /// Only agents that carry all these labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Evaluate at this time instead of now (lists only).
     pub at: Option<Time>,
 }
@@ -80,9 +80,20 @@ pub struct AgentQuery {
 impl AgentQuery {
     /// Checks the labels against the rules before anything is sent.
     fn check(&self) -> Result<(), NameError> {
-        self.labels
+        Ok(check_labels(&self.labels)?)
+    }
+
+    /// The state filter as its wire number.
+    fn wire_filter(&self) -> i32 {
+        proto::StateFilter::from(self.filter) as i32
+    }
+
+    /// The whys as their wire numbers.
+    fn wire_whys(&self) -> Vec<i32> {
+        self.why
             .iter()
-            .try_for_each(|(k, v)| validate_label(k, v))
+            .map(|w| proto::Why::from(*w) as i32)
+            .collect()
     }
 }
 
@@ -139,10 +150,10 @@ impl FleetClient {
         agent_id: &str,
         at: Option<Time>,
     ) -> Result<AgentView, ClientError> {
-        validate_agent_id(agent_id)?;
+        AgentId::parse(agent_id).map_err(NameError::from)?;
         let request = GetAgentRequest {
             agent_id: agent_id.to_owned(),
-            at: at.map(to_timestamp),
+            at: at.map(timestamp),
         };
         let mut inner = self.inner.clone();
         let response = self.call(inner.get_agent(request)).await?;
@@ -157,10 +168,10 @@ impl FleetClient {
     ) -> Result<AgentPage, ClientError> {
         query.check()?;
         let request = ListAgentsRequest {
-            filter: query.filter as i32,
-            why: query.why.iter().map(|w| *w as i32).collect(),
+            filter: query.wire_filter(),
+            why: query.wire_whys(),
             labels: query.labels.clone().into_iter().collect(),
-            at: query.at.map(to_timestamp),
+            at: query.at.map(timestamp),
             page_size: self.page_size,
             page_token: page_token.unwrap_or_default(),
         };
@@ -192,8 +203,8 @@ impl FleetClient {
     pub async fn watch(&self, query: &AgentQuery) -> Result<Watch, ClientError> {
         query.check()?;
         let request = WatchAgentsRequest {
-            filter: query.filter as i32,
-            why: query.why.iter().map(|w| *w as i32).collect(),
+            filter: query.wire_filter(),
+            why: query.wire_whys(),
             labels: query.labels.clone().into_iter().collect(),
         };
         let mut inner = self.inner.clone();
@@ -201,10 +212,10 @@ impl FleetClient {
         Ok(Watch::new(stream))
     }
 
-    /// Counts by state and reason, and the storm flag, now or at `at`.
+    /// Counts by state and why, and the storm flag, now or at `at`.
     pub async fn summary(&self, at: Option<Time>) -> Result<Summary, ClientError> {
         let request = GetSummaryRequest {
-            at: at.map(to_timestamp),
+            at: at.map(timestamp),
         };
         let mut inner = self.inner.clone();
         Ok(self.call(inner.get_summary(request)).await?.try_into()?)
@@ -212,7 +223,7 @@ impl FleetClient {
 
     /// The recent transitions of one agent, oldest first.
     pub async fn history(&self, agent_id: &str) -> Result<History, ClientError> {
-        validate_agent_id(agent_id)?;
+        AgentId::parse(agent_id).map_err(NameError::from)?;
         let request = GetHistoryRequest {
             agent_id: agent_id.to_owned(),
         };
@@ -222,7 +233,7 @@ impl FleetClient {
 
     /// Removes an agent; returns its status just before.
     pub async fn forget(&self, agent_id: &str) -> Result<Option<AgentView>, ClientError> {
-        validate_agent_id(agent_id)?;
+        AgentId::parse(agent_id).map_err(NameError::from)?;
         let request = ForgetAgentRequest {
             agent_id: agent_id.to_owned(),
         };
@@ -250,12 +261,42 @@ mod tests {
         };
         assert!(matches!(
             client.list(&query).await,
-            Err(ClientError::InvalidName(NameError::LabelKey { .. }))
+            Err(ClientError::InvalidName(NameError::Labels(_)))
         ));
         assert!(matches!(
             client.watch(&query).await,
-            Err(ClientError::InvalidName(NameError::LabelKey { .. }))
+            Err(ClientError::InvalidName(NameError::Labels(_)))
         ));
+    }
+
+    #[test]
+    fn a_query_goes_out_as_its_wire_numbers() {
+        let query = AgentQuery {
+            filter: StateFilter::Inactive,
+            why: vec![Why::NoDataSent, Why::Inactive],
+            ..AgentQuery::default()
+        };
+        assert_eq!(query.wire_filter(), proto::StateFilter::Inactive as i32);
+        assert_eq!(
+            query.wire_whys(),
+            [proto::Why::NoDataSent as i32, proto::Why::Inactive as i32]
+        );
+        assert_eq!(
+            AgentQuery::default().wire_filter(),
+            proto::StateFilter::Active as i32
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_agent_id_is_refused_before_sending() {
+        let client =
+            FleetClient::connect_lazy("http://127.0.0.1:1", Duration::from_secs(1)).unwrap();
+        let e = client.get_agent("a b", None).await.unwrap_err();
+        assert!(
+            matches!(e, ClientError::InvalidName(NameError::AgentId(_))),
+            "{e}"
+        );
+        assert!(e.to_string().contains("1 to 253 characters"), "{e}");
     }
 
     #[test]

@@ -10,12 +10,16 @@
 //! - [`FleetClient`]: a typed client for `FleetService` (get, list across
 //!   pages, watch, summary, history, forget). It answers in the plain values
 //!   of [`view`] ([`AgentView`], [`Summary`], [`WatchChange`], ...), decoded
-//!   once with `TryFrom`; nothing above it sees a protobuf message.
+//!   once with `TryFrom`; nothing above it sees a protobuf message. A state
+//!   or why that a newer server sends and this version does not know reads
+//!   as `None`, with the server's text kept (`AgentView::why_text`).
 //! - [`ResumingWatch`]: a watch that reconnects with backoff after the
 //!   server restarts, and resumes with a fresh snapshot.
-//! - [`names`]: the client side's one copy of the rules for agent IDs and
-//!   labels, and the names of events and reasons as people type them.
-//! - [`convert`]: the sensor's [`Time`] to and from the wire's timestamps.
+//!
+//! The words themselves (agent IDs and label rules, [`Why`], [`State`],
+//! [`StateFilter`], [`EventKind`]) and their wire conversions come from
+//! `fleet-health-types`, the vocabulary server and clients share; they are
+//! re-exported here, and the whole crate as [`types`].
 //!
 //! Layout: `pending.rs` is the pure bookkeeping of sequence numbers, batches
 //! and acknowledgements; `backoff.rs` the reconnection delays; `reporter.rs`
@@ -23,9 +27,7 @@
 //! `view.rs` the values it answers with; `watch.rs` the watches.
 
 mod backoff;
-pub mod convert;
 mod fleet;
-pub mod names;
 mod pending;
 mod reporter;
 pub mod view;
@@ -34,18 +36,33 @@ mod watch;
 use std::time::Duration;
 
 pub use backoff::BackoffConfig;
-pub use convert::now;
 pub use fleet::{AgentQuery, ClientError, FleetClient};
 pub use fleet_health_proto::v1 as proto;
 pub use fleet_health_sensor::Time;
-pub use proto::{EventKind, State, StateFilter, Why};
+pub use fleet_health_types as types;
+pub use fleet_health_types::wire::now;
+pub use fleet_health_types::{
+    AgentId, AgentIdError, EventKind, LabelError, Labels, State, StateFilter, Why,
+};
 pub use reporter::{AckHook, Acked, Reporter, ReporterConfig, ReporterError, Stats};
 use tonic::transport::{Channel, Endpoint};
 pub use view::{
-    AgentList, AgentPage, AgentView, DecodeError, History, Reason, ResyncCause, SensorView,
-    StateAndWhy, Storm, Summary, Transition, WatchChange, WhyCount,
+    AgentList, AgentPage, AgentView, DecodeError, History, ResyncCause, SensorView, StateAndWhy,
+    Storm, Summary, Transition, WatchChange, WhyCount, WhyText,
 };
 pub use watch::{LostHook, ReconnectPolicy, ResumingWatch, Watch};
+
+/// An agent ID or labels given to the client that break the rules, found
+/// before anything is sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The agent ID is empty, too long, or holds a character outside the set.
+    #[error(transparent)]
+    AgentId(#[from] AgentIdError),
+    /// Too many labels, or a label key or value that breaks the rules.
+    #[error(transparent)]
+    Labels(#[from] LabelError),
+}
 
 /// The server address used when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -93,6 +110,14 @@ pub fn lazy_channel(url: &str, connect_timeout: Duration) -> Result<Channel, Inv
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_errors_say_the_rule() {
+        let e = NameError::from(AgentId::parse("a b").unwrap_err());
+        assert!(e.to_string().contains("1 to 253 characters"), "{e}");
+        let e = NameError::from(fleet_health_types::check_label("a:b", "").unwrap_err());
+        assert!(e.to_string().contains("label key"), "{e}");
+    }
 
     #[test]
     fn endpoints_must_be_plain_http_urls() {

@@ -7,7 +7,10 @@
 
 use std::collections::VecDeque;
 
-use crate::proto::{Event, EventKind};
+use fleet_health_sensor::Time;
+use fleet_health_types::{EventKind, wire};
+
+use crate::proto::{self, Event};
 
 /// Unacknowledged events, oldest first, with increasing sequence numbers.
 #[derive(Debug)]
@@ -40,7 +43,7 @@ impl Pending {
     /// Queues an event with the next sequence number and returns the number.
     /// When the buffer is full the oldest event is dropped (and counted): the
     /// newest events say the most about the agent's health now.
-    pub(crate) fn push(&mut self, kind: EventKind, time: Option<prost_types::Timestamp>) -> u64 {
+    pub(crate) fn push(&mut self, kind: EventKind, time: Option<Time>) -> u64 {
         if self.events.len() >= self.capacity {
             self.events.pop_front();
             self.dropped += 1;
@@ -48,8 +51,8 @@ impl Pending {
         self.last_seq += 1;
         self.events.push_back(Event {
             seq: self.last_seq,
-            kind: kind as i32,
-            time,
+            kind: proto::EventKind::from(kind) as i32,
+            time: time.map(wire::timestamp),
         });
         self.last_seq
     }
@@ -201,13 +204,11 @@ mod tests {
     #[test]
     fn events_keep_their_kind_and_time() {
         let mut p = Pending::new(10);
-        let t = prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 0,
-        };
+        let t = Time::from_unix(1_700_000_000, 123_456_000).unwrap();
         p.push(EventKind::Starting, Some(t));
         let batch = p.next_batch(1).unwrap();
-        assert_eq!(batch[0].kind(), EventKind::Starting);
-        assert_eq!(batch[0].time, Some(t));
+        assert_eq!(batch[0].kind(), proto::EventKind::Starting);
+        let sent = batch[0].time.unwrap();
+        assert_eq!((sent.seconds, sent.nanos), (1_700_000_000, 123_456_000));
     }
 }

@@ -7,7 +7,7 @@
 //! idle, and on a broken stream reconnects with backoff and sends again
 //! whatever was not acknowledged.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,15 +19,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::InvalidEndpoint;
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::convert::{from_proto_duration, now, to_timestamp};
-use crate::names::{MAX_LABELS, NameError, validate_agent_id, validate_label};
 use crate::pending::Pending;
 use crate::proto::{
-    EventBatch, EventKind, Hello, ReportRequest, ReportResponse, report_request, report_response,
+    EventBatch, Hello, ReportRequest, ReportResponse, report_request, report_response,
 };
+use crate::{InvalidEndpoint, NameError};
 use fleet_health_proto::v1::agent_service_client::AgentServiceClient;
+use fleet_health_types::wire::{self, now};
+use fleet_health_types::{AgentId, EventKind, Labels, check_labels};
 
 /// The heartbeat interval assumed until the server says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -56,7 +56,7 @@ pub struct ReporterConfig {
     pub agent_id: String,
     /// Labels sent with every Hello (at most 32). None: the server keeps the
     /// agent's earlier labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// At most this many unacknowledged events are kept (default 10 000); when
     /// full, the oldest is dropped and counted in [`Stats::dropped`].
     pub max_pending: usize,
@@ -75,7 +75,7 @@ impl ReporterConfig {
     pub fn new(agent_id: impl Into<String>) -> ReporterConfig {
         ReporterConfig {
             agent_id: agent_id.into(),
-            labels: BTreeMap::new(),
+            labels: Labels::new(),
             max_pending: 10_000,
             max_batch: 500,
             connect_timeout: Duration::from_secs(10),
@@ -92,15 +92,9 @@ impl ReporterConfig {
     }
 
     fn validate(&self) -> Result<(), NameError> {
-        validate_agent_id(&self.agent_id)?;
-        if self.labels.len() > MAX_LABELS {
-            return Err(NameError::TooManyLabels {
-                count: self.labels.len(),
-            });
-        }
-        self.labels
-            .iter()
-            .try_for_each(|(k, v)| validate_label(k, v))
+        AgentId::parse(&self.agent_id)?;
+        check_labels(&self.labels)?;
+        Ok(())
     }
 }
 
@@ -130,9 +124,6 @@ pub enum ReporterError {
     /// Started outside a Tokio runtime.
     #[error("the reporter must be started within a Tokio runtime")]
     NoRuntime,
-    /// `EVENT_KIND_UNSPECIFIED` is not an event.
-    #[error("EVENT_KIND_UNSPECIFIED is not an event")]
-    UnspecifiedEvent,
     /// The reporter was closed: it takes no more events.
     #[error("the reporter is closed")]
     Closed,
@@ -335,10 +326,6 @@ impl Reporter {
         &self,
         events: impl IntoIterator<Item = (EventKind, Option<Time>)>,
     ) -> Result<u64, ReporterError> {
-        let events: Vec<_> = events.into_iter().collect();
-        if events.iter().any(|(k, _)| *k == EventKind::Unspecified) {
-            return Err(ReporterError::UnspecifiedEvent);
-        }
         let last = {
             let mut st = self.shared.lock();
             if let Some(ended) = &st.ended {
@@ -349,7 +336,7 @@ impl Reporter {
             }
             let mut last = 0;
             for (kind, when) in events {
-                last = st.pending.push(kind, when.map(to_timestamp));
+                last = st.pending.push(kind, when);
             }
             last
         };
@@ -625,7 +612,10 @@ impl Task {
             Ok(Ok(Some(_))) => return Outcome::retry("first answer was not a welcome", false),
         };
         let welcomed_at = Instant::now();
-        let heartbeat = from_proto_duration(welcome.heartbeat_interval.as_ref())
+        let heartbeat = welcome
+            .heartbeat_interval
+            .as_ref()
+            .and_then(|d| wire::from_duration(d, "Welcome.heartbeat_interval").ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_HEARTBEAT)
             .max(MIN_HEARTBEAT);

@@ -1,22 +1,21 @@
 //! What the fleet service answers, as plain client-side values.
 //!
 //! Every answer of `FleetService` is decoded here, once, with `TryFrom`:
-//! timestamps become [`Time`]s, a reason's text is settled (the server's text,
-//! or the known text of its reason), an unset enum becomes `None`. Nothing
-//! above [`crate::FleetClient`] sees a protobuf message or `prost_types`.
+//! timestamps become [`Time`]s (through `fleet_health_types::wire`), states
+//! and whys become the vocabulary's [`State`] and [`Why`], a why's text is
+//! settled (the server's text, or the known text of its why). Nothing above
+//! [`crate::FleetClient`] sees a protobuf message or `prost_types`.
 //!
 //! A timestamp the server sends out of range or not normalized is a
-//! [`DecodeError`], not a silently missing time. An enum value this client
-//! does not know (from a newer server) reads as `Unspecified`, as protobuf
-//! intends.
-
-use std::collections::BTreeMap;
+//! [`DecodeError`], not a silently missing time. A state or why this client
+//! does not know (from a newer server) reads as `None`, and the server's text
+//! for it is kept: `AgentView::why_text`, `WhyCount::why_text`,
+//! `Transition::to_why_text` and `WhyText::text` show what the server said.
 
 use fleet_health_sensor::Time;
+use fleet_health_types::{Labels, State, Why, wire};
 
-use crate::convert::from_timestamp;
-use crate::names::why_text;
-use crate::proto::{self, State, Why, watch_agents_response::Event as WireEvent};
+use crate::proto::{self, watch_agents_response::Event as WireEvent};
 
 /// An answer of the server that this client cannot make sense of.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,21 +42,35 @@ fn time(
     field: &'static str,
     ts: Option<&prost_types::Timestamp>,
 ) -> Result<Option<Time>, DecodeError> {
-    ts.map(|ts| {
-        from_timestamp(ts).map_err(|e| DecodeError {
-            field,
-            reason: format!("{}.{:09}s: {e}", ts.seconds, ts.nanos),
-        })
+    wire::opt_time(ts, field).map_err(|e| {
+        // The wire error names the field first; the decode error names it once.
+        let text = e.to_string();
+        let reason = text
+            .strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(&text)
+            .to_owned();
+        DecodeError { field, reason }
     })
-    .transpose()
 }
 
-/// The text of a reason: the server's, or else the known text of `why`.
-fn text_of(why: Why, text: String) -> String {
-    if text.is_empty() {
-        why_text(why).to_owned()
-    } else {
-        text
+/// A state from its wire number; `None` for unset (0) or one this version
+/// does not know.
+fn state(v: i32) -> Option<State> {
+    State::try_from(v).ok()
+}
+
+/// A why from its wire number; `None` for unset (0) or one this version
+/// does not know.
+fn why(v: i32) -> Option<Why> {
+    Why::try_from(v).ok()
+}
+
+/// The text of a why: the server's, or else the known text of `why`.
+fn text_of(why: Option<Why>, text: String) -> String {
+    match why {
+        Some(w) if text.is_empty() => w.as_str().to_owned(),
+        _ => text,
     }
 }
 
@@ -68,21 +81,22 @@ pub struct AgentView {
     pub agent_id: String,
     /// Whether the sensor's verdict is healthy.
     pub healthy: bool,
-    /// Healthy, faulty or inactive.
-    pub state: State,
-    /// The reason for the state.
-    pub why: Why,
-    /// The reason as the reference sensor words it (`"no data sent to
-    /// server"`).
+    /// Healthy, faulty or inactive; `None`: a state this version does not
+    /// know.
+    pub state: Option<State>,
+    /// Why the agent is in its state; `None`: a why this version does not
+    /// know (its text is in `why_text`).
+    pub why: Option<Why>,
+    /// The why as the server words it (`"no data sent to server"`).
     pub why_text: String,
-    /// Since when the agent has had this state and reason.
+    /// Since when the agent has had this state and why.
     pub since: Option<Time>,
     /// When the server last heard from the agent.
     pub last_heard: Option<Time>,
     /// Whether the agent has a stream open now.
     pub connected: bool,
     /// The agent's labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The incarnation of the agent process that reported last.
     pub incarnation: u64,
     /// The last sequence number applied from that incarnation.
@@ -119,8 +133,7 @@ impl TryFrom<proto::AgentStatus> for AgentView {
     type Error = DecodeError;
 
     fn try_from(a: proto::AgentStatus) -> Result<AgentView, DecodeError> {
-        let state = a.state();
-        let why = a.why();
+        let why = why(a.why);
         Ok(AgentView {
             since: time("AgentStatus.since", a.since.as_ref())?,
             last_heard: time("AgentStatus.last_heard", a.last_heard.as_ref())?,
@@ -131,7 +144,7 @@ impl TryFrom<proto::AgentStatus> for AgentView {
             sensor: a.sensor.map(SensorView::try_from).transpose()?,
             agent_id: a.agent_id,
             healthy: a.healthy,
-            state,
+            state: state(a.state),
             why,
             why_text: text_of(why, a.why_text),
             connected: a.connected,
@@ -172,24 +185,24 @@ pub struct Storm {
     pub threshold: f64,
     /// The fewest active agents for the flag to rise at all.
     pub min_agents: u64,
-    /// The reason most faulty agents give, if any are faulty.
-    pub dominant: Option<Reason>,
-    /// How many faulty agents give the dominant reason.
+    /// The why most faulty agents give, if any are faulty.
+    pub dominant: Option<WhyText>,
+    /// How many faulty agents give the dominant why.
     pub dominant_count: u64,
 }
 
-/// A reason with its text.
+/// A why with its text as the server words it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reason {
-    /// The reason.
-    pub why: Why,
-    /// Its text as the reference sensor words it.
+pub struct WhyText {
+    /// The why; `None`: one this version does not know.
+    pub why: Option<Why>,
+    /// Its text: the server's, or the known text of `why`.
     pub text: String,
 }
 
 impl From<proto::Storm> for Storm {
     fn from(s: proto::Storm) -> Storm {
-        let why = s.dominant_why();
+        let dominant_why = why(s.dominant_why);
         Storm {
             active: s.active,
             faulty: s.faulty,
@@ -197,9 +210,9 @@ impl From<proto::Storm> for Storm {
             faulty_share: s.faulty_share,
             threshold: s.threshold,
             min_agents: s.min_agents,
-            dominant: (why != Why::Unspecified).then(|| Reason {
-                why,
-                text: text_of(why, s.dominant_why_text),
+            dominant: (s.dominant_why != 0).then(|| WhyText {
+                why: dominant_why,
+                text: text_of(dominant_why, s.dominant_why_text),
             }),
             dominant_count: s.dominant_count,
         }
@@ -247,15 +260,15 @@ pub struct AgentList {
     pub evaluated_at: Option<Time>,
 }
 
-/// How many agents give one reason in one state.
+/// How many agents give one why in one state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WhyCount {
-    /// The reason.
-    pub why: Why,
-    /// Its text.
+    /// The why; `None`: one this version does not know.
+    pub why: Option<Why>,
+    /// Its text, as the server words it.
     pub why_text: String,
-    /// The state the reason goes with.
-    pub state: State,
+    /// The state the why goes with; `None`: one this version does not know.
+    pub state: Option<State>,
     /// How many agents.
     pub count: u64,
 }
@@ -273,7 +286,7 @@ pub struct Summary {
     pub inactive: u64,
     /// The ones with a stream open.
     pub connected: u64,
-    /// Counts by reason, largest first.
+    /// Counts by why, largest first.
     pub by_why: Vec<WhyCount>,
     /// The storm guard.
     pub storm: Option<Storm>,
@@ -297,10 +310,10 @@ impl TryFrom<proto::GetSummaryResponse> for Summary {
                 .by_why
                 .into_iter()
                 .map(|w| {
-                    let why = w.why();
+                    let why = why(w.why);
                     WhyCount {
                         why,
-                        state: w.state(),
+                        state: state(w.state),
                         why_text: text_of(why, w.why_text),
                         count: w.count,
                     }
@@ -313,13 +326,13 @@ impl TryFrom<proto::GetSummaryResponse> for Summary {
     }
 }
 
-/// A state with its reason.
+/// A state with its why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateAndWhy {
-    /// The state.
-    pub state: State,
-    /// The reason.
-    pub why: Why,
+    /// The state; `None`: one this version does not know.
+    pub state: Option<State>,
+    /// The why; `None`: one this version does not know.
+    pub why: Option<Why>,
 }
 
 /// One change of an agent's status.
@@ -329,11 +342,11 @@ pub struct Transition {
     pub at: Option<Time>,
     /// The status before; `None` for the first status of a new agent.
     pub from: Option<StateAndWhy>,
-    /// The state after.
-    pub to_state: State,
-    /// The reason after.
-    pub to_why: Why,
-    /// The text of the reason after.
+    /// The state after; `None`: one this version does not know.
+    pub to_state: Option<State>,
+    /// The why after; `None`: one this version does not know.
+    pub to_why: Option<Why>,
+    /// The text of the why after, as the server words it.
     pub to_why_text: String,
 }
 
@@ -341,15 +354,14 @@ impl TryFrom<proto::Transition> for Transition {
     type Error = DecodeError;
 
     fn try_from(t: proto::Transition) -> Result<Transition, DecodeError> {
-        let from_state = t.from_state();
-        let to_why = t.to_why();
+        let to_why = why(t.to_why);
         Ok(Transition {
             at: time("Transition.at", t.at.as_ref())?,
-            from: (from_state != State::Unspecified).then(|| StateAndWhy {
-                state: from_state,
-                why: t.from_why(),
+            from: (t.from_state != 0).then(|| StateAndWhy {
+                state: state(t.from_state),
+                why: why(t.from_why),
             }),
-            to_state: t.to_state(),
+            to_state: state(t.to_state),
             to_why,
             to_why_text: text_of(to_why, t.to_why_text),
         })
@@ -466,18 +478,17 @@ pub(crate) fn the_agent(r: proto::GetAgentResponse) -> Result<AgentView, DecodeE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::to_timestamp;
 
     fn ts(secs: i64) -> Option<prost_types::Timestamp> {
-        Some(to_timestamp(Time::from_unix(secs, 0).unwrap()))
+        Some(wire::timestamp(Time::from_unix(secs, 0).unwrap()))
     }
 
     #[test]
     fn an_agent_decodes_with_its_times_and_settled_text() {
         let wire = proto::AgentStatus {
             agent_id: "db-7".into(),
-            state: State::Faulty as i32,
-            why: Why::NoDataSent as i32,
+            state: proto::State::Faulty as i32,
+            why: proto::Why::NoDataSent as i32,
             why_text: String::new(),
             since: ts(100),
             labels: [("site".to_owned(), "eu".to_owned())].into_iter().collect(),
@@ -488,6 +499,8 @@ mod tests {
             ..Default::default()
         };
         let a = AgentView::try_from(wire).unwrap();
+        assert_eq!(a.state, Some(State::Faulty));
+        assert_eq!(a.why, Some(Why::NoDataSent));
         assert_eq!(a.why_text, "no data sent to server");
         assert_eq!(a.since, Some(Time::from_unix(100, 0).unwrap()));
         assert_eq!(a.last_heard, None);
@@ -506,6 +519,10 @@ mod tests {
         };
         let e = AgentView::try_from(wire).unwrap_err();
         assert_eq!(e.field, "AgentStatus.last_heard");
+        assert_eq!(
+            e.to_string(),
+            "the server sent an invalid AgentStatus.last_heard: nanos -5 is not in 0..1000000000"
+        );
         let far = proto::GetSummaryResponse {
             grace_until: Some(prost_types::Timestamp {
                 seconds: i64::MAX,
@@ -522,17 +539,61 @@ mod tests {
         let storm = Storm::from(proto::Storm::default());
         assert_eq!(storm.dominant, None);
         let t = Transition::try_from(proto::Transition {
-            to_state: State::Healthy as i32,
-            to_why: Why::AllIsOk as i32,
+            to_state: proto::State::Healthy as i32,
+            to_why: proto::Why::AllIsOk as i32,
             ..Default::default()
         })
         .unwrap();
         assert_eq!(t.from, None);
+        assert_eq!(t.to_state, Some(State::Healthy));
+        assert_eq!(t.to_why, Some(Why::AllIsOk));
         assert_eq!(t.to_why_text, "all is ok");
         assert_eq!(
             the_agent(proto::GetAgentResponse { agent: None }).unwrap_err(),
             DecodeError::missing("GetAgentResponse.agent")
         );
+    }
+
+    #[test]
+    fn a_why_from_a_newer_server_keeps_its_text() {
+        let wire = proto::AgentStatus {
+            agent_id: "db-7".into(),
+            state: 42,
+            why: 77,
+            why_text: "cosmic rays".into(),
+            ..Default::default()
+        };
+        let a = AgentView::try_from(wire).unwrap();
+        assert_eq!((a.state, a.why), (None, None));
+        assert_eq!(a.why_text, "cosmic rays");
+        let storm = Storm::from(proto::Storm {
+            dominant_why: 77,
+            dominant_why_text: "cosmic rays".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            storm.dominant,
+            Some(WhyText {
+                why: None,
+                text: "cosmic rays".into()
+            })
+        );
+        let t = Transition::try_from(proto::Transition {
+            from_state: 42,
+            from_why: 77,
+            to_state: proto::State::Faulty as i32,
+            to_why: proto::Why::NotReporting as i32,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            t.from,
+            Some(StateAndWhy {
+                state: None,
+                why: None
+            })
+        );
+        assert_eq!(t.to_why_text, "not reporting");
     }
 
     #[test]

@@ -337,7 +337,7 @@ async fn events_are_sent_in_order_acknowledged_and_closed_with_stopped() {
     });
     // Closed: no more events.
     assert_eq!(
-        r.report(EventKind::ServerDataSent, None),
+        r.report(fleet_health_client::EventKind::ServerDataSent, None),
         Err(ReporterError::Closed)
     );
     server.stop().await;
@@ -487,7 +487,7 @@ async fn invalid_argument_is_surfaced_not_retried_forever() {
         .unwrap_err();
     assert!(matches!(err, ReporterError::Refused { .. }), "{err:?}");
     assert!(matches!(
-        r.report(EventKind::Heartbeat, None),
+        r.report(fleet_health_client::EventKind::Heartbeat, None),
         Err(ReporterError::Refused { .. })
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;

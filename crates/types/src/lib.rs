@@ -80,7 +80,8 @@ pub use event::{AgentEvent, ByKind, EventKind};
 pub use fleet_health_sensor::Time;
 pub use id::{AgentId, AgentIdError, MAX_AGENT_ID_LEN};
 pub use labels::{
-    LabelError, LabelSet, Labels, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, check_labels,
+    LabelError, LabelSet, Labels, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, check_label,
+    check_labels,
 };
 pub use why::{ByWhy, State, StateFilter, Why};
 pub use wire::WireError;

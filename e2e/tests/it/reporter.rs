@@ -12,8 +12,7 @@
 
 use std::time::Duration;
 
-use fleet_health_client::proto::EventKind;
-use fleet_health_client::{BackoffConfig, Reporter, ReporterConfig, Time, now};
+use fleet_health_client::{BackoffConfig, EventKind, Reporter, ReporterConfig, Time, now};
 use fleet_health_e2e::{Proxy, Server, eventually, time_field};
 use serde_json::{Value, json};
 

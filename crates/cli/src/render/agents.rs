@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use fleet_health_client::names::why_name;
 use fleet_health_client::{AgentList, AgentView, SensorView, State, Time};
 use serde::Serialize;
 
 use super::time::{format_time, human_duration, relative};
-use super::{Cell, Style, state_name, write_json, write_ndjson, write_table};
+use super::{Cell, Style, state_name, why_name, write_json, write_ndjson, write_table};
 
 /// One agent, as JSON.
 #[derive(Debug, Serialize)]
@@ -128,7 +127,11 @@ pub fn list_table(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Re
     )?;
     let mut parts = Vec::new();
     for state in [State::Faulty, State::Healthy, State::Inactive] {
-        let n = list.agents.iter().filter(|a| a.state == state).count();
+        let n = list
+            .agents
+            .iter()
+            .filter(|a| a.state == Some(state))
+            .count();
         if n > 0 {
             parts.push(style.paint(
                 Style::state_code(state),
@@ -309,6 +312,21 @@ web-1  healthy  all is ok               42s    12s ago     site=eu
         assert_eq!(a["next_change"], serde_json::Value::Null);
         assert_eq!(a["sensor"]["last_sent"], "2024-05-01T05:00:00Z");
         assert_eq!(a["sensor"]["shutdown_at"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_why_this_version_does_not_know_shows_the_servers_text() {
+        let mut list = fleet();
+        let a = &mut list.agents[0];
+        a.state = None;
+        a.why = None;
+        a.why_text = "cosmic rays".into();
+        let v: serde_json::Value = serde_json::from_str(&render(|o| list_json(o, &list))).unwrap();
+        assert_eq!(v[0]["state"], "unspecified");
+        assert_eq!(v[0]["why"], "cosmic rays");
+        assert_eq!(v[0]["why_name"], "unspecified");
+        let table = render(|o| list_table(o, PLAIN, &list));
+        assert!(table.contains("db-7   unspecified  cosmic rays"), "{table}");
     }
 
     #[test]

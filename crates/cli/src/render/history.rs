@@ -2,12 +2,11 @@
 
 use std::io::{self, Write};
 
-use fleet_health_client::names::{why_name, why_text};
 use fleet_health_client::{History, Transition};
 use serde::Serialize;
 
 use super::agents::ts;
-use super::{Cell, Style, state_name, write_json, write_ndjson, write_table};
+use super::{Cell, Style, state_name, why_name, why_text, write_json, write_ndjson, write_table};
 
 /// `history` for people.
 pub fn history_table(out: &mut dyn Write, style: Style, h: &History) -> io::Result<()> {
@@ -96,18 +95,18 @@ mod tests {
                 Transition {
                     at: t(NOW - 100),
                     from: None,
-                    to_state: State::Healthy,
-                    to_why: Why::AllIsOk,
+                    to_state: Some(State::Healthy),
+                    to_why: Some(Why::AllIsOk),
                     to_why_text: "all is ok".into(),
                 },
                 Transition {
                     at: t(NOW),
                     from: Some(StateAndWhy {
-                        state: State::Healthy,
-                        why: Why::AllIsOk,
+                        state: Some(State::Healthy),
+                        why: Some(Why::AllIsOk),
                     }),
-                    to_state: State::Faulty,
-                    to_why: Why::NoDataSent,
+                    to_state: Some(State::Faulty),
+                    to_why: Some(Why::NoDataSent),
                     to_why_text: "no data sent to server".into(),
                 },
             ],

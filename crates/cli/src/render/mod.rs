@@ -20,7 +20,7 @@ pub mod watch;
 
 use std::io::{self, Write};
 
-use fleet_health_client::State;
+use fleet_health_types::{State, Why};
 use serde::Serialize;
 
 /// An output format.
@@ -86,17 +86,18 @@ impl Style {
         }
     }
 
-    fn state_code(state: State) -> &'static str {
-        match state {
-            State::Healthy => "32",
-            State::Faulty => "1;31",
-            State::Inactive => "2",
-            State::Unspecified => "",
+    fn state_code(state: impl Into<Option<State>>) -> &'static str {
+        match state.into() {
+            Some(State::Healthy) => "32",
+            Some(State::Faulty) => "1;31",
+            Some(State::Inactive) => "2",
+            None => "",
         }
     }
 
     /// A state's word, in its colour.
-    fn state(self, state: State) -> String {
+    fn state(self, state: impl Into<Option<State>>) -> String {
+        let state = state.into();
         self.paint(Style::state_code(state), state_name(state))
     }
 
@@ -111,9 +112,20 @@ impl Style {
     }
 }
 
-/// The word for a state.
-fn state_name(state: State) -> &'static str {
-    fleet_health_client::names::state_name(state)
+/// The word for a state; `unspecified` for one this version does not know.
+fn state_name(state: impl Into<Option<State>>) -> &'static str {
+    state.into().map_or("unspecified", State::as_str)
+}
+
+/// The short name of a why (`no-data-sent`); `unspecified` for one this
+/// version does not know.
+fn why_name(why: Option<Why>) -> &'static str {
+    why.map_or("unspecified", Why::name)
+}
+
+/// The exact text of a why; empty for one this version does not know.
+fn why_text(why: Option<Why>) -> &'static str {
+    why.map_or("", Why::as_str)
 }
 
 /// A table cell: text, and the colour to paint it with.
@@ -130,7 +142,8 @@ impl Cell {
         }
     }
 
-    fn state(state: State) -> Cell {
+    fn state(state: impl Into<Option<State>>) -> Cell {
+        let state = state.into();
         Cell {
             text: state_name(state).into(),
             color: Style::state_code(state),
@@ -188,8 +201,8 @@ mod fixtures {
 
     use std::io;
 
-    use fleet_health_client::names::why_text;
-    use fleet_health_client::{AgentList, AgentView, Reason, SensorView, State, Storm, Time, Why};
+    use fleet_health_client::{AgentList, AgentView, SensorView, Storm, Time, WhyText};
+    use fleet_health_types::{State, Why};
 
     /// 2024-05-01T12:00:00Z.
     pub const NOW: i64 = 1_714_564_800;
@@ -202,9 +215,9 @@ mod fixtures {
         AgentView {
             agent_id: id.into(),
             healthy: state == State::Healthy,
-            state,
-            why,
-            why_text: why_text(why).into(),
+            state: Some(state),
+            why: Some(why),
+            why_text: why.as_str().into(),
             since: t(since),
             last_heard: t(NOW - 12),
             incarnation: u64::MAX,
@@ -251,8 +264,8 @@ mod fixtures {
             faulty_share: 0.6,
             threshold: 0.5,
             min_agents: 10,
-            dominant: Some(Reason {
-                why: Why::NoDataReceived,
+            dominant: Some(WhyText {
+                why: Some(Why::NoDataReceived),
                 text: "no data received from server".into(),
             }),
             dominant_count: 5,

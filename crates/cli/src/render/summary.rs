@@ -3,13 +3,12 @@
 
 use std::io::{self, Write};
 
-use fleet_health_client::names::why_name;
-use fleet_health_client::{State, Storm, Summary};
+use fleet_health_client::{State, Storm, Summary, Why};
 use serde::Serialize;
 
 use super::agents::{reference, ts};
 use super::time::{format_time, relative};
-use super::{Cell, Style, state_name, write_json, write_table};
+use super::{Cell, Style, state_name, why_name, write_json, write_table};
 
 /// The storm guard, as JSON.
 #[derive(Debug, Serialize)]
@@ -129,7 +128,8 @@ pub fn summary_table(out: &mut dyn Write, style: Style, s: &Summary) -> io::Resu
     if let Some(grace) = s.grace_until {
         writeln!(
             out,
-            "\"not reporting\" held back until {} ({}): the server restarted recently",
+            "\"{}\" held back until {} ({}): the server restarted recently",
+            Why::NotReporting,
             format_time(grace),
             relative(grace, now)
         )?;
@@ -184,15 +184,15 @@ mod tests {
             connected: 9,
             by_why: vec![
                 WhyCount {
-                    why: Why::NoDataReceived,
+                    why: Some(Why::NoDataReceived),
                     why_text: "no data received from server".into(),
-                    state: State::Faulty,
+                    state: Some(State::Faulty),
                     count: 5,
                 },
                 WhyCount {
-                    why: Why::AllIsOk,
+                    why: Some(Why::AllIsOk),
                     why_text: "all is ok".into(),
-                    state: State::Healthy,
+                    state: Some(State::Healthy),
                     count: 4,
                 },
             ],
@@ -233,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn a_grace_period_is_told_and_a_storm_without_a_dominant_reason_says_none() {
+    fn a_grace_period_is_told_and_a_storm_without_a_dominant_why_says_none() {
         let mut s = summary();
         s.grace_until = t(NOW + 600);
         let mut calm = storm(false);
