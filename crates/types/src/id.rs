@@ -44,6 +44,14 @@ impl AgentId {
         Ok(AgentId(s))
     }
 
+    /// Shared text that was checked when it entered the process (the key of
+    /// a registry that admits only checked IDs): kept as it is, not checked
+    /// again. Text from outside goes through [`AgentId::parse`].
+    pub fn from_checked(s: Arc<str>) -> AgentId {
+        debug_assert!(check(&s).is_ok(), "{s:?} is not an agent ID");
+        AgentId(s)
+    }
+
     /// The ID as text.
     pub fn as_str(&self) -> &str {
         &self.0
