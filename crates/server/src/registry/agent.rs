@@ -17,31 +17,85 @@ use super::types::{StreamToken, Transition};
 /// an `Option`: it keeps the record 8 bytes smaller).
 const NOT_STOPPED: Time = Time::MIN;
 
-/// An agent's recent transitions, oldest first: a boxed slice, rebuilt at
-/// each transition (transitions are rare next to events, and a slice costs
-/// no spare capacity).
-#[derive(Debug, Default)]
-pub(super) struct History(Option<Box<[Transition]>>);
+/// How many transitions a history keeps in the record itself.
+const INLINE: usize = 2;
+
+/// An agent's recent transitions, oldest first. Up to [`INLINE`] of them
+/// (every agent has its first status and usually one change) live in the
+/// record, with times and reasons held apart so that they pack into 24
+/// bytes; longer histories are a boxed slice, rebuilt at each transition
+/// (transitions are rare next to events, and a slice costs no spare
+/// capacity).
+#[derive(Debug)]
+pub(super) enum History {
+    /// The first `len` of each array.
+    Inline {
+        len: u8,
+        at: [Time; INLINE],
+        from: [Option<Reason>; INLINE],
+        to: [Reason; INLINE],
+    },
+    /// More than [`INLINE`] transitions.
+    Spilled(Box<[Transition]>),
+}
+
+impl Default for History {
+    fn default() -> History {
+        History::Inline {
+            len: 0,
+            at: [Time::MIN; INLINE],
+            from: [None; INLINE],
+            to: [Reason::AllIsOk; INLINE],
+        }
+    }
+}
 
 impl History {
     /// A history of these transitions, oldest first.
     pub(super) fn from_vec(v: Vec<Transition>) -> History {
-        History((!v.is_empty()).then(|| v.into_boxed_slice()))
+        if v.len() > INLINE {
+            return History::Spilled(v.into_boxed_slice());
+        }
+        let mut h = History::default();
+        if let History::Inline { len, at, from, to } = &mut h {
+            for (i, t) in v.iter().enumerate() {
+                (at[i], from[i], to[i]) = (t.at, t.from, t.to);
+            }
+            *len = v.len() as u8;
+        }
+        h
+    }
+
+    /// How many transitions it holds.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        match self {
+            History::Inline { len, .. } => usize::from(*len),
+            History::Spilled(s) => s.len(),
+        }
     }
 
     /// The transitions, oldest first.
-    pub(super) fn as_slice(&self) -> &[Transition] {
-        self.0.as_deref().unwrap_or(&[])
+    pub(super) fn to_vec(&self) -> Vec<Transition> {
+        match self {
+            History::Inline { len, at, from, to } => (0..usize::from(*len))
+                .map(|i| Transition {
+                    at: at[i],
+                    from: from[i],
+                    to: to[i],
+                })
+                .collect(),
+            History::Spilled(s) => s.to_vec(),
+        }
     }
 
     /// Appends `t`, keeping at most `cap` (at least one).
     pub(super) fn push(&mut self, t: Transition, cap: usize) {
-        let old = self.as_slice();
-        let keep = old.len().min(cap.max(1) - 1);
-        let mut v = Vec::with_capacity(keep + 1);
-        v.extend_from_slice(&old[old.len() - keep..]);
+        let mut v = self.to_vec();
+        let keep = v.len().min(cap.max(1) - 1);
+        v.drain(..v.len() - keep);
         v.push(t);
-        self.0 = Some(v.into_boxed_slice());
+        *self = History::from_vec(v);
     }
 }
 
@@ -182,12 +236,40 @@ mod tests {
     #[test]
     fn history_keeps_the_most_recent() {
         let mut h = History::default();
-        assert!(h.as_slice().is_empty());
+        assert!(h.to_vec().is_empty());
         for at in 1..=5 {
             h.push(tr(at), 3);
         }
-        let kept: Vec<_> = h.as_slice().iter().map(|x| x.at).collect();
+        let kept: Vec<_> = h.to_vec().iter().map(|x| x.at).collect();
         assert_eq!(kept, [t(3), t(4), t(5)]);
+    }
+
+    #[test]
+    fn short_histories_stay_in_the_record() {
+        let mut h = History::default();
+        assert_eq!(h.len(), 0);
+        let first = Transition {
+            at: t(1),
+            from: None,
+            to: Reason::NoDataReceived,
+        };
+        let second = Transition {
+            at: t(2),
+            from: Some(Reason::NoDataReceived),
+            to: Reason::AllIsOk,
+        };
+        h.push(first, 8);
+        h.push(second, 8);
+        assert!(matches!(h, History::Inline { len: 2, .. }));
+        assert_eq!(h.to_vec(), [first, second]);
+        h.push(tr(3), 8);
+        assert!(matches!(h, History::Spilled(_)));
+        assert_eq!(h.to_vec(), [first, second, tr(3)]);
+        // A cap of two brings it back into the record.
+        h.push(tr(4), 2);
+        assert!(matches!(h, History::Inline { len: 2, .. }));
+        assert_eq!(h.to_vec(), [tr(3), tr(4)]);
+        assert!(std::mem::size_of::<History>() <= 24);
     }
 
     #[test]

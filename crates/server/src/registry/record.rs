@@ -143,7 +143,7 @@ impl Agent {
                 .unwrap_or_default(),
             history: self
                 .history
-                .as_slice()
+                .to_vec()
                 .iter()
                 .map(|t| TransitionRecord {
                     at: t.at.as_micros(),
@@ -261,7 +261,7 @@ mod tests {
         assert_eq!(id.as_str(), "a");
         assert_eq!(b.to_record(), a.to_record());
         assert_eq!(b.facts(), a.facts());
-        assert_eq!(b.history.as_slice(), a.history.as_slice());
+        assert_eq!(b.history.to_vec(), a.history.to_vec());
         assert!(!b.connected());
     }
 
