@@ -14,26 +14,30 @@
 //!   entry, never the other way round). Due entries are copied out and the
 //!   lock released before agents are touched.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use fleet_health_sensor::Time;
 use tokio::sync::Notify;
 
 use super::agent::Agent;
+use super::table::Slot;
 use super::{Registry, lock};
 
 /// The most entries settled per turn of the queue lock.
 const BATCH: usize = 1024;
 
-/// A binary min-heap of `(due time, agent)` entries in one vector (24 bytes
-/// an entry, half the cost of an ordered tree), whose layout is known, so
-/// that the entries due by a time can be found without visiting the rest.
+/// A binary min-heap of `(due time, agent's slot)` entries in one vector
+/// (16 bytes an entry, a third of an ordered tree's cost), whose layout is
+/// known, so that the entries due by a time can be found without visiting
+/// the rest. An entry names the agent by its slot in the table: the agent
+/// there when the entry comes due is settled only if its live entry is due
+/// then, so an entry left behind by a forgotten agent does no harm.
 #[derive(Debug, Default)]
-struct Heap(Vec<(Time, Arc<str>)>);
+struct Heap(Vec<(Time, Slot)>);
 
 impl Heap {
-    fn push(&mut self, entry: (Time, Arc<str>)) {
+    fn push(&mut self, entry: (Time, Slot)) {
         let v = &mut self.0;
         v.push(entry);
         let mut i = v.len() - 1;
@@ -47,11 +51,11 @@ impl Heap {
         }
     }
 
-    fn first(&self) -> Option<&(Time, Arc<str>)> {
+    fn first(&self) -> Option<&(Time, Slot)> {
         self.0.first()
     }
 
-    fn pop_first(&mut self) -> Option<(Time, Arc<str>)> {
+    fn pop_first(&mut self) -> Option<(Time, Slot)> {
         let v = &mut self.0;
         let last = v.pop()?;
         if v.is_empty() {
@@ -80,15 +84,15 @@ impl Heap {
     /// The agents of every entry due at or before `at`, in no order: a
     /// walk from the root that stops below any entry due later (its
     /// children are due no earlier).
-    fn due_by(&self, at: Time) -> Vec<Arc<str>> {
+    fn due_by(&self, at: Time) -> Vec<Slot> {
         let v = &self.0;
         let mut out = Vec::new();
         let mut stack = vec![0usize];
         while let Some(i) = stack.pop() {
-            if let Some((t, key)) = v.get(i)
+            if let Some((t, slot)) = v.get(i)
                 && *t <= at
             {
-                out.push(key.clone());
+                out.push(*slot);
                 stack.extend([2 * i + 1, 2 * i + 2]);
             }
         }
@@ -116,9 +120,9 @@ impl Timers {
         }
     }
 
-    /// Adds an entry for agent `key` at `at`.
-    fn push(&self, at: Time, key: &Arc<str>) {
-        lock(&self.queue).push((at, key.clone()));
+    /// Adds an entry for the agent at `slot` at `at`.
+    fn push(&self, at: Time, slot: Slot) {
+        lock(&self.queue).push((at, slot));
         if at.as_micros() < self.sleeping_until.load(Ordering::Acquire) {
             self.wake.notify_one();
         }
@@ -126,7 +130,7 @@ impl Timers {
 
     /// Takes up to [`BATCH`] entries due at or before `now`; if none is due,
     /// returns the time of the next one instead.
-    fn take_due(&self, now: Time) -> Result<Vec<(Time, Arc<str>)>, Option<Time>> {
+    fn take_due(&self, now: Time) -> Result<Vec<(Time, Slot)>, Option<Time>> {
         let mut queue = lock(&self.queue);
         let mut due = Vec::new();
         while due.len() < BATCH && queue.first().is_some_and(|(t, _)| *t <= now) {
@@ -144,21 +148,19 @@ impl Timers {
         lock(&self.queue).first().map(|(t, _)| *t)
     }
 
-    /// Every agent with an entry due at or before `at`: the only agents whose
-    /// verdict at `at` may differ from their settled one (without a
-    /// forecast's assumptions). Sorted by ID, without repeats.
-    pub(super) fn due_by(&self, at: Time) -> Vec<Arc<str>> {
-        let mut keys = lock(&self.queue).due_by(at);
-        keys.sort_unstable();
-        keys.dedup();
-        keys
+    /// The slot of every agent with an entry due at or before `at`: the
+    /// only agents whose verdict at `at` may differ from their settled one
+    /// (without a forecast's assumptions). Unordered, maybe with repeats,
+    /// and maybe with the slots of agents since forgotten.
+    pub(super) fn due_by(&self, at: Time) -> Vec<Slot> {
+        lock(&self.queue).due_by(at)
     }
 }
 
 impl Registry {
     /// Puts the agent's next change on the timer queue if it is earlier than
     /// its live entry (or it has none). Called under the agent's entry.
-    pub(super) fn schedule(&self, key: &Arc<str>, a: &mut Agent) {
+    pub(super) fn schedule(&self, slot: Slot, a: &mut Agent) {
         let Some(next) = a.facts().next_change(a.evaluated, &self.eval(false)) else {
             return;
         };
@@ -167,7 +169,7 @@ impl Registry {
             return;
         }
         a.queued = next;
-        self.inner.timers.push(next, key);
+        self.inner.timers.push(next, slot);
     }
 
     /// Applies every time-driven change that is due, and returns when the
@@ -179,17 +181,18 @@ impl Registry {
                 Ok(due) => due,
                 Err(next) => return next,
             };
-            for (t, key) in due {
-                let Some(mut a) = self.inner.agents.get_mut(&key) else {
+            for (t, slot) in due {
+                let Some(mut entry) = self.inner.agents.get_mut_at(slot) else {
                     continue;
                 };
+                let (key, a) = entry.split();
                 if a.queued != t {
                     continue;
                 }
                 a.queued = Time::MAX;
                 let at = t.max(a.evaluated);
-                self.settle(&key, &mut a, at);
-                self.schedule(&key, &mut a);
+                self.settle(key, a, at);
+                self.schedule(slot, a);
             }
         }
     }
@@ -244,16 +247,16 @@ mod tests {
         // A fixed shuffle of 0..200, some times twice.
         let times: Vec<i64> = (0..200).map(|i| (i * 73) % 200).chain([5, 150]).collect();
         for (n, s) in times.iter().enumerate() {
-            heap.push((t(*s), Arc::from(format!("agent-{n:03}"))));
+            heap.push((t(*s), Slot::new(n % 4, n as u32)));
         }
         for at in [-1, 0, 5, 57, 150, 199, 500] {
             let mut due = heap.due_by(t(at));
             due.sort_unstable();
-            let mut expected: Vec<Arc<str>> = times
+            let mut expected: Vec<Slot> = times
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| **s <= at)
-                .map(|(n, _)| Arc::from(format!("agent-{n:03}")))
+                .map(|(n, _)| Slot::new(n % 4, n as u32))
                 .collect();
             expected.sort_unstable();
             assert_eq!(due, expected, "due by {at}");
