@@ -102,7 +102,10 @@ impl History {
 /// An agent's record.
 #[derive(Debug)]
 pub(super) struct Agent {
-    pub(super) sensor: Sensor,
+    /// The sensor's four times (started, shut down, data received, data
+    /// sent), held apart from its registration flag so that the flag packs
+    /// with the record's other small fields: see [`Agent::sensor`].
+    sensor_times: [Time; 4],
     pub(super) last_heard: Time,
     pub(super) first_seen: Time,
     /// Since when it has had `reason`.
@@ -121,6 +124,8 @@ pub(super) struct Agent {
     pub(super) reason: Reason,
     pub(super) labels: Option<Arc<LabelSet>>,
     pub(super) history: History,
+    /// The sensor's registration.
+    registered: bool,
     /// Queued for the committer.
     pub(super) dirty: bool,
     /// Was already not reporting when the server restarted.
@@ -130,8 +135,10 @@ pub(super) struct Agent {
 impl Agent {
     /// A new agent, first heard at `now`.
     pub(super) fn new(now: Time) -> Agent {
+        let fresh = Sensor::new();
         Agent {
-            sensor: Sensor::new(),
+            sensor_times: Agent::times_of(&fresh),
+            registered: fresh.is_registered(),
             last_heard: now,
             first_seen: now,
             since: now,
@@ -147,6 +154,27 @@ impl Agent {
             dirty: false,
             no_grace: false,
         }
+    }
+
+    fn times_of(s: &Sensor) -> [Time; 4] {
+        [
+            s.started_at(),
+            s.shutdown_at(),
+            s.last_received(),
+            s.last_sent(),
+        ]
+    }
+
+    /// Its sensor: the reference's four times and registration.
+    pub(super) fn sensor(&self) -> Sensor {
+        let [started, shutdown, received, sent] = self.sensor_times;
+        Sensor::from_parts(started, shutdown, received, sent, self.registered)
+    }
+
+    /// Replaces its sensor.
+    pub(super) fn set_sensor(&mut self, s: Sensor) {
+        self.sensor_times = Agent::times_of(&s);
+        self.registered = s.is_registered();
     }
 
     /// When it said "stopped", if it has not started since.
@@ -167,7 +195,7 @@ impl Agent {
     /// What the fleet rules read.
     pub(super) fn facts(&self) -> Facts {
         Facts {
-            sensor: self.sensor,
+            sensor: self.sensor(),
             last_heard: self.last_heard,
             stopped_at: self.stopped(),
             connected: self.connected(),
@@ -177,22 +205,26 @@ impl Agent {
 
     /// Applies one event that happened at `t` to the sensor and the record.
     pub(super) fn apply(&mut self, kind: EventKind, t: Time) {
+        let mut sensor = self.sensor();
         match kind {
             EventKind::Starting => {
                 // A new life: a fresh sensor, as the original agent built one
                 // at every process start.
-                self.sensor = Sensor::new();
-                self.sensor.starting(t);
+                sensor = Sensor::new();
+                sensor.starting(t);
                 self.stopped_at = NOT_STOPPED;
             }
-            EventKind::ShuttingDown => self.sensor.shutting_down(t),
-            EventKind::ServerDataReceived => self.sensor.server_data_received(t),
-            EventKind::ServerDataSent => self.sensor.server_data_sent(t),
-            EventKind::Registered => self.sensor.registered(),
-            EventKind::Unregistered => self.sensor.unregistered(),
-            EventKind::Heartbeat => {}
-            EventKind::Stopped => self.stopped_at = t,
+            EventKind::ShuttingDown => sensor.shutting_down(t),
+            EventKind::ServerDataReceived => sensor.server_data_received(t),
+            EventKind::ServerDataSent => sensor.server_data_sent(t),
+            EventKind::Registered => sensor.registered(),
+            EventKind::Unregistered => sensor.unregistered(),
+            EventKind::Heartbeat | EventKind::Stopped => {}
         }
+        if kind == EventKind::Stopped {
+            self.stopped_at = t;
+        }
+        self.set_sensor(sensor);
     }
 }
 
@@ -281,7 +313,13 @@ mod tests {
         assert_eq!(a.facts().stopped_at, Some(t(2)));
         a.apply(EventKind::Starting, t(3));
         assert_eq!(a.stopped(), None);
-        assert_eq!(a.sensor.started_at(), t(3));
+        assert_eq!(a.sensor().started_at(), t(3));
+        a.apply(EventKind::Unregistered, t(4));
+        a.apply(EventKind::ServerDataSent, t(5));
+        let s = a.sensor();
+        assert!(!s.is_registered());
+        assert_eq!((s.started_at(), s.last_sent()), (t(3), t(5)));
+        assert!(std::mem::size_of::<Agent>() <= 136, "the record grew");
     }
 
     #[test]

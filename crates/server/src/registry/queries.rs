@@ -182,7 +182,7 @@ impl Registry {
             incarnation: a.incarnation,
             last_seq: a.last_seq,
             labels: a.labels.clone(),
-            sensor: a.sensor,
+            sensor: a.sensor(),
             next_change: facts.next_change(at, &e),
             connected: a.connected(),
             stopped_at: a.stopped(),
