@@ -98,16 +98,13 @@ impl Registry {
     /// The agents whose verdict at `at` (not in the past) differs from their
     /// settled one, sorted by ID.
     fn unsettled(&self, at: Time, forecast: bool) -> Vec<Unsettled> {
-        let agents = &self.inner.agents;
-        let mut keys: Vec<Arc<str>> = (self.inner.timers.due_by(at).into_iter())
-            .filter_map(|slot| agents.key_at(slot))
-            .collect();
+        let mut keys = self.inner.timers.due_by(at);
         if forecast {
             let fleet = [Reason::NotReporting, Reason::Inactive];
             keys.extend(self.inner.tally.keys(&fleet, None, usize::MAX));
+            keys.sort_unstable();
+            keys.dedup();
         }
-        keys.sort_unstable();
-        keys.dedup();
         let e = self.eval(forecast);
         keys.into_iter()
             .filter_map(|key| {
@@ -140,9 +137,9 @@ impl Registry {
     fn counts_by_scan(&self, at: Time) -> ByWhy<u64> {
         let e = self.eval(false);
         let mut counts = ByWhy::<u64>::default();
-        self.inner.agents.for_each(|_, a| {
-            counts[a.facts().reason_at(at, &e)] += 1;
-        });
+        for entry in self.inner.agents.iter() {
+            counts[entry.value().facts().reason_at(at, &e)] += 1;
+        }
         counts
     }
 
@@ -287,13 +284,17 @@ impl Registry {
         let e = self.eval(forecast);
         let mut counts = ByWhy::<u64>::default();
         let mut keys: Vec<Arc<str>> = Vec::new();
-        self.inner.agents.for_each(|key, a| {
+        for entry in self.inner.agents.iter() {
+            let a = entry.value();
             let reason = a.facts().reason_at(at, &e);
             counts[reason] += 1;
-            if after.is_none_or(|x| &**key > x) && sel.matches(reason, a.labels.as_deref()) {
-                keys.push(key.clone());
+            if after.is_some_and(|x| &**entry.key() <= x) {
+                continue;
             }
-        });
+            if sel.matches(reason, a.labels.as_deref()) {
+                keys.push(entry.key().clone());
+            }
+        }
         keys.sort_unstable();
         let more = keys.len() > limit;
         keys.truncate(limit);

@@ -585,10 +585,12 @@ fn a_restored_registry_answers_as_the_one_that_wrote_it() {
         "in memory: nothing journalled"
     );
     // Copy the fleet through its records.
-    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
-    reg.inner
+    let records: Vec<(String, Vec<u8>)> = reg
+        .inner
         .agents
-        .for_each(|key, a| records.push((key.to_string(), record::encode(a))));
+        .iter()
+        .map(|e| (e.key().to_string(), record::encode(e.value())))
+        .collect();
     assert_eq!(durable.restore(records.clone()).expect("restores"), 40);
     assert_eq!(durable.len(), 40);
     // Every agent is back as it was written (a restored server then grants

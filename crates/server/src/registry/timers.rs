@@ -14,62 +14,28 @@
 //!   entry, never the other way round). Due entries are copied out and the
 //!   lock released before agents are touched.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fleet_health_sensor::Time;
 use tokio::sync::Notify;
 
 use super::agent::Agent;
-use super::table::Slot;
 use super::{Registry, lock};
 
 /// The most entries settled per turn of the queue lock.
 const BATCH: usize = 1024;
 
-/// One heap entry: a due time and an agent's slot, in 12 bytes (the time's
-/// microseconds split into two 32-bit halves, so that nothing pads the
-/// entry to 16). Ordered as `(time, slot)`: the high half is signed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Entry {
-    high: i32,
-    low: u32,
-    slot: Slot,
-}
-
-impl Entry {
-    fn new((at, slot): (Time, Slot)) -> Entry {
-        let micros = at.as_micros();
-        Entry {
-            high: (micros >> 32) as i32,
-            low: micros as u32,
-            slot,
-        }
-    }
-
-    fn at(self) -> Time {
-        let micros = (i64::from(self.high) << 32) | i64::from(self.low);
-        Time::from_micros(micros).unwrap_or(Time::MAX)
-    }
-
-    fn get(self) -> (Time, Slot) {
-        (self.at(), self.slot)
-    }
-}
-
-/// A binary min-heap of `(due time, agent's slot)` entries in one vector
-/// (12 bytes an entry, a quarter of an ordered tree's cost), whose layout is
-/// known, so that the entries due by a time can be found without visiting
-/// the rest. An entry names the agent by its slot in the table: the agent
-/// there when the entry comes due is settled only if its live entry is due
-/// then, so an entry left behind by a forgotten agent does no harm.
+/// A binary min-heap of `(due time, agent)` entries in one vector (24 bytes
+/// an entry, half the cost of an ordered tree), whose layout is known, so
+/// that the entries due by a time can be found without visiting the rest.
 #[derive(Debug, Default)]
-struct Heap(Vec<Entry>);
+struct Heap(Vec<(Time, Arc<str>)>);
 
 impl Heap {
-    fn push(&mut self, entry: (Time, Slot)) {
+    fn push(&mut self, entry: (Time, Arc<str>)) {
         let v = &mut self.0;
-        v.push(Entry::new(entry));
+        v.push(entry);
         let mut i = v.len() - 1;
         while i > 0 {
             let parent = (i - 1) / 2;
@@ -81,17 +47,17 @@ impl Heap {
         }
     }
 
-    fn first(&self) -> Option<(Time, Slot)> {
-        self.0.first().map(|e| e.get())
+    fn first(&self) -> Option<&(Time, Arc<str>)> {
+        self.0.first()
     }
 
-    fn pop_first(&mut self) -> Option<(Time, Slot)> {
+    fn pop_first(&mut self) -> Option<(Time, Arc<str>)> {
         let v = &mut self.0;
         let last = v.pop()?;
         if v.is_empty() {
-            return Some(last.get());
+            return Some(last);
         }
-        let top = std::mem::replace(&mut v[0], last).get();
+        let top = std::mem::replace(&mut v[0], last);
         let mut i = 0;
         loop {
             let (l, r) = (2 * i + 1, 2 * i + 2);
@@ -114,15 +80,15 @@ impl Heap {
     /// The agents of every entry due at or before `at`, in no order: a
     /// walk from the root that stops below any entry due later (its
     /// children are due no earlier).
-    fn due_by(&self, at: Time) -> Vec<Slot> {
+    fn due_by(&self, at: Time) -> Vec<Arc<str>> {
         let v = &self.0;
         let mut out = Vec::new();
         let mut stack = vec![0usize];
         while let Some(i) = stack.pop() {
-            if let Some(e) = v.get(i)
-                && e.at() <= at
+            if let Some((t, key)) = v.get(i)
+                && *t <= at
             {
-                out.push(e.slot);
+                out.push(key.clone());
                 stack.extend([2 * i + 1, 2 * i + 2]);
             }
         }
@@ -150,9 +116,9 @@ impl Timers {
         }
     }
 
-    /// Adds an entry for the agent at `slot` at `at`.
-    fn push(&self, at: Time, slot: Slot) {
-        lock(&self.queue).push((at, slot));
+    /// Adds an entry for agent `key` at `at`.
+    fn push(&self, at: Time, key: &Arc<str>) {
+        lock(&self.queue).push((at, key.clone()));
         if at.as_micros() < self.sleeping_until.load(Ordering::Acquire) {
             self.wake.notify_one();
         }
@@ -160,14 +126,14 @@ impl Timers {
 
     /// Takes up to [`BATCH`] entries due at or before `now`; if none is due,
     /// returns the time of the next one instead.
-    fn take_due(&self, now: Time) -> Result<Vec<(Time, Slot)>, Option<Time>> {
+    fn take_due(&self, now: Time) -> Result<Vec<(Time, Arc<str>)>, Option<Time>> {
         let mut queue = lock(&self.queue);
         let mut due = Vec::new();
-        while due.len() < BATCH && queue.first().is_some_and(|(t, _)| t <= now) {
+        while due.len() < BATCH && queue.first().is_some_and(|(t, _)| *t <= now) {
             due.extend(queue.pop_first());
         }
         if due.is_empty() {
-            Err(queue.first().map(|(t, _)| t))
+            Err(queue.first().map(|(t, _)| *t))
         } else {
             Ok(due)
         }
@@ -175,22 +141,24 @@ impl Timers {
 
     /// The time of the earliest entry.
     fn next(&self) -> Option<Time> {
-        lock(&self.queue).first().map(|(t, _)| t)
+        lock(&self.queue).first().map(|(t, _)| *t)
     }
 
-    /// The slot of every agent with an entry due at or before `at`: the
-    /// only agents whose verdict at `at` may differ from their settled one
-    /// (without a forecast's assumptions). Unordered, maybe with repeats,
-    /// and maybe with the slots of agents since forgotten.
-    pub(super) fn due_by(&self, at: Time) -> Vec<Slot> {
-        lock(&self.queue).due_by(at)
+    /// Every agent with an entry due at or before `at`: the only agents whose
+    /// verdict at `at` may differ from their settled one (without a
+    /// forecast's assumptions). Sorted by ID, without repeats.
+    pub(super) fn due_by(&self, at: Time) -> Vec<Arc<str>> {
+        let mut keys = lock(&self.queue).due_by(at);
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 }
 
 impl Registry {
     /// Puts the agent's next change on the timer queue if it is earlier than
     /// its live entry (or it has none). Called under the agent's entry.
-    pub(super) fn schedule(&self, slot: Slot, a: &mut Agent) {
+    pub(super) fn schedule(&self, key: &Arc<str>, a: &mut Agent) {
         let Some(next) = a.facts().next_change(a.evaluated, &self.eval(false)) else {
             return;
         };
@@ -199,7 +167,7 @@ impl Registry {
             return;
         }
         a.queued = next;
-        self.inner.timers.push(next, slot);
+        self.inner.timers.push(next, key);
     }
 
     /// Applies every time-driven change that is due, and returns when the
@@ -211,18 +179,17 @@ impl Registry {
                 Ok(due) => due,
                 Err(next) => return next,
             };
-            for (t, slot) in due {
-                let Some(mut entry) = self.inner.agents.get_mut_at(slot) else {
+            for (t, key) in due {
+                let Some(mut a) = self.inner.agents.get_mut(&key) else {
                     continue;
                 };
-                let (key, a) = entry.split();
                 if a.queued != t {
                     continue;
                 }
                 a.queued = Time::MAX;
                 let at = t.max(a.evaluated);
-                self.settle(key, a, at);
-                self.schedule(slot, a);
+                self.settle(&key, &mut a, at);
+                self.schedule(&key, &mut a);
             }
         }
     }
@@ -272,52 +239,21 @@ mod tests {
     }
 
     #[test]
-    fn entries_keep_their_time_and_order() {
-        let micros = [
-            i64::MIN / 2,
-            -(1 << 32) - 1,
-            -1,
-            0,
-            1,
-            (1 << 31) - 1,
-            1 << 31,
-            (1 << 32) - 1,
-            1 << 32,
-            1_700_000_000_000_000,
-            i64::MAX / 2,
-        ];
-        let times: Vec<Time> = micros
-            .iter()
-            .filter_map(|m| Time::from_micros(*m).ok())
-            .collect();
-        assert!(times.len() >= 9, "most are in the sensor's range");
-        let entries: Vec<Entry> = times
-            .iter()
-            .map(|t| Entry::new((*t, Slot::new(1, 2))))
-            .collect();
-        for (e, t) in entries.iter().zip(&times) {
-            assert_eq!(e.get(), (*t, Slot::new(1, 2)));
-        }
-        assert!(entries.windows(2).all(|w| w[0] < w[1]), "ordered by time");
-        assert_eq!(std::mem::size_of::<Entry>(), 12);
-    }
-
-    #[test]
     fn the_heap_pops_in_order_and_finds_what_is_due() {
         let mut heap = Heap::default();
         // A fixed shuffle of 0..200, some times twice.
         let times: Vec<i64> = (0..200).map(|i| (i * 73) % 200).chain([5, 150]).collect();
         for (n, s) in times.iter().enumerate() {
-            heap.push((t(*s), Slot::new(n % 4, n as u32)));
+            heap.push((t(*s), Arc::from(format!("agent-{n:03}"))));
         }
         for at in [-1, 0, 5, 57, 150, 199, 500] {
             let mut due = heap.due_by(t(at));
             due.sort_unstable();
-            let mut expected: Vec<Slot> = times
+            let mut expected: Vec<Arc<str>> = times
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| **s <= at)
-                .map(|(n, _)| Slot::new(n % 4, n as u32))
+                .map(|(n, _)| Arc::from(format!("agent-{n:03}")))
                 .collect();
             expected.sort_unstable();
             assert_eq!(due, expected, "due by {at}");

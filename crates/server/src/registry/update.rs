@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::table::Entry;
+use dashmap::mapref::entry::Entry;
 
 use crate::model::{AgentEvent, AgentId, ByKind, LabelSet, Labels};
 
@@ -32,10 +32,9 @@ impl Registry {
         let labels = (!labels.is_empty())
             .then(|| lock(&inner.labels).intern(Arc::new(LabelSet::from(&labels))));
         let key = id.as_arc().clone();
-        let (last_seq, commit) = match inner.agents.entry(&key) {
+        let (last_seq, commit) = match inner.agents.entry(key.clone()) {
             Entry::Occupied(mut e) => {
-                let slot = e.slot();
-                let a = &mut *e;
+                let a = e.get_mut();
                 if a.incarnation != incarnation {
                     a.incarnation = incarnation;
                     a.last_seq = 0;
@@ -48,7 +47,7 @@ impl Registry {
                 }
                 a.last_heard = a.last_heard.max(now);
                 self.settle(&key, a, now.max(a.evaluated));
-                self.schedule(slot, a);
+                self.schedule(&key, a);
                 (a.last_seq, inner.journal.changed(&key, a))
             }
             Entry::Vacant(e) => {
@@ -62,12 +61,11 @@ impl Registry {
                 a.stream = Some(token);
                 a.labels = labels;
                 inner.population.connected.fetch_add(1, Ordering::Relaxed);
-                let mut entry = e.insert(key.clone(), a);
-                let slot = entry.slot();
-                let a = &mut *entry;
+                let mut entry = e.insert(Box::new(a));
+                let a = entry.value_mut();
                 a.reason = a.facts().reason_at(now, &self.eval(false));
                 self.transition(&key, a, None, now);
-                self.schedule(slot, a);
+                self.schedule(&key, a);
                 (0, inner.journal.changed(&key, a))
             }
         };
@@ -123,7 +121,7 @@ impl Registry {
         out.applied_through = a.last_seq;
         let at = now.max(a.evaluated);
         self.settle(key, &mut a, at);
-        self.schedule(a.slot(), &mut a);
+        self.schedule(key, &mut a);
         out.commit = inner.journal.changed(key, &mut a);
         inner.metrics.count_events(&kinds);
         inner.metrics.count_batch(out.duplicates, out.clamped);
@@ -183,21 +181,11 @@ impl Registry {
                 a.labels = Some(lock(&inner.labels).intern(l));
             }
             let key = id.as_arc().clone();
-            let mut entry = match inner.agents.entry(&key) {
-                Entry::Occupied(mut e) => {
-                    // Loaded twice: the later record replaces the earlier.
-                    inner.tally.moved(&key, Some(e.reason), None);
-                    *e = a;
-                    e
-                }
-                Entry::Vacant(e) => {
-                    inner.population.known.fetch_add(1, Ordering::Relaxed);
-                    e.insert(key.clone(), a)
-                }
-            };
-            let slot = entry.slot();
-            inner.tally.moved(&key, None, Some(entry.reason));
-            self.schedule(slot, &mut entry);
+            inner.tally.moved(&key, None, Some(a.reason));
+            self.schedule(&key, &mut a);
+            if inner.agents.insert(key, Box::new(a)).is_none() {
+                inner.population.known.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if n > 0 {
             inner.settings.restored.store(true, Ordering::Relaxed);
