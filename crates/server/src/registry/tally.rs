@@ -274,7 +274,7 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let n = (x >> 33) % 4000;
-            step(&mut set, &mut model, n, (x >> 20) % 3 != 0);
+            step(&mut set, &mut model, n, !(x >> 20).is_multiple_of(3));
         }
         for _ in 0..30_000 {
             x = x
