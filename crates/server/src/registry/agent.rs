@@ -17,38 +17,95 @@ use super::types::{StreamToken, Transition};
 /// an `Option`: it keeps the record 8 bytes smaller).
 const NOT_STOPPED: Time = Time::MIN;
 
-/// An agent's recent transitions, oldest first: a boxed slice, rebuilt at
-/// each transition (transitions are rare next to events, and a slice costs
-/// no spare capacity).
-#[derive(Debug, Default)]
-pub(super) struct History(Option<Box<[Transition]>>);
+/// How many transitions a history keeps in the record itself.
+const INLINE: usize = 2;
+
+/// An agent's recent transitions, oldest first. Up to [`INLINE`] of them
+/// (every agent has its first status and usually one change) live in the
+/// record, with times and reasons held apart so that they pack into 24
+/// bytes; longer histories are a boxed slice, rebuilt at each transition
+/// (transitions are rare next to events, and a slice costs no spare
+/// capacity).
+#[derive(Debug)]
+pub(super) enum History {
+    /// The first `len` of each array.
+    Inline {
+        len: u8,
+        at: [Time; INLINE],
+        from: [Option<Reason>; INLINE],
+        to: [Reason; INLINE],
+    },
+    /// More than [`INLINE`] transitions.
+    Spilled(Box<[Transition]>),
+}
+
+impl Default for History {
+    fn default() -> History {
+        History::Inline {
+            len: 0,
+            at: [Time::MIN; INLINE],
+            from: [None; INLINE],
+            to: [Reason::AllIsOk; INLINE],
+        }
+    }
+}
 
 impl History {
     /// A history of these transitions, oldest first.
     pub(super) fn from_vec(v: Vec<Transition>) -> History {
-        History((!v.is_empty()).then(|| v.into_boxed_slice()))
+        if v.len() > INLINE {
+            return History::Spilled(v.into_boxed_slice());
+        }
+        let mut h = History::default();
+        if let History::Inline { len, at, from, to } = &mut h {
+            for (i, t) in v.iter().enumerate() {
+                (at[i], from[i], to[i]) = (t.at, t.from, t.to);
+            }
+            *len = v.len() as u8;
+        }
+        h
+    }
+
+    /// How many transitions it holds.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        match self {
+            History::Inline { len, .. } => usize::from(*len),
+            History::Spilled(s) => s.len(),
+        }
     }
 
     /// The transitions, oldest first.
-    pub(super) fn as_slice(&self) -> &[Transition] {
-        self.0.as_deref().unwrap_or(&[])
+    pub(super) fn to_vec(&self) -> Vec<Transition> {
+        match self {
+            History::Inline { len, at, from, to } => (0..usize::from(*len))
+                .map(|i| Transition {
+                    at: at[i],
+                    from: from[i],
+                    to: to[i],
+                })
+                .collect(),
+            History::Spilled(s) => s.to_vec(),
+        }
     }
 
     /// Appends `t`, keeping at most `cap` (at least one).
     pub(super) fn push(&mut self, t: Transition, cap: usize) {
-        let old = self.as_slice();
-        let keep = old.len().min(cap.max(1) - 1);
-        let mut v = Vec::with_capacity(keep + 1);
-        v.extend_from_slice(&old[old.len() - keep..]);
+        let mut v = self.to_vec();
+        let keep = v.len().min(cap.max(1) - 1);
+        v.drain(..v.len() - keep);
         v.push(t);
-        self.0 = Some(v.into_boxed_slice());
+        *self = History::from_vec(v);
     }
 }
 
 /// An agent's record.
 #[derive(Debug)]
 pub(super) struct Agent {
-    pub(super) sensor: Sensor,
+    /// The sensor's four times (started, shut down, data received, data
+    /// sent), held apart from its registration flag so that the flag packs
+    /// with the record's other small fields: see [`Agent::sensor`].
+    sensor_times: [Time; 4],
     pub(super) last_heard: Time,
     pub(super) first_seen: Time,
     /// Since when it has had `reason`.
@@ -67,6 +124,8 @@ pub(super) struct Agent {
     pub(super) reason: Reason,
     pub(super) labels: Option<Arc<LabelSet>>,
     pub(super) history: History,
+    /// The sensor's registration.
+    registered: bool,
     /// Queued for the committer.
     pub(super) dirty: bool,
     /// Was already not reporting when the server restarted.
@@ -76,8 +135,10 @@ pub(super) struct Agent {
 impl Agent {
     /// A new agent, first heard at `now`.
     pub(super) fn new(now: Time) -> Agent {
+        let fresh = Sensor::new();
         Agent {
-            sensor: Sensor::new(),
+            sensor_times: Agent::times_of(&fresh),
+            registered: fresh.is_registered(),
             last_heard: now,
             first_seen: now,
             since: now,
@@ -93,6 +154,27 @@ impl Agent {
             dirty: false,
             no_grace: false,
         }
+    }
+
+    fn times_of(s: &Sensor) -> [Time; 4] {
+        [
+            s.started_at(),
+            s.shutdown_at(),
+            s.last_received(),
+            s.last_sent(),
+        ]
+    }
+
+    /// Its sensor: the reference's four times and registration.
+    pub(super) fn sensor(&self) -> Sensor {
+        let [started, shutdown, received, sent] = self.sensor_times;
+        Sensor::from_parts(started, shutdown, received, sent, self.registered)
+    }
+
+    /// Replaces its sensor.
+    pub(super) fn set_sensor(&mut self, s: Sensor) {
+        self.sensor_times = Agent::times_of(&s);
+        self.registered = s.is_registered();
     }
 
     /// When it said "stopped", if it has not started since.
@@ -113,7 +195,7 @@ impl Agent {
     /// What the fleet rules read.
     pub(super) fn facts(&self) -> Facts {
         Facts {
-            sensor: self.sensor,
+            sensor: self.sensor(),
             last_heard: self.last_heard,
             stopped_at: self.stopped(),
             connected: self.connected(),
@@ -123,22 +205,26 @@ impl Agent {
 
     /// Applies one event that happened at `t` to the sensor and the record.
     pub(super) fn apply(&mut self, kind: EventKind, t: Time) {
+        let mut sensor = self.sensor();
         match kind {
             EventKind::Starting => {
                 // A new life: a fresh sensor, as the original agent built one
                 // at every process start.
-                self.sensor = Sensor::new();
-                self.sensor.starting(t);
+                sensor = Sensor::new();
+                sensor.starting(t);
                 self.stopped_at = NOT_STOPPED;
             }
-            EventKind::ShuttingDown => self.sensor.shutting_down(t),
-            EventKind::ServerDataReceived => self.sensor.server_data_received(t),
-            EventKind::ServerDataSent => self.sensor.server_data_sent(t),
-            EventKind::Registered => self.sensor.registered(),
-            EventKind::Unregistered => self.sensor.unregistered(),
-            EventKind::Heartbeat => {}
-            EventKind::Stopped => self.stopped_at = t,
+            EventKind::ShuttingDown => sensor.shutting_down(t),
+            EventKind::ServerDataReceived => sensor.server_data_received(t),
+            EventKind::ServerDataSent => sensor.server_data_sent(t),
+            EventKind::Registered => sensor.registered(),
+            EventKind::Unregistered => sensor.unregistered(),
+            EventKind::Heartbeat | EventKind::Stopped => {}
         }
+        if kind == EventKind::Stopped {
+            self.stopped_at = t;
+        }
+        self.set_sensor(sensor);
     }
 }
 
@@ -182,12 +268,40 @@ mod tests {
     #[test]
     fn history_keeps_the_most_recent() {
         let mut h = History::default();
-        assert!(h.as_slice().is_empty());
+        assert!(h.to_vec().is_empty());
         for at in 1..=5 {
             h.push(tr(at), 3);
         }
-        let kept: Vec<_> = h.as_slice().iter().map(|x| x.at).collect();
+        let kept: Vec<_> = h.to_vec().iter().map(|x| x.at).collect();
         assert_eq!(kept, [t(3), t(4), t(5)]);
+    }
+
+    #[test]
+    fn short_histories_stay_in_the_record() {
+        let mut h = History::default();
+        assert_eq!(h.len(), 0);
+        let first = Transition {
+            at: t(1),
+            from: None,
+            to: Reason::NoDataReceived,
+        };
+        let second = Transition {
+            at: t(2),
+            from: Some(Reason::NoDataReceived),
+            to: Reason::AllIsOk,
+        };
+        h.push(first, 8);
+        h.push(second, 8);
+        assert!(matches!(h, History::Inline { len: 2, .. }));
+        assert_eq!(h.to_vec(), [first, second]);
+        h.push(tr(3), 8);
+        assert!(matches!(h, History::Spilled(_)));
+        assert_eq!(h.to_vec(), [first, second, tr(3)]);
+        // A cap of two brings it back into the record.
+        h.push(tr(4), 2);
+        assert!(matches!(h, History::Inline { len: 2, .. }));
+        assert_eq!(h.to_vec(), [tr(3), tr(4)]);
+        assert!(std::mem::size_of::<History>() <= 24);
     }
 
     #[test]
@@ -199,7 +313,13 @@ mod tests {
         assert_eq!(a.facts().stopped_at, Some(t(2)));
         a.apply(EventKind::Starting, t(3));
         assert_eq!(a.stopped(), None);
-        assert_eq!(a.sensor.started_at(), t(3));
+        assert_eq!(a.sensor().started_at(), t(3));
+        a.apply(EventKind::Unregistered, t(4));
+        a.apply(EventKind::ServerDataSent, t(5));
+        let s = a.sensor();
+        assert!(!s.is_registered());
+        assert_eq!((s.started_at(), s.last_sent()), (t(3), t(5)));
+        assert!(std::mem::size_of::<Agent>() <= 136, "the record grew");
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl Registry {
             incarnation: a.incarnation,
             last_seq: a.last_seq,
             labels: a.labels.clone(),
-            sensor: a.sensor,
+            sensor: a.sensor(),
             next_change: facts.next_change(at, &e),
             connected: a.connected(),
             stopped_at: a.stopped(),
@@ -350,7 +350,7 @@ impl Registry {
             .agents
             .get(id.as_arc())
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
-        let mut out = a.history.as_slice().to_vec();
+        let mut out = a.history.to_vec();
         let (facts, e) = (a.facts(), self.eval(false));
         let (mut t, mut from) = (a.evaluated, a.reason);
         drop(a);

@@ -121,7 +121,7 @@ pub struct AgentRecord {
 impl Agent {
     /// The agent's stored form.
     pub(super) fn to_record(&self) -> AgentRecord {
-        let s = &self.sensor;
+        let s = &self.sensor();
         AgentRecord {
             started_at: s.started_at().as_micros(),
             shutdown_at: s.shutdown_at().as_micros(),
@@ -143,7 +143,7 @@ impl Agent {
                 .unwrap_or_default(),
             history: self
                 .history
-                .as_slice()
+                .to_vec()
                 .iter()
                 .map(|t| TransitionRecord {
                     at: t.at.as_micros(),
@@ -185,7 +185,7 @@ impl Agent {
             })
             .collect::<Result<Vec<_>, RecordProblem>>()?;
         let mut a = Agent::new(time(r.first_seen, "first_seen")?);
-        a.sensor = sensor;
+        a.set_sensor(sensor);
         a.last_heard = time(r.last_heard, "last_heard")?;
         a.since = time(r.since, "since")?;
         a.evaluated = time(r.evaluated, "evaluated")?;
@@ -261,7 +261,7 @@ mod tests {
         assert_eq!(id.as_str(), "a");
         assert_eq!(b.to_record(), a.to_record());
         assert_eq!(b.facts(), a.facts());
-        assert_eq!(b.history.as_slice(), a.history.as_slice());
+        assert_eq!(b.history.to_vec(), a.history.to_vec());
         assert!(!b.connected());
     }
 

@@ -184,21 +184,12 @@ fn time_driven_transitions_happen_at_their_due_time() {
     // The read settled nothing, yet the history shows the transition due.
     let due = reg.history(&id("a")).expect("known");
     assert_eq!(due.len(), 4);
-    assert_eq!(
-        reg.inner
-            .agents
-            .get("a")
-            .expect("known")
-            .history
-            .as_slice()
-            .len(),
-        3
-    );
+    assert_eq!(reg.inner.agents.get("a").expect("known").history.len(), 3);
     // The timer task records it exactly as it was shown.
     reg.process_due();
     assert_eq!(reg.history(&id("a")).expect("known"), due);
     assert_eq!(
-        reg.inner.agents.get("a").expect("known").history.as_slice(),
+        reg.inner.agents.get("a").expect("known").history.to_vec(),
         due
     );
 }
@@ -517,7 +508,7 @@ fn reads_evaluate_their_time_and_settle_nothing() {
     let histories: Vec<usize> = (0..40)
         .map(|i| {
             let a = reg.inner.agents.get(format!("agent-{i:02}").as_str());
-            a.expect("known").history.as_slice().len()
+            a.expect("known").history.len()
         })
         .collect();
     // Read in every way: the due changes show, nothing is settled.
@@ -543,7 +534,7 @@ fn reads_evaluate_their_time_and_settle_nothing() {
         reg.get(&agent, None).expect("known");
         reg.history(&agent).expect("known");
         let a = reg.inner.agents.get(agent.as_arc()).expect("known");
-        assert_eq!(a.history.as_slice().len(), *settled_history);
+        assert_eq!(a.history.len(), *settled_history);
     }
     assert_eq!(reg.inner.tally.counts(), settled);
     // The timer task settles exactly what the reads showed.
