@@ -26,6 +26,7 @@ use crate::commit_gate::CommitGate;
 use crate::convert;
 use crate::open_streams::{EndSignal, OpenStreams, shutting_down};
 use crate::registry::{Registry, Session};
+use fleet_health_types::wire;
 
 /// Limits on agent streams.
 #[derive(Clone, Debug)]
@@ -302,13 +303,13 @@ impl ReportStream {
                 )));
             }
         };
-        let id = convert::agent_id(&hello.agent_id).map_err(End::Status)?;
+        let id = wire::agent_id(&hello.agent_id).map_err(|e| End::Status(e.into()))?;
         if hello.incarnation == 0 {
             return Err(End::Status(Status::invalid_argument(
                 "incarnation must be non-zero (a random number picked once per process life)",
             )));
         }
-        let labels = convert::labels(&hello.labels).map_err(End::Status)?;
+        let labels = wire::labels(&hello.labels).map_err(|e| End::Status(e.into()))?;
         let connected = self
             .registry
             .connect(&id, hello.incarnation, labels)
@@ -347,7 +348,7 @@ impl ReportStream {
                 )
                 .ok(),
                 last_applied_seq,
-                server_time: Some(convert::timestamp(self.registry.clock().now())),
+                server_time: Some(wire::timestamp(self.registry.clock().now())),
             })),
         })
     }

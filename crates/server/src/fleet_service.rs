@@ -9,9 +9,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::convert;
+use crate::model::{StateFilter, Why};
 use crate::open_streams::OpenStreams;
 use crate::registry::{Change, Registry, Selector};
+use fleet_health_types::wire;
 
 /// Agents in a page when the request does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
@@ -48,12 +49,12 @@ fn selector(
     labels: &std::collections::HashMap<String, String>,
 ) -> Result<Selector, Status> {
     Ok(Selector {
-        filter: convert::state_filter(filter)?,
-        reasons: why
+        filter: StateFilter::try_from(filter)?,
+        whys: why
             .iter()
-            .map(|w| convert::reason(*w))
+            .map(|w| Why::try_from(*w))
             .collect::<Result<_, _>>()?,
-        labels: convert::labels(labels)?,
+        labels: wire::labels(labels)?,
     })
 }
 
@@ -67,8 +68,8 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
         let req = request.into_inner();
-        let id = convert::agent_id(&req.agent_id)?;
-        let at = convert::opt_time(req.at.as_ref(), "at")?;
+        let id = wire::agent_id(&req.agent_id)?;
+        let at = wire::opt_time(req.at.as_ref(), "at")?;
         let view = self.registry.get(&id, at)?;
         Ok(Response::new(pb::GetAgentResponse {
             agent: Some((&view).into()),
@@ -82,7 +83,7 @@ impl FleetServiceApi for FleetService {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let req = request.into_inner();
         let sel = selector(req.filter, &req.why, &req.labels)?;
-        let at = convert::opt_time(req.at.as_ref(), "at")?;
+        let at = wire::opt_time(req.at.as_ref(), "at")?;
         let size = match req.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
@@ -92,7 +93,7 @@ impl FleetServiceApi for FleetService {
                 None
             } else {
                 // The token is the last agent ID of the previous page.
-                Some(convert::agent_id(&req.page_token).map_err(|_| {
+                Some(wire::agent_id(&req.page_token).map_err(|_| {
                     Status::invalid_argument("page_token is not one this server gave")
                 })?)
             };
@@ -107,7 +108,7 @@ impl FleetServiceApi for FleetService {
             agents: page.agents.iter().map(Into::into).collect(),
             next_page_token,
             storm: Some(page.storm.into()),
-            evaluated_at: Some(convert::timestamp(page.evaluated_at)),
+            evaluated_at: Some(wire::timestamp(page.evaluated_at)),
         }))
     }
 
@@ -136,16 +137,16 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::GetSummaryRequest>,
     ) -> Result<Response<pb::GetSummaryResponse>, Status> {
         let req = request.into_inner();
-        let at = convert::opt_time(req.at.as_ref(), "at")?;
+        let at = wire::opt_time(req.at.as_ref(), "at")?;
         let s = self.registry.summary(at);
-        let mut by_why: Vec<pb::WhyCount> = crate::model::Reason::ALL
+        let mut by_why: Vec<pb::WhyCount> = crate::model::Why::ALL
             .iter()
-            .filter(|r| s.by_reason[**r] > 0)
+            .filter(|r| s.by_why[**r] > 0)
             .map(|r| pb::WhyCount {
                 why: pb::Why::from(*r) as i32,
                 why_text: r.as_str().to_string(),
                 state: pb::State::from(r.state()) as i32,
-                count: s.by_reason[*r],
+                count: s.by_why[*r],
             })
             .collect();
         by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));
@@ -158,8 +159,8 @@ impl FleetServiceApi for FleetService {
             connected: s.connected,
             by_why,
             storm: Some(s.storm.into()),
-            evaluated_at: Some(convert::timestamp(s.evaluated_at)),
-            grace_until: s.grace_until.map(convert::timestamp),
+            evaluated_at: Some(wire::timestamp(s.evaluated_at)),
+            grace_until: s.grace_until.map(wire::timestamp),
         }))
     }
 
@@ -169,7 +170,7 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let req = request.into_inner();
-        let id = convert::agent_id(&req.agent_id)?;
+        let id = wire::agent_id(&req.agent_id)?;
         let transitions = self.registry.history(&id)?;
         Ok(Response::new(pb::GetHistoryResponse {
             agent_id: id.to_string(),
@@ -183,7 +184,7 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::ForgetAgentRequest>,
     ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
         let req = request.into_inner();
-        let id = convert::agent_id(&req.agent_id)?;
+        let id = wire::agent_id(&req.agent_id)?;
         let last = self.registry.forget(&id)?;
         self.streams.forgotten(&self.registry, &id);
         Ok(Response::new(pb::ForgetAgentResponse {
@@ -263,7 +264,7 @@ impl Watcher {
             .send(msg(W::Synced(pb::Synced {
                 count,
                 storm: Some(storm.into()),
-                at: Some(convert::timestamp(self.registry.clock().now())),
+                at: Some(wire::timestamp(self.registry.clock().now())),
             })))
             .await
             .map_err(|_| ())
@@ -273,7 +274,7 @@ impl Watcher {
         match change {
             Change::Status { view, before } => {
                 let labels = view.labels.as_deref();
-                if self.sel.matches(view.reason, labels) {
+                if self.sel.matches(view.why, labels) {
                     Some(W::Changed(view.as_ref().into()))
                 } else if before.is_some_and(|b| self.sel.matches(b, labels)) {
                     Some(W::Left(pb::AgentLeft {
@@ -285,16 +286,15 @@ impl Watcher {
                     None
                 }
             }
-            Change::Forgotten { last } => self
-                .sel
-                .matches(last.reason, last.labels.as_deref())
-                .then(|| {
+            Change::Forgotten { last } => {
+                self.sel.matches(last.why, last.labels.as_deref()).then(|| {
                     W::Left(pb::AgentLeft {
                         agent_id: last.id.to_string(),
                         status: None,
                         forgotten: true,
                     })
-                }),
+                })
+            }
             Change::Storm(s) => Some(W::Storm(s.into())),
         }
     }

@@ -17,7 +17,7 @@ pub fn router(registry: Registry) -> axum::Router {
                 let registry = registry.clone();
                 async move {
                     let gauges = FleetGauges {
-                        by_reason: registry.counts(),
+                        by_why: registry.counts(),
                         connected: registry.connected(),
                     };
                     (

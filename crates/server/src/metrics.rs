@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::model::{ByKind, ByWhy, Reason};
+use crate::model::{ByKind, ByWhy, Why};
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -60,7 +60,7 @@ pub struct Metrics {
 #[derive(Debug, Clone, Copy)]
 pub struct FleetGauges {
     /// Agents by reason.
-    pub by_reason: ByWhy<u64>,
+    pub by_why: ByWhy<u64>,
     /// Agents with an open stream.
     pub connected: u64,
 }
@@ -209,7 +209,7 @@ impl Metrics {
     }
 
     /// Counts a transition into `to`.
-    pub fn count_transition(&self, to: Reason) {
+    pub fn count_transition(&self, to: Why) {
         self.transitions[to].inc();
     }
 
@@ -255,7 +255,7 @@ impl Metrics {
     /// with the fleet as `fleet` says it is now.
     pub fn render(&self, fleet: &FleetGauges) -> String {
         for (why, gauge) in self.agents.iter() {
-            gauge.set(fleet.by_reason[why]);
+            gauge.set(fleet.by_why[why]);
         }
         self.connected.set(fleet.connected);
         let mut out = String::with_capacity(4096);
@@ -300,11 +300,11 @@ mod tests {
     use crate::model::EventKind;
 
     fn fleet() -> FleetGauges {
-        let mut by_reason = ByWhy::default();
-        by_reason[Reason::AllIsOk] = 1;
-        by_reason[Reason::NoDataReceived] = 2;
+        let mut by_why = ByWhy::default();
+        by_why[Why::AllIsOk] = 1;
+        by_why[Why::NoDataReceived] = 2;
         FleetGauges {
-            by_reason,
+            by_why,
             connected: 3,
         }
     }
@@ -336,7 +336,7 @@ mod tests {
     #[test]
     fn the_exposition_keeps_its_names_labels_and_buckets() {
         let m = Metrics::default();
-        m.count_transition(Reason::NotReporting);
+        m.count_transition(Why::NotReporting);
         m.count_batch(2, 1);
         m.observe_commit(3, Duration::from_millis(5));
         m.set_storm(true);
@@ -354,7 +354,7 @@ mod tests {
             "# HELP fleet_health_agents Known agents by state and reason.",
             "# TYPE fleet_health_agents gauge",
         ];
-        let agents: Vec<String> = Reason::ALL
+        let agents: Vec<String> = Why::ALL
             .iter()
             .map(|r| {
                 format!(
@@ -393,7 +393,7 @@ mod tests {
             "# HELP fleet_health_transitions_total Changes of agent status, by the reason changed to.",
             "# TYPE fleet_health_transitions_total counter",
         ]);
-        let transitions: Vec<String> = Reason::ALL
+        let transitions: Vec<String> = Why::ALL
             .iter()
             .map(|r| format!("fleet_health_transitions_total{{to=\"{}\"}}", r.as_str()))
             .collect();
@@ -438,8 +438,8 @@ mod tests {
     #[test]
     fn values_are_the_counts() {
         let m = Metrics::default();
-        m.count_transition(Reason::NotReporting);
-        m.count_transition(Reason::NotReporting);
+        m.count_transition(Why::NotReporting);
+        m.count_transition(Why::NotReporting);
         m.count_batch(2, 1);
         m.observe_commit(3, Duration::from_millis(5));
         m.set_storm(true);
@@ -465,7 +465,7 @@ mod tests {
         }
         // A scrape shows the fleet as it is at that scrape.
         let text = m.render(&FleetGauges {
-            by_reason: ByWhy::default(),
+            by_why: ByWhy::default(),
             connected: 0,
         });
         assert!(text.contains("fleet_health_agents_connected 0\n"));

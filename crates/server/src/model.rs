@@ -1,282 +1,15 @@
-//! The fleet's domain: agent IDs, reasons and states, and the fleet rules that
-//! wrap the reference sensor (`stopped`, `inactive`, `not reporting`).
+//! The fleet's rules that wrap the reference sensor (`stopped`, `inactive`, `not reporting`).
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_health_sensor::{Sensor, Time, Why, Windows};
+use fleet_health_sensor::{Sensor, Time, Windows};
 
-/// The longest agent ID accepted.
-pub const MAX_AGENT_ID_LEN: usize = 253;
-
-/// A checked agent ID: 1 to 253 characters of `[A-Za-z0-9._:@/-]`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AgentId(Arc<str>);
-
-/// Why a string is not an agent ID.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AgentIdError {
-    /// Empty.
-    #[error("agent ID is empty (it must be 1 to 253 characters of [A-Za-z0-9._:@/-])")]
-    Empty,
-    /// Too long.
-    #[error("agent ID is {0} characters long (at most 253 of [A-Za-z0-9._:@/-])")]
-    TooLong(usize),
-    /// A character outside the set.
-    #[error("agent ID contains {0:?} (only [A-Za-z0-9._:@/-] are allowed)")]
-    BadChar(char),
-}
-
-impl AgentId {
-    /// Checks `s` against the rule: 1 to 253 characters, each an ASCII letter,
-    /// a digit, or one of `._:@/-`.
-    pub fn parse(s: &str) -> Result<AgentId, AgentIdError> {
-        if s.is_empty() {
-            return Err(AgentIdError::Empty);
-        }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "._:@/-".contains(*c)))
-        {
-            return Err(AgentIdError::BadChar(c));
-        }
-        if s.len() > MAX_AGENT_ID_LEN {
-            return Err(AgentIdError::TooLong(s.len()));
-        }
-        Ok(AgentId(Arc::from(s)))
-    }
-
-    /// The ID as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The shared text.
-    pub fn as_arc(&self) -> &Arc<str> {
-        &self.0
-    }
-
-    pub(crate) fn from_arc(s: Arc<str>) -> AgentId {
-        AgentId(s)
-    }
-}
-
-impl fmt::Display for AgentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// An agent's labels (site, version, ...).
-pub type Labels = BTreeMap<String, String>;
-
-/// Labels as an agent's record keeps them: sorted by key, in one slice with
-/// no spare capacity (a map's node would cost half a kilobyte for one label).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
-
-impl LabelSet {
-    /// The value of `key`, if set.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(k, _)| (**k).cmp(key))
-            .ok()
-            .map(|i| &*self.0[i].1)
-    }
-
-    /// The labels, by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (&**k, &**v))
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The labels as a map.
-    pub fn to_map(&self) -> Labels {
-        self.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-}
-
-impl From<&Labels> for LabelSet {
-    fn from(map: &Labels) -> LabelSet {
-        // A BTreeMap iterates in key order: the slice is sorted.
-        LabelSet(
-            map.iter()
-                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
-                .collect(),
-        )
-    }
-}
-
-/// The most labels an agent may carry.
-pub const MAX_LABELS: usize = 32;
-
-/// Checks labels: at most 32; keys 1 to 63 characters of `[A-Za-z0-9._/-]`;
-/// values at most 255 bytes.
-pub fn check_labels(labels: &Labels) -> Result<(), String> {
-    if labels.len() > MAX_LABELS {
-        return Err(format!(
-            "{} labels given (at most {MAX_LABELS})",
-            labels.len()
-        ));
-    }
-    for (k, v) in labels {
-        let key_ok = !k.is_empty()
-            && k.len() <= 63
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c));
-        if !key_ok {
-            return Err(format!(
-                "label key {k:?} must be 1 to 63 characters of [A-Za-z0-9._/-]"
-            ));
-        }
-        if v.len() > 255 {
-            return Err(format!("label {k:?} has a value over 255 bytes"));
-        }
-    }
-    Ok(())
-}
-
-/// An agent's overall state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum State {
-    /// No restart needed.
-    Healthy,
-    /// A restart candidate.
-    Faulty,
-    /// Silent for the inactive window: kept, never a restart candidate.
-    Inactive,
-}
-
-impl State {
-    /// Lower-case name, as in metrics and logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            State::Healthy => "healthy",
-            State::Faulty => "faulty",
-            State::Inactive => "inactive",
-        }
-    }
-}
-
-/// Why an agent is in its state: the sensor's six reasons and the fleet's three.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Reason {
-    /// The sensor: all is ok.
-    AllIsOk,
-    /// The sensor: shutdown is in progress.
-    ShutdownInProgress,
-    /// The sensor: not registered.
-    NotRegistered,
-    /// The sensor: no data sent to server.
-    NoDataSent,
-    /// The sensor: no data received from server.
-    NoDataReceived,
-    /// The sensor: stuck at shutdown.
-    StuckAtShutdown,
-    /// Nothing heard for the silence window.
-    NotReporting,
-    /// The agent said it stopped on purpose.
-    Stopped,
-    /// Nothing heard for the inactive window.
-    Inactive,
-}
-
-impl Reason {
-    /// Every reason, in a fixed order (the index of [`Reason::index`]).
-    pub const ALL: [Reason; 9] = [
-        Reason::AllIsOk,
-        Reason::ShutdownInProgress,
-        Reason::NotRegistered,
-        Reason::NoDataSent,
-        Reason::NoDataReceived,
-        Reason::StuckAtShutdown,
-        Reason::NotReporting,
-        Reason::Stopped,
-        Reason::Inactive,
-    ];
-
-    /// Position in [`Reason::ALL`].
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    /// A stable number: the reason's `fleethealth.v1.Why` value, as stored.
-    pub const fn code(self) -> u32 {
-        match self {
-            Reason::AllIsOk => 1,
-            Reason::ShutdownInProgress => 2,
-            Reason::NotRegistered => 3,
-            Reason::NoDataSent => 4,
-            Reason::NoDataReceived => 5,
-            Reason::StuckAtShutdown => 6,
-            Reason::NotReporting => 7,
-            Reason::Stopped => 8,
-            Reason::Inactive => 9,
-        }
-    }
-
-    /// The reason of a [`Reason::code`].
-    pub fn from_code(code: u32) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.code() == code)
-    }
-
-    /// The state this reason puts an agent in.
-    pub const fn state(self) -> State {
-        match self {
-            Reason::AllIsOk
-            | Reason::ShutdownInProgress
-            | Reason::NotRegistered
-            | Reason::Stopped => State::Healthy,
-            Reason::NoDataSent
-            | Reason::NoDataReceived
-            | Reason::StuckAtShutdown
-            | Reason::NotReporting => State::Faulty,
-            Reason::Inactive => State::Inactive,
-        }
-    }
-
-    /// The text: the sensor's exact words, or the fleet's.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Reason::AllIsOk => Why::AllIsOk.as_str(),
-            Reason::ShutdownInProgress => Why::ShutdownInProgress.as_str(),
-            Reason::NotRegistered => Why::NotRegistered.as_str(),
-            Reason::NoDataSent => Why::NoDataSent.as_str(),
-            Reason::NoDataReceived => Why::NoDataReceived.as_str(),
-            Reason::StuckAtShutdown => Why::StuckAtShutdown.as_str(),
-            Reason::NotReporting => "not reporting",
-            Reason::Stopped => "stopped",
-            Reason::Inactive => "inactive",
-        }
-    }
-}
-
-impl From<Why> for Reason {
-    fn from(why: Why) -> Reason {
-        match why {
-            Why::AllIsOk => Reason::AllIsOk,
-            Why::ShutdownInProgress => Reason::ShutdownInProgress,
-            Why::NotRegistered => Reason::NotRegistered,
-            Why::NoDataSent => Reason::NoDataSent,
-            Why::NoDataReceived => Reason::NoDataReceived,
-            Why::StuckAtShutdown => Reason::StuckAtShutdown,
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// The vocabulary (IDs, labels, the why, states, event kinds) is
+// fleet-health-types', shared with the clients; the server names it from here.
+pub use fleet_health_types::{
+    AgentEvent, AgentId, AgentIdError, ByKind, ByWhy, EventKind, LabelSet, Labels, State,
+    StateFilter, Why, check_labels,
+};
 
 /// The fleet's windows and thresholds: the sensor's windows plus the fleet's
 /// silence, inactive and storm rules.
@@ -341,18 +74,18 @@ pub(crate) struct Facts {
 impl Facts {
     /// The verdict at `at`: stopped, then inactive, then not reporting, then
     /// the reference's rules.
-    pub fn reason_at(&self, at: Time, e: &Eval<'_>) -> Reason {
+    pub fn why_at(&self, at: Time, e: &Eval<'_>) -> Why {
         if self.stopped_at.is_some() {
-            return Reason::Stopped;
+            return Why::Stopped;
         }
         let heard = self.heard_as_of(at, e);
         if at.since(heard) >= e.rules.inactive {
-            return Reason::Inactive;
+            return Why::Inactive;
         }
         if !e.rules.silence.is_zero() && at.since(self.silent_from(heard, e)) >= e.rules.silence {
-            return Reason::NotReporting;
+            return Why::NotReporting;
         }
-        Reason::from(self.sensor.why(at, &e.rules.windows))
+        Why::from(self.sensor.why(at, &e.rules.windows))
     }
 
     /// Silence counts from the last word, but not from before the server's
@@ -380,7 +113,7 @@ impl Facts {
         if self.stopped_at.is_some() {
             return None;
         }
-        let current = self.reason_at(now, e);
+        let current = self.why_at(now, e);
         let heard = self.last_heard;
         // A forecast takes a connected agent as heard all along: no fleet edge.
         let assume_heard = e.forecast && self.connected;
@@ -408,7 +141,7 @@ impl Facts {
                 (Some(a), Some(b)) => a.min(b),
                 (a, b) => a.or(b)?,
             };
-            if self.reason_at(next, e) != current {
+            if self.why_at(next, e) != current {
                 return Some(next);
             }
             t = next;
@@ -484,12 +217,12 @@ mod tests {
         let rules = FleetRules::default();
         let e = eval(&rules);
         let mut f = facts(1000, 1000);
-        assert_eq!(f.reason_at(t(1000), &e), Reason::AllIsOk);
-        assert_eq!(f.reason_at(t(1299), &e), Reason::AllIsOk);
-        assert_eq!(f.reason_at(t(1300), &e), Reason::NotReporting);
-        assert_eq!(f.reason_at(t(1000 + 7 * 86_400), &e), Reason::Inactive);
+        assert_eq!(f.why_at(t(1000), &e), Why::AllIsOk);
+        assert_eq!(f.why_at(t(1299), &e), Why::AllIsOk);
+        assert_eq!(f.why_at(t(1300), &e), Why::NotReporting);
+        assert_eq!(f.why_at(t(1000 + 7 * 86_400), &e), Why::Inactive);
         f.stopped_at = Some(t(1000));
-        assert_eq!(f.reason_at(t(1000 + 8 * 86_400), &e), Reason::Stopped);
+        assert_eq!(f.why_at(t(1000 + 8 * 86_400), &e), Why::Stopped);
         assert_eq!(f.next_change(t(1000), &e), None);
     }
 
@@ -501,7 +234,7 @@ mod tests {
         };
         let e = eval(&rules);
         let f = facts(1000, 1000);
-        assert_eq!(f.reason_at(t(2000), &e), Reason::AllIsOk);
+        assert_eq!(f.why_at(t(2000), &e), Why::AllIsOk);
         assert_eq!(f.next_change(t(1000), &e), Some(t(1000 + 21_600)));
     }
 
@@ -513,7 +246,7 @@ mod tests {
             ..eval(&rules)
         };
         let f = facts(1000, 1000);
-        assert_eq!(f.reason_at(t(5000), &e), Reason::AllIsOk);
+        assert_eq!(f.why_at(t(5000), &e), Why::AllIsOk);
         assert_eq!(f.next_change(t(5000), &e), Some(t(5300)));
     }
 
@@ -526,7 +259,7 @@ mod tests {
         };
         let mut f = facts(1000, 1000);
         f.no_grace = true;
-        assert_eq!(f.reason_at(t(5000), &e), Reason::NotReporting);
+        assert_eq!(f.why_at(t(5000), &e), Why::NotReporting);
     }
 
     #[test]
@@ -538,10 +271,10 @@ mod tests {
         };
         let mut f = facts(1000, 1000);
         f.connected = true;
-        assert_eq!(f.reason_at(t(1000 + 7200), &e), Reason::AllIsOk);
-        assert_eq!(f.reason_at(t(1000 + 21_600), &e), Reason::NoDataSent);
+        assert_eq!(f.why_at(t(1000 + 7200), &e), Why::AllIsOk);
+        assert_eq!(f.why_at(t(1000 + 21_600), &e), Why::NoDataSent);
         f.connected = false;
-        assert_eq!(f.reason_at(t(1000 + 7200), &e), Reason::NotReporting);
+        assert_eq!(f.why_at(t(1000 + 7200), &e), Why::NotReporting);
     }
 
     #[test]
@@ -554,193 +287,5 @@ mod tests {
         assert_eq!(f.next_change(t(1000), &e), Some(t(1300)));
         assert_eq!(f.next_change(t(1300), &e), Some(t(1000 + 7 * 86_400)));
         assert_eq!(f.next_change(t(1000 + 7 * 86_400), &e), None);
-    }
-}
-
-/// The events an agent reports: the sensor's six and the fleet's two.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    /// The agent process started: a new life, a fresh sensor.
-    Starting,
-    /// An externally initiated shutdown began.
-    ShuttingDown,
-    /// Data was received from the data server.
-    ServerDataReceived,
-    /// Data was sent to the data server.
-    ServerDataSent,
-    /// The agent is registered.
-    Registered,
-    /// The agent is not registered.
-    Unregistered,
-    /// The agent is alive.
-    Heartbeat,
-    /// The agent is exiting on purpose.
-    Stopped,
-}
-
-impl EventKind {
-    /// Every kind, in a fixed order (the index of [`EventKind::index`]).
-    pub const ALL: [EventKind; 8] = [
-        EventKind::Starting,
-        EventKind::ShuttingDown,
-        EventKind::ServerDataReceived,
-        EventKind::ServerDataSent,
-        EventKind::Registered,
-        EventKind::Unregistered,
-        EventKind::Heartbeat,
-        EventKind::Stopped,
-    ];
-
-    /// Position in [`EventKind::ALL`].
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The name, as the reference spells its methods.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Starting => "starting",
-            EventKind::ShuttingDown => "shutting_down",
-            EventKind::ServerDataReceived => "server_data_received",
-            EventKind::ServerDataSent => "server_data_sent",
-            EventKind::Registered => "registered",
-            EventKind::Unregistered => "unregistered",
-            EventKind::Heartbeat => "heartbeat",
-            EventKind::Stopped => "stopped",
-        }
-    }
-}
-
-/// One event as the registry applies it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AgentEvent {
-    /// The reporter's sequence number (at least 1).
-    pub seq: u64,
-    /// What happened.
-    pub kind: EventKind,
-    /// When it happened on the agent; `None`: when the server received it.
-    pub time: Option<Time>,
-}
-
-/// A table with one value per variant of a small, fixed enum, indexed by the
-/// variant itself: what `[T; N]` indexed by `variant.index()` would be, with
-/// the size and the order written once, in the enum's `ALL`.
-macro_rules! per_variant {
-    ($(#[$doc:meta])* $name:ident, $key:ident, $n:expr) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-        pub struct $name<T>([T; $n]);
-
-        impl<T> $name<T> {
-            /// A table whose value for each variant is `f(variant)`.
-            pub fn from_fn(mut f: impl FnMut($key) -> T) -> $name<T> {
-                $name(std::array::from_fn(|i| f($key::ALL[i])))
-            }
-
-            /// Every variant with its value, in the enum's `ALL` order.
-            pub fn iter(&self) -> impl Iterator<Item = ($key, &T)> {
-                $key::ALL.into_iter().zip(self.0.iter())
-            }
-
-            /// The table with `f` applied to every value.
-            pub fn map<U>(self, f: impl FnMut(T) -> U) -> $name<U> {
-                $name(self.0.map(f))
-            }
-
-            /// The values in the enum's `ALL` order (for code that predates
-            /// the table).
-            pub fn into_array(self) -> [T; $n] {
-                self.0
-            }
-        }
-
-        impl<T> std::ops::Index<$key> for $name<T> {
-            type Output = T;
-            fn index(&self, k: $key) -> &T {
-                &self.0[k.index()]
-            }
-        }
-
-        impl<T> std::ops::IndexMut<$key> for $name<T> {
-            fn index_mut(&mut self, k: $key) -> &mut T {
-                &mut self.0[k.index()]
-            }
-        }
-
-        impl<T> From<[T; $n]> for $name<T> {
-            fn from(values: [T; $n]) -> $name<T> {
-                $name(values)
-            }
-        }
-    };
-}
-
-per_variant!(
-    /// One value per reason (why an agent is in its state), such as the
-    /// number of agents with each.
-    ByWhy,
-    Reason,
-    Reason::ALL.len()
-);
-
-per_variant!(
-    /// One value per event kind, such as the events of each kind in a batch.
-    ByKind,
-    EventKind,
-    EventKind::ALL.len()
-);
-
-impl ByWhy<u64> {
-    /// The sum over every reason.
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    /// The sum over the reasons that put an agent in state `s`.
-    pub fn in_state(&self, s: State) -> u64 {
-        self.iter()
-            .filter(|(r, _)| r.state() == s)
-            .map(|(_, n)| *n)
-            .sum()
-    }
-}
-
-#[cfg(test)]
-mod label_tests {
-    use super::*;
-
-    #[test]
-    fn label_sets_keep_the_maps_content_and_order() {
-        let map: Labels = [("site", "eu"), ("app", "web"), ("zone", "b")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let set = LabelSet::from(&map);
-        assert_eq!(set.get("site"), Some("eu"));
-        assert_eq!(set.get("zone"), Some("b"));
-        assert_eq!(set.get("nope"), None);
-        assert_eq!(set.to_map(), map);
-        assert_eq!(
-            set.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            ["app", "site", "zone"]
-        );
-        assert!(LabelSet::default().is_empty());
-    }
-
-    #[test]
-    fn tables_by_why_are_indexed_by_the_reason() {
-        let mut counts = ByWhy::<u64>::default();
-        counts[Reason::NoDataSent] += 2;
-        counts[Reason::AllIsOk] += 1;
-        counts[Reason::Inactive] += 4;
-        assert_eq!(counts.total(), 7);
-        assert_eq!(counts.in_state(State::Faulty), 2);
-        assert_eq!(counts.in_state(State::Healthy), 1);
-        assert_eq!(counts.into_array()[Reason::Inactive.index()], 4);
-        let codes = ByWhy::from_fn(Reason::code);
-        assert!(codes.iter().all(|(r, c)| r.code() == *c));
-        let mut kinds = ByKind::<u32>::default();
-        kinds[EventKind::Stopped] += 1;
-        assert_eq!(kinds.into_array()[EventKind::Stopped.index()], 1);
     }
 }

@@ -73,6 +73,14 @@ pub enum WireError {
     Labels(#[from] LabelError),
 }
 
+/// What the wire got wrong is the caller's mistake: a server answers it with
+/// `INVALID_ARGUMENT`, naming the field and the rule.
+impl From<WireError> for tonic::Status {
+    fn from(e: WireError) -> tonic::Status {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
 /// This machine's wall clock as a [`Time`]; it saturates at the ends of the
 /// range (a clock set past year 9999 reads as year 9999) instead of failing.
 pub fn now() -> Time {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use fleet_health_sensor::{Sensor, Time};
 
-use crate::model::{EventKind, Facts, LabelSet, Reason};
+use crate::model::{EventKind, Facts, LabelSet, Why};
 
 use super::types::{StreamToken, Transition};
 
@@ -32,8 +32,8 @@ pub(super) enum History {
     Inline {
         len: u8,
         at: [Time; INLINE],
-        from: [Option<Reason>; INLINE],
-        to: [Reason; INLINE],
+        from: [Option<Why>; INLINE],
+        to: [Why; INLINE],
     },
     /// More than [`INLINE`] transitions.
     Spilled(Box<[Transition]>),
@@ -45,7 +45,7 @@ impl Default for History {
             len: 0,
             at: [Time::MIN; INLINE],
             from: [None; INLINE],
-            to: [Reason::AllIsOk; INLINE],
+            to: [Why::AllIsOk; INLINE],
         }
     }
 }
@@ -121,7 +121,7 @@ pub(super) struct Agent {
     /// The open stream's token, if a stream is open.
     pub(super) stream: Option<StreamToken>,
     /// The settled verdict, as of `evaluated`.
-    pub(super) reason: Reason,
+    pub(super) why: Why,
     pub(super) labels: Option<Arc<LabelSet>>,
     pub(super) history: History,
     /// The sensor's registration.
@@ -148,7 +148,7 @@ impl Agent {
             incarnation: 0,
             last_seq: 0,
             stream: None,
-            reason: Reason::AllIsOk,
+            why: Why::AllIsOk,
             labels: None,
             history: History::default(),
             dirty: false,
@@ -261,7 +261,7 @@ mod tests {
         Transition {
             at: t(at),
             from: None,
-            to: Reason::AllIsOk,
+            to: Why::AllIsOk,
         }
     }
 
@@ -283,12 +283,12 @@ mod tests {
         let first = Transition {
             at: t(1),
             from: None,
-            to: Reason::NoDataReceived,
+            to: Why::NoDataReceived,
         };
         let second = Transition {
             at: t(2),
-            from: Some(Reason::NoDataReceived),
-            to: Reason::AllIsOk,
+            from: Some(Why::NoDataReceived),
+            to: Why::AllIsOk,
         };
         h.push(first, 8);
         h.push(second, 8);

@@ -42,7 +42,7 @@ use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::model::{Eval, FleetRules, Reason};
+use crate::model::{Eval, FleetRules, Why};
 
 use self::agent::{Agent, Tokens};
 use self::journal::Journal;
@@ -195,11 +195,11 @@ impl Registry {
     /// Settles the agent's verdict at `at`, recording a transition if it
     /// changed. Called under the agent's entry.
     fn settle(&self, key: &Arc<str>, a: &mut Agent, at: Time) {
-        let new = a.facts().reason_at(at, &self.eval(false));
+        let new = a.facts().why_at(at, &self.eval(false));
         a.evaluated = at;
-        if new != a.reason {
-            let old = a.reason;
-            a.reason = new;
+        if new != a.why {
+            let old = a.why;
+            a.why = new;
             self.transition(key, a, Some(old), at);
         }
     }
@@ -208,10 +208,10 @@ impl Registry {
     /// `a.reason` at `at` (`before` is `None` for a new agent). Updates its
     /// history, the tally, the journal and the metrics, tells watchers, and
     /// checks the storm guard. Called under the agent's entry.
-    fn transition(&self, key: &Arc<str>, a: &mut Agent, before: Option<Reason>, at: Time) {
+    fn transition(&self, key: &Arc<str>, a: &mut Agent, before: Option<Why>, at: Time) {
         a.since = at;
         a.evaluated = at;
-        let to = a.reason;
+        let to = a.why;
         a.history.push(
             Transition {
                 at,
@@ -235,7 +235,7 @@ impl Registry {
     /// The fan-out of an agent forgotten: the tally, the journal, watchers and
     /// the storm guard. `settled` is its reason in the tally, `last` its
     /// status just before.
-    fn forgotten(&self, key: &Arc<str>, settled: Reason, last: Arc<AgentView>) {
+    fn forgotten(&self, key: &Arc<str>, settled: Why, last: Arc<AgentView>) {
         self.inner.tally.moved(key, Some(settled), None);
         self.inner.journal.removed(key);
         let _ = self.inner.changes.send(Change::Forgotten { last });

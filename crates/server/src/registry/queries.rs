@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use fleet_health_sensor::Time;
 
-use crate::model::{AgentId, ByWhy, Reason};
+use crate::model::{AgentId, ByWhy, Why};
 
 use super::Registry;
 use super::agent::Agent;
@@ -49,8 +49,8 @@ impl When {
 /// An agent whose verdict at the queried time differs from its settled one.
 struct Unsettled {
     key: Arc<str>,
-    settled: Reason,
-    at: Reason,
+    settled: Why,
+    at: Why,
 }
 
 impl Registry {
@@ -100,7 +100,7 @@ impl Registry {
     fn unsettled(&self, at: Time, forecast: bool) -> Vec<Unsettled> {
         let mut keys = self.inner.timers.due_by(at);
         if forecast {
-            let fleet = [Reason::NotReporting, Reason::Inactive];
+            let fleet = [Why::NotReporting, Why::Inactive];
             keys.extend(self.inner.tally.keys(&fleet, None, usize::MAX));
             keys.sort_unstable();
             keys.dedup();
@@ -109,8 +109,8 @@ impl Registry {
         keys.into_iter()
             .filter_map(|key| {
                 let a = self.inner.agents.get(&key)?;
-                let now = a.facts().reason_at(at, &e);
-                let settled = a.reason;
+                let now = a.facts().why_at(at, &e);
+                let settled = a.why;
                 drop(a);
                 (now != settled).then_some(Unsettled {
                     key,
@@ -138,7 +138,7 @@ impl Registry {
         let e = self.eval(false);
         let mut counts = ByWhy::<u64>::default();
         for entry in self.inner.agents.iter() {
-            counts[entry.value().facts().reason_at(at, &e)] += 1;
+            counts[entry.value().facts().why_at(at, &e)] += 1;
         }
         counts
     }
@@ -147,11 +147,11 @@ impl Registry {
     pub(super) fn view_of(&self, key: &Arc<str>, a: &Agent, at: Time, forecast: bool) -> AgentView {
         let facts = a.facts();
         let e = self.eval(forecast);
-        let (reason, since) = if at == a.evaluated {
-            (a.reason, a.since)
+        let (why, since) = if at == a.evaluated {
+            (a.why, a.since)
         } else {
-            let reason = facts.reason_at(at, &e);
-            let since = if reason == a.reason && at >= a.since {
+            let why = facts.why_at(at, &e);
+            let since = if why == a.why && at >= a.since {
                 a.since
             } else if at > a.evaluated {
                 // Walk the changes between the last settlement and `at`.
@@ -168,11 +168,11 @@ impl Registry {
             } else {
                 at
             };
-            (reason, since)
+            (why, since)
         };
         AgentView {
-            id: AgentId::from_arc(key.clone()),
-            reason,
+            id: AgentId::from_checked(key.clone()),
+            why,
             since,
             last_heard: a.last_heard,
             first_seen: a.first_seen,
@@ -214,12 +214,12 @@ impl Registry {
         }
         let forecast = when.forecast();
         let (counts, changed) = self.counts_at(at, forecast);
-        let reasons = sel.reasons();
+        let whys = sel.whys();
         // Agents whose verdict at `at` is selected although the index has
         // them under another reason, by ID.
         let mut extra = changed
             .iter()
-            .filter(|c| reasons.contains(&c.at) && after.is_none_or(|x| &*c.key > x))
+            .filter(|c| whys.contains(&c.at) && after.is_none_or(|x| &*c.key > x))
             .map(|c| c.key.clone())
             .peekable();
         let mut agents = Vec::with_capacity(limit.min(1024));
@@ -231,7 +231,7 @@ impl Registry {
             let chunk = self
                 .inner
                 .tally
-                .keys(&reasons, cursor.as_deref().or(after), INDEX_CHUNK);
+                .keys(&whys, cursor.as_deref().or(after), INDEX_CHUNK);
             let bound = (chunk.len() == INDEX_CHUNK).then(|| chunk[INDEX_CHUNK - 1].clone());
             let mut keys: Vec<Arc<str>> = chunk
                 .into_iter()
@@ -245,11 +245,11 @@ impl Registry {
                 let Some(a) = self.inner.agents.get(&key) else {
                     continue;
                 };
-                let reason = match changed.binary_search_by(|c| c.key.cmp(&key)) {
+                let why = match changed.binary_search_by(|c| c.key.cmp(&key)) {
                     Ok(i) => changed[i].at,
-                    Err(_) => a.reason,
+                    Err(_) => a.why,
                 };
-                if !sel.matches(reason, a.labels.as_deref()) {
+                if !sel.matches(why, a.labels.as_deref()) {
                     continue;
                 }
                 if agents.len() == limit {
@@ -286,12 +286,12 @@ impl Registry {
         let mut keys: Vec<Arc<str>> = Vec::new();
         for entry in self.inner.agents.iter() {
             let a = entry.value();
-            let reason = a.facts().reason_at(at, &e);
-            counts[reason] += 1;
+            let why = a.facts().why_at(at, &e);
+            counts[why] += 1;
             if after.is_some_and(|x| &**entry.key() <= x) {
                 continue;
             }
-            if sel.matches(reason, a.labels.as_deref()) {
+            if sel.matches(why, a.labels.as_deref()) {
                 keys.push(entry.key().clone());
             }
         }
@@ -321,7 +321,7 @@ impl Registry {
     /// Counts by reason, now or at another time.
     pub fn summary(&self, at: Option<Time>) -> Summary {
         let (at, when) = self.query_time(at);
-        let by_reason = match when {
+        let by_why = match when {
             When::Past => self.counts_by_scan(at),
             _ => self.counts_at(at, when.forecast()).0,
         };
@@ -333,8 +333,8 @@ impl Registry {
             settings.grace_from.checked_add(settings.rules.silence)
         };
         Summary {
-            storm: self.inner.tally.storm_of(&by_reason),
-            by_reason,
+            storm: self.inner.tally.storm_of(&by_why),
+            by_why,
             connected: self.connected(),
             evaluated_at: at,
             grace_until: grace_end.filter(|g| *g > at),
@@ -352,10 +352,10 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
         let mut out = a.history.to_vec();
         let (facts, e) = (a.facts(), self.eval(false));
-        let (mut t, mut from) = (a.evaluated, a.reason);
+        let (mut t, mut from) = (a.evaluated, a.why);
         drop(a);
         while let Some(at) = facts.next_change(t, &e).filter(|c| *c <= now) {
-            let to = facts.reason_at(at, &e);
+            let to = facts.why_at(at, &e);
             out.push(Transition {
                 at,
                 from: Some(from),

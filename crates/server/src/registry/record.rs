@@ -1,6 +1,6 @@
 //! The stored form of an agent: [`AgentRecord`], a protobuf message (so
 //! fields can be added without a migration), and the conversions between it
-//! and the registry's [`Agent`]. Times are microseconds since the epoch;
+//! and the registry's `Agent`. Times are microseconds since the epoch;
 //! reasons are `fleethealth.v1.Why` numbers, which never change meaning.
 //!
 //! No locks: callers convert under the agent's map entry.
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use fleet_health_sensor::{Sensor, Time, TimeError};
 use prost::Message;
 
-use crate::model::{AgentId, AgentIdError, LabelSet, Reason};
+use crate::model::{AgentId, AgentIdError, LabelSet, Why};
 
 use super::agent::{Agent, History};
 use super::types::Transition;
@@ -109,7 +109,7 @@ pub struct AgentRecord {
     pub last_seq: u64,
     /// The reason.
     #[prost(uint32, tag = "13")]
-    pub reason: u32,
+    pub why: u32,
     /// Labels.
     #[prost(btree_map = "string, string", tag = "14")]
     pub labels: BTreeMap<String, String>,
@@ -135,7 +135,7 @@ impl Agent {
             stopped_at: self.stopped().map(Time::as_micros),
             incarnation: self.incarnation,
             last_seq: self.last_seq,
-            reason: self.reason.code(),
+            why: self.why.code(),
             labels: self
                 .labels
                 .as_deref()
@@ -147,7 +147,7 @@ impl Agent {
                 .iter()
                 .map(|t| TransitionRecord {
                     at: t.at.as_micros(),
-                    from: t.from.map_or(0, Reason::code),
+                    from: t.from.map_or(0, Why::code),
                     to: t.to.code(),
                 })
                 .collect(),
@@ -160,8 +160,8 @@ impl Agent {
         let time = |micros: i64, field: &'static str| {
             Time::from_micros(micros).map_err(|source| RecordProblem::Time { field, source })
         };
-        let reason = |code: u32, field: &'static str| {
-            Reason::from_code(code).ok_or(RecordProblem::UnknownWhy { field, code })
+        let why = |code: u32, field: &'static str| {
+            Why::from_code(code).ok_or(RecordProblem::UnknownWhy { field, code })
         };
         let sensor = Sensor::from_parts(
             time(r.started_at, "started_at")?,
@@ -178,9 +178,9 @@ impl Agent {
                     at: time(t.at, "history")?,
                     from: match t.from {
                         0 => None,
-                        code => Some(reason(code, "history")?),
+                        code => Some(why(code, "history")?),
                     },
-                    to: reason(t.to, "history")?,
+                    to: why(t.to, "history")?,
                 })
             })
             .collect::<Result<Vec<_>, RecordProblem>>()?;
@@ -192,10 +192,10 @@ impl Agent {
         a.set_stopped(r.stopped_at.map(|t| time(t, "stopped_at")).transpose()?);
         a.incarnation = r.incarnation;
         a.last_seq = r.last_seq;
-        a.reason = reason(r.reason, "reason")?;
+        a.why = why(r.why, "reason")?;
         a.labels = (!r.labels.is_empty()).then(|| Arc::new(LabelSet::from(&r.labels)));
         a.history = History::from_vec(history);
-        a.no_grace = a.reason == Reason::NotReporting;
+        a.no_grace = a.why == Why::NotReporting;
         Ok(a)
     }
 }
@@ -235,7 +235,7 @@ mod tests {
         a.apply(EventKind::Stopped, t(103));
         a.incarnation = 7;
         a.last_seq = 9;
-        a.reason = Reason::Stopped;
+        a.why = Why::Stopped;
         a.since = t(103);
         a.evaluated = t(104);
         a.labels = Some(Arc::new(LabelSet::from(
@@ -245,15 +245,15 @@ mod tests {
             Transition {
                 at: t(100),
                 from: None,
-                to: Reason::NoDataReceived,
+                to: Why::NoDataReceived,
             },
             8,
         );
         a.history.push(
             Transition {
                 at: t(103),
-                from: Some(Reason::NoDataReceived),
-                to: Reason::Stopped,
+                from: Some(Why::NoDataReceived),
+                to: Why::Stopped,
             },
             8,
         );
@@ -272,7 +272,7 @@ mod tests {
         let err = decode("not an id", &[]).expect_err("bad key");
         assert!(matches!(err.problem, RecordProblem::Id(_)), "{err}");
         let bad_reason = AgentRecord {
-            reason: 42,
+            why: 42,
             ..AgentRecord::default()
         };
         let err = decode("a", &bad_reason.encode_to_vec()).expect_err("bad reason");
@@ -288,7 +288,7 @@ mod tests {
         );
         assert!(err.to_string().contains("agent \"a\""), "{err}");
         let bad_time = AgentRecord {
-            reason: 1,
+            why: 1,
             last_heard: i64::MAX,
             ..AgentRecord::default()
         };

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::model::{ByWhy, FleetRules, Reason, State};
+use crate::model::{ByWhy, FleetRules, State, Why};
 
 use super::lock;
 use super::types::StormView;
@@ -42,7 +42,7 @@ impl Tally {
 
     /// Moves agent `key` from reason `from` to reason `to` (`None`: not
     /// known before, or no longer known).
-    pub(super) fn moved(&self, key: &Arc<str>, from: Option<Reason>, to: Option<Reason>) {
+    pub(super) fn moved(&self, key: &Arc<str>, from: Option<Why>, to: Option<Why>) {
         if from == to {
             return;
         }
@@ -73,20 +73,14 @@ impl Tally {
 
     /// Up to `take` agents with any of `reasons` (as settled), by ID, after
     /// `after`.
-    pub(super) fn keys(
-        &self,
-        reasons: &[Reason],
-        after: Option<&str>,
-        take: usize,
-    ) -> Vec<Arc<str>> {
+    pub(super) fn keys(&self, whys: &[Why], after: Option<&str>, take: usize) -> Vec<Arc<str>> {
         let mut keys: Vec<Arc<str>> = {
             let index = lock(&self.index);
-            reasons
-                .iter()
+            whys.iter()
                 .flat_map(|r| index.by_why[*r].after(after).take(take).cloned())
                 .collect()
         };
-        if reasons.len() > 1 {
+        if whys.len() > 1 {
             keys.sort_unstable();
         }
         keys.truncate(take);
@@ -304,22 +298,22 @@ mod tests {
     #[test]
     fn the_index_lists_by_id_across_reasons() {
         let tally = Tally::new(&FleetRules::default());
-        tally.moved(&key("c"), None, Some(Reason::NoDataSent));
-        tally.moved(&key("a"), None, Some(Reason::NotReporting));
-        tally.moved(&key("b"), None, Some(Reason::AllIsOk));
-        tally.moved(&key("d"), None, Some(Reason::NoDataSent));
-        let faulty: Vec<Reason> = Reason::ALL
+        tally.moved(&key("c"), None, Some(Why::NoDataSent));
+        tally.moved(&key("a"), None, Some(Why::NotReporting));
+        tally.moved(&key("b"), None, Some(Why::AllIsOk));
+        tally.moved(&key("d"), None, Some(Why::NoDataSent));
+        let faulty: Vec<Why> = Why::ALL
             .into_iter()
             .filter(|r| r.state() == State::Faulty)
             .collect();
         let keys = tally.keys(&faulty, None, 10);
         assert_eq!(keys, [key("a"), key("c"), key("d")]);
         assert_eq!(tally.keys(&faulty, Some("a"), 1), [key("c")]);
-        tally.moved(&key("c"), Some(Reason::NoDataSent), Some(Reason::AllIsOk));
-        tally.moved(&key("d"), Some(Reason::NoDataSent), None);
+        tally.moved(&key("c"), Some(Why::NoDataSent), Some(Why::AllIsOk));
+        tally.moved(&key("d"), Some(Why::NoDataSent), None);
         assert_eq!(tally.keys(&faulty, None, 10), [key("a")]);
         let counts = tally.counts();
-        assert_eq!(counts[Reason::AllIsOk], 2);
+        assert_eq!(counts[Why::AllIsOk], 2);
         assert_eq!(counts.total(), 3);
     }
 
@@ -331,17 +325,17 @@ mod tests {
         };
         let tally = Tally::new(&rules);
         for k in ["a", "b", "c"] {
-            tally.moved(&key(k), None, Some(Reason::NoDataSent));
+            tally.moved(&key(k), None, Some(Why::NoDataSent));
         }
         // Three agents: under the minimum fleet.
         assert_eq!(tally.check_storm(), None);
-        tally.moved(&key("d"), None, Some(Reason::AllIsOk));
+        tally.moved(&key("d"), None, Some(Why::AllIsOk));
         let up = tally.check_storm().expect("raised");
         assert!(up.active);
-        assert_eq!(up.dominant, Some((Reason::NoDataSent, 3)));
+        assert_eq!(up.dominant, Some((Why::NoDataSent, 3)));
         assert_eq!(tally.check_storm(), None, "told once");
-        tally.moved(&key("a"), Some(Reason::NoDataSent), Some(Reason::AllIsOk));
-        tally.moved(&key("b"), Some(Reason::NoDataSent), Some(Reason::Inactive));
+        tally.moved(&key("a"), Some(Why::NoDataSent), Some(Why::AllIsOk));
+        tally.moved(&key("b"), Some(Why::NoDataSent), Some(Why::Inactive));
         let down = tally.check_storm().expect("lowered");
         assert!(!down.active);
         assert_eq!((down.faulty, down.active_agents), (1, 3));

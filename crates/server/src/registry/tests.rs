@@ -65,19 +65,16 @@ fn a_new_agent_is_faulty_until_it_starts() {
     } = reg.connect(&id("a"), 1, Labels::new()).expect("connects");
     assert_eq!(last, 0);
     assert_eq!(
-        reg.get(&id("a"), None).expect("known").reason,
-        Reason::NoDataReceived
+        reg.get(&id("a"), None).expect("known").why,
+        Why::NoDataReceived
     );
     reg.apply(&s, &[ev(1, EventKind::Starting, None)])
         .expect("applies");
-    assert_eq!(
-        reg.get(&id("a"), None).expect("known").reason,
-        Reason::AllIsOk
-    );
+    assert_eq!(reg.get(&id("a"), None).expect("known").why, Why::AllIsOk);
     let h = reg.history(&id("a")).expect("known");
     assert_eq!(h.len(), 2);
     assert_eq!(h[0].from, None);
-    assert_eq!(h[1].to, Reason::AllIsOk);
+    assert_eq!(h[1].to, Why::AllIsOk);
 }
 
 #[test]
@@ -96,10 +93,7 @@ fn resent_events_are_applied_once() {
     assert_eq!(again.duplicates, 1);
     assert_eq!(again.applied, 1);
     assert_eq!(again.applied_through, 4);
-    assert_eq!(
-        reg.get(&id("a"), None).expect("known").reason,
-        Reason::AllIsOk
-    );
+    assert_eq!(reg.get(&id("a"), None).expect("known").why, Why::AllIsOk);
     // A reconnect with the same incarnation resumes; a new one starts over.
     let Connected {
         session: _,
@@ -118,8 +112,8 @@ fn resent_events_are_applied_once() {
         .expect("applies");
     assert_eq!(fresh.applied, 1);
     assert_eq!(
-        reg.get(&id("a"), None).expect("known").reason,
-        Reason::NotRegistered
+        reg.get(&id("a"), None).expect("known").why,
+        Why::NotRegistered
     );
 }
 
@@ -154,33 +148,24 @@ fn time_driven_transitions_happen_at_their_due_time() {
     // The heap wakes the agent lazily, at or before its real next change.
     assert!(reg.process_due().is_some_and(|due| due <= t(T0 + 21_600)));
     let v = reg.get(&id("a"), None).expect("known");
-    assert_eq!(
-        (v.reason, v.next_change),
-        (Reason::AllIsOk, Some(t(T0 + 21_600)))
-    );
+    assert_eq!((v.why, v.next_change), (Why::AllIsOk, Some(t(T0 + 21_600))));
     clock.set(t(T0 + 21_599));
-    assert_eq!(
-        reg.get(&id("a"), None).expect("known").reason,
-        Reason::AllIsOk
-    );
+    assert_eq!(reg.get(&id("a"), None).expect("known").why, Why::AllIsOk);
     clock.set(t(T0 + 21_600));
     reg.process_due();
     let v = reg.get(&id("a"), None).expect("known");
-    assert_eq!((v.reason, v.since), (Reason::NoDataSent, t(T0 + 21_600)));
+    assert_eq!((v.why, v.since), (Why::NoDataSent, t(T0 + 21_600)));
     match feed.try_recv().expect("a change was sent") {
         Change::Status { view, before } => {
-            assert_eq!(before, Some(Reason::AllIsOk));
-            assert_eq!(view.reason, Reason::NoDataSent);
+            assert_eq!(before, Some(Why::AllIsOk));
+            assert_eq!(view.why, Why::NoDataSent);
         }
         other => panic!("unexpected {other:?}"),
     }
     // Then silence: not reporting at last_heard + 5 min.
     clock.set(t(T0 + 21_360 + 400));
     let v = reg.get(&id("a"), None).expect("known");
-    assert_eq!(
-        (v.reason, v.since),
-        (Reason::NotReporting, t(T0 + 21_360 + 300))
-    );
+    assert_eq!((v.why, v.since), (Why::NotReporting, t(T0 + 21_360 + 300)));
     // The read settled nothing, yet the history shows the transition due.
     let due = reg.history(&id("a")).expect("known");
     assert_eq!(due.len(), 4);
@@ -214,15 +199,12 @@ async fn the_timer_task_settles_what_is_due_when_it_stops() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(
-        reg.inner.agents.get("a").expect("known").reason,
-        Reason::AllIsOk
-    );
+    assert_eq!(reg.inner.agents.get("a").expect("known").why, Why::AllIsOk);
     clock.advance(Duration::from_secs(400));
     stop.send(()).expect("task waits");
     task.await.expect("task ends");
     let a = reg.inner.agents.get("a").expect("known");
-    assert_eq!((a.reason, a.since), (Reason::NotReporting, t(T0 + 300)));
+    assert_eq!((a.why, a.since), (Why::NotReporting, t(T0 + 300)));
 }
 
 #[test]
@@ -244,7 +226,7 @@ fn faulty_list_uses_the_index_and_pages() {
     assert_eq!(p1.agents.len(), 15);
     assert!(p1.more);
     assert!(p1.storm.active);
-    assert_eq!(p1.storm.dominant, Some((Reason::NoDataReceived, 20)));
+    assert_eq!(p1.storm.dominant, Some((Why::NoDataReceived, 20)));
     let last = p1.agents.last().expect("non-empty").id.to_string();
     let p2 = reg.list(&sel, None, Some(&last), 15);
     assert_eq!(p2.agents.len(), 5);
@@ -263,7 +245,7 @@ fn faulty_list_uses_the_index_and_pages() {
     // Forecast: in 6 hours the healthy ones (connected) miss their sends.
     let later = reg.list(&sel, Some(t(T0 + 21_600)), None, 100);
     assert_eq!(later.agents.len(), 30);
-    assert_eq!(later.agents[0].reason, Reason::NoDataSent);
+    assert_eq!(later.agents[0].why, Why::NoDataSent);
     assert_eq!(later.agents[0].since, t(T0 + 21_600));
     // Nothing was changed by the forecast.
     assert_eq!(reg.list(&sel, None, None, 100).agents.len(), 20);
@@ -285,7 +267,7 @@ fn stopped_agents_are_healthy_until_they_start_again() {
     reg.disconnect(&s);
     clock.advance(Duration::from_secs(8 * 86_400));
     let v = reg.get(&id("a"), None).expect("known");
-    assert_eq!(v.reason, Reason::Stopped);
+    assert_eq!(v.why, Why::Stopped);
     assert_eq!(v.next_change, None);
 }
 
@@ -294,7 +276,7 @@ fn forgetting_removes_everything() {
     let (reg, _) = setup();
     healthy_start(&reg, "a");
     let last = reg.forget(&id("a")).expect("known");
-    assert_eq!(last.reason, Reason::AllIsOk);
+    assert_eq!(last.why, Why::AllIsOk);
     assert!(reg.is_empty());
     assert_eq!(reg.counts().total(), 0);
     assert!(matches!(
@@ -419,11 +401,11 @@ fn selectors() -> Vec<Selector> {
         StateFilter::Inactive,
         StateFilter::All,
     ] {
-        for reasons in [vec![], vec![Reason::NotReporting, Reason::AllIsOk]] {
+        for whys in [vec![], vec![Why::NotReporting, Why::AllIsOk]] {
             for labels in [Labels::new(), [("site".into(), "eu".into())].into()] {
                 out.push(Selector {
                     filter,
-                    reasons: reasons.clone(),
+                    whys: whys.clone(),
                     labels,
                 });
             }
@@ -432,10 +414,10 @@ fn selectors() -> Vec<Selector> {
     out
 }
 
-fn ids_and_status(page: &Page) -> Vec<(String, Reason, Time, Option<Time>)> {
+fn ids_and_status(page: &Page) -> Vec<(String, Why, Time, Option<Time>)> {
     page.agents
         .iter()
-        .map(|v| (v.id.to_string(), v.reason, v.since, v.next_change))
+        .map(|v| (v.id.to_string(), v.why, v.since, v.next_change))
         .collect()
 }
 
@@ -493,11 +475,11 @@ fn compare_index_and_scan(reg: &Registry, now: Time) {
             None,
             usize::MAX,
         );
-        let mut by_reason = ByWhy::<u64>::default();
+        let mut by_why = ByWhy::<u64>::default();
         for v in &all.agents {
-            by_reason[v.reason] += 1;
+            by_why[v.why] += 1;
         }
-        assert_eq!(reg.summary(at).by_reason, by_reason, "at {when:?}");
+        assert_eq!(reg.summary(at).by_why, by_why, "at {when:?}");
     }
 }
 
@@ -514,7 +496,7 @@ fn reads_evaluate_their_time_and_settle_nothing() {
     // Read in every way: the due changes show, nothing is settled.
     let counts = reg.counts();
     assert_ne!(counts, settled, "some changes are due");
-    assert_eq!(reg.summary(None).by_reason, counts);
+    assert_eq!(reg.summary(None).by_why, counts);
     assert_eq!(reg.storm(), reg.inner.tally.storm_of(&counts));
     let faulty = Selector {
         filter: StateFilter::Faulty,
@@ -523,12 +505,7 @@ fn reads_evaluate_their_time_and_settle_nothing() {
     let listed = reg.list(&faulty, None, None, 100);
     assert_eq!(listed.agents.len() as u64, counts.in_state(State::Faulty));
     assert_eq!(reg.snapshot(&faulty).len(), listed.agents.len());
-    assert!(
-        listed
-            .agents
-            .iter()
-            .any(|v| v.reason == Reason::NotReporting)
-    );
+    assert!(listed.agents.iter().any(|v| v.why == Why::NotReporting));
     for (i, settled_history) in histories.iter().enumerate() {
         let agent = id(&format!("agent-{i:02}"));
         reg.get(&agent, None).expect("known");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fleet_health_sensor::{Sensor, Time};
 
-use crate::model::{AgentId, ByWhy, LabelSet, Labels, Reason, State};
+use crate::model::{AgentId, ByWhy, LabelSet, Labels, State, Why};
 
 /// Limits that protect the server.
 #[derive(Clone, Debug)]
@@ -50,9 +50,9 @@ pub struct Transition {
     /// When the verdict changed (the due time, for a time-driven change).
     pub at: Time,
     /// The reason before (`None` for the agent's first status).
-    pub from: Option<Reason>,
+    pub from: Option<Why>,
     /// The reason after.
-    pub to: Reason,
+    pub to: Why,
 }
 
 /// Everything known of one agent, evaluated at one time.
@@ -61,7 +61,7 @@ pub struct AgentView {
     /// The agent.
     pub id: AgentId,
     /// Why it is in its state.
-    pub reason: Reason,
+    pub why: Why,
     /// Since when it has had this reason.
     pub since: Time,
     /// When it was last heard from.
@@ -89,7 +89,7 @@ pub struct AgentView {
 impl AgentView {
     /// The agent's state.
     pub fn state(&self) -> State {
-        self.reason.state()
+        self.why.state()
     }
 }
 
@@ -109,7 +109,7 @@ pub struct StormView {
     /// The configured minimum fleet.
     pub min_agents: u64,
     /// The reason more than half the faulty agents share, and how many.
-    pub dominant: Option<(Reason, u64)>,
+    pub dominant: Option<(Why, u64)>,
 }
 
 impl StormView {
@@ -131,7 +131,7 @@ pub enum Change {
         /// Its new status.
         view: Arc<AgentView>,
         /// Its reason before.
-        before: Option<Reason>,
+        before: Option<Why>,
     },
     /// An agent was forgotten.
     Forgotten {
@@ -142,33 +142,7 @@ pub enum Change {
     Storm(StormView),
 }
 
-/// Which states a query takes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StateFilter {
-    /// Healthy and faulty.
-    #[default]
-    Active,
-    /// Faulty only.
-    Faulty,
-    /// Healthy only.
-    Healthy,
-    /// Inactive only.
-    Inactive,
-    /// Everything.
-    All,
-}
-
-impl StateFilter {
-    pub(super) fn takes(self, s: State) -> bool {
-        match self {
-            StateFilter::Active => s != State::Inactive,
-            StateFilter::Faulty => s == State::Faulty,
-            StateFilter::Healthy => s == State::Healthy,
-            StateFilter::Inactive => s == State::Inactive,
-            StateFilter::All => true,
-        }
-    }
-}
+pub use crate::model::StateFilter;
 
 /// Which agents a list or watch takes.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -176,29 +150,29 @@ pub struct Selector {
     /// Which states are taken.
     pub filter: StateFilter,
     /// Any of these reasons; empty: any.
-    pub reasons: Vec<Reason>,
+    pub whys: Vec<Why>,
     /// All of these labels.
     pub labels: Labels,
 }
 
 impl Selector {
     /// Whether an agent with this reason and these labels is selected.
-    pub fn matches(&self, reason: Reason, labels: Option<&LabelSet>) -> bool {
-        self.filter.takes(reason.state())
-            && (self.reasons.is_empty() || self.reasons.contains(&reason))
+    pub fn matches(&self, why: Why, labels: Option<&LabelSet>) -> bool {
+        self.filter.takes(why.state())
+            && (self.whys.is_empty() || self.whys.contains(&why))
             && self
                 .labels
                 .iter()
                 .all(|(k, v)| labels.is_some_and(|l| l.get(k).is_some_and(|x| x == v)))
     }
 
-    /// The reasons whose agents this selector may take, in [`Reason::ALL`]
+    /// The reasons whose agents this selector may take, in [`Why::ALL`]
     /// order.
-    pub(super) fn reasons(&self) -> Vec<Reason> {
-        Reason::ALL
+    pub(super) fn whys(&self) -> Vec<Why> {
+        Why::ALL
             .into_iter()
             .filter(|r| self.filter.takes(r.state()))
-            .filter(|r| self.reasons.is_empty() || self.reasons.contains(r))
+            .filter(|r| self.whys.is_empty() || self.whys.contains(r))
             .collect()
     }
 }
@@ -220,7 +194,7 @@ pub struct Page {
 #[derive(Clone, Debug)]
 pub struct Summary {
     /// Agents by reason.
-    pub by_reason: ByWhy<u64>,
+    pub by_why: ByWhy<u64>,
     /// Agents with an open stream.
     pub connected: u64,
     /// The storm guard at the evaluated time.
@@ -234,12 +208,12 @@ pub struct Summary {
 impl Summary {
     /// Agents in a state.
     pub fn count(&self, s: State) -> u64 {
-        self.by_reason.in_state(s)
+        self.by_why.in_state(s)
     }
 
     /// Every agent.
     pub fn total(&self) -> u64 {
-        self.by_reason.total()
+        self.by_why.total()
     }
 }
 

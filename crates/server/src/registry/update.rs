@@ -63,7 +63,7 @@ impl Registry {
                 inner.population.connected.fetch_add(1, Ordering::Relaxed);
                 let mut entry = e.insert(Box::new(a));
                 let a = entry.value_mut();
-                a.reason = a.facts().reason_at(now, &self.eval(false));
+                a.why = a.facts().why_at(now, &self.eval(false));
                 self.transition(&key, a, None, now);
                 self.schedule(&key, a);
                 (0, inner.journal.changed(&key, a))
@@ -163,7 +163,7 @@ impl Registry {
             inner.population.connected.fetch_sub(1, Ordering::Relaxed);
         }
         let last = Arc::new(self.view_of(&key, &a, at, false));
-        self.forgotten(&key, a.reason, last.clone());
+        self.forgotten(&key, a.why, last.clone());
         tracing::info!(agent_id = %id, "agent forgotten");
         Ok(Arc::unwrap_or_clone(last))
     }
@@ -181,7 +181,7 @@ impl Registry {
                 a.labels = Some(lock(&inner.labels).intern(l));
             }
             let key = id.as_arc().clone();
-            inner.tally.moved(&key, None, Some(a.reason));
+            inner.tally.moved(&key, None, Some(a.why));
             self.schedule(&key, &mut a);
             if inner.agents.insert(key, Box::new(a)).is_none() {
                 inner.population.known.fetch_add(1, Ordering::Relaxed);
