@@ -22,7 +22,7 @@
 # before being the same fresh process's resident memory.
 #
 # Then, at the largest N, the durable server twice more: with
-# --store-cache-mb 16 instead of the default 64 (the cache's share), and with
+# --store-cache-mb 64 instead of the default 16 (the cache's share), and with
 # MALLOC_ARENA_MAX=2 in its environment (glibc's per-thread arenas: the
 # allocator's share). And, unless FOOTPRINT=0, the in-process `footprint`
 # example at the largest N: the registry's own bytes per agent, without a
@@ -34,8 +34,8 @@
 # Settings (environment):
 #   AGENTS       agent counts, space-separated [default: "100000 1000000"]
 #   STORES       durable and/or memory [default: "durable memory"]
-#   EXTRAS       extra durable runs at the largest N: cache16, arena2
-#                [default: "cache16 arena2"; empty for none]
+#   EXTRAS       extra durable runs at the largest N: cache64, arena2
+#                [default: "cache64 arena2"; empty for none]
 #   STREAMS      agents registering at once [default: 256]
 #   CONNECTIONS  HTTP/2 connections they share [default: 4]
 #   FOOTPRINT    1: also run the in-process footprint example [default: 1]
@@ -55,7 +55,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 agents_list=${AGENTS:-"100000 1000000"}
 stores=${STORES:-"durable memory"}
-extras=${EXTRAS-"cache16 arena2"}
+extras=${EXTRAS-"cache64 arena2"}
 streams=${STREAMS:-256}
 connections=${CONNECTIONS:-4}
 footprint=${FOOTPRINT:-1}
@@ -66,7 +66,7 @@ for s in $stores; do
   case $s in durable | memory) ;; *) echo "STORES: durable or memory, not $s" >&2; exit 2 ;; esac
 done
 for e in $extras; do
-  case $e in cache16 | arena2) ;; *) echo "EXTRAS: cache16 or arena2, not $e" >&2; exit 2 ;; esac
+  case $e in cache64 | arena2) ;; *) echo "EXTRAS: cache64 or arena2, not $e" >&2; exit 2 ;; esac
 done
 case ${GDB:-auto} in
   auto) use_gdb=0; command -v gdb >/dev/null && use_gdb=1 ;;
@@ -206,7 +206,7 @@ measure() { # N STORE VARIANT
   flags+=(--max-agents "$max_agents")
   case $variant in
     default) ;;
-    cache16) flags+=(--store-cache-mb 16) ;;
+    cache64) flags+=(--store-cache-mb 64) ;;
     arena2) envs+=(MALLOC_ARENA_MAX=2) ;;
   esac
   if [ "$store" = durable ]; then
@@ -299,7 +299,7 @@ for r in rows:
         if re.get("malloc") and b.get("malloc"):
             restart += f" ({heap(re, b, n, 'in_use')})"
     data = f"{r['data_bytes'] / n:.0f}" if r["store"] == "durable" else "—"
-    variant = {"default": "default", "cache16": "--store-cache-mb 16",
+    variant = {"default": "default", "cache64": "--store-cache-mb 64",
                "arena2": "MALLOC_ARENA_MAX=2"}[r["variant"]]
     arenas = a["malloc"]["arenas"] if a.get("malloc") else "—"
     print(f"| {n:,} | {r['store']} | {variant} | {mib(b['rss'])} | {mib(a['rss'])} | "

@@ -78,8 +78,8 @@ pub enum Storage {
 }
 
 impl Storage {
-    /// The store's page cache when nothing else is said: 64 MiB.
-    pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+    /// The store's page cache when nothing else is said (16 MiB).
+    pub const DEFAULT_CACHE_BYTES: usize = crate::store::StoreOptions::DEFAULT_CACHE_BYTES;
 }
 
 /// How a stopping server ends what is open.

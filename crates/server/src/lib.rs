@@ -41,6 +41,8 @@ pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 pub use config::{Config, Shutdown, Storage, Transport};
 pub use net::bind;

@@ -364,7 +364,7 @@ mod tests {
         let args = Args::try_parse_from([
             "fleet-health-server",
             "--data-dir=/var/lib/fh",
-            "--store-cache-mb=16",
+            "--store-cache-mb=48",
             "--drain-timeout=2s",
         ])
         .expect("valid flags");
@@ -373,7 +373,7 @@ mod tests {
             config.storage,
             Storage::Durable {
                 dir: PathBuf::from("/var/lib/fh"),
-                cache_bytes: 16 * 1024 * 1024
+                cache_bytes: 48 * 1024 * 1024
             }
         );
         assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(2));

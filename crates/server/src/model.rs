@@ -153,9 +153,7 @@ impl Facts {
 mod tests {
     use super::*;
 
-    fn t(s: i64) -> Time {
-        Time::from_micros(s * 1_000_000).expect("in range")
-    }
+    use crate::testing::t;
 
     fn eval(rules: &FleetRules) -> Eval<'_> {
         Eval {

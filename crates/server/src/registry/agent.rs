@@ -253,9 +253,7 @@ impl Tokens {
 mod tests {
     use super::*;
 
-    fn t(s: i64) -> Time {
-        Time::from_micros(s * 1_000_000).expect("in range")
-    }
+    use crate::testing::t;
 
     fn tr(at: i64) -> Transition {
         Transition {

@@ -223,9 +223,7 @@ mod tests {
     use super::*;
     use crate::model::EventKind;
 
-    fn t(s: i64) -> Time {
-        Time::from_micros(s * 1_000_000).expect("in range")
-    }
+    use crate::testing::t;
 
     #[test]
     fn an_agent_survives_its_record() {

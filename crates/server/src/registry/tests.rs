@@ -6,11 +6,8 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::model::{AgentEvent, AgentId, ByWhy, EventKind, Labels, State};
 
-const T0: i64 = 1_700_000_000;
+use crate::testing::{T0, t};
 
-fn t(s: i64) -> Time {
-    Time::from_micros(s * 1_000_000).expect("in range")
-}
 
 fn setup() -> (Registry, ManualClock) {
     let clock = ManualClock::new(t(T0));

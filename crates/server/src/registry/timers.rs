@@ -234,9 +234,7 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn t(s: i64) -> Time {
-        Time::from_micros(s * 1_000_000).expect("in range")
-    }
+    use crate::testing::t;
 
     #[test]
     fn the_heap_pops_in_order_and_finds_what_is_due() {
