@@ -43,17 +43,24 @@ start_target() { # floor|memory|durable
   esac
   "${cmd[@]}" >/dev/null 2>"$log" &
   pid=$!
+  await_listening "$target" "$log" 30
+}
+
+# await_listening NAME LOG SECONDS: waits until the process `pid` writes its
+# JSON "listening" line to LOG, and sets `addr` to the gRPC address it names;
+# exits with the log if it dies first or says nothing within SECONDS.
+await_listening() {
+  local name=$1 log=$2 secs=$3
   addr=
-  # The "listening" log line names the gRPC address (at most 30 s).
-  for _ in $(seq 300); do
+  for _ in $(seq $((secs * 10))); do
     addr=$(sed -n 's/.*"grpc":"\(127\.0\.0\.1:[0-9]*\)".*/\1/p' "$log" | head -n 1)
     [ -n "$addr" ] && return 0
     if ! kill -0 "$pid" 2>/dev/null; then
-      echo "$target exited before listening:" >&2; cat "$log" >&2; exit 1
+      echo "$name exited before listening:" >&2; cat "$log" >&2; exit 1
     fi
     sleep 0.1
   done
-  echo "$target did not say where it listens within 30 s:" >&2; cat "$log" >&2; exit 1
+  echo "$name did not say where it listens within $secs s:" >&2; cat "$log" >&2; exit 1
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

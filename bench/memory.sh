@@ -101,18 +101,9 @@ start_server() {
   if [ "$dir" = - ]; then cmd+=(--in-memory); else cmd+=(--data-dir "$dir"); fi
   env ${envs[@]+"${envs[@]}"} "${cmd[@]}" >/dev/null 2>"$log" &
   pid=$!
-  addr=
-  # The "listening" log line names the gRPC address; a durable server says it
-  # once its store is loaded (at most 10 min for a large one).
-  for _ in $(seq 6000); do
-    addr=$(sed -n 's/.*"grpc":"\(127\.0\.0\.1:[0-9]*\)".*/\1/p' "$log" | head -n 1)
-    [ -n "$addr" ] && return 0
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "the server exited before listening:" >&2; cat "$log" >&2; exit 1
-    fi
-    sleep 0.1
-  done
-  echo "the server did not say where it listens within 10 min:" >&2; cat "$log" >&2; exit 1
+  # A durable server says where it listens once its store is loaded (at
+  # most 10 min for a large one).
+  await_listening "the server" "$log" 600
 }
 
 # Stops the server and keeps its data directory.

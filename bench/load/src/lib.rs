@@ -46,6 +46,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 pub use config::{LoadConfig, LoadError};
 pub use inflight::{AckBeyondSent, Inflight};
@@ -58,19 +59,7 @@ use stream::{Outcome, Phase, Shared, drive};
 /// Runs the load described by `config` and reports what it achieved.
 pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     config.validate()?;
-    let endpoint = fleet_health_client::endpoint(&config.server, config.setup_timeout)?;
-    let mut channels = Vec::with_capacity(config.connections as usize);
-    for _ in 0..config.connections {
-        let channel = tokio::time::timeout(config.setup_timeout, endpoint.connect())
-            .await
-            .map_err(|_| format!("no connection within {:?}", config.setup_timeout))
-            .and_then(|r| r.map_err(|e| error_chain(&e)))
-            .map_err(|reason| LoadError::Connect {
-                server: config.server.clone(),
-                reason,
-            })?;
-        channels.push(channel);
-    }
+    let channels = connect(&config.server, config.connections, config.setup_timeout).await?;
 
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
@@ -175,6 +164,28 @@ async fn join(
         }
     }
     outcomes
+}
+
+/// Opens `n` HTTP/2 connections to `server`, each within `timeout`.
+pub(crate) async fn connect(
+    server: &str,
+    n: u32,
+    timeout: Duration,
+) -> Result<Vec<Channel>, LoadError> {
+    let endpoint = fleet_health_client::endpoint(server, timeout)?;
+    let mut channels = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let channel = tokio::time::timeout(timeout, endpoint.connect())
+            .await
+            .map_err(|_| format!("no connection within {timeout:?}"))
+            .and_then(|r| r.map_err(|e| error_chain(&e)))
+            .map_err(|reason| LoadError::Connect {
+                server: server.to_owned(),
+                reason,
+            })?;
+        channels.push(channel);
+    }
+    Ok(channels)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -20,7 +20,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::config::{LoadError, MAX_PHASE};
-use crate::error_chain;
 use crate::stream::status_text;
 
 /// The most agents one registration run makes known.
@@ -104,19 +103,7 @@ pub struct RegisterReport {
 /// finish or fail) and is the error.
 pub async fn register(config: RegisterConfig) -> Result<RegisterReport, LoadError> {
     config.validate()?;
-    let endpoint = fleet_health_client::endpoint(&config.server, config.timeout)?;
-    let mut channels = Vec::with_capacity(config.connections as usize);
-    for _ in 0..config.connections {
-        let channel = tokio::time::timeout(config.timeout, endpoint.connect())
-            .await
-            .map_err(|_| format!("no connection within {:?}", config.timeout))
-            .and_then(|r| r.map_err(|e| error_chain(&e)))
-            .map_err(|reason| LoadError::Connect {
-                server: config.server.clone(),
-                reason,
-            })?;
-        channels.push(channel);
-    }
+    let channels = crate::connect(&config.server, config.connections, config.timeout).await?;
 
     let started = Instant::now();
     let config = Arc::new(config);

@@ -8,7 +8,6 @@ use crate::model::{AgentEvent, AgentId, ByWhy, EventKind, Labels, State};
 
 use crate::testing::{T0, t};
 
-
 fn setup() -> (Registry, ManualClock) {
     let clock = ManualClock::new(t(T0));
     let reg = Registry::new(
