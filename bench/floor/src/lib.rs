@@ -10,17 +10,18 @@
 //! the same benchmark of the floor, measured in the same run, says how much of
 //! the machine's gRPC capacity the server keeps.
 
+use std::io;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use fleet_health_proto::v1 as pb;
 use fleet_health_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use fleet_health_server::Transport;
+use fleet_health_server::net::{Acceptor, Conn, Connections};
 use pb::report_request::Body as In;
 use pb::report_response::Body as Out;
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The heartbeat interval the floor's Welcome asks for (the server's default,
@@ -104,15 +105,16 @@ impl AgentService for FloorService {
     }
 }
 
-/// The accepted connections of `listener`, each with `TCP_NODELAY` set (as
-/// the server sets it): without it Nagle's algorithm holds back small answers
-/// until the peer's delayed acknowledgement.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// The accepted connections of `listener`, as the server accepts them
+/// (`fleet_health_server::net::Acceptor`): each with `TCP_NODELAY` set, since
+/// without it Nagle's algorithm holds back small answers until the peer's
+/// delayed acknowledgement.
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    Acceptor::new(listener, Connections::new()).into_stream()
 }
 
 /// Serves the floor on `listener` with `transport`'s HTTP/2 and message
-/// settings until `shutdown` resolves.
+/// settings (the server's own builder) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     transport: &Transport,
@@ -120,14 +122,8 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let agents = AgentServiceServer::new(FloorService)
         .max_decoding_message_size(transport.max_message_bytes);
-    // `Server::builder().tcp_nodelay` applies only to listeners tonic binds
-    // itself: with an incoming stream, `incoming` sets it.
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(transport.keepalive_interval))
-        .http2_keepalive_timeout(Some(transport.keepalive_timeout))
-        .initial_stream_window_size(transport.stream_window)
-        .initial_connection_window_size(transport.connection_window)
-        .max_concurrent_streams(transport.max_concurrent_streams)
+    transport
+        .server_builder()
         .add_service(agents)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await

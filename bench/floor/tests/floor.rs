@@ -20,7 +20,7 @@ const STEP: Duration = Duration::from_secs(10);
 async fn accepted_sockets_have_nodelay() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut accepted = incoming(listener);
+    let mut accepted = std::pin::pin!(incoming(listener));
     let client = TcpStream::connect(addr).await.unwrap();
     let server_side = tokio::time::timeout(STEP, accepted.next())
         .await
@@ -28,11 +28,11 @@ async fn accepted_sockets_have_nodelay() {
         .expect("the listener is open")
         .expect("accept succeeds");
     assert!(
-        server_side.nodelay().unwrap(),
+        server_side.socket().nodelay().unwrap(),
         "TCP_NODELAY on the accepted socket"
     );
     assert_eq!(
-        server_side.peer_addr().unwrap(),
+        server_side.socket().peer_addr().unwrap(),
         client.local_addr().unwrap()
     );
 }

@@ -61,6 +61,20 @@ impl Default for Transport {
     }
 }
 
+impl Transport {
+    /// tonic's server builder with these HTTP/2 settings. `TCP_NODELAY` is
+    /// not among them: tonic applies it only to listeners it binds itself, so
+    /// [`crate::net::Acceptor`] sets it on each accepted socket.
+    pub fn server_builder(&self) -> tonic::transport::Server {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(self.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.keepalive_timeout))
+            .initial_stream_window_size(self.stream_window)
+            .initial_connection_window_size(self.connection_window)
+            .max_concurrent_streams(self.max_concurrent_streams)
+    }
+}
+
 /// Where the fleet's state is kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Storage {

@@ -214,14 +214,8 @@ impl Server {
                 open_streams.shut_down();
             }
         };
-        // TCP_NODELAY is set by the acceptor: the builder's own setting
-        // applies only to listeners that tonic binds itself.
-        let result = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(t.keepalive_interval))
-            .http2_keepalive_timeout(Some(t.keepalive_timeout))
-            .initial_stream_window_size(t.stream_window)
-            .initial_connection_window_size(t.connection_window)
-            .max_concurrent_streams(t.max_concurrent_streams)
+        let result = t
+            .server_builder()
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(agents)
