@@ -343,10 +343,7 @@ impl ReportStream {
         tracing::debug!(agent_id = %id, incarnation = hello.incarnation, last_applied_seq, "agent connected");
         Ok(pb::ReportResponse {
             body: Some(Out::Welcome(pb::Welcome {
-                heartbeat_interval: prost_types::Duration::try_from(
-                    self.registry.rules().heartbeat,
-                )
-                .ok(),
+                heartbeat_interval: Some(wire::duration(self.registry.rules().heartbeat)),
                 last_applied_seq,
                 server_time: Some(wire::timestamp(self.registry.clock().now())),
             })),
