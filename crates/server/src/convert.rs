@@ -53,9 +53,13 @@ pub fn events(batch: &pb::EventBatch, max: usize) -> Result<Vec<AgentEvent>, Sta
                 )));
             }
             prev = e.seq;
-            let kind = EventKind::try_from(e.kind)
-                .map_err(|w| Status::invalid_argument(format!("event {i}: {w}")))?;
-            let time = wire::opt_time(e.time.as_ref(), &format!("event {i}: time"))?;
+            // The event's number is written into the message only on an
+            // error: no formatting for a valid event.
+            let at_event = |w: fleet_health_types::WireError| {
+                Status::invalid_argument(format!("event {i}: {w}"))
+            };
+            let kind = EventKind::try_from(e.kind).map_err(at_event)?;
+            let time = wire::opt_time(e.time.as_ref(), "time").map_err(at_event)?;
             Ok(AgentEvent {
                 seq: e.seq,
                 kind,
@@ -160,5 +164,21 @@ mod tests {
             let e = check(bad).expect_err("refused");
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
         }
+        // The message names the event and the field.
+        let late = pb::Event {
+            seq: 2,
+            kind: 1,
+            time: Some(prost_types::Timestamp {
+                seconds: -5,
+                nanos: 0,
+            }),
+        };
+        let e = check(vec![ev(1, 1), late]).expect_err("refused");
+        assert_eq!(e.message(), "event 1: time: -5s is before the Unix epoch");
+        let e = check(vec![ev(1, 1), ev(2, 99)]).expect_err("refused");
+        assert_eq!(
+            e.message(),
+            "event 1: unknown event kind 99 (known: 1 to 8)"
+        );
     }
 }
