@@ -3,7 +3,7 @@
 //! milliseconds: they move a [`ManualClock`] instead of waiting.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use fleet_health_sensor::Time;
 use tokio::sync::watch;
@@ -27,9 +27,8 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Time {
-        // Out of range only if the system clock is past year 9999 or before
-        // year -9999; then the nearest end of the range is the best answer.
-        Time::try_from(SystemTime::now()).unwrap_or(Time::MAX)
+        // Saturates at the ends of the range (a clock set past year 9999).
+        fleet_health_types::wire::now()
     }
 
     fn sleep_until(
