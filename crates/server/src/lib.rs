@@ -37,10 +37,12 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod open_streams;
+pub mod reload;
 pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod tls;
 #[cfg(test)]
 mod testing;
 

@@ -10,7 +10,8 @@
 //! ([`CONTENT_TYPE`]); counters carry the `_total` suffix in their `# HELP`
 //! and `# TYPE` lines as in their samples.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
@@ -53,11 +54,167 @@ pub struct Metrics {
     committed_records: Counter,
     commit_seconds: Counter<f64, AtomicU64>,
     ack_latency: Histogram,
+    security: Security,
     registry: Registry,
 }
 
+/// The transport's and the security layer's metrics.
+#[derive(Debug, Default)]
+struct Security {
+    insecure: Gauge,
+    connections: Gauge,
+    handshakes: Gauge,
+    connections_rejected: [Counter; ConnRejected::ALL.len()],
+    denials: [Counter; Denial::ALL.len()],
+    reloads: [[Counter; 2]; 2],
+    revoked: Counter,
+    audit_dropped: Counter,
+    cert_not_after: Arc<AtomicI64>,
+}
+
+/// What a reload was of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The server's certificate and key, the client trust bundle, the CRLs.
+    Tls,
+    /// The tokens file.
+    Tokens,
+}
+
+impl Reloaded {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reloaded::Tls => "tls",
+            Reloaded::Tokens => "tokens",
+        }
+    }
+}
+
+/// How a reload went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The new files are in force.
+    Ok,
+    /// They did not parse; the old ones stay.
+    Failed,
+}
+
+/// Why a connection was closed before it carried a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnRejected {
+    /// It did not send a TLS hello or the HTTP/2 preface in time, or did not
+    /// finish the handshake in time.
+    Timeout,
+    /// The TLS handshake failed (a certificate the trust bundle does not
+    /// sign, expired or revoked; no TLS at all), or a plaintext connection
+    /// did not open with the HTTP/2 preface.
+    HandshakeError,
+    /// The server holds as many connections as it may.
+    CapTotal,
+    /// This peer address holds as many connections as it may.
+    CapPeer,
+    /// As many handshakes as allowed were in progress.
+    HandshakesBusy,
+}
+
+impl ConnRejected {
+    const ALL: [ConnRejected; 5] = [
+        ConnRejected::Timeout,
+        ConnRejected::HandshakeError,
+        ConnRejected::CapTotal,
+        ConnRejected::CapPeer,
+        ConnRejected::HandshakesBusy,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnRejected::Timeout => "timeout",
+            ConnRejected::HandshakeError => "handshake_error",
+            ConnRejected::CapTotal => "cap_total",
+            ConnRejected::CapPeer => "cap_peer",
+            ConnRejected::HandshakesBusy => "handshakes_busy",
+        }
+    }
+}
+
+/// Why a call was refused by the security layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// No certificate and no token, for an RPC that needs one.
+    NoCredentials,
+    /// A token the server does not know, or a certificate without a valid identity.
+    BadCredentials,
+    /// A token past its expiry.
+    Expired,
+    /// The identity's role does not admit the RPC.
+    Role,
+    /// An agent or relay reporting for an agent ID it may not speak for.
+    WrongAgent,
+    /// An RPC missing from the access table.
+    UnknownRpc,
+    /// A per-identity limit.
+    Limit,
+}
+
+impl Denial {
+    const ALL: [Denial; 7] = [
+        Denial::NoCredentials,
+        Denial::BadCredentials,
+        Denial::Expired,
+        Denial::Role,
+        Denial::WrongAgent,
+        Denial::UnknownRpc,
+        Denial::Limit,
+    ];
+
+    /// The label value (also the audit log's `reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denial::NoCredentials => "no_credentials",
+            Denial::BadCredentials => "bad_credentials",
+            Denial::Expired => "expired",
+            Denial::Role => "role",
+            Denial::WrongAgent => "wrong_agent",
+            Denial::UnknownRpc => "unknown_rpc",
+            Denial::Limit => "limit",
+        }
+    }
+}
+
+/// Seconds until the server certificate expires, computed at each scrape;
+/// no sample while TLS is off.
+#[derive(Debug)]
+struct ExpiresIn(Arc<AtomicI64>);
+
+impl ExpiresIn {
+    const NONE: i64 = i64::MIN;
+}
+
+impl TypedMetric for ExpiresIn {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for ExpiresIn {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let not_after = self.0.load(Ordering::Relaxed);
+        if not_after == ExpiresIn::NONE {
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        encoder.encode_gauge(&(not_after.saturating_sub(now)))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 /// What a scrape shows of the fleet besides the counters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct FleetGauges {
     /// Agents by reason.
     pub by_why: ByWhy<u64>,
@@ -86,6 +243,10 @@ impl Default for Metrics {
             committed_records: Counter::default(),
             commit_seconds: Counter::default(),
             ack_latency: Histogram::new(ACK_BUCKETS),
+            security: Security {
+                cert_not_after: Arc::new(AtomicI64::new(ExpiresIn::NONE)),
+                ..Security::default()
+            },
             registry: Registry::default(),
         };
         m.registered()
@@ -185,7 +346,126 @@ impl Metrics {
             "Time from receiving an event message to acknowledging it",
             self.ack_latency.clone(),
         );
+        let sec = &self.security;
+        r.register(
+            "fleet_health_insecure",
+            "1 when gRPC is served in plaintext on a non-loopback address (--insecure)",
+            sec.insecure.clone(),
+        );
+        r.register(
+            "fleet_health_connections",
+            "Open connections (gRPC and HTTP) that have proved themselves",
+            sec.connections.clone(),
+        );
+        r.register(
+            "fleet_health_handshakes",
+            "Connections still proving themselves (TLS handshake or HTTP/2 preface)",
+            sec.handshakes.clone(),
+        );
+        r.register(
+            "fleet_health_connections_rejected",
+            "Connections closed before carrying a request, by reason",
+            Series::new(
+                ConnRejected::ALL
+                    .iter()
+                    .zip(&sec.connections_rejected)
+                    .map(|(why, c)| (vec![("reason", why.as_str())], c.clone())),
+            ),
+        );
+        r.register(
+            "fleet_health_denials",
+            "Calls refused by the security layer, by reason",
+            Series::new(
+                Denial::ALL
+                    .iter()
+                    .zip(&sec.denials)
+                    .map(|(why, c)| (vec![("reason", why.as_str())], c.clone())),
+            ),
+        );
+        r.register(
+            "fleet_health_reloads",
+            "Reloads of certificates and tokens, by what and result",
+            Series::new([Reloaded::Tls, Reloaded::Tokens].into_iter().flat_map(|what| {
+                [ReloadResult::Ok, ReloadResult::Failed].into_iter().map(move |result| {
+                    (
+                        vec![
+                            ("what", what.as_str()),
+                            (
+                                "result",
+                                match result {
+                                    ReloadResult::Ok => "ok",
+                                    ReloadResult::Failed => "failed",
+                                },
+                            ),
+                        ],
+                        sec.reloads[what as usize][result as usize].clone(),
+                    )
+                })
+            })),
+        );
+        r.register(
+            "fleet_health_streams_revoked",
+            "Open streams and watches ended because their credential was revoked, removed or expired",
+            sec.revoked.clone(),
+        );
+        r.register(
+            "fleet_health_audit_dropped",
+            "Audit lines dropped because the audit writer fell behind",
+            sec.audit_dropped.clone(),
+        );
+        r.register(
+            "fleet_health_tls_cert_expiry_seconds",
+            "Seconds until the server's TLS certificate expires (no sample without TLS)",
+            ExpiresIn(sec.cert_not_after.clone()),
+        );
         self
+    }
+
+    /// Sets whether gRPC is served in plaintext on a non-loopback address.
+    pub fn set_insecure(&self, on: bool) {
+        self.security.insecure.set(i64::from(on));
+    }
+
+    /// A connection proved itself (`1`) or closed (`-1`).
+    pub fn connections(&self, delta: i64) {
+        self.security.connections.inc_by(delta);
+    }
+
+    /// A handshake began (`1`) or ended (`-1`).
+    pub fn handshakes(&self, delta: i64) {
+        self.security.handshakes.inc_by(delta);
+    }
+
+    /// A connection was closed before carrying a request.
+    pub fn count_conn_rejected(&self, why: ConnRejected) {
+        self.security.connections_rejected[why as usize].inc();
+    }
+
+    /// A call was refused.
+    pub fn count_denial(&self, why: Denial) {
+        self.security.denials[why as usize].inc();
+    }
+
+    /// A reload was tried.
+    pub fn count_reload(&self, what: Reloaded, result: ReloadResult) {
+        self.security.reloads[what as usize][result as usize].inc();
+    }
+
+    /// An open stream or watch was ended because its credential no longer holds.
+    pub fn count_revoked(&self) {
+        self.security.revoked.inc();
+    }
+
+    /// An audit line was dropped.
+    pub fn count_audit_dropped(&self) {
+        self.security.audit_dropped.inc();
+    }
+
+    /// Sets when the server certificate expires (seconds since the epoch).
+    pub fn set_cert_not_after(&self, unix_secs: i64) {
+        self.security
+            .cert_not_after
+            .store(unix_secs, Ordering::Relaxed);
     }
 
     /// Counts applied events, by kind.

@@ -9,13 +9,22 @@
 //! reading holds its HTTP/2 stream open forever, and a graceful close waits
 //! for that stream.
 //!
+//! Every connection must also prove itself before it reaches gRPC
+//! ([`Acceptor::admit`]): the TLS handshake, or on plaintext the 24-byte
+//! HTTP/2 preface, within a timeout, with a cap on how many are proving
+//! themselves at once; a TCP client that connects and sends nothing cannot
+//! hold a socket. Connections are capped in total and per peer address
+//! ([`ConnLimits`]); over a cap, the socket is closed at once and counted.
+//! What tonic learns of a connection (the peer's address, its certificate
+//! chain) is a [`ConnInfo`], which it puts in every request's extensions.
+//!
 //! Lock: [`Connections`] keeps the live connections in one mutex, taken when
 //! a connection is accepted, when it is dropped, and when all are cut; never
 //! on a read or a write.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +33,14 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::task::AtomicWaker;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::metrics::{ConnRejected, Metrics};
+use crate::reload::Reloadable;
+use crate::tls::TlsMaterial;
 
 /// Binds a listener, with the address in the error.
 pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -47,19 +62,57 @@ struct Shared {
     /// live or later accepted, fails its reads and writes.
     cut: AtomicBool,
     next: AtomicU64,
-    /// The waker of each live connection's task, by connection number.
-    live: Mutex<HashMap<u64, Arc<AtomicWaker>>>,
+    limits: ConnLimits,
+    metrics: Option<Arc<Metrics>>,
+    /// The waker of each live connection's task, by connection number, and
+    /// how many connections each peer address holds.
+    live: Mutex<Live>,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    wakers: HashMap<u64, Arc<AtomicWaker>>,
+    per_peer: HashMap<IpAddr, u32>,
+}
+
+/// How many connections the server holds at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// In all (gRPC and HTTP together).
+    pub total: usize,
+    /// From one peer address.
+    pub per_peer: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> ConnLimits {
+        ConnLimits {
+            total: 250_000,
+            per_peer: 10_000,
+        }
+    }
 }
 
 impl Connections {
-    /// A new, empty set.
+    /// A new, empty set, with the default limits and no metrics.
     pub fn new() -> Connections {
         Connections::default()
     }
 
+    /// A new, empty set that holds at most `limits` and counts in `metrics`.
+    pub fn with_limits(limits: ConnLimits, metrics: Arc<Metrics>) -> Connections {
+        Connections {
+            shared: Arc::new(Shared {
+                limits,
+                metrics: Some(metrics),
+                ..Shared::default()
+            }),
+        }
+    }
+
     /// How many accepted connections are still open.
     pub fn len(&self) -> usize {
-        self.live().len()
+        self.live().wakers.len()
     }
 
     /// Whether no accepted connection is open.
@@ -73,13 +126,13 @@ impl Connections {
     pub fn cut_all(&self) -> usize {
         self.shared.cut.store(true, Ordering::Release);
         let live = self.live();
-        for waker in live.values() {
+        for waker in live.wakers.values() {
             waker.wake();
         }
-        live.len()
+        live.wakers.len()
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicWaker>>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
         // The map is only inserted into and removed from: a panic elsewhere
         // cannot leave it half-changed.
         self.shared
@@ -88,16 +141,49 @@ impl Connections {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn enrol(&self, io: TcpStream) -> Conn {
+    /// Enrols an accepted socket, or refuses it when a cap is reached.
+    fn enrol(&self, io: TcpStream, peer: SocketAddr) -> Result<Conn, ConnRejected> {
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
         let waker = Arc::new(AtomicWaker::new());
-        self.live().insert(id, waker.clone());
-        Conn {
+        {
+            let mut live = self.live();
+            let limits = &self.shared.limits;
+            if live.wakers.len() >= limits.total {
+                return Err(self.refused(ConnRejected::CapTotal, peer));
+            }
+            let from_peer = live.per_peer.entry(peer.ip()).or_insert(0);
+            if *from_peer >= limits.per_peer {
+                return Err(self.refused(ConnRejected::CapPeer, peer));
+            }
+            *from_peer += 1;
+            live.wakers.insert(id, waker.clone());
+        }
+        if let Some(m) = &self.shared.metrics {
+            m.connections(1);
+        }
+        Ok(Conn {
             io,
             waker,
             id,
+            peer,
             connections: self.clone(),
+        })
+    }
+
+    fn refused(&self, why: ConnRejected, peer: SocketAddr) -> ConnRejected {
+        self.count(why);
+        tracing::debug!(%peer, reason = why.as_str(), "connection refused");
+        why
+    }
+
+    fn count(&self, why: ConnRejected) {
+        if let Some(m) = &self.shared.metrics {
+            m.count_conn_rejected(why);
         }
+    }
+
+    fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.shared.metrics.as_ref()
     }
 }
 
@@ -129,7 +215,11 @@ impl Acceptor {
                     if let Err(e) = io.set_nodelay(true) {
                         tracing::warn!(error = %e, %peer, "cannot set TCP_NODELAY");
                     }
-                    return (self.connections.enrol(io), peer);
+                    match self.connections.enrol(io, peer) {
+                        Ok(conn) => return (conn, peer),
+                        // Dropped: closed at once.
+                        Err(_) => continue,
+                    }
                 }
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
@@ -146,6 +236,246 @@ impl Acceptor {
             let (conn, _) = acceptor.accept().await;
             Some((Ok(conn), acceptor))
         })
+    }
+
+    /// The connections that have proved themselves, as a stream for tonic:
+    /// each accepted socket does its TLS handshake (with `admission.tls`) or
+    /// sends the HTTP/2 preface (without) in a task of its own, within
+    /// `admission.timeout`, and at most `admission.max_in_progress` at once.
+    /// Dropping the stream stops accepting.
+    pub fn admit(self, admission: Admission) -> Incoming {
+        let (tx, rx) = mpsc::channel(256);
+        let task = tokio::spawn(admit_loop(self, admission, tx));
+        Incoming { rx, task }
+    }
+}
+
+/// How connections prove themselves.
+#[derive(Clone)]
+pub struct Admission {
+    /// TLS, if the server speaks it; plaintext HTTP/2 without.
+    pub tls: Option<Arc<Reloadable<TlsMaterial>>>,
+    /// How long a connection has for its handshake or preface.
+    pub timeout: Duration,
+    /// How many may be proving themselves at once; more are closed.
+    pub max_in_progress: usize,
+}
+
+/// The client preface that opens every HTTP/2 connection (RFC 9113, 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn admit_loop(mut acceptor: Acceptor, admission: Admission, tx: mpsc::Sender<io::Result<Io>>) {
+    let permits = Arc::new(Semaphore::new(admission.max_in_progress));
+    loop {
+        let (conn, peer) = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            () = tx.closed() => return,
+        };
+        let connections = acceptor.connections.clone();
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            connections.refused(ConnRejected::HandshakesBusy, peer);
+            continue;
+        };
+        let (tx, admission) = (tx.clone(), admission.clone());
+        tokio::spawn(async move {
+            let metrics = connections.metrics().cloned();
+            if let Some(m) = &metrics {
+                m.handshakes(1);
+            }
+            let proved = tokio::time::timeout(admission.timeout, prove(conn, &admission)).await;
+            if let Some(m) = &metrics {
+                m.handshakes(-1);
+            }
+            drop(permit);
+            match proved {
+                Ok(Ok(io)) => {
+                    let _ = tx.send(Ok(io)).await;
+                }
+                Ok(Err(e)) => {
+                    connections.refused(ConnRejected::HandshakeError, peer);
+                    tracing::debug!(%peer, error = %e, "handshake failed");
+                }
+                Err(_) => {
+                    connections.refused(ConnRejected::Timeout, peer);
+                }
+            }
+        });
+    }
+}
+
+async fn prove(mut conn: Conn, admission: &Admission) -> io::Result<Io> {
+    match &admission.tls {
+        Some(tls) => {
+            let config = tls.current().server_config.clone();
+            let stream = tokio_rustls::TlsAcceptor::from(config).accept(conn).await?;
+            let chain = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .filter(|c| !c.is_empty())
+                .map(|c| Arc::new(PeerCertificate::new(c.iter().map(|c| c.clone().into_owned()).collect())));
+            Ok(Io::Tls(Box::new(stream), chain))
+        }
+        None => {
+            let mut first = [0u8; 24];
+            conn.read_exact(&mut first).await?;
+            if &first != PREFACE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "not HTTP/2 (a TLS client, or another protocol, on a plaintext port?)",
+                ));
+            }
+            Ok(Io::Plain(conn, 0))
+        }
+    }
+}
+
+/// The connections that have proved themselves (see [`Acceptor::admit`]).
+pub struct Incoming {
+    rx: mpsc::Receiver<io::Result<Io>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Io>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// A client's certificate chain, as presented in its TLS handshake (its own
+/// certificate first), with what the security layer made of it, worked out
+/// once per connection.
+#[derive(Debug)]
+pub struct PeerCertificate {
+    /// The chain.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The identity it gives, or why it gives none.
+    pub identity: std::sync::OnceLock<Result<fleet_health_auth::Identity, String>>,
+}
+
+impl PeerCertificate {
+    /// A chain whose identity is not yet worked out.
+    pub fn new(chain: Vec<CertificateDer<'static>>) -> PeerCertificate {
+        PeerCertificate {
+            chain,
+            identity: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+/// What tonic knows of a connection: in every request's extensions.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The client certificate, on a TLS connection where one was presented.
+    pub certificate: Option<Arc<PeerCertificate>>,
+}
+
+/// A connection that has proved itself: plaintext HTTP/2 (with how much of
+/// the preface, already read, is still to be handed on), or TLS.
+pub enum Io {
+    /// Plaintext: the connection, and how many bytes of the preface were
+    /// handed on so far.
+    Plain(Conn, usize),
+    /// TLS, with the client's certificate if it presented one.
+    Tls(Box<tokio_rustls::server::TlsStream<Conn>>, Option<Arc<PeerCertificate>>),
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Io::Plain(c, _) => f.debug_tuple("Plain").field(c).finish(),
+            Io::Tls(s, _) => f.debug_tuple("Tls").field(s.get_ref().0).finish(),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(conn, handed) => {
+                if *handed < PREFACE.len() {
+                    // The preface was read to check it: hand it on first.
+                    let n = buf.remaining().min(PREFACE.len() - *handed);
+                    buf.put_slice(&PREFACE[*handed..*handed + n]);
+                    *handed += n;
+                    return Poll::Ready(Ok(()));
+                }
+                Pin::new(conn).poll_read(cx, buf)
+            }
+            Io::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(c, _) => Pin::new(c).poll_write(cx, buf),
+            Io::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(c, _) => Pin::new(c).poll_write_vectored(cx, bufs),
+            Io::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(c, _) => c.is_write_vectored(),
+            Io::Tls(s, _) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(c, _) => Pin::new(c).poll_flush(cx),
+            Io::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(c, _) => Pin::new(c).poll_shutdown(cx),
+            Io::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Io {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Io::Plain(c, _) => ConnInfo {
+                remote: c.peer,
+                certificate: None,
+            },
+            Io::Tls(s, cert) => ConnInfo {
+                remote: s.get_ref().0.peer,
+                certificate: cert.clone(),
+            },
+        }
     }
 }
 
@@ -178,6 +508,7 @@ pub struct Conn {
     io: TcpStream,
     waker: Arc<AtomicWaker>,
     id: u64,
+    peer: SocketAddr,
     connections: Connections,
 }
 
@@ -204,7 +535,20 @@ fn cut() -> io::Error {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.connections.live().remove(&self.id);
+        {
+            let mut live = self.connections.live();
+            live.wakers.remove(&self.id);
+            let ip = self.peer.ip();
+            if let Some(n) = live.per_peer.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    live.per_peer.remove(&ip);
+                }
+            }
+        }
+        if let Some(m) = self.connections.metrics() {
+            m.connections(-1);
+        }
     }
 }
 

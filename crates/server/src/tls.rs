@@ -1,0 +1,204 @@
+//! TLS 1.3 for gRPC: the server's certificate and key, and the trust bundle
+//! and CRLs that client certificates are checked against.
+//!
+//! [`TlsFiles::load`] reads them into a [`TlsMaterial`]: a rustls
+//! `ServerConfig` (TLS 1.3 only, ALPN `h2`, the ring provider) and the
+//! client-certificate verifier in it. A client certificate is optional at
+//! the handshake (callers with a token have none) but, when presented, must
+//! chain to the trust bundle, be within its validity and not be revoked by a
+//! CRL; the authorization layer decides what a caller without one may do.
+//! The same verifier checks the certificates of open connections again
+//! after a reload, which is how a newly revoked certificate loses its open
+//! streams.
+//!
+//! CRLs are checked for the client's own certificate, not for the
+//! intermediates above it, and a certificate whose issuer has no CRL among
+//! the files is accepted (a CRL is a list of what is revoked, not of what
+//! is allowed).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+
+/// The files TLS is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server's certificate chain (PEM), its own certificate first.
+    pub cert: PathBuf,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The trust bundle for client certificates (PEM); without it, clients
+    /// present no certificate and identify with tokens only.
+    pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER), for client certificates.
+    pub crls: Vec<PathBuf>,
+}
+
+/// TLS as loaded from [`TlsFiles`].
+pub struct TlsMaterial {
+    /// For new handshakes.
+    pub server_config: Arc<rustls::ServerConfig>,
+    /// The client-certificate verifier, when there is a trust bundle.
+    pub verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// When the server's certificate expires.
+    pub not_after: SystemTime,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("client_certificates", &self.verifier.is_some())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsMaterial {
+    /// Checks a client's certificate chain (its own first) again, at `now`,
+    /// against the trust bundle and CRLs in force: `Err` says why it no
+    /// longer holds (revoked, expired, no longer trusted).
+    pub fn recheck(&self, chain: &[CertificateDer<'static>], now: SystemTime) -> Result<(), String> {
+        let Some(verifier) = &self.verifier else {
+            return Err("the server no longer accepts client certificates".into());
+        };
+        let Some((end, intermediates)) = chain.split_first() else {
+            return Err("no certificate".into());
+        };
+        let now = UnixTime::since_unix_epoch(
+            now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
+        );
+        verifier
+            .verify_client_cert(end, intermediates, now)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl TlsFiles {
+    /// Every file, for the reloader to watch.
+    pub fn all(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.cert.clone(), self.key.clone()];
+        files.extend(self.client_ca.iter().cloned());
+        files.extend(self.crls.iter().cloned());
+        files
+    }
+
+    /// Reads every file and builds the material; the error names the file
+    /// and says what is wrong with it.
+    pub fn load(&self) -> Result<TlsMaterial, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = certificates(&self.cert, "--tls-cert")?;
+        let not_after = not_after(&chain[0])
+            .map_err(|e| format!("--tls-cert {}: {e}", self.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            format!(
+                "--tls-key {}: no private key could be read ({e}); it must be a PEM file with a PKCS#8, PKCS#1 or SEC1 key",
+                self.key.display()
+            )
+        })?;
+        let verifier = match &self.client_ca {
+            None => None,
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certificates(ca, "--client-ca")? {
+                    roots.add(cert).map_err(|e| {
+                        format!("--client-ca {}: a certificate is not a usable CA: {e}", ca.display())
+                    })?;
+                }
+                let mut crls = Vec::new();
+                for path in &self.crls {
+                    crls.extend(revocation_lists(path)?);
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .with_crls(crls)
+                        .only_check_end_entity_revocation()
+                        .allow_unknown_revocation_status()
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| format!("--client-ca {} / --crl: {e}", ca.display()))?;
+                Some(verifier)
+            }
+        };
+        if verifier.is_none() && !self.crls.is_empty() {
+            return Err("--crl needs --client-ca: CRLs revoke client certificates".into());
+        }
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| format!("TLS 1.3: {e}"))?;
+        let builder = match &verifier {
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+            format!(
+                "--tls-cert {} and --tls-key {}: {e} (is the key the certificate's?)",
+                self.cert.display(),
+                self.key.display()
+            )
+        })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(TlsMaterial {
+            server_config: Arc::new(config),
+            verifier,
+            not_after,
+        })
+    }
+}
+
+fn certificates(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{flag} {}: no certificate in it (a PEM file with BEGIN CERTIFICATE blocks is needed)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("--crl {}: {e}", path.display()))?;
+    if bytes.starts_with(b"-----") {
+        let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--crl {}: {e}", path.display()))?;
+        if crls.is_empty() {
+            return Err(format!("--crl {}: no X509 CRL block in it", path.display()));
+        }
+        Ok(crls)
+    } else {
+        Ok(vec![CertificateRevocationListDer::from(bytes)])
+    }
+}
+
+/// When `cert` expires.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<SystemTime, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+    let secs = parsed.validity().not_after.timestamp();
+    Ok(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+}
+
+/// The URI SANs of `cert` (where a client's SPIFFE ID is).
+pub fn uri_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| format!("the client certificate is not valid X.509: {e}"))?;
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                uris.push((*uri).to_string());
+            }
+        }
+    }
+    Ok(uris)
+}
