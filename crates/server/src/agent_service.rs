@@ -24,7 +24,9 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::commit_gate::CommitGate;
 use crate::convert;
-use crate::open_streams::{EndSignal, OpenStreams, shutting_down};
+use crate::open_streams::{self, EndSignal, OpenStreams, shutting_down};
+use crate::security::sessions::SessionGuard;
+use crate::security::{Caller, REPORT, Security};
 use crate::registry::{Registry, Session};
 use fleet_health_types::wire;
 
@@ -71,6 +73,7 @@ pub struct AgentService {
     open: Arc<AtomicUsize>,
     streams: OpenStreams,
     shutdown: watch::Receiver<bool>,
+    security: Arc<Security>,
 }
 
 impl AgentService {
@@ -78,12 +81,15 @@ impl AgentService {
     /// shares with the [`FleetService`](crate::fleet_service::FleetService),
     /// whose forget ends an agent's stream; the server ends them all with
     /// [`OpenStreams::shut_down`] when it stops, and `shutdown` turning true
-    /// ends the streams that have not said hello yet.
+    /// ends the streams that have not said hello yet. `security` checks
+    /// that a caller reports only for the agents it may speak for, and ends
+    /// a stream whose credential is revoked.
     pub fn new(
         registry: Registry,
         limits: StreamLimits,
         streams: OpenStreams,
         shutdown: watch::Receiver<bool>,
+        security: Arc<Security>,
     ) -> AgentService {
         AgentService {
             registry,
@@ -91,6 +97,7 @@ impl AgentService {
             open: Arc::new(AtomicUsize::new(0)),
             streams,
             shutdown,
+            security,
         }
     }
 }
@@ -145,7 +152,14 @@ impl AgentServiceApi for AgentService {
         }
         self.registry.metrics().streams(1);
         let opened = Instant::now();
+        let caller = request.extensions().get::<Caller>().cloned();
+        let session = caller
+            .as_ref()
+            .map(|c| self.security.sessions().open(c, REPORT));
         let stream = ReportStream {
+            caller,
+            session,
+            security: self.security.clone(),
             slot: Some(StreamSlot {
                 open: self.open.clone(),
                 registry: self.registry.clone(),
@@ -178,6 +192,11 @@ impl AgentServiceApi for AgentService {
 
 /// One agent's stream: a Hello, then events.
 struct ReportStream {
+    /// Who opened it (when security is on).
+    caller: Option<Caller>,
+    /// Its place among the streams a revocation can end.
+    session: Option<SessionGuard>,
+    security: Arc<Security>,
     /// Freed before the final status goes out, so that an agent told of the
     /// end may open a new stream at once.
     slot: Option<StreamSlot>,
@@ -286,6 +305,7 @@ impl ReportStream {
             tokio::select! {
                 biased;
                 () = crate::stopped(&mut self.shutdown) => return Err(End::Status(shutting_down())),
+                () = revoked(&self.session) => return Err(End::Status(open_streams::revoked())),
                 () = self.silence.as_mut() => self.silence_elapsed()?,
                 msg = self.inbound.message() => match msg {
                     Ok(Some(m)) => break m,
@@ -304,6 +324,9 @@ impl ReportStream {
             }
         };
         let id = wire::agent_id(&hello.agent_id).map_err(|e| End::Status(e.into()))?;
+        self.security
+            .check_report(self.caller.as_ref(), id.as_str())
+            .map_err(End::Status)?;
         if hello.incarnation == 0 {
             return Err(End::Status(Status::invalid_argument(
                 "incarnation must be non-zero (a random number picked once per process life)",
@@ -338,6 +361,7 @@ impl ReportStream {
             tokio::select! {
                 () = gate.committed_through(connected.commit) => {}
                 why = ended.ended() => return Err(End::Status(why.status(&id))),
+                () = revoked(&self.session) => return Err(End::Status(open_streams::revoked())),
             }
         }
         tracing::debug!(agent_id = %id, incarnation = hello.incarnation, last_applied_seq, "agent connected");
@@ -381,6 +405,7 @@ impl ReportStream {
                 why = connection.ended.ended() => {
                     return Err(End::Status(why.status(&connection.session.id)));
                 }
+                () = revoked(&self.session) => return Err(End::Status(open_streams::revoked())),
                 () = committed(&mut self.commit_wait) => {
                     self.commit_wait = None;
                     if full {
@@ -479,6 +504,14 @@ impl ReportStream {
 /// What a failed read of the agent's next message means: a message the
 /// agent got wrong (it cannot be decoded, or is too large) ends the stream
 /// with that status; anything else is the connection going away.
+/// Resolves when the stream's credential is revoked (never without one).
+async fn revoked(session: &Option<SessionGuard>) {
+    match session {
+        Some(s) => s.revoked().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn unreadable(status: Status) -> End {
     match status.code() {
         Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => End::Status(status),

@@ -7,8 +7,14 @@
 //! ([`StreamLimits`]); the transport, the storage and shutdown are defined
 //! here.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use fleet_health_auth::TrustDomain;
+
+pub use crate::net::ConnLimits;
+pub use crate::tls::TlsFiles;
 
 pub use crate::agent_service::StreamLimits;
 pub use crate::model::FleetRules;
@@ -29,6 +35,51 @@ pub struct Config {
     pub storage: Storage,
     /// How a stopping server ends what is open.
     pub shutdown: Shutdown,
+    /// TLS, credentials, the audit log.
+    pub security: SecurityConfig,
+}
+
+/// TLS, credentials, the audit log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// TLS: without it, gRPC is plaintext.
+    pub tls: Option<TlsFiles>,
+    /// The tokens file.
+    pub tokens: Option<PathBuf>,
+    /// The only trust domain client certificates may name (`None`: any the
+    /// trust bundle signs).
+    pub trust_domain: Option<TrustDomain>,
+    /// Where the audit log goes; `None`: beside the durable store
+    /// (`audit.log` in the data directory), or the server's own log when
+    /// in memory.
+    pub audit_log: Option<PathBuf>,
+    /// Plaintext on a non-loopback address, allowed by `--insecure`: said at
+    /// start and in `fleet_health_insecure`.
+    pub insecure: bool,
+}
+
+impl SecurityConfig {
+    /// Whether calls are checked: TLS or a tokens file.
+    pub fn enabled(&self) -> bool {
+        self.tls.is_some() || self.tokens.is_some()
+    }
+
+    /// Whether gRPC may listen on `addr` with these settings: plaintext only
+    /// on loopback, unless `allow_insecure`. `Ok(true)` when it is plaintext
+    /// on another address (allowed, and to be said loudly).
+    pub fn check_listen(&self, addr: SocketAddr, allow_insecure: bool) -> Result<bool, String> {
+        if self.tls.is_some() || addr.ip().is_loopback() {
+            return Ok(false);
+        }
+        if allow_insecure {
+            return Ok(true);
+        }
+        Err(format!(
+            "refusing to serve plaintext gRPC on {addr}, which is not a loopback address: anyone who can reach it could report for any agent. \
+             Give --tls-cert and --tls-key (and --client-ca for client certificates; `fleet-health pki init` makes a set), \
+             or listen on 127.0.0.1, or pass --insecure if a network layer you trust does the encryption"
+        ))
+    }
 }
 
 /// HTTP/2 and message settings.
@@ -46,6 +97,13 @@ pub struct Transport {
     pub keepalive_interval: Duration,
     /// How long to wait for the ping's answer before closing the connection.
     pub keepalive_timeout: Duration,
+    /// Connections held at most, in total and per peer address.
+    pub connections: ConnLimits,
+    /// How long a new connection has to finish its TLS handshake (or send
+    /// the HTTP/2 preface, on plaintext).
+    pub handshake_timeout: Duration,
+    /// Connections proving themselves at once, at most; more are closed.
+    pub max_handshakes: usize,
 }
 
 impl Default for Transport {
@@ -57,6 +115,9 @@ impl Default for Transport {
             connection_window: 1024 * 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            connections: ConnLimits::default(),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 1024,
         }
     }
 }

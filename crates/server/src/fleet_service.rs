@@ -9,8 +9,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use crate::model::{StateFilter, Why};
-use crate::open_streams::OpenStreams;
+use crate::open_streams::{self, OpenStreams};
+use crate::security::sessions::SessionGuard;
+use crate::security::{AuditEvent, Caller, Security};
 use crate::registry::{Change, Registry, Selector};
 use fleet_health_types::wire;
 
@@ -24,24 +28,31 @@ pub struct FleetService {
     registry: Registry,
     streams: OpenStreams,
     shutdown: watch::Receiver<bool>,
+    security: Arc<Security>,
 }
 
 impl FleetService {
     /// A service over `registry`; a forget ends the agent's stream in
     /// `streams` (the table the agent service keeps); watches end when
-    /// `shutdown` turns true.
+    /// `shutdown` turns true, or when `security` finds their credential
+    /// revoked. Forgets go to `security`'s audit log.
     pub fn new(
         registry: Registry,
         streams: OpenStreams,
         shutdown: watch::Receiver<bool>,
+        security: Arc<Security>,
     ) -> FleetService {
         FleetService {
             registry,
             streams,
             shutdown,
+            security,
         }
     }
 }
+
+const WATCH: &str = "/fleethealth.v1.FleetService/WatchAgents";
+const FORGET: &str = "/fleethealth.v1.FleetService/ForgetAgent";
 
 fn selector(
     filter: i32,
@@ -119,6 +130,10 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
+        let session = request
+            .extensions()
+            .get::<Caller>()
+            .map(|c| self.security.sessions().open(c, WATCH));
         let req = request.into_inner();
         let sel = selector(req.filter, &req.why, &req.labels)?;
         let (tx, rx) = mpsc::channel(64);
@@ -127,6 +142,7 @@ impl FleetServiceApi for FleetService {
             sel,
             tx,
             shutdown: self.shutdown.clone(),
+            session,
         };
         tokio::spawn(watcher.run());
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -183,9 +199,24 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ForgetAgentRequest>,
     ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
-        let last = self.registry.forget(&id)?;
+        let forgotten = self.registry.forget(&id);
+        if let Some(caller) = caller {
+            self.security.audit().record(AuditEvent {
+                event: "admin",
+                identity: Some(caller.identity.to_string()),
+                credential: Some(caller.credential.kind()),
+                peer: caller.peer,
+                rpc: Some(FORGET),
+                agent_id: Some(id.to_string()),
+                result: if forgotten.is_ok() { "ok" } else { "failed" },
+                reason: None,
+                detail: forgotten.as_ref().err().map(ToString::to_string),
+            });
+        }
+        let last = forgotten?;
         self.streams.forgotten(&self.registry, &id);
         Ok(Response::new(pb::ForgetAgentResponse {
             last: Some((&last).into()),
@@ -200,6 +231,16 @@ struct Watcher {
     sel: Selector,
     tx: mpsc::Sender<WatchItem>,
     shutdown: watch::Receiver<bool>,
+    /// Its place among the streams a revocation can end.
+    session: Option<SessionGuard>,
+}
+
+/// Resolves when the watch's credential is revoked (never without one).
+async fn revoked(session: &Option<SessionGuard>) {
+    match session {
+        Some(s) => s.revoked().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn msg(event: W) -> WatchItem {
@@ -209,7 +250,20 @@ fn msg(event: W) -> WatchItem {
 impl Watcher {
     async fn run(mut self) {
         self.registry.metrics().watchers(1);
-        let _ = self.serve().await;
+        let session = self.session.take();
+        let revoked = tokio::select! {
+            _ = self.serve() => false,
+            () = revoked(&session) => true,
+        };
+        if revoked {
+            // A watcher that reads hears why; one that does not is ended
+            // all the same when the channel drops.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                self.tx.send(Err(open_streams::revoked())),
+            )
+            .await;
+        }
         self.registry.metrics().watchers(-1);
     }
 

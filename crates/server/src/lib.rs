@@ -39,6 +39,7 @@ pub mod net;
 pub mod open_streams;
 pub mod reload;
 pub mod registry;
+pub mod security;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -12,8 +12,10 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use fleet_health_sensor::Windows;
 use fleet_health_server::clock::SystemClock;
+use fleet_health_auth::TrustDomain;
 use fleet_health_server::config::{
-    Config, FleetRules, Limits, Shutdown, Storage, StreamLimits, Transport,
+    Config, ConnLimits, FleetRules, Limits, SecurityConfig, Shutdown, Storage, StreamLimits,
+    TlsFiles, Transport,
 };
 use fleet_health_server::{Server, bind};
 
@@ -126,6 +128,63 @@ struct Args {
     #[arg(long, env = "FLEET_HEALTH_IDLE_TIMEOUT", default_value = "2m", value_parser = duration)]
     idle_timeout: Duration,
 
+    /// The server's TLS certificate chain (PEM, its own certificate first):
+    /// gRPC is served over TLS 1.3. Reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "FLEET_HEALTH_TLS_CERT", requires = "tls_key", help_heading = "Security")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "FLEET_HEALTH_TLS_KEY", requires = "tls_cert", help_heading = "Security")]
+    tls_key: Option<PathBuf>,
+
+    /// Trust bundle (PEM) for client certificates: agents and operators
+    /// identify with certificates it signs (SPIFFE IDs
+    /// spiffe://TRUST-DOMAIN/agent/ID or spiffe://TRUST-DOMAIN/ROLE/NAME).
+    #[arg(long, env = "FLEET_HEALTH_CLIENT_CA", requires = "tls_cert", help_heading = "Security")]
+    client_ca: Option<PathBuf>,
+
+    /// A certificate revocation list (PEM or DER) for client certificates;
+    /// repeat for several (environment: comma-separated).
+    #[arg(long, env = "FLEET_HEALTH_CRL", value_delimiter = ',', requires = "client_ca", help_heading = "Security")]
+    crl: Vec<PathBuf>,
+
+    /// The tokens file (`fleet-health token create` writes it): bearer
+    /// tokens, stored as hashes, with their roles.
+    #[arg(long, env = "FLEET_HEALTH_TOKENS", help_heading = "Security")]
+    tokens: Option<PathBuf>,
+
+    /// Accept client certificates of this trust domain only [default: any
+    /// that the trust bundle signs].
+    #[arg(long, env = "FLEET_HEALTH_TRUST_DOMAIN", value_parser = trust_domain, help_heading = "Security")]
+    trust_domain: Option<TrustDomain>,
+
+    /// The audit log (JSON lines) [default with security on: audit.log in
+    /// the data directory; with --in-memory, the server's log].
+    #[arg(long, env = "FLEET_HEALTH_AUDIT_LOG", help_heading = "Security")]
+    audit_log: Option<PathBuf>,
+
+    /// Serve plaintext gRPC on a non-loopback address (refused without it).
+    /// Only behind a network layer you trust to encrypt and authenticate.
+    #[arg(long, env = "FLEET_HEALTH_INSECURE", help_heading = "Security")]
+    insecure: bool,
+
+    /// Connections held at most (gRPC and metrics together).
+    #[arg(long, env = "FLEET_HEALTH_MAX_CONNECTIONS", default_value_t = ConnLimits::default().total)]
+    max_connections: usize,
+
+    /// Connections held at most from one peer address.
+    #[arg(long, env = "FLEET_HEALTH_MAX_CONNECTIONS_PER_PEER", default_value_t = ConnLimits::default().per_peer)]
+    max_connections_per_peer: u32,
+
+    /// How long a new connection has to finish its TLS handshake (or, in
+    /// plaintext, to send the HTTP/2 preface) before it is closed.
+    #[arg(long, env = "FLEET_HEALTH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    handshake_timeout: Duration,
+
+    /// Connections in their handshake at once, at most; more are closed.
+    #[arg(long, env = "FLEET_HEALTH_MAX_HANDSHAKES", default_value_t = Transport::default().max_handshakes)]
+    max_handshakes: usize,
+
     /// Log format.
     #[arg(long, env = "FLEET_HEALTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -168,6 +227,10 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (say e.g. 600s, 5m, 18h, 7d)"))
 }
 
+fn trust_domain(s: &str) -> Result<TrustDomain, String> {
+    TrustDomain::parse(s).map_err(|e| e.to_string())
+}
+
 fn share(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if v > 0.0 && v <= 1.0 {
@@ -204,6 +267,12 @@ impl Args {
             },
             transport: Transport {
                 max_message_bytes: self.max_message_bytes,
+                connections: ConnLimits {
+                    total: self.max_connections,
+                    per_peer: self.max_connections_per_peer,
+                },
+                handshake_timeout: self.handshake_timeout,
+                max_handshakes: self.max_handshakes.max(1),
                 ..Transport::default()
             },
             storage: if self.in_memory {
@@ -217,7 +286,31 @@ impl Args {
             shutdown: Shutdown {
                 drain_timeout: self.drain_timeout,
             },
+            security: self.security()?,
         })
+    }
+
+    fn security(&self) -> anyhow::Result<SecurityConfig> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+                crls: self.crl.clone(),
+            }),
+            _ => None,
+        };
+        let mut security = SecurityConfig {
+            tls,
+            tokens: self.tokens.clone(),
+            trust_domain: self.trust_domain.clone(),
+            audit_log: self.audit_log.clone(),
+            insecure: false,
+        };
+        security.insecure = security
+            .check_listen(self.listen, self.insecure)
+            .map_err(anyhow::Error::msg)?;
+        Ok(security)
     }
 }
 

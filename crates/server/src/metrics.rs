@@ -711,8 +711,60 @@ mod tests {
         expected.extend([
             "fleet_health_ack_latency_seconds_sum",
             "fleet_health_ack_latency_seconds_count",
+            "# HELP fleet_health_insecure 1 when gRPC is served in plaintext on a non-loopback address (--insecure).",
+            "# TYPE fleet_health_insecure gauge",
+            "fleet_health_insecure",
+            "# HELP fleet_health_connections Open connections (gRPC and HTTP) that have proved themselves.",
+            "# TYPE fleet_health_connections gauge",
+            "fleet_health_connections",
+            "# HELP fleet_health_handshakes Connections still proving themselves (TLS handshake or HTTP/2 preface).",
+            "# TYPE fleet_health_handshakes gauge",
+            "fleet_health_handshakes",
+            "# HELP fleet_health_connections_rejected_total Connections closed before carrying a request, by reason.",
+            "# TYPE fleet_health_connections_rejected_total counter",
+        ]);
+        let rejected: Vec<String> = ["timeout", "handshake_error", "cap_total", "cap_peer", "handshakes_busy"]
+            .iter()
+            .map(|r| format!("fleet_health_connections_rejected_total{{reason=\"{r}\"}}"))
+            .collect();
+        expected.extend(rejected.iter().map(String::as_str));
+        expected.extend([
+            "# HELP fleet_health_denials_total Calls refused by the security layer, by reason.",
+            "# TYPE fleet_health_denials_total counter",
+        ]);
+        let denials: Vec<String> = [
+            "no_credentials",
+            "bad_credentials",
+            "expired",
+            "role",
+            "wrong_agent",
+            "unknown_rpc",
+            "limit",
+        ]
+        .iter()
+        .map(|r| format!("fleet_health_denials_total{{reason=\"{r}\"}}"))
+        .collect();
+        expected.extend(denials.iter().map(String::as_str));
+        expected.extend([
+            "# HELP fleet_health_reloads_total Reloads of certificates and tokens, by what and result.",
+            "# TYPE fleet_health_reloads_total counter",
+            "fleet_health_reloads_total{what=\"tls\",result=\"ok\"}",
+            "fleet_health_reloads_total{what=\"tls\",result=\"failed\"}",
+            "fleet_health_reloads_total{what=\"tokens\",result=\"ok\"}",
+            "fleet_health_reloads_total{what=\"tokens\",result=\"failed\"}",
+            "# HELP fleet_health_streams_revoked_total Open streams and watches ended because their credential was revoked, removed or expired.",
+            "# TYPE fleet_health_streams_revoked_total counter",
+            "fleet_health_streams_revoked_total",
+            "# HELP fleet_health_audit_dropped_total Audit lines dropped because the audit writer fell behind.",
+            "# TYPE fleet_health_audit_dropped_total counter",
+            "fleet_health_audit_dropped_total",
+            "# HELP fleet_health_tls_cert_expiry_seconds Seconds until the server's TLS certificate expires (no sample without TLS).",
+            "# TYPE fleet_health_tls_cert_expiry_seconds gauge",
         ]);
         assert_eq!(shape, expected);
+        // With TLS, the expiry has its sample.
+        m.set_cert_not_after(i64::MAX);
+        assert!(m.render(&FleetGauges::default()).contains("\nfleet_health_tls_cert_expiry_seconds "));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum Ended {
     Forgotten,
     /// The server is shutting down.
     ShuttingDown,
+    /// The stream's credential was revoked, removed or expired.
+    Revoked,
 }
 
 impl Ended {
@@ -45,8 +47,16 @@ impl Ended {
             Ended::Superseded => RegistryError::Superseded(id.to_string()).into(),
             Ended::Forgotten => RegistryError::Forgotten(id.to_string()).into(),
             Ended::ShuttingDown => shutting_down(),
+            Ended::Revoked => revoked(),
         }
     }
+}
+
+/// The status of a stream whose credential no longer holds.
+pub fn revoked() -> Status {
+    Status::unauthenticated(
+        "the credential of this stream was revoked, removed or has expired; get a new certificate or token",
+    )
 }
 
 /// The status of a stream ended by the server's shutdown.
@@ -67,12 +77,15 @@ impl EndSignal {
     const SUPERSEDED: u8 = 1;
     const FORGOTTEN: u8 = 2;
     const SHUTTING_DOWN: u8 = 3;
+    const REVOKED: u8 = 4;
 
-    fn end(&self, why: Ended) {
+    /// Ends the stream with `why` (the first reason given stands).
+    pub fn end(&self, why: Ended) {
         let code = match why {
             Ended::Superseded => EndSignal::SUPERSEDED,
             Ended::Forgotten => EndSignal::FORGOTTEN,
             Ended::ShuttingDown => EndSignal::SHUTTING_DOWN,
+            Ended::Revoked => EndSignal::REVOKED,
         };
         // The first reason stands.
         let _ = self
@@ -86,6 +99,7 @@ impl EndSignal {
             EndSignal::SUPERSEDED => Some(Ended::Superseded),
             EndSignal::FORGOTTEN => Some(Ended::Forgotten),
             EndSignal::SHUTTING_DOWN => Some(Ended::ShuttingDown),
+            EndSignal::REVOKED => Some(Ended::Revoked),
             _ => None,
         }
     }

@@ -14,7 +14,9 @@ use crate::clock::Clock;
 use crate::config::{Config, Storage};
 use crate::fleet_service::FleetService;
 use crate::metrics::Metrics;
-use crate::net::{Acceptor, Connections};
+use crate::net::{Acceptor, Admission, Connections};
+use crate::security::Security;
+use crate::security::layer::AuthLayer;
 use crate::open_streams::OpenStreams;
 use crate::registry::Registry;
 use crate::shutdown::{Stop, enforce_deadline};
@@ -39,6 +41,9 @@ pub enum ServeError {
     /// The metrics listener failed.
     #[error("metrics endpoint: {0}")]
     Metrics(#[from] std::io::Error),
+    /// TLS, the tokens file or the audit log could not be set up.
+    #[error("{0}")]
+    Security(String),
 }
 
 /// A server: its registry, its store (if durable) and its settings.
@@ -137,7 +142,43 @@ impl Server {
             config,
         } = self;
         let stop = Stop::new();
-        let connections = Connections::new();
+        let counters = registry.metrics().clone();
+        let connections = Connections::with_limits(config.transport.connections, counters.clone());
+        let security = Arc::new(
+            Security::from_config(
+                &config.security,
+                &config.storage,
+                counters,
+                registry.clock().clone(),
+            )
+            .map_err(ServeError::Security)?,
+        );
+        if config.security.insecure {
+            tracing::warn!(
+                "INSECURE: gRPC is plaintext on a non-loopback address (--insecure): anyone on the network can read it and report for any agent"
+            );
+        } else if !security.enabled() {
+            tracing::info!("security off: plaintext gRPC on loopback, every call allowed");
+        }
+        let reloader = {
+            let (security, stop) = (security.clone(), stop.clone());
+            let all = security.reloadables();
+            tokio::spawn(async move {
+                crate::reload::watch_files(
+                    all,
+                    |what, result| security.audit_reload(what, result),
+                    stop.given(),
+                )
+                .await;
+            })
+        };
+        let sweeper = tokio::spawn(crate::security::sessions::run(
+            security.clone(),
+            {
+                let stop = stop.clone();
+                async move { stop.given().await }
+            },
+        ));
 
         let (health, health_svc) = tonic_health::server::health_reporter();
         health
@@ -158,12 +199,14 @@ impl Server {
             config.streams.clone(),
             open_streams.clone(),
             stop.subscribe(),
+            security.clone(),
         ))
         .max_decoding_message_size(t.max_message_bytes);
         let fleet = FleetServiceServer::new(FleetService::new(
             registry.clone(),
             open_streams.clone(),
             stop.subscribe(),
+            security.clone(),
         ))
         .max_decoding_message_size(t.max_message_bytes)
         .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
@@ -214,20 +257,25 @@ impl Server {
                 open_streams.shut_down();
             }
         };
+        let incoming = Acceptor::new(grpc, connections.clone()).admit(Admission {
+            tls: security.tls().cloned(),
+            timeout: t.handshake_timeout,
+            max_in_progress: t.max_handshakes,
+        });
         let result = t
             .server_builder()
+            .layer(AuthLayer::new(security.clone()))
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(agents)
             .add_service(fleet)
-            .serve_with_incoming_shutdown(
-                Acceptor::new(grpc, connections.clone()).into_stream(),
-                stop_signal,
-            )
+            .serve_with_incoming_shutdown(incoming, stop_signal)
             .await;
         // Also when the transport failed before any signal: every part stops.
         stop.begin();
         let _ = scheduler.await;
+        let _ = reloader.await;
+        let _ = sweeper.await;
         if let Some(task) = metrics_task
             && let Ok(Err(e)) = task.await
         {
