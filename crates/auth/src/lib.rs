@@ -14,6 +14,8 @@
 
 pub mod identity;
 pub mod pattern;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod policy;
 pub mod role;
 pub mod tokens;

@@ -25,9 +25,9 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::commit_gate::CommitGate;
 use crate::convert;
 use crate::open_streams::{self, EndSignal, OpenStreams, shutting_down};
+use crate::registry::{Registry, Session};
 use crate::security::sessions::SessionGuard;
 use crate::security::{Caller, REPORT, Security};
-use crate::registry::{Registry, Session};
 use fleet_health_types::wire;
 
 /// Limits on agent streams.

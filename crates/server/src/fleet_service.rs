@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use crate::model::{StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
+use crate::registry::{Change, Registry, Selector};
 use crate::security::sessions::SessionGuard;
 use crate::security::{AuditEvent, Caller, Security};
-use crate::registry::{Change, Registry, Selector};
 use fleet_health_types::wire;
 
 /// Agents in a page when the request does not say.

@@ -37,15 +37,15 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod open_streams;
-pub mod reload;
 pub mod registry;
+pub mod reload;
 pub mod security;
 pub mod server;
 pub mod shutdown;
 pub mod store;
-pub mod tls;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 pub use config::{Config, Shutdown, Storage, Transport};
 pub use net::bind;

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use fleet_health_auth::TrustDomain;
 use fleet_health_sensor::Windows;
 use fleet_health_server::clock::SystemClock;
-use fleet_health_auth::TrustDomain;
 use fleet_health_server::config::{
     Config, ConnLimits, FleetRules, Limits, SecurityConfig, Shutdown, Storage, StreamLimits,
     TlsFiles, Transport,
@@ -130,22 +130,43 @@ struct Args {
 
     /// The server's TLS certificate chain (PEM, its own certificate first):
     /// gRPC is served over TLS 1.3. Reloaded when the file changes or on SIGHUP.
-    #[arg(long, env = "FLEET_HEALTH_TLS_CERT", requires = "tls_key", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
     tls_cert: Option<PathBuf>,
 
     /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "FLEET_HEALTH_TLS_KEY", requires = "tls_cert", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
     tls_key: Option<PathBuf>,
 
     /// Trust bundle (PEM) for client certificates: agents and operators
     /// identify with certificates it signs (SPIFFE IDs
     /// spiffe://TRUST-DOMAIN/agent/ID or spiffe://TRUST-DOMAIN/ROLE/NAME).
-    #[arg(long, env = "FLEET_HEALTH_CLIENT_CA", requires = "tls_cert", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_CLIENT_CA",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
     client_ca: Option<PathBuf>,
 
     /// A certificate revocation list (PEM or DER) for client certificates;
     /// repeat for several (environment: comma-separated).
-    #[arg(long, env = "FLEET_HEALTH_CRL", value_delimiter = ',', requires = "client_ca", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_CRL",
+        value_delimiter = ',',
+        requires = "client_ca",
+        help_heading = "Security"
+    )]
     crl: Vec<PathBuf>,
 
     /// The tokens file (`fleet-health token create` writes it): bearer

@@ -385,23 +385,29 @@ impl Metrics {
         r.register(
             "fleet_health_reloads",
             "Reloads of certificates and tokens, by what and result",
-            Series::new([Reloaded::Tls, Reloaded::Tokens].into_iter().flat_map(|what| {
-                [ReloadResult::Ok, ReloadResult::Failed].into_iter().map(move |result| {
-                    (
-                        vec![
-                            ("what", what.as_str()),
-                            (
-                                "result",
-                                match result {
-                                    ReloadResult::Ok => "ok",
-                                    ReloadResult::Failed => "failed",
-                                },
-                            ),
-                        ],
-                        sec.reloads[what as usize][result as usize].clone(),
-                    )
-                })
-            })),
+            Series::new(
+                [Reloaded::Tls, Reloaded::Tokens]
+                    .into_iter()
+                    .flat_map(|what| {
+                        [ReloadResult::Ok, ReloadResult::Failed]
+                            .into_iter()
+                            .map(move |result| {
+                                (
+                                    vec![
+                                        ("what", what.as_str()),
+                                        (
+                                            "result",
+                                            match result {
+                                                ReloadResult::Ok => "ok",
+                                                ReloadResult::Failed => "failed",
+                                            },
+                                        ),
+                                    ],
+                                    sec.reloads[what as usize][result as usize].clone(),
+                                )
+                            })
+                    }),
+            ),
         );
         r.register(
             "fleet_health_streams_revoked",
@@ -723,10 +729,16 @@ mod tests {
             "# HELP fleet_health_connections_rejected_total Connections closed before carrying a request, by reason.",
             "# TYPE fleet_health_connections_rejected_total counter",
         ]);
-        let rejected: Vec<String> = ["timeout", "handshake_error", "cap_total", "cap_peer", "handshakes_busy"]
-            .iter()
-            .map(|r| format!("fleet_health_connections_rejected_total{{reason=\"{r}\"}}"))
-            .collect();
+        let rejected: Vec<String> = [
+            "timeout",
+            "handshake_error",
+            "cap_total",
+            "cap_peer",
+            "handshakes_busy",
+        ]
+        .iter()
+        .map(|r| format!("fleet_health_connections_rejected_total{{reason=\"{r}\"}}"))
+        .collect();
         expected.extend(rejected.iter().map(String::as_str));
         expected.extend([
             "# HELP fleet_health_denials_total Calls refused by the security layer, by reason.",
@@ -764,7 +776,10 @@ mod tests {
         assert_eq!(shape, expected);
         // With TLS, the expiry has its sample.
         m.set_cert_not_after(i64::MAX);
-        assert!(m.render(&FleetGauges::default()).contains("\nfleet_health_tls_cert_expiry_seconds "));
+        assert!(
+            m.render(&FleetGauges::default())
+                .contains("\nfleet_health_tls_cert_expiry_seconds ")
+        );
     }
 
     #[test]

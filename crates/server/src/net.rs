@@ -264,7 +264,11 @@ pub struct Admission {
 /// The client preface that opens every HTTP/2 connection (RFC 9113, 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-async fn admit_loop(mut acceptor: Acceptor, admission: Admission, tx: mpsc::Sender<io::Result<Io>>) {
+async fn admit_loop(
+    mut acceptor: Acceptor,
+    admission: Admission,
+    tx: mpsc::Sender<io::Result<Io>>,
+) {
     let permits = Arc::new(Semaphore::new(admission.max_in_progress));
     loop {
         let (conn, peer) = tokio::select! {
@@ -313,7 +317,11 @@ async fn prove(mut conn: Conn, admission: &Admission) -> io::Result<Io> {
                 .1
                 .peer_certificates()
                 .filter(|c| !c.is_empty())
-                .map(|c| Arc::new(PeerCertificate::new(c.iter().map(|c| c.clone().into_owned()).collect())));
+                .map(|c| {
+                    Arc::new(PeerCertificate::new(
+                        c.iter().map(|c| c.clone().into_owned()).collect(),
+                    ))
+                });
             Ok(Io::Tls(Box::new(stream), chain))
         }
         None => {
@@ -387,7 +395,10 @@ pub enum Io {
     /// handed on so far.
     Plain(Conn, usize),
     /// TLS, with the client's certificate if it presented one.
-    Tls(Box<tokio_rustls::server::TlsStream<Conn>>, Option<Arc<PeerCertificate>>),
+    Tls(
+        Box<tokio_rustls::server::TlsStream<Conn>>,
+        Option<Arc<PeerCertificate>>,
+    ),
 }
 
 impl std::fmt::Debug for Io {
@@ -422,7 +433,11 @@ impl AsyncRead for Io {
 }
 
 impl AsyncWrite for Io {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(c, _) => Pin::new(c).poll_write(cx, buf),
             Io::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -272,7 +272,10 @@ mod tests {
         assert!(r.reload_if_changed().is_none());
 
         let text = metrics.render(&crate::metrics::FleetGauges::default());
-        assert!(text.contains("fleet_health_reloads_total{what=\"tokens\",result=\"ok\"} 1\n"), "{text}");
+        assert!(
+            text.contains("fleet_health_reloads_total{what=\"tokens\",result=\"ok\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("fleet_health_reloads_total{what=\"tokens\",result=\"failed\"} 1\n"));
     }
 

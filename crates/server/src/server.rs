@@ -15,10 +15,10 @@ use crate::config::{Config, Storage};
 use crate::fleet_service::FleetService;
 use crate::metrics::Metrics;
 use crate::net::{Acceptor, Admission, Connections};
-use crate::security::Security;
-use crate::security::layer::AuthLayer;
 use crate::open_streams::OpenStreams;
 use crate::registry::Registry;
+use crate::security::Security;
+use crate::security::layer::AuthLayer;
 use crate::shutdown::{Stop, enforce_deadline};
 use crate::store::{AgentStore, RedbStore, StoreError, StoreOptions};
 use crate::{committer, http};
@@ -172,13 +172,10 @@ impl Server {
                 .await;
             })
         };
-        let sweeper = tokio::spawn(crate::security::sessions::run(
-            security.clone(),
-            {
-                let stop = stop.clone();
-                async move { stop.given().await }
-            },
-        ));
+        let sweeper = tokio::spawn(crate::security::sessions::run(security.clone(), {
+            let stop = stop.clone();
+            async move { stop.given().await }
+        }));
 
         let (health, health_svc) = tonic_health::server::health_reporter();
         health

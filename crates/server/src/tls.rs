@@ -63,7 +63,11 @@ impl TlsMaterial {
     /// Checks a client's certificate chain (its own first) again, at `now`,
     /// against the trust bundle and CRLs in force: `Err` says why it no
     /// longer holds (revoked, expired, no longer trusted).
-    pub fn recheck(&self, chain: &[CertificateDer<'static>], now: SystemTime) -> Result<(), String> {
+    pub fn recheck(
+        &self,
+        chain: &[CertificateDer<'static>],
+        now: SystemTime,
+    ) -> Result<(), String> {
         let Some(verifier) = &self.verifier else {
             return Err("the server no longer accepts client certificates".into());
         };
@@ -71,7 +75,8 @@ impl TlsMaterial {
             return Err("no certificate".into());
         };
         let now = UnixTime::since_unix_epoch(
-            now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
         );
         verifier
             .verify_client_cert(end, intermediates, now)
@@ -94,8 +99,8 @@ impl TlsFiles {
     pub fn load(&self) -> Result<TlsMaterial, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = certificates(&self.cert, "--tls-cert")?;
-        let not_after = not_after(&chain[0])
-            .map_err(|e| format!("--tls-cert {}: {e}", self.cert.display()))?;
+        let not_after =
+            not_after(&chain[0]).map_err(|e| format!("--tls-cert {}: {e}", self.cert.display()))?;
         let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
             format!(
                 "--tls-key {}: no private key could be read ({e}); it must be a PEM file with a PKCS#8, PKCS#1 or SEC1 key",
@@ -108,7 +113,10 @@ impl TlsFiles {
                 let mut roots = RootCertStore::empty();
                 for cert in certificates(ca, "--client-ca")? {
                     roots.add(cert).map_err(|e| {
-                        format!("--client-ca {}: a certificate is not a usable CA: {e}", ca.display())
+                        format!(
+                            "--client-ca {}: a certificate is not a usable CA: {e}",
+                            ca.display()
+                        )
                     })?;
                 }
                 let mut crls = Vec::new();

@@ -100,7 +100,9 @@ impl Audit {
                             // Moved away by a rotation: start a new file.
                             match open(&path) {
                                 Ok(f) => file = f,
-                                Err(e) => tracing::error!(error = %e, path = %path.display(), "cannot reopen the audit log"),
+                                Err(e) => {
+                                    tracing::error!(error = %e, path = %path.display(), "cannot reopen the audit log")
+                                }
                             }
                         }
                         let mut text = encode(&event);
@@ -195,7 +197,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).expect("exists").permissions().mode();
+            let mode = std::fs::metadata(&path)
+                .expect("exists")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

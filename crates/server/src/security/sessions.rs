@@ -114,8 +114,12 @@ impl Sessions {
             .map(|(id, o)| (*id, o.clone()))
             .collect();
         let mut ended = 0;
-        for (_, o) in open {
+        for (id, o) in open {
             if let Err(why) = security.still_valid(&o.credential) {
+                // Out of the table at once: ended once, counted once.
+                if self.table().remove(&id).is_none() {
+                    continue;
+                }
                 o.signal.end(Ended::Revoked);
                 ended += 1;
                 security.metrics().count_revoked();

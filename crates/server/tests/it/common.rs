@@ -67,6 +67,20 @@ impl TestServer {
         clock: ManualClock,
         dir: Option<&std::path::Path>,
     ) -> TestServer {
+        TestServer::start_on(config, clock, dir, |addr| {
+            Channel::from_shared(format!("http://{addr}")).expect("uri")
+        })
+        .await
+    }
+
+    /// A server whose harness channel is made by `endpoint` (TLS settings,
+    /// a client certificate).
+    pub async fn start_on(
+        config: Config,
+        clock: ManualClock,
+        dir: Option<&std::path::Path>,
+        endpoint: impl FnOnce(SocketAddr) -> tonic::transport::Endpoint,
+    ) -> TestServer {
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -93,11 +107,7 @@ impl TestServer {
                 .await
                 .expect("server runs");
         });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connects");
+        let channel = endpoint(addr).connect().await.expect("connects");
         TestServer {
             addr,
             metrics_addr,
@@ -143,19 +153,26 @@ impl TestServer {
 
     /// Opens a Report stream without saying anything.
     pub async fn open(&self) -> Agent {
+        Agent::open(&self.channel).await.expect("stream opens")
+    }
+}
+
+impl Agent {
+    /// Opens a Report stream on `channel` without saying anything.
+    pub async fn open(channel: &Channel) -> Result<Agent, Status> {
         let (tx, rx) = mpsc::channel(64);
-        let resp = self
-            .agents()
+        let resp = AgentServiceClient::new(channel.clone())
             .report(ReceiverStream::new(rx))
-            .await
-            .expect("stream opens");
-        Agent {
+            .await?;
+        Ok(Agent {
             tx,
             rx: resp.into_inner(),
             welcome: pb::Welcome::default(),
-        }
+        })
     }
+}
 
+impl TestServer {
     pub async fn get(&self, id: &str) -> pb::AgentStatus {
         self.fleet()
             .get_agent(pb::GetAgentRequest {

@@ -7,3 +7,4 @@ mod common;
 mod durable;
 mod fleet;
 mod protocol;
+mod security;
