@@ -240,7 +240,9 @@ mod tests {
         assert!(issued.cert_pem.contains("BEGIN CERTIFICATE"));
         assert!(issued.key_pem.contains("PRIVATE KEY"));
         assert_eq!(issued.serial.len(), 16);
-        let crl = ca.crl(std::slice::from_ref(&issued.serial), 1).expect("crl");
+        let crl = ca
+            .crl(std::slice::from_ref(&issued.serial), 1)
+            .expect("crl");
         assert!(crl.contains("BEGIN X509 CRL"));
         let server = ca
             .server(&["localhost".into(), "127.0.0.1".into()], Validity::days(1))

@@ -3,30 +3,80 @@
 //! This is the only module that sees clap's types.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use fleet_health_auth::{AgentPattern, Role, TrustDomain};
+
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use fleet_health_client::{AgentQuery, DEFAULT_SERVER, ReconnectPolicy, Time};
+use fleet_health_client::{AgentQuery, Credentials, DEFAULT_SERVER, ReconnectPolicy, Time};
 use fleet_health_types::{AgentId, EventKind, Labels, StateFilter, Why, check_label};
 
-use crate::config::{Config, ReportTask, Task};
+use crate::config::{Config, ContextTask, ReportTask, Task};
+use crate::contexts::{Context, ContextsFile};
 use crate::error::Failure;
+use crate::pki::{PkiTask, Subject};
 use crate::render::{Colour, Format, Style};
 use crate::simulate::{Mix, Settings};
 use crate::timearg::{parse_duration_arg, parse_time};
+use crate::tokens::TokenTask;
 
 /// See the health of a fleet of agents, report an agent's events, simulate a
 /// fleet.
 ///
 /// Exit codes: 0 ok, 1 error, 2 usage error, 3 server unreachable (for
 /// `watch`: gone for good), 4 agent not found, 5 storm (a large share of the
-/// fleet is faulty at once; from `list --faulty` and `summary`).
+/// fleet is faulty at once; from `list --faulty` and `summary`), 6 not
+/// authenticated, 7 permission denied, 8 TLS failed.
+///
+/// Settings come from flags, then environment variables, then the context
+/// (`--context`, or the contexts file's current one; see `fleet-health
+/// context`), then defaults.
 #[derive(Debug, Parser)]
 #[command(name = "fleet-health", version, propagate_version = true)]
 pub struct Cli {
-    /// The server's address.
-    #[arg(long, global = true, env = "FLEET_HEALTH_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
-    pub server: String,
+    /// The server's address: http://HOST:PORT, or https://HOST:PORT for TLS
+    /// [default: the context's, else http://127.0.0.1:50051].
+    #[arg(long, global = true, env = "FLEET_HEALTH_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// The context to use from the contexts file [default: its current one].
+    #[arg(long, global = true, env = "FLEET_HEALTH_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// Trust bundle (PEM) for the server's certificate [default: the
+    /// context's, else the public web roots].
+    #[arg(long, global = true, env = "FLEET_HEALTH_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Client certificate (PEM), from `fleet-health pki issue` or your CA.
+    #[arg(long, global = true, env = "FLEET_HEALTH_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// The private key of --cert (PEM).
+    #[arg(long, global = true, env = "FLEET_HEALTH_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// A bearer token (`fleet-health token create`). Prefer --token-file or
+    /// the environment: a flag stays in the shell's history.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_HEALTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// A file holding a bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_HEALTH_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
 
     /// Output format: table (for people), json, ndjson (one JSON object a
     /// line) or ids (one agent ID a line). Not every command has every format.
@@ -96,6 +146,169 @@ pub enum Command {
     /// Run a simulated fleet of agents, each with its own stream, for demos
     /// and load tests; prints the rate and acknowledgement latency achieved.
     Simulate(SimulateArgs),
+    /// A small CA in a folder: certificates for the server, agents and
+    /// operators (for small fleets and tests; a large fleet uses its own CA).
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Bearer tokens in a server's tokens file (only their hashes are kept).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Named contexts: a server and its credentials, kept in the contexts
+    /// file ($FLEET_HEALTH_CONFIG, else $XDG_CONFIG_HOME/fleet-health/config.toml).
+    #[command(subcommand)]
+    Context(ContextCommand),
+}
+
+/// `pki` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Make a CA, a server certificate and an empty CRL in DIR.
+    Init {
+        /// The folder.
+        dir: PathBuf,
+        /// A name the server is reached by (DNS name or IP address); repeat
+        /// for several [default: localhost and 127.0.0.1].
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// The trust domain of the identities this CA signs.
+        #[arg(long, default_value = "fleet-health.local", value_parser = parse_trust_domain)]
+        trust_domain: TrustDomain,
+        /// Days the certificates are valid (the CA: five times as long).
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Replace files already there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a client certificate with the CA in --dir.
+    #[command(subcommand)]
+    Issue(IssueCommand),
+    /// Add a certificate to the CA's CRL (DIR/crl.pem).
+    Revoke {
+        /// The certificate (PEM).
+        cert: PathBuf,
+        /// The CA's folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+/// What `pki issue` makes.
+#[derive(Debug, Subcommand)]
+pub enum IssueCommand {
+    /// A certificate for an agent: it may report for its own ID only.
+    Agent {
+        /// The agent's ID.
+        #[arg(value_parser = parse_agent_id)]
+        id: AgentId,
+        /// The CA's folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Days it is valid.
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+        /// Replace files already there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A certificate for an operator or a program with a role.
+    Operator {
+        /// The name.
+        name: String,
+        /// The role: reader, orchestrator, admin or relay.
+        #[arg(long)]
+        role: Role,
+        /// For a relay: the agent IDs it may report for (`*` matches any
+        /// run of characters); repeat for several.
+        #[arg(long = "agents", value_name = "PATTERN")]
+        agents: Vec<AgentPattern>,
+        /// The CA's folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Days it is valid.
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+        /// Replace files already there.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token: prints its secret once, writes only its hash.
+    Create {
+        /// Its name (unique in the file).
+        name: String,
+        /// The role: reader, orchestrator, admin or relay.
+        #[arg(long)]
+        role: Role,
+        /// For a relay: the agent IDs it may report for; repeat for several.
+        #[arg(long = "agents", value_name = "PATTERN")]
+        agents: Vec<AgentPattern>,
+        /// How long it lasts (e.g. 30d) [default: until removed].
+        #[arg(long, value_parser = parse_duration_arg, value_name = "DURATION")]
+        expires: Option<Duration>,
+        /// The server's tokens file.
+        #[arg(long, env = "FLEET_HEALTH_TOKENS", value_name = "FILE")]
+        tokens_file: PathBuf,
+        /// Replace a token of the same name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List the tokens (names, roles, times; never secrets).
+    List {
+        /// The server's tokens file.
+        #[arg(long, env = "FLEET_HEALTH_TOKENS", value_name = "FILE")]
+        tokens_file: PathBuf,
+    },
+    /// Remove a token: it stops working, and its open streams end.
+    Revoke {
+        /// Its name.
+        name: String,
+        /// The server's tokens file.
+        #[arg(long, env = "FLEET_HEALTH_TOKENS", value_name = "FILE")]
+        tokens_file: PathBuf,
+    },
+}
+
+/// `context` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List the contexts; the current one is marked.
+    List,
+    /// Make NAME the current context.
+    Use {
+        /// The context.
+        name: String,
+    },
+    /// Add or change a context (only the settings given change).
+    Set {
+        /// The context.
+        name: String,
+        /// The server's URL.
+        #[arg(long = "url", value_name = "URL")]
+        url: Option<String>,
+        /// Trust bundle (PEM).
+        #[arg(long = "ca-file", value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Client certificate (PEM).
+        #[arg(long = "cert-file", value_name = "FILE")]
+        cert_file: Option<PathBuf>,
+        /// Its key (PEM).
+        #[arg(long = "key-file", value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// A file holding a bearer token.
+        #[arg(long = "token-path", value_name = "FILE")]
+        token_path: Option<PathBuf>,
+        /// Also make it the current context.
+        #[arg(long = "use")]
+        make_current: bool,
+    },
+    /// Show what a command would use now: server and credentials, and where
+    /// each came from.
+    Show,
 }
 
 /// Which agents: state flags, whys and labels.
@@ -320,6 +533,18 @@ impl Cli {
     pub fn into_config(self) -> Result<Config, Failure> {
         use Format::{Ids, Json, Ndjson, Table};
         let out = self.output;
+        // Local commands need no server, and do not read the contexts file
+        // (a broken one must not stop `pki` or `token`), but `context show`.
+        let needs_server = match &self.command {
+            Command::Pki(_) | Command::Token(_) => false,
+            Command::Context(c) => matches!(c, ContextCommand::Show),
+            _ => true,
+        };
+        let (server, credentials, context) = if needs_server {
+            self.connection()?
+        } else {
+            (DEFAULT_SERVER.to_string(), Credentials::default(), None)
+        };
         let task = match self.command {
             Command::List(args) => Task::List {
                 format: pick_format("list", out, &[Table, Json, Ndjson, Ids])?,
@@ -369,7 +594,10 @@ impl Cli {
                 Task::Simulate {
                     format,
                     settings: Settings {
-                        server: self.server.clone(),
+                        server: self
+                            .server
+                            .clone()
+                            .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
                         timeout: self.timeout,
                         agents: args.agents,
                         mix: args.mix,
@@ -384,14 +612,185 @@ impl Cli {
                     },
                 }
             }
+            Command::Pki(cmd) => Task::Pki(cmd.task()),
+            Command::Token(cmd) => Task::Token(cmd.task()),
+            Command::Context(cmd) => {
+                let path = crate::contexts::default_path().ok_or_else(|| {
+                    Failure::usage(
+                        "no contexts file: set FLEET_HEALTH_CONFIG, XDG_CONFIG_HOME or HOME",
+                    )
+                })?;
+                Task::Context {
+                    task: cmd.task(),
+                    path,
+                }
+            }
         };
         Ok(Config {
-            server: self.server,
+            server,
+            credentials,
+            context,
             timeout: self.timeout,
             style: Style::detect(self.color.into(), std::io::stdout().is_terminal()),
             task,
         })
     }
+
+    /// The server and credentials: flag or environment, then the context,
+    /// then the default.
+    fn connection(&self) -> Result<(String, Credentials, Option<String>), Failure> {
+        let file = match crate::contexts::default_path() {
+            Some(path) => ContextsFile::read(&path).map_err(Failure::usage)?,
+            None => ContextsFile::default(),
+        };
+        let picked = file.pick(self.context.as_deref()).map_err(Failure::usage)?;
+        let empty = Context::default();
+        let (name, ctx) = picked.map_or((None, &empty), |(n, c)| (Some(n.to_string()), c));
+        let server = self
+            .server
+            .clone()
+            .or_else(|| ctx.server.clone())
+            .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+        let token = match (&self.token, &self.token_file, &ctx.token_file) {
+            (Some(t), _, _) => Some(t.clone()),
+            (None, Some(f), _) | (None, None, Some(f)) => Some(read_token(f)?),
+            (None, None, None) => None,
+        };
+        let credentials = Credentials {
+            ca: self.ca.clone().or_else(|| ctx.ca.clone()),
+            cert: self.cert.clone().or_else(|| ctx.cert.clone()),
+            key: self.key.clone().or_else(|| ctx.key.clone()),
+            token,
+        };
+        Ok((server, credentials, name))
+    }
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("token file {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Failure::usage(format!(
+            "token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+fn parse_trust_domain(s: &str) -> Result<TrustDomain, String> {
+    TrustDomain::parse(s).map_err(|e| e.to_string())
+}
+
+impl PkiCommand {
+    fn task(self) -> PkiTask {
+        match self {
+            PkiCommand::Init {
+                dir,
+                sans,
+                trust_domain,
+                days,
+                force,
+            } => PkiTask::Init {
+                dir,
+                sans: if sans.is_empty() {
+                    vec!["localhost".into(), "127.0.0.1".into()]
+                } else {
+                    sans
+                },
+                trust_domain,
+                days,
+                force,
+            },
+            PkiCommand::Issue(IssueCommand::Agent {
+                id,
+                dir,
+                days,
+                force,
+            }) => PkiTask::Issue {
+                dir,
+                subject: Subject::Agent(id),
+                days,
+                force,
+            },
+            PkiCommand::Issue(IssueCommand::Operator {
+                name,
+                role,
+                agents,
+                dir,
+                days,
+                force,
+            }) => PkiTask::Issue {
+                dir,
+                subject: Subject::Holder { name, role, agents },
+                days,
+                force,
+            },
+            PkiCommand::Revoke { cert, dir } => PkiTask::Revoke { dir, cert },
+        }
+    }
+}
+
+impl TokenCommand {
+    fn task(self) -> TokenTask {
+        match self {
+            TokenCommand::Create {
+                name,
+                role,
+                agents,
+                expires,
+                tokens_file,
+                replace,
+            } => TokenTask::Create {
+                file: tokens_file,
+                name,
+                role,
+                agents,
+                expires_in: expires,
+                replace,
+            },
+            TokenCommand::List { tokens_file } => TokenTask::List { file: tokens_file },
+            TokenCommand::Revoke { name, tokens_file } => TokenTask::Revoke {
+                file: tokens_file,
+                name,
+            },
+        }
+    }
+}
+
+impl ContextCommand {
+    fn task(self) -> ContextTask {
+        match self {
+            ContextCommand::List => ContextTask::List,
+            ContextCommand::Use { name } => ContextTask::Use { name },
+            ContextCommand::Set {
+                name,
+                url,
+                ca_file,
+                cert_file,
+                key_file,
+                token_path,
+                make_current,
+            } => ContextTask::Set {
+                name,
+                context: Context {
+                    server: url,
+                    ca: ca_file.map(absolute),
+                    cert: cert_file.map(absolute),
+                    key: key_file.map(absolute),
+                    token_file: token_path.map(absolute),
+                },
+                make_current,
+            },
+            ContextCommand::Show => ContextTask::Show,
+        }
+    }
+}
+
+/// Paths stored in a context are absolute: the context is used from any folder.
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
 }
 
 /// Parses an agent ID, with the rule in the message when it is refused.
@@ -460,7 +859,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.output, Some(Output::Json));
-        assert_eq!(cli.server, "http://h:1");
+        assert_eq!(cli.server.as_deref(), Some("http://h:1"));
         assert_eq!(cli.timeout, Duration::from_secs(3));
         let Command::List(list) = cli.command else {
             panic!()

@@ -11,7 +11,7 @@ use fleet_health_client::{
     ReporterError, ResumingWatch, StateFilter, Storm, Time,
 };
 
-use crate::config::{Config, ReportTask, Task};
+use crate::config::{Config, ContextTask, ReportTask, Task};
 use crate::error::Failure;
 use crate::exit_codes::ExitCode;
 use crate::render::report::ReportJson;
@@ -36,7 +36,7 @@ pub async fn run(config: Config) -> Result<ExitCode, Failure> {
 
 async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failure> {
     let style = config.style;
-    let fleet = || FleetClient::connect_lazy(&config.server, config.timeout);
+    let fleet = || FleetClient::connect_with(&config.server, &config.credentials, config.timeout);
     match &config.task {
         Task::List { query, format } => list(&fleet()?, out, style, query, *format).await,
         Task::Status { agent, at, format } => {
@@ -52,9 +52,111 @@ async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failu
             history(&fleet()?, out, style, agent.as_str(), *format).await
         }
         Task::Forget { agent, format } => forget(&fleet()?, out, agent.as_str(), *format).await,
-        Task::Report(task) => report(&config.server, config.timeout, out, task).await,
+        Task::Report(task) => report(config, out, task).await,
         Task::Simulate { settings, format } => simulate(settings, out, *format).await,
+        Task::Pki(task) => {
+            let said = crate::pki::run(task).map_err(Failure::usage)?;
+            out.write_all(said.as_bytes())?;
+            Ok(ExitCode::Success)
+        }
+        Task::Token(task) => {
+            let said = crate::tokens::run(task).map_err(Failure::usage)?;
+            out.write_all(said.out.as_bytes())?;
+            eprint!("{}", said.note);
+            Ok(ExitCode::Success)
+        }
+        Task::Context { task, path } => context(config, path, task, out),
     }
+}
+
+/// `fleet-health context ...`.
+fn context(
+    config: &Config,
+    path: &std::path::Path,
+    task: &ContextTask,
+    out: &mut dyn Write,
+) -> Result<ExitCode, Failure> {
+    use crate::contexts::ContextsFile;
+    let mut file = ContextsFile::read(path).map_err(Failure::usage)?;
+    match task {
+        ContextTask::List => {
+            if file.contexts.is_empty() {
+                eprintln!(
+                    "no contexts in {}; add one with `fleet-health context set NAME --url URL ...`",
+                    path.display()
+                );
+            }
+            for (name, ctx) in &file.contexts {
+                let mark = if file.current_context.as_deref() == Some(name) {
+                    "*"
+                } else {
+                    " "
+                };
+                writeln!(
+                    out,
+                    "{mark} {name}\t{}",
+                    ctx.server.as_deref().unwrap_or("-")
+                )?;
+            }
+        }
+        ContextTask::Use { name } => {
+            if !file.contexts.contains_key(name) {
+                return Err(Failure::usage(format!(
+                    "no context named {name:?} in {}",
+                    path.display()
+                )));
+            }
+            file.current_context = Some(name.clone());
+            file.write(path).map_err(Failure::usage)?;
+            eprintln!("now using context {name:?}");
+        }
+        ContextTask::Set {
+            name,
+            context,
+            make_current,
+        } => {
+            let entry = file.contexts.entry(name.clone()).or_default();
+            let c = context.clone();
+            if c.server.is_some() {
+                entry.server = c.server;
+            }
+            if c.ca.is_some() {
+                entry.ca = c.ca;
+            }
+            if c.cert.is_some() {
+                entry.cert = c.cert;
+            }
+            if c.key.is_some() {
+                entry.key = c.key;
+            }
+            if c.token_file.is_some() {
+                entry.token_file = c.token_file;
+            }
+            if *make_current || file.current_context.is_none() {
+                file.current_context = Some(name.clone());
+            }
+            file.write(path).map_err(Failure::usage)?;
+            eprintln!("context {name:?} saved in {}", path.display());
+        }
+        ContextTask::Show => {
+            let c = &config.credentials;
+            let show = |p: &Option<std::path::PathBuf>| {
+                p.as_ref()
+                    .map_or("-".to_string(), |p| p.display().to_string())
+            };
+            writeln!(out, "context\t{}", config.context.as_deref().unwrap_or("-"))?;
+            writeln!(out, "server\t{}", config.server)?;
+            writeln!(out, "ca\t{}", show(&c.ca))?;
+            writeln!(out, "cert\t{}", show(&c.cert))?;
+            writeln!(out, "key\t{}", show(&c.key))?;
+            writeln!(
+                out,
+                "token\t{}",
+                if c.token.is_some() { "set" } else { "-" }
+            )?;
+        }
+    }
+    Ok(ExitCode::Success)
 }
 
 /// Exit 5 with a warning on stderr when the storm flag is raised; the
@@ -163,11 +265,12 @@ async fn forget(
 }
 
 async fn report(
-    server: &str,
-    timeout: Duration,
+    config: &Config,
     out: &mut dyn Write,
     task: &ReportTask,
 ) -> Result<ExitCode, Failure> {
+    let timeout = config.timeout;
+    let settings = config;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut config = ReporterConfig::new(task.agent.as_str());
     config.labels = task.labels.clone();
@@ -179,17 +282,21 @@ async fn report(
     };
     // A fresh reporter: its own random incarnation, so that this event is
     // never taken for a re-send of an earlier run's.
-    let reporter = Reporter::connect(server, config)?;
+    let reporter = Reporter::connect_with(&settings.server, &settings.credentials, config)?;
     let seq = reporter.report(task.event, task.at)?;
     match tokio::time::timeout_at(deadline, reporter.wait_acked(seq)).await {
         Ok(result) => result?,
         Err(_) => {
-            let why = reporter
-                .stats()
-                .last_error
-                .map_or_else(String::new, |e| format!(" (last error: {e})"));
+            let last = reporter.stats().last_error;
+            // A TLS failure says more than a timeout.
+            let code = if last.as_deref().is_some_and(|e| e.starts_with("TLS:")) {
+                ExitCode::Tls
+            } else {
+                ExitCode::Unreachable
+            };
+            let why = last.map_or_else(String::new, |e| format!(" (last error: {e})"));
             return Err(Failure::new(
-                ExitCode::Unreachable,
+                code,
                 anyhow!("the event was not acknowledged within {timeout:?}{why}"),
             ));
         }

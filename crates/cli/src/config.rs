@@ -3,16 +3,28 @@
 
 use std::time::Duration;
 
-use fleet_health_client::{AgentId, AgentQuery, EventKind, Labels, ReconnectPolicy, Time};
+use std::path::PathBuf;
+
+use fleet_health_client::{
+    AgentId, AgentQuery, Credentials, EventKind, Labels, ReconnectPolicy, Time,
+};
+
+use crate::contexts::Context;
+use crate::pki::PkiTask;
+use crate::tokens::TokenTask;
 
 use crate::render::{Format, Style};
 use crate::simulate::Settings;
 
 /// One run of `fleet-health`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// The server's address.
     pub server: String,
+    /// TLS and token.
+    pub credentials: Credentials,
+    /// The context they came from, if any.
+    pub context: Option<String>,
     /// How long to wait for the server: to connect and for each answer.
     pub timeout: Duration,
     /// Colours or not.
@@ -81,6 +93,40 @@ pub enum Task {
         /// How to print the outcome.
         format: Format,
     },
+    /// Make or use certificates (no server needed).
+    Pki(PkiTask),
+    /// Make, list or remove tokens (no server needed).
+    Token(TokenTask),
+    /// Manage the contexts in the file at `path`.
+    Context {
+        /// What to do.
+        task: ContextTask,
+        /// The contexts file.
+        path: PathBuf,
+    },
+}
+
+/// What `context` was asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContextTask {
+    /// List them.
+    List,
+    /// Make one current.
+    Use {
+        /// Its name.
+        name: String,
+    },
+    /// Add or change one.
+    Set {
+        /// Its name.
+        name: String,
+        /// The settings given (the others stay).
+        context: Context,
+        /// Make it current too.
+        make_current: bool,
+    },
+    /// Show what a command would use.
+    Show,
 }
 
 /// `report`'s settled arguments.

@@ -47,7 +47,11 @@ impl From<ClientError> for Failure {
             ClientError::Unreachable(_) => ExitCode::Unreachable,
             ClientError::InvalidName(_)
             | ClientError::InvalidEndpoint(_)
+            | ClientError::BadCredentials(_)
             | ClientError::InvalidArgument(_) => ExitCode::Usage,
+            ClientError::Tls(_) => ExitCode::Tls,
+            ClientError::Unauthenticated(_) => ExitCode::Unauthenticated,
+            ClientError::PermissionDenied(_) => ExitCode::PermissionDenied,
             ClientError::Status(_) | ClientError::Decode(_) => ExitCode::Failure,
         };
         Failure::new(code, e)
@@ -59,7 +63,13 @@ impl From<ReporterError> for Failure {
         let code = match &e {
             ReporterError::InvalidName(_)
             | ReporterError::InvalidEndpoint(_)
+            | ReporterError::BadCredentials(_)
             | ReporterError::Refused { .. } => ExitCode::Usage,
+            ReporterError::Denied {
+                unauthenticated: true,
+                ..
+            } => ExitCode::Unauthenticated,
+            ReporterError::Denied { .. } => ExitCode::PermissionDenied,
             ReporterError::Timeout { .. } => ExitCode::Unreachable,
             ReporterError::NoRuntime | ReporterError::Closed => ExitCode::Failure,
         };
@@ -119,6 +129,21 @@ mod tests {
                 ExitCode::Usage,
             ),
             (Failure::usage("no"), ExitCode::Usage),
+            (
+                Failure::from(ClientError::from(Status::unauthenticated("x"))),
+                ExitCode::Unauthenticated,
+            ),
+            (
+                Failure::from(ClientError::from(Status::permission_denied("x"))),
+                ExitCode::PermissionDenied,
+            ),
+            (
+                Failure::from(ReporterError::Denied {
+                    unauthenticated: false,
+                    message: "other agent".into(),
+                }),
+                ExitCode::PermissionDenied,
+            ),
         ];
         for (failure, code) in cases {
             assert_eq!(failure.code, code, "{:#}", failure.error);

@@ -23,17 +23,31 @@ pub enum ExitCode {
     /// but a large share of the fleet is faulty at once, which points at a
     /// shared cause rather than at every agent. The output is complete.
     Storm = 5,
+    /// 6: the server does not know who this is (UNAUTHENTICATED): no
+    /// certificate or token, an unknown, expired or revoked one. Fix the
+    /// credentials (`--cert`/`--key`, `--token`, the context).
+    Unauthenticated = 6,
+    /// 7: the server knows who this is and refuses (PERMISSION_DENIED): the
+    /// role is too small, or a certificate for another agent.
+    PermissionDenied = 7,
+    /// 8: TLS failed: the server's certificate is not signed by `--ca`, has
+    /// expired or names another host; or the server does not speak TLS (or
+    /// speaks only TLS).
+    Tls = 8,
 }
 
 impl ExitCode {
     /// Every code, in order.
-    pub const ALL: [ExitCode; 6] = [
+    pub const ALL: [ExitCode; 9] = [
         ExitCode::Success,
         ExitCode::Failure,
         ExitCode::Usage,
         ExitCode::Unreachable,
         ExitCode::NotFound,
         ExitCode::Storm,
+        ExitCode::Unauthenticated,
+        ExitCode::PermissionDenied,
+        ExitCode::Tls,
     ];
 
     /// The number the process exits with.
@@ -55,6 +69,6 @@ mod tests {
     #[test]
     fn codes_are_distinct_and_stable() {
         let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(numbers, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
     }
 }

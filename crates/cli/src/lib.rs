@@ -35,11 +35,14 @@
 pub mod args;
 pub mod commands;
 pub mod config;
+pub mod contexts;
 pub mod error;
 pub mod exit_codes;
+pub mod pki;
 pub mod render;
 pub mod simulate;
 pub mod timearg;
+pub mod tokens;
 
 pub use args::Cli;
 pub use commands::run;

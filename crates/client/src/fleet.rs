@@ -16,7 +16,16 @@ use crate::proto::{
 };
 use crate::view::{AgentList, AgentPage, AgentView, DecodeError, History, Summary, the_agent};
 use crate::watch::Watch;
-use crate::{InvalidEndpoint, NameError};
+use crate::{AuthChannel, Bearer, ConnectError, Credentials, InvalidEndpoint, NameError};
+
+impl From<ConnectError> for ClientError {
+    fn from(e: ConnectError) -> ClientError {
+        match e {
+            ConnectError::Endpoint(e) => ClientError::InvalidEndpoint(e),
+            ConnectError::Credentials(e) => ClientError::BadCredentials(e),
+        }
+    }
+}
 
 /// What can go wrong with a fleet query.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +45,21 @@ pub enum ClientError {
     /// The server could not be reached, or did not answer in time.
     #[error("server unreachable: {0}")]
     Unreachable(String),
+    /// The connection's TLS failed (wrong CA, expired certificate, a server
+    /// that does not speak TLS, or does and was called with http://).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The client's credentials could not be used.
+    #[error(transparent)]
+    BadCredentials(#[from] crate::BadCredentials),
+    /// The server does not know who this is (`UNAUTHENTICATED`): no
+    /// credentials, an unknown or expired token, a revoked certificate.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The server knows who this is, and refuses (`PERMISSION_DENIED`): the
+    /// role is too small, or a certificate for another agent.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The server's answer could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -55,7 +79,12 @@ impl From<Status> for ClientError {
         } else {
             status.message().to_owned()
         };
+        if let Some(trouble) = crate::tls_trouble(&status) {
+            return ClientError::Tls(trouble);
+        }
         match status.code() {
+            Code::Unauthenticated => ClientError::Unauthenticated(message),
+            Code::PermissionDenied => ClientError::PermissionDenied(message),
             Code::NotFound => ClientError::NotFound(message),
             Code::InvalidArgument => ClientError::InvalidArgument(message),
             Code::Unavailable | Code::DeadlineExceeded => ClientError::Unreachable(message),
@@ -100,7 +129,7 @@ impl AgentQuery {
 /// A client for `FleetService`. Cheap to clone: clones share one connection.
 #[derive(Clone, Debug)]
 pub struct FleetClient {
-    inner: FleetServiceClient<Channel>,
+    inner: FleetServiceClient<AuthChannel>,
     timeout: Duration,
     page_size: u32,
 }
@@ -108,11 +137,30 @@ pub struct FleetClient {
 impl FleetClient {
     /// A client on a channel; each call must answer within `timeout`.
     pub fn new(channel: Channel, timeout: Duration) -> FleetClient {
+        FleetClient::with_bearer(channel, Bearer::none(), timeout)
+    }
+
+    /// A client on a channel that presents `bearer` on every call.
+    pub fn with_bearer(channel: Channel, bearer: Bearer, timeout: Duration) -> FleetClient {
         FleetClient {
-            inner: FleetServiceClient::new(channel),
+            inner: FleetServiceClient::with_interceptor(channel, bearer),
             timeout,
             page_size: 1000,
         }
+    }
+
+    /// A client for the server at `url` with `credentials` (TLS, a token),
+    /// connecting lazily.
+    pub fn connect_with(
+        url: &str,
+        credentials: &Credentials,
+        timeout: Duration,
+    ) -> Result<FleetClient, ClientError> {
+        Ok(FleetClient {
+            inner: FleetServiceClient::new(crate::auth_channel(url, timeout, credentials)?),
+            timeout,
+            page_size: 1000,
+        })
     }
 
     /// A client for the server at `url`, connecting lazily (the first call

@@ -27,6 +27,7 @@
 //! `view.rs` the values it answers with; `watch.rs` the watches.
 
 mod backoff;
+mod connect;
 mod fleet;
 mod pending;
 mod reporter;
@@ -36,6 +37,10 @@ mod watch;
 use std::time::Duration;
 
 pub use backoff::BackoffConfig;
+pub use connect::{
+    AuthChannel, BadCredentials, Bearer, ConnectError, Credentials, auth_channel, endpoint_with,
+    tls_trouble,
+};
 pub use fleet::{AgentQuery, ClientError, FleetClient};
 pub use fleet_health_proto::v1 as proto;
 pub use fleet_health_sensor::Time;
@@ -79,6 +84,7 @@ pub struct InvalidEndpoint {
 
 /// The endpoint settings used for the server: a connect timeout, and HTTP/2
 /// keep-alive pings so that a dead connection is noticed even when idle.
+/// TLS settings for an `https://` URL come from [`endpoint_with`].
 pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, InvalidEndpoint> {
     let invalid = |reason: String| InvalidEndpoint {
         url: url.to_owned(),
@@ -86,11 +92,6 @@ pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, Invali
     };
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(invalid("it must begin with http:// or https://".into()));
-    }
-    if url.starts_with("https://") {
-        return Err(invalid(
-            "TLS is not built in; use http:// (put a TLS proxy in front if needed)".into(),
-        ));
     }
     let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(e.to_string()))?;
     Ok(endpoint
@@ -120,12 +121,34 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_must_be_plain_http_urls() {
+    fn endpoints_must_be_http_or_https_urls() {
         assert!(endpoint("http://127.0.0.1:50051", Duration::from_secs(1)).is_ok());
         assert!(endpoint("http://fleet.example:8080/", Duration::from_secs(1)).is_ok());
+        assert!(endpoint("https://fleet.example:50051", Duration::from_secs(1)).is_ok());
         let e = endpoint("127.0.0.1:50051", Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().contains("http://"), "{e}");
-        assert!(endpoint("https://x", Duration::from_secs(1)).is_err());
         assert!(endpoint("http://", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn tls_settings_need_an_https_url_and_readable_files() {
+        let t = Duration::from_secs(1);
+        let with_ca = Credentials {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..Credentials::default()
+        };
+        let e = endpoint_with("http://127.0.0.1:1", t, &with_ca).unwrap_err();
+        assert!(e.to_string().contains("use https://"), "{e}");
+        let e = endpoint_with("https://127.0.0.1:1", t, &with_ca).unwrap_err();
+        assert!(e.to_string().contains("--ca /nonexistent/ca.pem"), "{e}");
+        let half = Credentials {
+            cert: Some("/x".into()),
+            ..Credentials::default()
+        };
+        let e = endpoint_with("https://127.0.0.1:1", t, &half).unwrap_err();
+        assert!(e.to_string().contains("--cert needs --key"), "{e}");
+        assert!(endpoint_with("https://127.0.0.1:1", t, &Credentials::default()).is_ok());
+        assert!(Bearer::new("fht_abc").is_ok());
+        assert!(Bearer::new("bad\ntoken").is_err());
     }
 }

@@ -24,10 +24,11 @@ use crate::pending::Pending;
 use crate::proto::{
     EventBatch, Hello, ReportRequest, ReportResponse, report_request, report_response,
 };
-use crate::{InvalidEndpoint, NameError};
+use crate::{AuthChannel, Bearer, Credentials, InvalidEndpoint, NameError};
 use fleet_health_proto::v1::agent_service_client::AgentServiceClient;
 use fleet_health_types::wire::{self, now};
 use fleet_health_types::{AgentId, EventKind, Labels, check_labels};
+use tonic::service::interceptor::InterceptedService;
 
 /// The heartbeat interval assumed until the server says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -134,6 +135,19 @@ pub enum ReporterError {
         /// The server's message.
         message: String,
     },
+    /// The server refused the reporter's credentials (`UNAUTHENTICATED`:
+    /// none, unknown, expired or revoked) or their right to report for this
+    /// agent (`PERMISSION_DENIED`); the reporter stopped.
+    #[error("{}: {message}", if *.unauthenticated { "not authenticated" } else { "permission denied" })]
+    Denied {
+        /// `UNAUTHENTICATED` rather than `PERMISSION_DENIED`.
+        unauthenticated: bool,
+        /// The server's message.
+        message: String,
+    },
+    /// The credentials could not be used (a file that cannot be read...).
+    #[error(transparent)]
+    BadCredentials(#[from] crate::BadCredentials),
     /// Closing took longer than allowed; this many events were never
     /// acknowledged.
     #[error("timed out with {unacked} event(s) not acknowledged")]
@@ -250,6 +264,20 @@ impl Reporter {
     /// reporters: each has its own stream). Must be called within a Tokio
     /// runtime; returns at once and connects in the background.
     pub fn start(channel: Channel, config: ReporterConfig) -> Result<Reporter, ReporterError> {
+        Reporter::start_on(InterceptedService::new(channel, Bearer::none()), config)
+    }
+
+    /// Starts a reporter on a channel that presents a bearer token (see
+    /// [`Reporter::start`]).
+    pub fn start_with(
+        channel: Channel,
+        bearer: Bearer,
+        config: ReporterConfig,
+    ) -> Result<Reporter, ReporterError> {
+        Reporter::start_on(InterceptedService::new(channel, bearer), config)
+    }
+
+    fn start_on(channel: AuthChannel, config: ReporterConfig) -> Result<Reporter, ReporterError> {
         config.validate()?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| ReporterError::NoRuntime)?;
@@ -301,6 +329,24 @@ impl Reporter {
         }
         let channel = crate::lazy_channel(url, config.connect_timeout)?;
         Reporter::start(channel, config)
+    }
+
+    /// Starts a reporter with its own connection to `url` with
+    /// `credentials` (TLS, a client certificate, a token).
+    pub fn connect_with(
+        url: &str,
+        credentials: &Credentials,
+        config: ReporterConfig,
+    ) -> Result<Reporter, ReporterError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ReporterError::NoRuntime);
+        }
+        let channel =
+            crate::auth_channel(url, config.connect_timeout, credentials).map_err(|e| match e {
+                crate::ConnectError::Endpoint(e) => ReporterError::InvalidEndpoint(e),
+                crate::ConnectError::Credentials(e) => ReporterError::BadCredentials(e),
+            })?;
+        Reporter::start_on(channel, config)
     }
 
     /// The agent's ID.
@@ -471,6 +517,11 @@ enum Outcome {
     Closed,
     /// The server refused the input: the reporter is done.
     Refused(String),
+    /// The server refused the credentials: the reporter is done.
+    Denied {
+        unauthenticated: bool,
+        message: String,
+    },
     /// Try again after a backoff.
     Retry {
         error: String,
@@ -493,6 +544,10 @@ impl Outcome {
     fn from_status(status: &Status, steady: bool) -> Outcome {
         match status.code() {
             Code::InvalidArgument => Outcome::Refused(status.message().to_owned()),
+            Code::Unauthenticated | Code::PermissionDenied => Outcome::Denied {
+                unauthenticated: status.code() == Code::Unauthenticated,
+                message: status.message().to_owned(),
+            },
             Code::ResourceExhausted => Outcome::Retry {
                 error: describe(status),
                 steady,
@@ -504,6 +559,9 @@ impl Outcome {
 }
 
 fn describe(status: &Status) -> String {
+    if let Some(trouble) = crate::tls_trouble(status) {
+        return format!("TLS: {trouble}");
+    }
     if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
@@ -513,7 +571,7 @@ fn describe(status: &Status) -> String {
 
 struct Task {
     shared: Arc<Shared>,
-    client: AgentServiceClient<Channel>,
+    client: AgentServiceClient<AuthChannel>,
     hello: Hello,
     config: ReporterConfig,
 }
@@ -537,6 +595,18 @@ impl Task {
                     tracing::error!(agent_id = %self.hello.agent_id, %message, "the server refused the reporter's events");
                     self.shared.lock().last_error = Some(message.clone());
                     self.shared.end(ReporterError::Refused { message });
+                    return;
+                }
+                Outcome::Denied {
+                    unauthenticated,
+                    message,
+                } => {
+                    tracing::error!(agent_id = %self.hello.agent_id, %message, "the server refused the reporter's credentials");
+                    self.shared.lock().last_error = Some(message.clone());
+                    self.shared.end(ReporterError::Denied {
+                        unauthenticated,
+                        message,
+                    });
                     return;
                 }
                 Outcome::Retry {

@@ -186,6 +186,10 @@ fn is_transient(e: &ClientError) -> bool {
         ),
         ClientError::InvalidName(_)
         | ClientError::InvalidEndpoint(_)
+        | ClientError::Tls(_)
+        | ClientError::BadCredentials(_)
+        | ClientError::Unauthenticated(_)
+        | ClientError::PermissionDenied(_)
         | ClientError::NotFound(_)
         | ClientError::InvalidArgument(_)
         | ClientError::Decode(_) => false,

@@ -548,7 +548,9 @@ async fn a_certificate_revoked_while_its_stream_is_open_loses_the_stream() {
 
     write_atomically(
         &pki.path("crl.pem"),
-        &pki.ca.crl(std::slice::from_ref(&cert.serial), 2).expect("crl"),
+        &pki.ca
+            .crl(std::slice::from_ref(&cert.serial), 2)
+            .expect("crl"),
     );
     let ended = soon(agent.end()).await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");

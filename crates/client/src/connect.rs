@@ -1,0 +1,202 @@
+//! How a client reaches a server: the URL, TLS (the trust bundle, a client
+//! certificate) and a bearer token; and what a failure to connect means.
+//!
+//! `http://` is plaintext, as on a loopback quick start; `https://` is TLS
+//! 1.3, checked against `ca` (a PEM bundle) or, without one, the public web
+//! roots. A client certificate identifies an agent or an operator; a token
+//! rides on every call as `authorization: Bearer TOKEN`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
+
+use crate::InvalidEndpoint;
+
+/// The credentials a client presents.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// Trust bundle (PEM) for the server's certificate; `None`: the public
+    /// web roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// A bearer token.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+/// Credentials that cannot be used: a file that cannot be read, a
+/// certificate without its key, TLS settings for a plaintext URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadCredentials(pub String);
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// No token.
+    pub fn none() -> Bearer {
+        Bearer(None)
+    }
+
+    /// `token` on every call.
+    pub fn new(token: &str) -> Result<Bearer, BadCredentials> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            BadCredentials("the token holds characters a header cannot carry".into())
+        })?;
+        Ok(Bearer(Some(value)))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that presents the bearer token on every call.
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
+
+/// What goes wrong with setting up a connection.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL.
+    #[error(transparent)]
+    Endpoint(#[from] InvalidEndpoint),
+    /// The credentials.
+    #[error(transparent)]
+    Credentials(#[from] BadCredentials),
+}
+
+/// The endpoint for `url` with `credentials`' TLS settings, a connect
+/// timeout and keep-alive pings.
+pub fn endpoint_with(
+    url: &str,
+    connect_timeout: Duration,
+    credentials: &Credentials,
+) -> Result<Endpoint, ConnectError> {
+    let endpoint = crate::endpoint(url, connect_timeout)?;
+    let tls_asked = credentials.ca.is_some() || credentials.cert.is_some();
+    if !url.starts_with("https://") {
+        if tls_asked {
+            return Err(BadCredentials(format!(
+                "--ca/--cert are for TLS, but the server URL {url} is plaintext; use https://"
+            ))
+            .into());
+        }
+        return Ok(endpoint);
+    }
+    let mut tls = ClientTlsConfig::new();
+    match &credentials.ca {
+        Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--ca")?)),
+        None => tls = tls.with_webpki_roots(),
+    }
+    match (&credentials.cert, &credentials.key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "--cert")?,
+                read(key, "--key")?,
+            ));
+        }
+        (None, None) => {}
+        (Some(_), None) => return Err(BadCredentials("--cert needs --key".into()).into()),
+        (None, Some(_)) => return Err(BadCredentials("--key needs --cert".into()).into()),
+    }
+    Ok(endpoint
+        .tls_config(tls)
+        .map_err(|e| ConnectError::Credentials(BadCredentials(format!("TLS settings: {e}"))))?)
+}
+
+/// A channel to `url` with `credentials`, connecting on first use (and
+/// again after a failure). Must be called within a Tokio runtime.
+pub fn auth_channel(
+    url: &str,
+    connect_timeout: Duration,
+    credentials: &Credentials,
+) -> Result<AuthChannel, ConnectError> {
+    let channel = endpoint_with(url, connect_timeout, credentials)?.connect_lazy();
+    let bearer = match &credentials.token {
+        Some(t) => Bearer::new(t)?,
+        None => Bearer::none(),
+    };
+    Ok(InterceptedService::new(channel, bearer))
+}
+
+fn read(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, BadCredentials> {
+    std::fs::read(path).map_err(|e| BadCredentials(format!("{flag} {}: {e}", path.display())))
+}
+
+/// What a failed call's transport error says about TLS, in words a user can
+/// act on; `None` when it was not about TLS.
+pub fn tls_trouble(status: &Status) -> Option<String> {
+    use std::error::Error as _;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = status.source();
+    let mut eof_in_handshake = false;
+    while let Some(e) = cause {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(describe_tls(tls));
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(describe_tls(tls));
+            }
+            if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                eof_in_handshake = true;
+            }
+        }
+        let text = e.to_string();
+        if text.contains("InvalidContentType") || text.contains("corrupt message") {
+            return Some(NOT_TLS.into());
+        }
+        if text.contains("frame with invalid size") || text.contains("invalid HTTP version") {
+            return Some(
+                "the server did not answer in HTTP/2: it may require TLS (use https:// and --ca)"
+                    .into(),
+            );
+        }
+        cause = e.source();
+    }
+    eof_in_handshake.then(|| {
+        "the server closed the connection during the TLS handshake: it may not speak TLS (try http://), or it refused this client's certificate".into()
+    })
+}
+
+const NOT_TLS: &str = "the server did not answer in TLS: it may be plaintext (use http://)";
+
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(C::UnknownIssuer) => "the server's certificate is not signed by the CA this client trusts (check --ca: it must be the CA that signed the server's certificate)".into(),
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "the server's certificate has expired; the server needs a new one".into(),
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => "the server's certificate is not valid for the host name in the URL (use a name the certificate carries, e.g. its --san)".into(),
+        E::InvalidCertificate(other) => format!("the server's certificate was refused: {other:?}"),
+        E::AlertReceived(A::CertificateExpired) => "the server refused this client's certificate: it has expired (issue a new one)".into(),
+        E::AlertReceived(A::CertificateRevoked) => "the server refused this client's certificate: it is revoked".into(),
+        E::AlertReceived(A::UnknownCA | A::BadCertificate | A::DecryptError) => "the server refused this client's certificate: it is not signed by a CA the server trusts (--client-ca on the server)".into(),
+        E::AlertReceived(A::CertificateRequired) => "the server requires a client certificate (--cert and --key)".into(),
+        E::InvalidMessage(_) => NOT_TLS.into(),
+        other => format!("TLS failed: {other}"),
+    }
+}
