@@ -94,6 +94,12 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// The gRPC address as a TLS URL (`https://127.0.0.1:PORT`), for a
+    /// server started with `--tls-cert`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
@@ -231,12 +237,24 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     fields.get("grpc")?.as_str()?.parse().ok()
 }
 
-/// A `fleet-health` command with `args`: no colour, and no server address
-/// from the environment of the test run.
+/// A `fleet-health` command with `args`: no colour, and no server address,
+/// credentials or contexts from the environment of the test run (nor from
+/// the contexts file of whoever runs it).
 pub fn cli_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(binary("fleet-health"));
     cmd.args(args)
         .env_remove("FLEET_HEALTH_SERVER")
+        .env_remove("FLEET_HEALTH_CONTEXT")
+        .env_remove("FLEET_HEALTH_CA")
+        .env_remove("FLEET_HEALTH_CERT")
+        .env_remove("FLEET_HEALTH_KEY")
+        .env_remove("FLEET_HEALTH_TOKEN")
+        .env_remove("FLEET_HEALTH_TOKEN_FILE")
+        .env_remove("FLEET_HEALTH_TOKENS")
+        .env(
+            "FLEET_HEALTH_CONFIG",
+            "/nonexistent/fleet-health-e2e/config.toml",
+        )
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

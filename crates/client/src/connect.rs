@@ -124,9 +124,9 @@ pub fn endpoint_with(
         (Some(_), None) => return Err(BadCredentials("--cert needs --key".into()).into()),
         (None, Some(_)) => return Err(BadCredentials("--key needs --cert".into()).into()),
     }
-    Ok(endpoint
+    endpoint
         .tls_config(tls)
-        .map_err(|e| ConnectError::Credentials(BadCredentials(format!("TLS settings: {e}"))))?)
+        .map_err(|e| ConnectError::Credentials(BadCredentials(format!("TLS settings: {e}"))))
 }
 
 /// A channel to `url` with `credentials`, connecting on first use (and
@@ -188,7 +188,7 @@ const NOT_TLS: &str = "the server did not answer in TLS: it may be plaintext (us
 fn describe_tls(e: &rustls::Error) -> String {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     match e {
-        E::InvalidCertificate(C::UnknownIssuer) => "the server's certificate is not signed by the CA this client trusts (check --ca: it must be the CA that signed the server's certificate)".into(),
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => "the server's certificate is not signed by the CA this client trusts (check --ca: it must be the CA that signed the server's certificate)".into(),
         E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "the server's certificate has expired; the server needs a new one".into(),
         E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => "the server's certificate is not valid for the host name in the URL (use a name the certificate carries, e.g. its --san)".into(),
         E::InvalidCertificate(other) => format!("the server's certificate was refused: {other:?}"),

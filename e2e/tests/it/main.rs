@@ -6,4 +6,5 @@ mod cli;
 mod crash;
 mod reporter;
 mod simulate;
+mod tls;
 mod watch;

@@ -1,0 +1,340 @@
+//! The secured set-up with the real binaries, as the README walks it: `pki
+//! init`, a TLS server with client certificates and a tokens file, an agent
+//! reporting with its certificate, a reader, an admin, tokens, contexts, and
+//! the error (and exit code) for each thing a user gets wrong.
+
+use std::path::Path;
+
+use fleet_health_e2e::{Server, binary, cli, cli_command, eventually};
+
+fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// `fleet-health --server URL --ca CA --cert NAME.pem --key NAME.key ARGS`.
+fn as_who<'a>(url: &'a str, dir: &Path, who: &str, args: &[&'a str]) -> Vec<String> {
+    let mut all: Vec<String> = vec![
+        "--server".into(),
+        url.into(),
+        "--ca".into(),
+        p(dir, "ca.pem"),
+        "--cert".into(),
+        p(dir, &format!("{who}.pem")),
+        "--key".into(),
+        p(dir, &format!("{who}.key")),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    all
+}
+
+async fn run(args: &[String]) -> fleet_health_e2e::Run {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli(&refs).await
+}
+
+#[tokio::test]
+async fn a_secured_fleet_from_pki_init_to_a_reader() {
+    let pki = tempfile::tempdir().expect("dir");
+    let d = pki.path();
+    let dir = d.display().to_string();
+    cli(&["pki", "init", &dir]).await.expect_code(0);
+    cli(&["pki", "issue", "agent", "web-1", "--dir", &dir])
+        .await
+        .expect_code(0);
+    cli(&[
+        "pki", "issue", "operator", "alice", "--role", "reader", "--dir", &dir,
+    ])
+    .await
+    .expect_code(0);
+    cli(&[
+        "pki", "issue", "operator", "root", "--role", "admin", "--dir", &dir,
+    ])
+    .await
+    .expect_code(0);
+    let tokens = p(d, "tokens.toml");
+    let created = cli(&[
+        "token",
+        "create",
+        "ci",
+        "--role",
+        "reader",
+        "--tokens-file",
+        &tokens,
+    ])
+    .await;
+    created.expect_code(0);
+    let secret = created.stdout.trim().to_string();
+    assert!(secret.starts_with("fht_"), "{}", created.stdout);
+
+    let server = Server::start(&[
+        "--tls-cert",
+        &p(d, "server.pem"),
+        "--tls-key",
+        &p(d, "server.key"),
+        "--client-ca",
+        &p(d, "ca.pem"),
+        "--crl",
+        &p(d, "crl.pem"),
+        "--trust-domain",
+        "fleet-health.local",
+        "--tokens",
+        &tokens,
+    ])
+    .await;
+    let url = server.https_url();
+
+    // The agent reports for itself.
+    run(&as_who(
+        &url,
+        d,
+        "agent-web-1",
+        &["report", "--agent", "web-1", "starting"],
+    ))
+    .await
+    .expect_code(0);
+    // ...and for nobody else: exit 7, and the message says why.
+    let other = run(&as_who(
+        &url,
+        d,
+        "agent-web-1",
+        &["report", "--agent", "web-2", "starting"],
+    ))
+    .await;
+    other.expect_code(7);
+    assert!(
+        other.stderr.contains("may report only for web-1"),
+        "{}",
+        other.stderr
+    );
+
+    // The reader reads, and may not forget.
+    let list = run(&as_who(
+        &url,
+        d,
+        "reader-alice",
+        &["list", "--all", "-o", "ids"],
+    ))
+    .await;
+    list.expect_code(0);
+    assert_eq!(list.stdout.trim(), "web-1");
+    let forget = run(&as_who(&url, d, "reader-alice", &["forget", "web-1"])).await;
+    forget.expect_code(7);
+    assert!(forget.stderr.contains("admin"), "{}", forget.stderr);
+
+    // A token reads too.
+    cli(&[
+        "--server",
+        &url,
+        "--ca",
+        &p(d, "ca.pem"),
+        "--token",
+        &secret,
+        "summary",
+    ])
+    .await
+    .expect_code(0);
+    // No credentials: exit 6.
+    let anon = cli(&["--server", &url, "--ca", &p(d, "ca.pem"), "summary"]).await;
+    anon.expect_code(6);
+    assert!(anon.stderr.contains("no credentials"), "{}", anon.stderr);
+    // A wrong token: exit 6.
+    cli(&[
+        "--server",
+        &url,
+        "--ca",
+        &p(d, "ca.pem"),
+        "--token",
+        "fht_nope",
+        "summary",
+    ])
+    .await
+    .expect_code(6);
+
+    // The wrong CA: exit 8, and the message says to check --ca.
+    let other_pki = tempfile::tempdir().expect("dir");
+    let other_dir = other_pki.path().display().to_string();
+    cli(&["pki", "init", &other_dir]).await.expect_code(0);
+    let wrong_ca = cli(&[
+        "--server",
+        &url,
+        "--ca",
+        &p(other_pki.path(), "ca.pem"),
+        "--token",
+        &secret,
+        "summary",
+    ])
+    .await;
+    wrong_ca.expect_code(8);
+    assert!(wrong_ca.stderr.contains("--ca"), "{}", wrong_ca.stderr);
+    // TLS settings with an http:// URL: a usage error before anything is sent.
+    let plain = cli(&[
+        "--server",
+        &server.url(),
+        "--ca",
+        &p(d, "ca.pem"),
+        "summary",
+    ])
+    .await;
+    plain.expect_code(2);
+    assert!(plain.stderr.contains("https://"), "{}", plain.stderr);
+
+    // The admin forgets; the forget is in the audit log, beside the denials.
+    run(&as_who(&url, d, "admin-root", &["forget", "web-1"]))
+        .await
+        .expect_code(0);
+    let audit = std::fs::read_to_string(server.data_dir().join("audit.log")).expect("an audit log");
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["event"] == "admin"
+            && l["identity"] == "admin/root"
+            && l["agent_id"] == "web-1"),
+        "{audit}"
+    );
+    assert!(
+        lines.iter().any(|l| l["event"] == "denied"
+            && l["reason"] == "role"
+            && l["identity"] == "reader/alice"),
+        "{audit}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "denied" && l["reason"] == "wrong_agent"),
+        "{audit}"
+    );
+
+    // A revoked token stops working (the server reloads the file).
+    cli(&["token", "revoke", "ci", "--tokens-file", &tokens])
+        .await
+        .expect_code(0);
+    eventually(
+        "the removed token is refused",
+        std::time::Duration::from_secs(10),
+        || async {
+            let r = cli(&[
+                "--server",
+                &url,
+                "--ca",
+                &p(d, "ca.pem"),
+                "--token",
+                &secret,
+                "summary",
+            ])
+            .await;
+            (r.code == Some(6)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn contexts_save_the_flags() {
+    let pki = tempfile::tempdir().expect("dir");
+    let d = pki.path();
+    let dir = d.display().to_string();
+    cli(&["pki", "init", &dir]).await.expect_code(0);
+    cli(&[
+        "pki", "issue", "operator", "ops", "--role", "reader", "--dir", &dir,
+    ])
+    .await
+    .expect_code(0);
+    let server = Server::start(&[
+        "--tls-cert",
+        &p(d, "server.pem"),
+        "--tls-key",
+        &p(d, "server.key"),
+        "--client-ca",
+        &p(d, "ca.pem"),
+    ])
+    .await;
+    let config = d.join("config.toml");
+    let with_config = |args: &[&str]| {
+        let mut cmd = cli_command(args);
+        cmd.env("FLEET_HEALTH_CONFIG", &config);
+        cmd
+    };
+    let out = with_config(&[
+        "context",
+        "set",
+        "lab",
+        "--url",
+        &server.https_url(),
+        "--ca-file",
+        &p(d, "ca.pem"),
+        "--cert-file",
+        &p(d, "reader-ops.pem"),
+        "--key-file",
+        &p(d, "reader-ops.key"),
+    ])
+    .output()
+    .await
+    .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_config(&["summary", "-o", "json"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_config(&["context", "list"])
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["*", "lab"]
+    );
+    // A flag wins over the context.
+    let out = with_config(&[
+        "--server",
+        "http://127.0.0.1:1",
+        "--ca",
+        "/nonexistent",
+        "summary",
+    ])
+    .output()
+    .await
+    .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn plaintext_off_loopback_is_refused_without_insecure() {
+    let data = tempfile::tempdir().expect("dir");
+    let out = tokio::process::Command::new(binary("fleet-health-server"))
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--insecure") && said.contains("--tls-cert"),
+        "{said}"
+    );
+}
