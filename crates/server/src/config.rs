@@ -174,3 +174,44 @@ impl Default for Shutdown {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_only_on_loopback_unless_insecure() {
+        let plain = SecurityConfig::default();
+        for ok in ["127.0.0.1:50051", "[::1]:50051"] {
+            assert_eq!(
+                plain.check_listen(ok.parse().unwrap(), false),
+                Ok(false),
+                "{ok}"
+            );
+        }
+        let public: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let err = plain.check_listen(public, false).unwrap_err();
+        assert!(
+            err.contains("--insecure") && err.contains("--tls-cert"),
+            "{err}"
+        );
+        // Allowed, and to be said loudly.
+        assert_eq!(plain.check_listen(public, true), Ok(true));
+        let tls = SecurityConfig {
+            tls: Some(TlsFiles {
+                cert: "c".into(),
+                key: "k".into(),
+                client_ca: None,
+                crls: vec![],
+            }),
+            ..SecurityConfig::default()
+        };
+        assert_eq!(tls.check_listen(public, false), Ok(false));
+        // Tokens alone do not make plaintext safe off loopback.
+        let tokens = SecurityConfig {
+            tokens: Some("t".into()),
+            ..SecurityConfig::default()
+        };
+        assert!(tokens.check_listen(public, false).is_err());
+    }
+}

@@ -710,6 +710,164 @@ mod tests {
         assert!(connections.is_empty());
     }
 
+    /// An acceptor on an ephemeral port admitting with `admission`.
+    async fn admitting(
+        limits: ConnLimits,
+        timeout: Duration,
+        max_in_progress: usize,
+    ) -> (SocketAddr, Incoming, Arc<Metrics>) {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::default());
+        let connections = Connections::with_limits(limits, metrics.clone());
+        let incoming = Acceptor::new(listener, connections).admit(Admission {
+            tls: None,
+            timeout,
+            max_in_progress,
+        });
+        (addr, incoming, metrics)
+    }
+
+    fn scraped(metrics: &Metrics, series: &str) -> u64 {
+        let text = metrics.render(&crate::metrics::FleetGauges::default());
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series}"))
+    }
+
+    /// Waits until the server closes `client` (a read returns 0 or fails).
+    async fn closed_by_server(client: &mut TcpStream) {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+            .await
+            .expect("the server closes the connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed_after_the_timeout() {
+        let (addr, mut incoming, metrics) =
+            admitting(ConnLimits::default(), Duration::from_millis(200), 16).await;
+        let mut silent = TcpStream::connect(addr).await.expect("connects");
+        closed_by_server(&mut silent).await;
+        assert_eq!(
+            scraped(
+                &metrics,
+                "fleet_health_connections_rejected_total{reason=\"timeout\"}"
+            ),
+            1
+        );
+        // One that speaks HTTP/2 gets through, its preface intact.
+        let mut speaker = TcpStream::connect(addr).await.expect("connects");
+        speaker.write_all(PREFACE).await.expect("writes");
+        speaker.write_all(b"more").await.expect("writes");
+        let mut io = tokio::time::timeout(Duration::from_secs(10), incoming.next())
+            .await
+            .expect("admitted")
+            .expect("a connection")
+            .expect("ok");
+        let mut got = [0u8; 28];
+        io.read_exact(&mut got).await.expect("reads");
+        assert_eq!(&got[..24], PREFACE);
+        assert_eq!(&got[24..], b"more");
+        assert_eq!(scraped(&metrics, "fleet_health_handshakes"), 0);
+    }
+
+    #[tokio::test]
+    async fn something_other_than_http2_is_closed() {
+        let (addr, _incoming, metrics) =
+            admitting(ConnLimits::default(), Duration::from_secs(10), 16).await;
+        let mut client = TcpStream::connect(addr).await.expect("connects");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("writes");
+        closed_by_server(&mut client).await;
+        assert_eq!(
+            scraped(
+                &metrics,
+                "fleet_health_connections_rejected_total{reason=\"handshake_error\"}"
+            ),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_are_capped_per_peer_and_in_total() {
+        let limits = ConnLimits {
+            total: 3,
+            per_peer: 2,
+        };
+        let (addr, _incoming, metrics) = admitting(limits, Duration::from_secs(30), 16).await;
+        let _a = TcpStream::connect(addr).await.expect("connects");
+        let _b = TcpStream::connect(addr).await.expect("connects");
+        let mut c = TcpStream::connect(addr).await.expect("connects");
+        closed_by_server(&mut c).await;
+        assert_eq!(
+            scraped(
+                &metrics,
+                "fleet_health_connections_rejected_total{reason=\"cap_peer\"}"
+            ),
+            1
+        );
+        assert_eq!(scraped(&metrics, "fleet_health_connections"), 2);
+        // Another address (127.0.0.2 is loopback too) meets the total cap.
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        other
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("binds");
+        let _d = other.connect(addr).await.expect("connects");
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        other
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("binds");
+        let mut e = other.connect(addr).await.expect("connects");
+        closed_by_server(&mut e).await;
+        assert_eq!(
+            scraped(
+                &metrics,
+                "fleet_health_connections_rejected_total{reason=\"cap_total\"}"
+            ),
+            1
+        );
+        // A closed connection frees its place.
+        drop(_a);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while scraped(&metrics, "fleet_health_connections") != 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the place is freed");
+        let _f = TcpStream::connect(addr).await.expect("connects");
+    }
+
+    #[tokio::test]
+    async fn handshakes_beyond_the_cap_are_closed() {
+        let (addr, _incoming, metrics) =
+            admitting(ConnLimits::default(), Duration::from_secs(30), 1).await;
+        let _slow = TcpStream::connect(addr).await.expect("connects");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while scraped(&metrics, "fleet_health_handshakes") != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first is in its handshake");
+        let mut second = TcpStream::connect(addr).await.expect("connects");
+        closed_by_server(&mut second).await;
+        assert_eq!(
+            scraped(
+                &metrics,
+                "fleet_health_connections_rejected_total{reason=\"handshakes_busy\"}"
+            ),
+            1
+        );
+    }
+
     #[tokio::test]
     async fn a_connection_accepted_after_the_cut_fails_at_once() {
         let connections = Connections::new();
