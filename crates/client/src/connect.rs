@@ -150,37 +150,65 @@ fn read(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, BadCredentials> {
 
 /// What a failed call's transport error says about TLS, in words a user can
 /// act on; `None` when it was not about TLS.
+///
+/// HTTP/2 keeps only the text of an I/O error, not its type, so a TLS alert
+/// from the server is recognised by its text (rustls' "received fatal alert:
+/// NAME"); errors of the client's own TLS checks keep their type.
 pub fn tls_trouble(status: &Status) -> Option<String> {
     use std::error::Error as _;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = status.source();
-    let mut eof_in_handshake = false;
+    let mut closed_while_connecting = false;
     while let Some(e) = cause {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(describe_tls(tls));
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(describe_tls(tls));
-            }
-            if io.kind() == std::io::ErrorKind::UnexpectedEof {
-                eof_in_handshake = true;
-            }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(describe_tls(tls));
         }
         let text = e.to_string();
+        let debug = format!("{e:?}");
+        if let Some(alert) = text.split("received fatal alert: ").nth(1) {
+            return Some(describe_alert(alert.trim()));
+        }
         if text.contains("InvalidContentType") || text.contains("corrupt message") {
             return Some(NOT_TLS.into());
         }
-        if text.contains("frame with invalid size") || text.contains("invalid HTTP version") {
+        if debug.contains("FRAME_SIZE_ERROR") {
             return Some(
-                "the server did not answer in HTTP/2: it may require TLS (use https:// and --ca)"
+                "the server did not answer in plaintext HTTP/2: it requires TLS (use https:// and --ca)"
                     .into(),
+            );
+        }
+        if debug.starts_with("ConnectError(")
+            && (debug.contains("ConnectionReset") || debug.contains("UnexpectedEof"))
+        {
+            closed_while_connecting = true;
+        }
+        let refused_after_handshake = (status.code() == tonic::Code::Unknown
+            && text.contains("broken pipe"))
+            || (status.code() == tonic::Code::Cancelled && text.contains("connection closed"));
+        if refused_after_handshake {
+            return Some(
+                "the server closed the connection: over https://, it refused this client's certificate (revoked, expired, or not signed by a CA it trusts; its audit log says which); over http://, it may require TLS (use https:// and --ca)".into(),
             );
         }
         cause = e.source();
     }
-    eof_in_handshake.then(|| {
-        "the server closed the connection during the TLS handshake: it may not speak TLS (try http://), or it refused this client's certificate".into()
+    closed_while_connecting.then(|| {
+        "the server closed the connection while it was being set up: with an https:// URL, the server may not speak TLS (try http://)".into()
     })
+}
+
+fn describe_alert(alert: &str) -> String {
+    match alert {
+        "CertificateRevoked" => "the server refused this client's certificate: it is revoked".into(),
+        "CertificateExpired" => "the server refused this client's certificate: it has expired (issue a new one)".into(),
+        "UnknownCA" | "BadCertificate" | "DecryptError" => "the server refused this client's certificate: it is not signed by a CA the server trusts (--client-ca on the server)".into(),
+        "CertificateRequired" => "the server requires a client certificate (--cert and --key)".into(),
+        other => format!("the server ended the TLS connection: {other}"),
+    }
 }
 
 const NOT_TLS: &str = "the server did not answer in TLS: it may be plaintext (use http://)";

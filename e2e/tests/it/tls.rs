@@ -178,6 +178,45 @@ async fn a_secured_fleet_from_pki_init_to_a_reader() {
     plain.expect_code(2);
     assert!(plain.stderr.contains("https://"), "{}", plain.stderr);
 
+    // Plaintext to the TLS server, and TLS to a plaintext one: exit 8, and
+    // the message says which scheme to use.
+    let plain_to_tls = cli(&["--server", &server.url(), "summary"]).await;
+    plain_to_tls.expect_code(8);
+    assert!(
+        plain_to_tls.stderr.contains("https://"),
+        "{}",
+        plain_to_tls.stderr
+    );
+    let plaintext = Server::start(&[]).await;
+    let tls_to_plain = cli(&[
+        "--server",
+        &plaintext.https_url(),
+        "--ca",
+        &p(d, "ca.pem"),
+        "summary",
+    ])
+    .await;
+    tls_to_plain.expect_code(8);
+    assert!(
+        tls_to_plain.stderr.contains("http://"),
+        "{}",
+        tls_to_plain.stderr
+    );
+
+    // A revoked certificate: refused at its next connection, exit 8.
+    cli(&["pki", "revoke", &p(d, "reader-alice.pem"), "--dir", &dir])
+        .await
+        .expect_code(0);
+    eventually(
+        "the revoked certificate is refused",
+        std::time::Duration::from_secs(10),
+        || async {
+            let r = run(&as_who(&url, d, "reader-alice", &["summary"])).await;
+            (r.code == Some(8)).then_some(r.stderr)
+        },
+    )
+    .await;
+
     // The admin forgets; the forget is in the audit log, beside the denials.
     run(&as_who(&url, d, "admin-root", &["forget", "web-1"]))
         .await
