@@ -33,6 +33,9 @@ pub struct LoadConfig {
     pub event_times: bool,
     /// Agent IDs are `PREFIX-N`.
     pub agent_prefix: String,
+    /// TLS settings for an `https://` server (an admin's certificate: it may
+    /// report for every `PREFIX-N`).
+    pub credentials: fleet_health_client::Credentials,
 }
 
 impl Default for LoadConfig {
@@ -50,6 +53,7 @@ impl Default for LoadConfig {
             drain_timeout: Duration::from_secs(5),
             event_times: true,
             agent_prefix: "load".into(),
+            credentials: fleet_health_client::Credentials::default(),
         }
     }
 }
@@ -108,9 +112,9 @@ pub enum LoadError {
     /// A setting is out of range.
     #[error("invalid load settings: {0}")]
     Config(String),
-    /// The server address is not a usable URL.
+    /// The server address or the TLS settings are not usable.
     #[error(transparent)]
-    Endpoint(#[from] fleet_health_client::InvalidEndpoint),
+    Endpoint(#[from] fleet_health_client::ConnectError),
     /// A connection could not be made.
     #[error("cannot connect to {server}: {reason}")]
     Connect {

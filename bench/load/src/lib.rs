@@ -33,6 +33,7 @@
 //! `register.rs` the registration mode; this file the run's phases.
 
 mod config;
+mod handshakes;
 mod inflight;
 mod register;
 mod report;
@@ -49,6 +50,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 pub use config::{LoadConfig, LoadError};
+pub use handshakes::{HandshakeConfig, HandshakeReport, handshakes};
 pub use inflight::{AckBeyondSent, Inflight};
 pub use register::{RegisterConfig, RegisterReport, register};
 pub use report::LoadReport;
@@ -59,7 +61,13 @@ use stream::{Outcome, Phase, Shared, drive};
 /// Runs the load described by `config` and reports what it achieved.
 pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     config.validate()?;
-    let channels = connect(&config.server, config.connections, config.setup_timeout).await?;
+    let channels = connect(
+        &config.server,
+        &config.credentials,
+        config.connections,
+        config.setup_timeout,
+    )
+    .await?;
 
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
@@ -169,10 +177,11 @@ async fn join(
 /// Opens `n` HTTP/2 connections to `server`, each within `timeout`.
 pub(crate) async fn connect(
     server: &str,
+    credentials: &fleet_health_client::Credentials,
     n: u32,
     timeout: Duration,
 ) -> Result<Vec<Channel>, LoadError> {
-    let endpoint = fleet_health_client::endpoint(server, timeout)?;
+    let endpoint = fleet_health_client::endpoint_with(server, timeout, credentials)?;
     let mut channels = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let channel = tokio::time::timeout(timeout, endpoint.connect())
@@ -188,7 +197,7 @@ pub(crate) async fn connect(
     Ok(channels)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

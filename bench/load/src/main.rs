@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fleet_health_load::{LoadConfig, RegisterConfig, register, run};
+use fleet_health_load::{HandshakeConfig, LoadConfig, RegisterConfig, handshakes, register, run};
 
 /// Load for fleet-health's AgentService (the server, or the floor): S Report
 /// streams over C connections, K messages in flight each, N events per
@@ -73,6 +73,20 @@ struct Args {
     #[arg(long, value_name = "AGENTS")]
     register: Option<u64>,
 
+    /// Instead of a timed load: set up this many connections (TCP, TLS with
+    /// the client certificate, HTTP/2), --streams at a time, and close each;
+    /// prints the rate.
+    #[arg(long, value_name = "CONNECTIONS")]
+    handshakes: Option<u64>,
+    /// Trust bundle (PEM) for an https:// server's certificate.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM); an admin's, to report for every PREFIX-N.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<std::path::PathBuf>,
+    /// Its key (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
     /// Worker threads of the generator's runtime.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -104,6 +118,15 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
+    fn credentials(&self) -> fleet_health_client::Credentials {
+        fleet_health_client::Credentials {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            token: None,
+        }
+    }
+
     fn config(&self) -> LoadConfig {
         LoadConfig {
             server: self.server.clone(),
@@ -120,6 +143,7 @@ impl Args {
             drain_timeout: self.drain_timeout,
             event_times: !self.no_event_times,
             agent_prefix: self.agent_prefix.clone(),
+            credentials: self.credentials(),
         }
     }
 
@@ -133,6 +157,7 @@ impl Args {
                 .unwrap_or_else(|| self.streams.div_ceil(100).max(1)),
             agent_prefix: self.agent_prefix.clone(),
             timeout: self.setup_timeout,
+            credentials: self.credentials(),
         }
     }
 }
@@ -152,6 +177,34 @@ fn main() -> ExitCode {
     };
     if let Some(agents) = args.register {
         return registration(&runtime, args.register_config(agents));
+    }
+    if let Some(count) = args.handshakes {
+        let config = HandshakeConfig {
+            server: args.server.clone(),
+            credentials: args.credentials(),
+            count,
+            concurrency: args.streams,
+            timeout: args.setup_timeout,
+        };
+        return match runtime.block_on(handshakes(config)) {
+            Ok(report) => {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                if report.failed > 0 {
+                    eprintln!(
+                        "fleet-health-load: {} connections failed; the first: {}",
+                        report.failed,
+                        report.first_error.unwrap_or_default()
+                    );
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("fleet-health-load: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let report = match runtime.block_on(run(args.config())) {
         Ok(report) => report,

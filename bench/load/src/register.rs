@@ -43,6 +43,8 @@ pub struct RegisterConfig {
     /// How long connecting may take, and how long one agent's whole stream
     /// (Hello to the server's end of it) may take.
     pub timeout: Duration,
+    /// TLS settings for an `https://` server.
+    pub credentials: fleet_health_client::Credentials,
 }
 
 impl Default for RegisterConfig {
@@ -54,6 +56,7 @@ impl Default for RegisterConfig {
             connections: 4,
             agent_prefix: "load".into(),
             timeout: Duration::from_secs(30),
+            credentials: fleet_health_client::Credentials::default(),
         }
     }
 }
@@ -103,7 +106,7 @@ pub struct RegisterReport {
 /// finish or fail) and is the error.
 pub async fn register(config: RegisterConfig) -> Result<RegisterReport, LoadError> {
     config.validate()?;
-    let channels = crate::connect(&config.server, config.connections, config.timeout).await?;
+    let channels = crate::connect(&config.server, &config.credentials, config.connections, config.timeout).await?;
 
     let started = Instant::now();
     let config = Arc::new(config);
