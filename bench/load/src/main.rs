@@ -188,7 +188,10 @@ fn main() -> ExitCode {
         };
         return match runtime.block_on(handshakes(config)) {
             Ok(report) => {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
                 if report.failed > 0 {
                     eprintln!(
                         "fleet-health-load: {} connections failed; the first: {}",

@@ -106,7 +106,13 @@ pub struct RegisterReport {
 /// finish or fail) and is the error.
 pub async fn register(config: RegisterConfig) -> Result<RegisterReport, LoadError> {
     config.validate()?;
-    let channels = crate::connect(&config.server, &config.credentials, config.connections, config.timeout).await?;
+    let channels = crate::connect(
+        &config.server,
+        &config.credentials,
+        config.connections,
+        config.timeout,
+    )
+    .await?;
 
     let started = Instant::now();
     let config = Arc::new(config);

@@ -228,6 +228,7 @@ async fn registration_makes_every_agent_known_once() {
         connections: 2,
         agent_prefix: "reg".into(),
         timeout: LIMIT,
+        credentials: Default::default(),
     };
     let report = tokio::time::timeout(LIMIT, register(config))
         .await
@@ -271,6 +272,7 @@ async fn a_refused_agent_stops_the_registration_and_is_named() {
             connections: 1,
             agent_prefix: "reg".into(),
             timeout: LIMIT,
+            credentials: Default::default(),
         }),
     )
     .await
