@@ -6,7 +6,8 @@
 # Makes a CA, a server certificate and an admin's client certificate with
 # `fleet-health pki` (an admin may report for every load-N agent), then for
 # each configuration and run starts the in-memory server twice on an
-# ephemeral loopback port, once plaintext and once with TLS 1.3 and client
+# ephemeral loopback port (no rate limits: --max-stream-events-per-sec 0
+# --max-events-per-sec-per-identity 0), once plaintext and once with TLS 1.3 and client
 # certificates (--tls-cert, --tls-key, --client-ca), alternating which goes
 # first, and drives it with bench/load (`fleet-health-load`, the same load,
 # with --ca/--cert/--key for TLS). Prints a Markdown table of medians and each
@@ -58,7 +59,7 @@ tls_client=(--ca "$pki/ca.pem" --cert "$pki/admin-load.pem" --key "$pki/admin-lo
 start() { # plain|mtls
   local log=$work/target.log
   local cmd=("$bin/fleet-health-server" --listen 127.0.0.1:0 --metrics-listen off
-    --max-stream-events-per-sec 0 --log-format json --in-memory)
+    --max-stream-events-per-sec 0 --max-events-per-sec-per-identity 0 --log-format json --in-memory)
   [ "$1" = mtls ] && cmd+=("${tls_server[@]}")
   "${cmd[@]}" >/dev/null 2>"$log" &
   pid=$!

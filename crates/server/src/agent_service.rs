@@ -26,8 +26,9 @@ use crate::commit_gate::CommitGate;
 use crate::convert;
 use crate::open_streams::{self, EndSignal, OpenStreams, shutting_down};
 use crate::registry::{Registry, Session};
+use crate::security::limits::Permit;
 use crate::security::sessions::SessionGuard;
-use crate::security::{Caller, REPORT, Security};
+use crate::security::{Caller, Place, REPORT, Security};
 use fleet_health_types::wire;
 
 /// Limits on agent streams.
@@ -153,11 +154,20 @@ impl AgentServiceApi for AgentService {
         self.registry.metrics().streams(1);
         let opened = Instant::now();
         let caller = request.extensions().get::<Caller>().cloned();
+        let permit = match self.security.admit(caller.as_ref(), Place::Stream, REPORT) {
+            Ok(p) => p,
+            Err(status) => {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                self.registry.metrics().streams(-1);
+                return Err(status);
+            }
+        };
         let session = caller
             .as_ref()
             .map(|c| self.security.sessions().open(c, REPORT));
         let stream = ReportStream {
             caller,
+            permit,
             session,
             security: self.security.clone(),
             slot: Some(StreamSlot {
@@ -194,6 +204,8 @@ impl AgentServiceApi for AgentService {
 struct ReportStream {
     /// Who opened it (when security is on).
     caller: Option<Caller>,
+    /// Its place among the identity's streams, and the identity's event rate.
+    permit: Option<Permit>,
     /// Its place among the streams a revocation can end.
     session: Option<SessionGuard>,
     security: Arc<Security>,
@@ -489,6 +501,15 @@ impl ReportStream {
                 u64::from(rate) * 2
             )));
         }
+        if let Some(permit) = &self.permit
+            && !permit.take_events(events.len() as u32, received)
+        {
+            let status = permit.events_refused();
+            if let Some(caller) = &self.caller {
+                self.security.refuse_limit(caller, REPORT, &status);
+            }
+            return Err(status);
+        }
         let Some(connection) = &self.connection else {
             return Err(Status::internal("events before a hello"));
         };
@@ -528,14 +549,16 @@ async fn committed(wait: &mut Option<Pin<Box<OwnedNotified>>>) {
 }
 
 /// A token bucket of events per second, with a burst of two seconds' worth.
-struct TokenBucket {
+/// A token bucket: `per_sec` tokens a second, bursts of twice that; 0: no limit.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
     rate: f64,
     tokens: f64,
     at: Option<Instant>,
 }
 
 impl TokenBucket {
-    fn new(per_sec: u32) -> TokenBucket {
+    pub(crate) fn new(per_sec: u32) -> TokenBucket {
         TokenBucket {
             rate: f64::from(per_sec),
             tokens: 2.0 * f64::from(per_sec),
@@ -543,7 +566,7 @@ impl TokenBucket {
         }
     }
 
-    fn take(&mut self, n: u32, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, n: u32, now: Instant) -> bool {
         if self.rate == 0.0 {
             return true;
         }

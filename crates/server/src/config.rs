@@ -14,6 +14,7 @@ use std::time::Duration;
 use fleet_health_auth::TrustDomain;
 
 pub use crate::net::ConnLimits;
+pub use crate::security::IdentityLimits;
 pub use crate::tls::TlsFiles;
 
 pub use crate::agent_service::StreamLimits;
@@ -56,6 +57,8 @@ pub struct SecurityConfig {
     /// Plaintext on a non-loopback address, allowed by `--insecure`: said at
     /// start and in `fleet_health_insecure`.
     pub insecure: bool,
+    /// Streams, events per second and watches per identity.
+    pub identity_limits: IdentityLimits,
 }
 
 impl SecurityConfig {

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use crate::model::{StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
 use crate::registry::{Change, Registry, Selector};
+use crate::security::limits::Permit;
 use crate::security::sessions::SessionGuard;
-use crate::security::{AuditEvent, Caller, Security};
+use crate::security::{AuditEvent, Caller, Place, Security};
 use fleet_health_types::wire;
 
 /// Agents in a page when the request does not say.
@@ -130,10 +131,9 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
-        let session = request
-            .extensions()
-            .get::<Caller>()
-            .map(|c| self.security.sessions().open(c, WATCH));
+        let caller = request.extensions().get::<Caller>();
+        let permit = self.security.admit(caller, Place::Watch, WATCH)?;
+        let session = caller.map(|c| self.security.sessions().open(c, WATCH));
         let req = request.into_inner();
         let sel = selector(req.filter, &req.why, &req.labels)?;
         let (tx, rx) = mpsc::channel(64);
@@ -143,6 +143,7 @@ impl FleetServiceApi for FleetService {
             tx,
             shutdown: self.shutdown.clone(),
             session,
+            _permit: permit,
         };
         tokio::spawn(watcher.run());
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -233,6 +234,8 @@ struct Watcher {
     shutdown: watch::Receiver<bool>,
     /// Its place among the streams a revocation can end.
     session: Option<SessionGuard>,
+    /// Its place among its identity's watches.
+    _permit: Option<Permit>,
 }
 
 /// Resolves when the watch's credential is revoked (never without one).

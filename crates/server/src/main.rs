@@ -14,8 +14,8 @@ use fleet_health_auth::TrustDomain;
 use fleet_health_sensor::Windows;
 use fleet_health_server::clock::SystemClock;
 use fleet_health_server::config::{
-    Config, ConnLimits, FleetRules, Limits, SecurityConfig, Shutdown, Storage, StreamLimits,
-    TlsFiles, Transport,
+    Config, ConnLimits, FleetRules, IdentityLimits, Limits, SecurityConfig, Shutdown, Storage,
+    StreamLimits, TlsFiles, Transport,
 };
 use fleet_health_server::{Server, bind};
 
@@ -189,6 +189,19 @@ struct Args {
     #[arg(long, env = "FLEET_HEALTH_INSECURE", help_heading = "Security")]
     insecure: bool,
 
+    /// Open Report streams one identity (an agent, a relay, a token) may hold.
+    #[arg(long, env = "FLEET_HEALTH_MAX_STREAMS_PER_IDENTITY", default_value_t = IdentityLimits::default().max_streams, help_heading = "Security")]
+    max_streams_per_identity: u32,
+
+    /// Events per second one identity may send over all its streams (bursts
+    /// of twice as many); 0: no limit.
+    #[arg(long, env = "FLEET_HEALTH_MAX_EVENTS_PER_SEC_PER_IDENTITY", default_value_t = IdentityLimits::default().max_events_per_sec, help_heading = "Security")]
+    max_events_per_sec_per_identity: u32,
+
+    /// Open watches one identity may hold.
+    #[arg(long, env = "FLEET_HEALTH_MAX_WATCHES_PER_IDENTITY", default_value_t = IdentityLimits::default().max_watches, help_heading = "Security")]
+    max_watches_per_identity: u32,
+
     /// Connections held at most (gRPC and metrics together).
     #[arg(long, env = "FLEET_HEALTH_MAX_CONNECTIONS", default_value_t = ConnLimits::default().total)]
     max_connections: usize,
@@ -327,6 +340,11 @@ impl Args {
             trust_domain: self.trust_domain.clone(),
             audit_log: self.audit_log.clone(),
             insecure: false,
+            identity_limits: IdentityLimits {
+                max_streams: self.max_streams_per_identity,
+                max_events_per_sec: self.max_events_per_sec_per_identity,
+                max_watches: self.max_watches_per_identity,
+            },
         };
         security.insecure = security
             .check_listen(self.listen, self.insecure)

@@ -19,6 +19,7 @@
 
 pub mod audit;
 pub mod layer;
+pub mod limits;
 pub mod sessions;
 
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ use crate::reload::Reloadable;
 use crate::tls::TlsMaterial;
 
 pub use audit::{Audit, AuditEvent};
+pub use limits::{IdentityLimits, Place};
 pub use sessions::Sessions;
 
 /// A caller the security layer let through: in the extensions of every
@@ -83,6 +85,7 @@ pub struct Security {
     audit: Audit,
     metrics: Arc<Metrics>,
     sessions: Sessions,
+    usage: Arc<limits::Usage>,
     clock: Arc<dyn Clock>,
 }
 
@@ -117,6 +120,7 @@ impl Security {
         audit: Audit,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
+        limits: IdentityLimits,
     ) -> Security {
         Security {
             tls,
@@ -125,13 +129,27 @@ impl Security {
             audit,
             metrics,
             sessions: Sessions::default(),
+            usage: Arc::new(limits::Usage::new(limits)),
             clock,
         }
     }
 
     /// Security off: everything let through.
     pub fn off(metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Security {
-        Security::new(None, None, None, Audit::off(), metrics, clock)
+        Security::new(
+            None,
+            None,
+            None,
+            Audit::off(),
+            metrics,
+            clock,
+            IdentityLimits::default(),
+        )
+    }
+
+    /// What each identity holds, against the limits per identity.
+    pub fn usage(&self) -> &Arc<limits::Usage> {
+        &self.usage
     }
 
     /// Whether calls are checked.
@@ -394,6 +412,7 @@ impl Security {
             audit,
             metrics,
             clock,
+            config.identity_limits,
         ))
     }
 

@@ -64,6 +64,7 @@ impl Pki {
                 trust_domain: Some(self.td.clone()),
                 audit_log: Some(self.path("audit.log")),
                 insecure: false,
+                identity_limits: Default::default(),
             },
             ..Config::default()
         }
@@ -629,5 +630,98 @@ async fn a_broken_file_on_reload_keeps_the_old_configuration() {
         .list_agents(with_token(pb::ListAgentsRequest::default(), &secret))
         .await
         .expect("reads");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn limits_per_identity_refuse_the_greedy_one_only() {
+    let pki = Pki::new();
+    let mut config = pki.config();
+    config.security.identity_limits = fleet_health_server::config::IdentityLimits {
+        max_streams: 1,
+        max_events_per_sec: 1000,
+        max_watches: 1,
+    };
+    let admin = pki.holder(Role::Admin, "root", &[]);
+    let tls = pki.tls(Some(&admin));
+    let server = TestServer::start_on(config, ManualClock::new(t(T0)), None, move |addr| {
+        Endpoint::from_shared(format!("https://{addr}"))
+            .expect("uri")
+            .tls_config(tls)
+            .expect("tls")
+    })
+    .await;
+    let greedy = channel(
+        &server,
+        pki.tls(Some(&pki.holder(Role::Relay, "gw", &["*"]))),
+    )
+    .await
+    .expect("connects");
+    let mut first = Agent::open(&greedy).await.expect("opens");
+    first
+        .hello_with("a-1", 1, &[])
+        .await
+        .expect("the first stream");
+    let second = async {
+        let mut a = Agent::open(&greedy).await?;
+        a.hello_with("a-2", 1, &[]).await.map(|_| ())
+    };
+    let err = second.await.expect_err("a second stream is one too many");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("--max-streams-per-identity"),
+        "{}",
+        err.message()
+    );
+    let line = pki.audited("denied", "reason", "limit").await;
+    assert_eq!(line["identity"], "relay/gw");
+
+    // Another identity is not held up by the greedy one.
+    let other = channel(&server, pki.tls(Some(&pki.agent("b-1"))))
+        .await
+        .expect("connects");
+    let mut b = Agent::open(&other).await.expect("opens");
+    b.hello_with("b-1", 1, &[])
+        .await
+        .expect("another identity's stream");
+
+    // Over its event rate (bursts of 2000), the greedy stream is ended.
+    let batch: Vec<pb::Event> = (1..=2500)
+        .map(|seq| event(seq, pb::EventKind::Heartbeat, None))
+        .collect();
+    let err = first.events(batch).await.expect_err("over the rate");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("--max-events-per-sec-per-identity"),
+        "{}",
+        err.message()
+    );
+    b.events(vec![event(1, pb::EventKind::Heartbeat, None)])
+        .await
+        .expect("the other identity reports on");
+
+    let reader = channel(&server, pki.tls(Some(&pki.holder(Role::Reader, "r", &[]))))
+        .await
+        .expect("connects");
+    let mut fleet = FleetServiceClient::new(reader);
+    let _w = fleet
+        .watch_agents(pb::WatchAgentsRequest::default())
+        .await
+        .expect("one watch");
+    let err = fleet
+        .watch_agents(pb::WatchAgentsRequest::default())
+        .await
+        .expect_err("a second watch");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("--max-watches-per-identity"),
+        "{}",
+        err.message()
+    );
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "fleet_health_denials_total{reason=\"limit\"}"),
+        3.0
+    );
     server.stop().await;
 }
