@@ -25,6 +25,14 @@ pub async fn run(config: Config) -> Result<ExitCode, Failure> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let code = execute(&config, &mut out).await.map_err(|mut f| {
+        if refused_certificate(&f, &config) {
+            f = Failure::new(
+                ExitCode::Tls,
+                anyhow!(
+                    "TLS: the server closed the connection at the first call: it most likely refused this client's certificate (revoked, expired, or not signed by a CA it trusts; its audit log and fleet_health_connections_rejected_total say which)"
+                ),
+            );
+        }
         if f.code == ExitCode::Unreachable {
             f.error = f.error.context(config.server.clone());
         }
@@ -32,6 +40,18 @@ pub async fn run(config: Config) -> Result<ExitCode, Failure> {
     })?;
     out.flush()?;
     Ok(code)
+}
+
+/// A broken connection at the first call over https:// with a client
+/// certificate: the server refusing the certificate after the handshake.
+fn refused_certificate(f: &Failure, config: &Config) -> bool {
+    f.error.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<fleet_health_client::ClientError>(),
+            Some(fleet_health_client::ClientError::Status(status))
+                if fleet_health_client::maybe_refused_certificate(status, &config.server, &config.credentials)
+        )
+    })
 }
 
 async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failure> {

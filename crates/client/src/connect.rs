@@ -153,7 +153,10 @@ fn read(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, BadCredentials> {
 ///
 /// HTTP/2 keeps only the text of an I/O error, not its type, so a TLS alert
 /// from the server is recognised by its text (rustls' "received fatal alert:
-/// NAME"); errors of the client's own TLS checks keep their type.
+/// NAME"); errors of the client's own TLS checks keep their type. A server
+/// that refuses a client certificate after a TLS 1.3 handshake may instead
+/// just close the connection, which looks like any broken connection: that
+/// is not called TLS here (see [`maybe_refused_certificate`]).
 pub fn tls_trouble(status: &Status) -> Option<String> {
     use std::error::Error as _;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = status.source();
@@ -175,7 +178,7 @@ pub fn tls_trouble(status: &Status) -> Option<String> {
         if text.contains("InvalidContentType") || text.contains("corrupt message") {
             return Some(NOT_TLS.into());
         }
-        if debug.contains("FRAME_SIZE_ERROR") {
+        if debug.contains("INADEQUATE_SECURITY") || debug.contains("FRAME_SIZE_ERROR") {
             return Some(
                 "the server did not answer in plaintext HTTP/2: it requires TLS (use https:// and --ca)"
                     .into(),
@@ -186,19 +189,29 @@ pub fn tls_trouble(status: &Status) -> Option<String> {
         {
             closed_while_connecting = true;
         }
-        let refused_after_handshake = (status.code() == tonic::Code::Unknown
-            && text.contains("broken pipe"))
-            || (status.code() == tonic::Code::Cancelled && text.contains("connection closed"));
-        if refused_after_handshake {
-            return Some(
-                "the server closed the connection: over https://, it refused this client's certificate (revoked, expired, or not signed by a CA it trusts; its audit log says which); over http://, it may require TLS (use https:// and --ca)".into(),
-            );
-        }
         cause = e.source();
     }
     closed_while_connecting.then(|| {
         "the server closed the connection while it was being set up: with an https:// URL, the server may not speak TLS (try http://)".into()
     })
+}
+
+/// Whether a failed call may be a server refusing this client's certificate
+/// without saying so (TLS 1.3: the client thinks the handshake done, the
+/// server closes): a broken connection on a first call over `https://`
+/// with a client certificate. For a one-shot command, where a plain broken
+/// connection is unlikely, this is the better guess to tell a user.
+pub fn maybe_refused_certificate(status: &Status, url: &str, credentials: &Credentials) -> bool {
+    use std::error::Error as _;
+    if !url.starts_with("https://") || credentials.cert.is_none() {
+        return false;
+    }
+    let text = status
+        .source()
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_default();
+    matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled)
+        && (text.contains("BrokenPipe") || text.contains("connection closed"))
 }
 
 fn describe_alert(alert: &str) -> String {

@@ -39,7 +39,7 @@ use std::time::Duration;
 pub use backoff::BackoffConfig;
 pub use connect::{
     AuthChannel, BadCredentials, Bearer, ConnectError, Credentials, auth_channel, endpoint_with,
-    tls_trouble,
+    maybe_refused_certificate, tls_trouble,
 };
 pub use fleet::{AgentQuery, ClientError, FleetClient};
 pub use fleet_health_proto::v1 as proto;

@@ -201,6 +201,9 @@ fn is_transient(e: &ClientError) -> bool {
 fn loss(e: &ClientError) -> &'static str {
     match e {
         ClientError::Unreachable(_) => "the server stopped answering",
+        ClientError::Status(s) if s.code() == Code::Aborted => {
+            "this watch fell behind and the server ended it"
+        }
         _ => "the connection to the server broke",
     }
 }

@@ -18,6 +18,7 @@ pub use crate::security::IdentityLimits;
 pub use crate::tls::TlsFiles;
 
 pub use crate::agent_service::StreamLimits;
+pub use crate::fleet_service::WatchLimits;
 pub use crate::model::FleetRules;
 pub use crate::registry::Limits;
 
@@ -30,6 +31,8 @@ pub struct Config {
     pub limits: Limits,
     /// How many agent streams, how large their messages, how fast and how idle.
     pub streams: StreamLimits,
+    /// How many watches, and how long one may stall.
+    pub watch: WatchLimits,
     /// HTTP/2 and message settings.
     pub transport: Transport,
     /// Where the fleet's state is kept.

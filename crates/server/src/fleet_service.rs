@@ -1,15 +1,27 @@
 //! `fleethealth.v1.FleetService`: what operators and orchestrators ask.
 //! Each method checks its request, asks the [`Registry`], and encodes.
+//!
+//! A watch sends its snapshot in pages read from the registry's index as it
+//! goes (a cursor: the last agent ID sent), never a copy of the whole
+//! matching set, so what a watcher holds is bounded by one page and its
+//! outgoing queue however large the fleet. A watcher that takes nothing for
+//! [`WatchLimits::stall_timeout`] is ended with ABORTED (watch again: a fresh
+//! snapshot follows), and the server holds at most
+//! [`WatchLimits::max_watchers`] watches.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use fleet_health_proto::v1 as pb;
 use fleet_health_proto::v1::fleet_service_server::FleetService as FleetServiceApi;
+use futures_util::Stream;
 use pb::watch_agents_response::Event as W;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
-
-use std::sync::Arc;
 
 use crate::model::{StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
@@ -24,12 +36,38 @@ pub const DEFAULT_PAGE_SIZE: usize = 1000;
 /// The largest page.
 pub const MAX_PAGE_SIZE: usize = 10_000;
 
+/// Agents in one page of a watch's snapshot.
+const SNAPSHOT_PAGE: usize = 256;
+/// Messages queued for one watcher, at most.
+const WATCH_QUEUE: usize = 64;
+
+/// How watches are bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchLimits {
+    /// Watches open at once, in all; more: RESOURCE_EXHAUSTED.
+    pub max_watchers: usize,
+    /// How long a watcher may take nothing of what is sent to it before it
+    /// is ended with ABORTED, to watch again.
+    pub stall_timeout: Duration,
+}
+
+impl Default for WatchLimits {
+    fn default() -> WatchLimits {
+        WatchLimits {
+            max_watchers: 10_000,
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The `fleethealth.v1.FleetService`: what operators and orchestrators ask.
 pub struct FleetService {
     registry: Registry,
     streams: OpenStreams,
     shutdown: watch::Receiver<bool>,
     security: Arc<Security>,
+    watch: WatchLimits,
+    watchers: Arc<AtomicUsize>,
 }
 
 impl FleetService {
@@ -42,13 +80,57 @@ impl FleetService {
         streams: OpenStreams,
         shutdown: watch::Receiver<bool>,
         security: Arc<Security>,
+        watch: WatchLimits,
     ) -> FleetService {
         FleetService {
             registry,
             streams,
             shutdown,
             security,
+            watch,
+            watchers: Arc::new(AtomicUsize::new(0)),
         }
+    }
+}
+
+/// Counts a watch for as long as it lives.
+struct WatchSlot {
+    watchers: Arc<AtomicUsize>,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.watchers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A watch's answer: what the watcher queues, unless it was ended, in which
+/// case the status that ended it goes first (whatever is still queued is
+/// moot: the client starts over with a fresh snapshot).
+pub struct WatchStream {
+    rx: mpsc::Receiver<WatchItem>,
+    end: Option<oneshot::Receiver<Status>>,
+    done: bool,
+}
+
+impl Stream for WatchStream {
+    type Item = WatchItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchItem>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(end) = self.end.as_mut() {
+            match Pin::new(end).poll(cx) {
+                Poll::Ready(Ok(status)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+                Poll::Ready(Err(_)) => self.end = None,
+                Poll::Pending => {}
+            }
+        }
+        self.rx.poll_recv(cx)
     }
 }
 
@@ -124,29 +206,47 @@ impl FleetServiceApi for FleetService {
         }))
     }
 
-    type WatchAgentsStream = ReceiverStream<WatchItem>;
+    type WatchAgentsStream = WatchStream;
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn watch_agents(
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
+        let req = request.get_ref();
+        let sel = selector(req.filter, &req.why, &req.labels)?;
+        let max = self.watch.max_watchers;
+        if self.watchers.fetch_add(1, Ordering::AcqRel) >= max {
+            self.watchers.fetch_sub(1, Ordering::AcqRel);
+            self.registry.metrics().count_rejected();
+            return Err(Status::resource_exhausted(format!(
+                "the server already holds {max} watches, its limit (--max-watchers); try again later"
+            )));
+        }
+        let slot = WatchSlot {
+            watchers: self.watchers.clone(),
+        };
         let caller = request.extensions().get::<Caller>();
         let permit = self.security.admit(caller, Place::Watch, WATCH)?;
         let session = caller.map(|c| self.security.sessions().open(c, WATCH));
-        let req = request.into_inner();
-        let sel = selector(req.filter, &req.why, &req.labels)?;
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let (end_tx, end_rx) = oneshot::channel();
         let watcher = Watcher {
             registry: self.registry.clone(),
             sel,
             tx,
             shutdown: self.shutdown.clone(),
+            stall_timeout: self.watch.stall_timeout,
             session,
             _permit: permit,
+            _slot: slot,
         };
-        tokio::spawn(watcher.run());
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(watcher.run(end_tx));
+        Ok(Response::new(WatchStream {
+            rx,
+            end: Some(end_rx),
+            done: false,
+        }))
     }
 
     async fn get_summary(
@@ -232,10 +332,22 @@ struct Watcher {
     sel: Selector,
     tx: mpsc::Sender<WatchItem>,
     shutdown: watch::Receiver<bool>,
+    /// How long a send may wait for the watcher to take something.
+    stall_timeout: Duration,
     /// Its place among the streams a revocation can end.
     session: Option<SessionGuard>,
     /// Its place among its identity's watches.
     _permit: Option<Permit>,
+    /// Its place among all watches.
+    _slot: WatchSlot,
+}
+
+/// Why a watcher ended.
+enum End {
+    /// The client went away.
+    Gone,
+    /// With this status for the client.
+    Status(Status),
 }
 
 /// Resolves when the watch's credential is revoked (never without one).
@@ -251,27 +363,44 @@ fn msg(event: W) -> WatchItem {
 }
 
 impl Watcher {
-    async fn run(mut self) {
+    async fn run(mut self, end: oneshot::Sender<Status>) {
         self.registry.metrics().watchers(1);
         let session = self.session.take();
-        let revoked = tokio::select! {
-            _ = self.serve() => false,
-            () = revoked(&session) => true,
+        let ended = tokio::select! {
+            r = self.serve() => r,
+            () = revoked(&session) => End::Status(open_streams::revoked()),
         };
-        if revoked {
-            // A watcher that reads hears why; one that does not is ended
-            // all the same when the channel drops.
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                self.tx.send(Err(open_streams::revoked())),
-            )
-            .await;
+        if let End::Status(status) = ended {
+            // Ahead of whatever is still queued (see WatchStream).
+            let _ = end.send(status);
         }
         self.registry.metrics().watchers(-1);
     }
 
-    /// Ends (with `Err`) when the watcher goes away.
-    async fn serve(&mut self) -> Result<(), ()> {
+    /// Sends one message, waiting at most the stall timeout for room.
+    async fn send(&self, item: WatchItem) -> Result<(), End> {
+        match tokio::time::timeout(self.stall_timeout, self.tx.send(item)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => {
+                self.registry.metrics().count_watch_stalled();
+                Err(End::Status(Status::aborted(format!(
+                    "this watch took nothing for {:?} and fell behind; watch again (a fresh snapshot follows)",
+                    self.stall_timeout
+                ))))
+            }
+        }
+    }
+
+    /// Runs until the watcher goes away or is ended.
+    async fn serve(&mut self) -> End {
+        match self.serve_inner().await {
+            Ok(()) => End::Gone,
+            Err(end) => end,
+        }
+    }
+
+    async fn serve_inner(&mut self) -> Result<(), End> {
         // Subscribe before the snapshot: nothing between the two is lost
         // (a change seen in both is sent twice, and applying it twice is harmless).
         let mut feed = self.registry.subscribe();
@@ -279,52 +408,62 @@ impl Watcher {
         loop {
             let change = tokio::select! {
                 r = feed.recv() => r,
-                () = self.tx.closed() => return Err(()),
+                () = self.tx.closed() => return Err(End::Gone),
                 () = crate::stopped(&mut self.shutdown) => {
-                    let _ = self.tx.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
-                    return Err(());
+                    return Err(End::Status(Status::unavailable("the server is shutting down; watch again")));
                 }
             };
             match change {
                 Ok(c) => {
                     if let Some(event) = self.translate(c) {
-                        self.tx.send(msg(event)).await.map_err(|_| ())?;
+                        self.send(msg(event)).await?;
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
                     self.registry.metrics().count_resync();
-                    self.tx
-                        .send(msg(W::Resync(pb::Resync { missed })))
-                        .await
-                        .map_err(|_| ())?;
+                    self.send(msg(W::Resync(pb::Resync { missed }))).await?;
                     // Older changes still in the feed predate the new
                     // snapshot: start from the feed's tail.
                     feed = feed.resubscribe();
                     self.snapshot().await?;
                 }
-                Err(RecvError::Closed) => return Err(()),
+                Err(RecvError::Closed) => return Err(End::Gone),
             }
         }
     }
 
-    async fn snapshot(&self) -> Result<(), ()> {
-        let views = self.registry.snapshot(&self.sel);
-        let count = views.len() as u64;
-        for v in &views {
-            self.tx
-                .send(msg(W::Snapshot(v.into())))
-                .await
-                .map_err(|_| ())?;
+    /// The matching agents, in pages read from the index as the watcher
+    /// takes them: a cursor (the last agent ID sent), not a copy of the set.
+    /// An agent that changes while the pages go out is either in a later
+    /// page as it is then, or (already sent) in the change feed after them.
+    async fn snapshot(&mut self) -> Result<(), End> {
+        let mut count = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .registry
+                .list(&self.sel, None, after.as_deref(), SNAPSHOT_PAGE);
+            for v in &page.agents {
+                self.send(msg(W::Snapshot(v.into()))).await?;
+            }
+            count += page.agents.len() as u64;
+            match (page.more, page.agents.last()) {
+                (true, Some(last)) => after = Some(last.id.to_string()),
+                _ => break,
+            }
+            if *self.shutdown.borrow() {
+                return Err(End::Status(Status::unavailable(
+                    "the server is shutting down; watch again",
+                )));
+            }
         }
         let storm = self.registry.storm();
-        self.tx
-            .send(msg(W::Synced(pb::Synced {
-                count,
-                storm: Some(storm.into()),
-                at: Some(wire::timestamp(self.registry.clock().now())),
-            })))
-            .await
-            .map_err(|_| ())
+        self.send(msg(W::Synced(pb::Synced {
+            count,
+            storm: Some(storm.into()),
+            at: Some(wire::timestamp(self.registry.clock().now())),
+        })))
+        .await
     }
 
     fn translate(&self, change: Change) -> Option<W> {

@@ -15,7 +15,7 @@ use fleet_health_sensor::Windows;
 use fleet_health_server::clock::SystemClock;
 use fleet_health_server::config::{
     Config, ConnLimits, FleetRules, IdentityLimits, Limits, SecurityConfig, Shutdown, Storage,
-    StreamLimits, TlsFiles, Transport,
+    StreamLimits, TlsFiles, Transport, WatchLimits,
 };
 use fleet_health_server::{Server, bind};
 
@@ -119,6 +119,15 @@ struct Args {
         default_value_t = StreamLimits::default().max_events_per_sec
     )]
     max_stream_events_per_sec: u32,
+
+    /// Watches open at once, in all; more: RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FLEET_HEALTH_MAX_WATCHERS", default_value_t = WatchLimits::default().max_watchers)]
+    max_watchers: usize,
+
+    /// A watcher that takes nothing for this long is ended with ABORTED (it
+    /// watches again and gets a fresh snapshot).
+    #[arg(long, env = "FLEET_HEALTH_WATCH_STALL_TIMEOUT", default_value = "30s", value_parser = duration)]
+    watch_stall_timeout: Duration,
 
     /// The largest message accepted, in bytes.
     #[arg(long, env = "FLEET_HEALTH_MAX_MESSAGE_BYTES", default_value_t = Transport::default().max_message_bytes)]
@@ -298,6 +307,10 @@ impl Args {
                 max_events_per_sec: self.max_stream_events_per_sec,
                 idle_timeout: self.idle_timeout,
                 ..StreamLimits::default()
+            },
+            watch: WatchLimits {
+                max_watchers: self.max_watchers,
+                stall_timeout: self.watch_stall_timeout.max(Duration::from_millis(1)),
             },
             transport: Transport {
                 max_message_bytes: self.max_message_bytes,

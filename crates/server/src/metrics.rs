@@ -49,6 +49,7 @@ pub struct Metrics {
     transitions: ByWhy<Counter>,
     watchers: Gauge,
     resyncs: Counter,
+    watch_stalled: Counter,
     rejected: Counter,
     commits: Counter,
     committed_records: Counter,
@@ -238,6 +239,7 @@ impl Default for Metrics {
             transitions,
             watchers: Gauge::default(),
             resyncs: Counter::default(),
+            watch_stalled: Counter::default(),
             rejected: Counter::default(),
             commits: Counter::default(),
             committed_records: Counter::default(),
@@ -320,6 +322,11 @@ impl Metrics {
             "fleet_health_watch_resyncs",
             "Watchers that fell behind and were sent a fresh snapshot",
             self.resyncs.clone(),
+        );
+        r.register(
+            "fleet_health_watch_stalled",
+            "Watchers that took nothing for the stall timeout and were ended (ABORTED: watch again)",
+            self.watch_stalled.clone(),
         );
         r.register(
             "fleet_health_rejected",
@@ -519,6 +526,11 @@ impl Metrics {
         self.resyncs.inc();
     }
 
+    /// A watcher took nothing for the stall timeout and was ended.
+    pub fn count_watch_stalled(&self) {
+        self.watch_stalled.inc();
+    }
+
     /// A request or stream was refused for bad input or a limit.
     pub fn count_rejected(&self) {
         self.rejected.inc();
@@ -691,6 +703,9 @@ mod tests {
             "# HELP fleet_health_watch_resyncs_total Watchers that fell behind and were sent a fresh snapshot.",
             "# TYPE fleet_health_watch_resyncs_total counter",
             "fleet_health_watch_resyncs_total",
+            "# HELP fleet_health_watch_stalled_total Watchers that took nothing for the stall timeout and were ended (ABORTED: watch again).",
+            "# TYPE fleet_health_watch_stalled_total counter",
+            "fleet_health_watch_stalled_total",
             "# HELP fleet_health_rejected_total Requests and streams refused for bad input or a limit.",
             "# TYPE fleet_health_rejected_total counter",
             "fleet_health_rejected_total",

@@ -310,6 +310,12 @@ async fn admit_loop(
 async fn prove(mut conn: Conn, admission: &Admission) -> io::Result<Io> {
     match &admission.tls {
         Some(tls) => {
+            // A plaintext HTTP/2 client on the TLS port is told so in its
+            // own protocol, rather than left to guess from a broken pipe.
+            let mut first = [0u8; 1];
+            if conn.socket().peek(&mut first).await? == 1 && first[0] == PREFACE[0] {
+                return Err(refuse_plaintext(conn).await);
+            }
             let config = tls.current().server_config.clone();
             let stream = tokio_rustls::TlsAcceptor::from(config).accept(conn).await?;
             let chain = stream
@@ -336,6 +342,41 @@ async fn prove(mut conn: Conn, admission: &Admission) -> io::Result<Io> {
             Ok(Io::Plain(conn, 0))
         }
     }
+}
+
+/// Answers a plaintext HTTP/2 client on the TLS port with a GOAWAY
+/// (INADEQUATE_SECURITY, and a message saying to use TLS), lets it read
+/// that, and closes.
+async fn refuse_plaintext(mut conn: Conn) -> io::Error {
+    use tokio::io::AsyncWriteExt;
+    let mut preface = [0u8; 24];
+    if conn.read_exact(&mut preface).await.is_ok() && &preface == PREFACE {
+        const INADEQUATE_SECURITY: u32 = 0xc;
+        let debug = b"this server speaks TLS only: use https:// (and --ca)";
+        let mut frames = Vec::with_capacity(9 + 9 + 8 + debug.len());
+        // An empty SETTINGS frame (the server's preface), then GOAWAY.
+        frames.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        let len = (8 + debug.len()) as u32;
+        frames.extend_from_slice(&len.to_be_bytes()[1..]);
+        frames.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+        frames.extend_from_slice(&0u32.to_be_bytes());
+        frames.extend_from_slice(&INADEQUATE_SECURITY.to_be_bytes());
+        frames.extend_from_slice(debug);
+        if conn.write_all(&frames).await.is_ok() {
+            let _ = conn.shutdown().await;
+            // Read what the client still sends until it closes, so that
+            // closing does not reset the connection before it reads ours.
+            let mut sink = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
+    }
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "plaintext HTTP/2 on the TLS port (told to use https://)",
+    )
 }
 
 /// The connections that have proved themselves (see [`Acceptor::admit`]).

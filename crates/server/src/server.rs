@@ -204,6 +204,7 @@ impl Server {
             open_streams.clone(),
             stop.subscribe(),
             security.clone(),
+            config.watch,
         ))
         .max_decoding_message_size(t.max_message_bytes)
         .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);

@@ -8,3 +8,4 @@ mod durable;
 mod fleet;
 mod protocol;
 mod security;
+mod watch;

@@ -1,0 +1,254 @@
+//! Watches over a fleet larger than one snapshot page: the snapshot sent as
+//! a cursor over the index, changes made while it goes out, a watcher that
+//! stops reading, and the cap on watches.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_health_proto::v1 as pb;
+use fleet_health_server::Config;
+use fleet_health_server::config::WatchLimits;
+use pb::watch_agents_response::Event as W;
+use tonic::Code;
+
+use crate::common::*;
+
+/// Makes `n` agents known (`w-0000`...), each healthy; returns their streams.
+async fn fleet(server: &TestServer, n: usize) -> Vec<Agent> {
+    fleet_labelled(server, n, &[]).await
+}
+
+async fn fleet_labelled(server: &TestServer, n: usize, labels: &[(&str, &str)]) -> Vec<Agent> {
+    let mut agents = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut a = server.agent_labelled(&format!("w-{i:04}"), 1, labels).await;
+        a.start_healthy(1).await;
+        agents.push(a);
+    }
+    agents
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[tokio::test]
+async fn changes_made_while_the_snapshot_goes_out_are_never_lost() {
+    let server = TestServer::start().await;
+    let mut agents = fleet(&server, 700).await;
+    let mut watch = server
+        .fleet()
+        .watch_agents(pb::WatchAgentsRequest {
+            filter: pb::StateFilter::All as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    // The first message is out: the watcher is inside its first page (its
+    // queue holds fewer than a page), the rest of the fleet not yet read.
+    let first = soon(watch.message())
+        .await
+        .expect("open")
+        .expect("a message");
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut in_snapshot: Vec<String> = Vec::new();
+    let W::Snapshot(a) = first.event.expect("an event") else {
+        panic!("the snapshot comes first")
+    };
+    in_snapshot.push(a.agent_id.clone());
+    seen.insert(a.agent_id.clone(), a.why_text.clone());
+    // Change agents before, inside and after the cursor: one sent already,
+    // one in a later page; and forget one not yet sent.
+    for i in [3usize, 350, 650] {
+        agents[i].stop_cleanly(3).await;
+    }
+    server
+        .fleet()
+        .forget_agent(pb::ForgetAgentRequest {
+            agent_id: "w-0500".into(),
+        })
+        .await
+        .expect("forgets");
+    // Read the rest of the snapshot, then the changes until the feed is quiet.
+    loop {
+        let msg = soon(watch.message())
+            .await
+            .expect("open")
+            .expect("a message");
+        match msg.event.expect("an event") {
+            W::Snapshot(a) => {
+                in_snapshot.push(a.agent_id.clone());
+                seen.insert(a.agent_id.clone(), a.why_text.clone());
+            }
+            W::Synced(s) => {
+                assert_eq!(s.count as usize, in_snapshot.len());
+                break;
+            }
+            other => panic!("unexpected {other:?} inside the snapshot"),
+        }
+    }
+    let mut sorted = in_snapshot.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        in_snapshot.len(),
+        "no agent twice in one snapshot"
+    );
+    assert_eq!(in_snapshot, sorted, "the snapshot goes out in ID order");
+    // The changes after it: apply them as a watcher does.
+    let list = server.list(pb::StateFilter::All).await;
+    let truth: BTreeMap<String, String> = list
+        .agents
+        .iter()
+        .map(|a| (a.agent_id.clone(), a.why_text.clone()))
+        .collect();
+    let applied = soon(async {
+        loop {
+            if seen == truth {
+                return;
+            }
+            let msg = watch.message().await.expect("open").expect("a message");
+            match msg.event.expect("an event") {
+                W::Changed(a) => {
+                    seen.insert(a.agent_id.clone(), a.why_text.clone());
+                }
+                W::Left(l) => {
+                    seen.remove(&l.agent_id);
+                }
+                W::Storm(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    applied.await;
+    assert_eq!(seen.get("w-0350").map(String::as_str), Some("stopped"));
+    assert!(!seen.contains_key("w-0500"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_watcher_that_stops_reading_is_ended_and_told_to_watch_again() {
+    let config = Config {
+        watch: WatchLimits {
+            max_watchers: 10,
+            stall_timeout: Duration::from_millis(300),
+        },
+        ..Config::default()
+    };
+    // A client with a small HTTP/2 window, as one that has stopped reading
+    // soon has.
+    let server = TestServer::start_on(
+        config,
+        fleet_health_server::clock::ManualClock::new(t(T0)),
+        None,
+        |addr| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .initial_stream_window_size(1024)
+        },
+    )
+    .await;
+    // Large enough (about 5 KiB an agent) that the snapshot outgrows what
+    // the transport buffers for a client that reads nothing.
+    let value = "v".repeat(250);
+    let keys: Vec<String> = (0..20).map(|i| format!("label-{i:02}")).collect();
+    let labels: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
+    let _agents = fleet_labelled(&server, 300, &labels).await;
+    let mut stalled = server
+        .fleet()
+        .watch_agents(pb::WatchAgentsRequest {
+            filter: pb::StateFilter::All as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    // It reads nothing: within the stall timeout its watcher is ended, and
+    // holds no page of the fleet any more.
+    soon(async {
+        while metric(&server.metrics().await, "fleet_health_watch_stalled_total") < 1.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&server.metrics().await, "fleet_health_watchers"),
+        0.0
+    );
+    // When it reads again, it gets what the transport already held, then
+    // why it was ended: not the rest of the snapshot.
+    let mut got = 0;
+    let status = soon(async {
+        loop {
+            match stalled.message().await {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await;
+    assert!(got < 300, "the whole snapshot went out ({got} messages)");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("watch again"),
+        "{}",
+        status.message()
+    );
+    // A watcher that reads is not ended.
+    let mut reading = server
+        .fleet()
+        .watch_agents(pb::WatchAgentsRequest {
+            filter: pb::StateFilter::All as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    let (agents, _) = snapshot(&mut reading).await;
+    assert_eq!(agents.len(), 300);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn watches_are_capped_in_total() {
+    let config = Config {
+        watch: WatchLimits {
+            max_watchers: 2,
+            ..WatchLimits::default()
+        },
+        ..Config::default()
+    };
+    let server = TestServer::with_config(config).await;
+    let open = || async {
+        server
+            .fleet()
+            .watch_agents(pb::WatchAgentsRequest::default())
+            .await
+    };
+    let a = open().await.expect("first");
+    let _b = open().await.expect("second");
+    let err = open().await.expect_err("third");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("--max-watchers"),
+        "{}",
+        err.message()
+    );
+    drop(a);
+    soon(async {
+        loop {
+            if open().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    server.stop().await;
+}
