@@ -259,6 +259,9 @@ pub struct Admission {
     pub timeout: Duration,
     /// How many may be proving themselves at once; more are closed.
     pub max_in_progress: usize,
+    /// Where failed TLS handshakes are written (a certificate refused, no
+    /// TLS at all); timeouts and caps are only counted.
+    pub audit: crate::security::Audit,
 }
 
 /// The client preface that opens every HTTP/2 connection (RFC 9113, 3.4).
@@ -298,6 +301,19 @@ async fn admit_loop(
                 Ok(Err(e)) => {
                     connections.refused(ConnRejected::HandshakeError, peer);
                     tracing::debug!(%peer, error = %e, "handshake failed");
+                    if admission.tls.is_some() {
+                        admission.audit.record(crate::security::AuditEvent {
+                            event: "denied",
+                            identity: None,
+                            credential: None,
+                            peer: Some(peer),
+                            rpc: None,
+                            agent_id: None,
+                            result: "handshake_failed",
+                            reason: Some(ConnRejected::HandshakeError.as_str()),
+                            detail: Some(e.to_string()),
+                        });
+                    }
                 }
                 Err(_) => {
                     connections.refused(ConnRejected::Timeout, peer);
@@ -767,6 +783,7 @@ mod tests {
             tls: None,
             timeout,
             max_in_progress,
+            audit: crate::security::Audit::off(),
         });
         (addr, incoming, metrics)
     }

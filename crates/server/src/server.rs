@@ -259,6 +259,7 @@ impl Server {
             tls: security.tls().cloned(),
             timeout: t.handshake_timeout,
             max_in_progress: t.max_handshakes,
+            audit: security.audit().clone(),
         });
         let result = t
             .server_builder()

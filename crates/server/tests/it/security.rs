@@ -361,6 +361,23 @@ async fn certificates_from_another_ca_or_expired_fail_the_handshake() {
         ) >= 2.0,
         "{m}"
     );
+    let line = pki.audited("denied", "result", "handshake_failed").await;
+    assert!(
+        line["peer"]
+            .as_str()
+            .expect("peer")
+            .starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    assert!(
+        line["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("certificate"),
+        "{line}"
+    );
+    // Nothing else changed: no agent, no denial of a call.
+    assert!(known(&server).await.is_empty());
     server.stop().await;
 }
 
