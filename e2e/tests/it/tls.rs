@@ -11,6 +11,18 @@ fn p(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
 
+/// The server's TLS flags for the CA in `dir` (as `pki init` made it).
+fn tls_args(dir: &Path) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        p(dir, "server.pem"),
+        "--tls-key".into(),
+        p(dir, "server.key"),
+        "--client-ca".into(),
+        p(dir, "ca.pem"),
+    ]
+}
+
 /// `fleet-health --server URL --ca CA --cert NAME.pem --key NAME.key ARGS`.
 fn as_who<'a>(url: &'a str, dir: &Path, who: &str, args: &[&'a str]) -> Vec<String> {
     let mut all: Vec<String> = vec![
@@ -66,21 +78,16 @@ async fn a_secured_fleet_from_pki_init_to_a_reader() {
     let secret = created.stdout.trim().to_string();
     assert!(secret.starts_with("fht_"), "{}", created.stdout);
 
-    let server = Server::start(&[
-        "--tls-cert",
-        &p(d, "server.pem"),
-        "--tls-key",
-        &p(d, "server.key"),
-        "--client-ca",
-        &p(d, "ca.pem"),
-        "--crl",
-        &p(d, "crl.pem"),
-        "--trust-domain",
-        "fleet-health.local",
-        "--tokens",
-        &tokens,
-    ])
-    .await;
+    let mut args = tls_args(d);
+    args.extend([
+        "--crl".into(),
+        p(d, "crl.pem"),
+        "--trust-domain".into(),
+        "fleet-health.local".into(),
+        "--tokens".into(),
+        tokens.clone(),
+    ]);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let url = server.https_url();
 
     // The agent reports for itself.
@@ -280,15 +287,8 @@ async fn contexts_save_the_flags() {
     ])
     .await
     .expect_code(0);
-    let server = Server::start(&[
-        "--tls-cert",
-        &p(d, "server.pem"),
-        "--tls-key",
-        &p(d, "server.key"),
-        "--client-ca",
-        &p(d, "ca.pem"),
-    ])
-    .await;
+    let args = tls_args(d);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let config = d.join("config.toml");
     let with_config = |args: &[&str]| {
         let mut cmd = cli_command(args);

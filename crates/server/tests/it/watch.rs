@@ -28,6 +28,19 @@ async fn fleet_labelled(server: &TestServer, n: usize, labels: &[(&str, &str)]) 
     agents
 }
 
+/// A watch of the whole fleet.
+async fn watch_all(server: &TestServer) -> tonic::Streaming<pb::WatchAgentsResponse> {
+    server
+        .fleet()
+        .watch_agents(pb::WatchAgentsRequest {
+            filter: pb::StateFilter::All as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("watch opens")
+        .into_inner()
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -39,15 +52,7 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn changes_made_while_the_snapshot_goes_out_are_never_lost() {
     let server = TestServer::start().await;
     let mut agents = fleet(&server, 700).await;
-    let mut watch = server
-        .fleet()
-        .watch_agents(pb::WatchAgentsRequest {
-            filter: pb::StateFilter::All as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("watch opens")
-        .into_inner();
+    let mut watch = watch_all(&server).await;
     // The first message is out: the watcher is inside its first page (its
     // queue holds fewer than a page), the rest of the fleet not yet read.
     let first = soon(watch.message())
@@ -159,15 +164,7 @@ async fn a_watcher_that_stops_reading_is_ended_and_told_to_watch_again() {
     let keys: Vec<String> = (0..20).map(|i| format!("label-{i:02}")).collect();
     let labels: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
     let _agents = fleet_labelled(&server, 300, &labels).await;
-    let mut stalled = server
-        .fleet()
-        .watch_agents(pb::WatchAgentsRequest {
-            filter: pb::StateFilter::All as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("watch opens")
-        .into_inner();
+    let mut stalled = watch_all(&server).await;
     // It reads nothing: within the stall timeout its watcher is ended, and
     // holds no page of the fleet any more.
     soon(async {
@@ -201,15 +198,7 @@ async fn a_watcher_that_stops_reading_is_ended_and_told_to_watch_again() {
         status.message()
     );
     // A watcher that reads is not ended.
-    let mut reading = server
-        .fleet()
-        .watch_agents(pb::WatchAgentsRequest {
-            filter: pb::StateFilter::All as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("watch opens")
-        .into_inner();
+    let mut reading = watch_all(&server).await;
     let (agents, _) = snapshot(&mut reading).await;
     assert_eq!(agents.len(), 300);
     server.stop().await;
