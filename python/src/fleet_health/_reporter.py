@@ -1,0 +1,288 @@
+"""The reporter: one long-lived Report stream per process, in a daemon thread.
+
+Calls from the agent only append to an in-memory backlog under a lock and wake
+the thread: O(1), never blocking on the network, never raising because of it.
+The thread speaks the protocol as the Rust reporter does: a Hello with a
+random incarnation picked once per process, events numbered from 1, every
+unacknowledged event sent again after a reconnect (from the Welcome's
+last_applied_seq on), backlogs in batches, heartbeats at the interval the
+server gives, reconnection with exponential backoff and jitter. A permanent
+refusal (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED) is logged once
+and stops the reporter; the agent is never told by an exception.
+"""
+
+import collections
+import logging
+import random
+import threading
+import time
+from typing import Deque, Dict, Iterator, Mapping, Optional, Tuple
+
+import grpc
+
+from ._proto.fleethealth.v1 import agent_pb2 as pb
+from ._proto.fleethealth.v1 import agent_pb2_grpc as pb_grpc
+from ._settings import Settings, settle
+
+log = logging.getLogger("fleet_health")
+
+#: Event kinds, by the reference sensor's method names (and the fleet's two).
+KINDS = {
+    "starting": pb.EVENT_KIND_STARTING,
+    "shutting_down": pb.EVENT_KIND_SHUTTING_DOWN,
+    "server_data_received": pb.EVENT_KIND_SERVER_DATA_RECEIVED,
+    "server_data_sent": pb.EVENT_KIND_SERVER_DATA_SENT,
+    "registered": pb.EVENT_KIND_REGISTERED,
+    "unregistered": pb.EVENT_KIND_UNREGISTERED,
+    "heartbeat": pb.EVENT_KIND_HEARTBEAT,
+    "stopped": pb.EVENT_KIND_STOPPED,
+}
+
+_PERMANENT = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+
+# (seq, kind, time or None)
+_Event = Tuple[int, int, Optional[float]]
+
+
+class Reporter:
+    """Streams one agent's events to the server in the background.
+
+    ``report(kind, when)`` never blocks and never raises because of the
+    network. At most ``max_pending`` unacknowledged events are kept; beyond
+    that the oldest are dropped and counted (``stats()["dropped"]``).
+    """
+
+    def __init__(
+        self,
+        agent_id: Optional[str] = None,
+        server: Optional[str] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        *,
+        ca: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        token: Optional[str] = None,
+        max_pending: int = 100_000,
+        max_batch: int = 512,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.settings: Settings = settle(server, agent_id, labels, ca, cert, key, token)
+        self._incarnation = random.SystemRandom().randrange(1, 2**64)
+        self._max_pending = max(1, max_pending)
+        self._max_batch = max(1, max_batch)
+        self._backoff = (backoff_initial, backoff_max)
+        self._cond = threading.Condition()
+        self._pending: Deque[_Event] = collections.deque()
+        self._next_seq = 1
+        self._acked = 0
+        self._sent = 0  # the highest seq sent on the current stream
+        self._last_send = time.monotonic()
+        self._heartbeat = 30.0
+        self._closing = False
+        self._stopped = False
+        self._ended: Optional[str] = None
+        self._stats: Dict[str, int] = {"dropped": 0, "connects": 0, "acked": 0}
+        self._last_error: Optional[str] = None
+        self._channel: Optional[grpc.Channel] = None
+        self._thread = threading.Thread(target=self._run, name="fleet-health-reporter", daemon=True)
+        self._thread.start()
+
+    # -- the agent's side: O(1), never blocking on the network ------------
+
+    def report(self, kind: str, when: Optional[float] = None) -> None:
+        """Records one event (``kind`` one of KINDS' names; ``when`` in
+        seconds since the epoch, or None for the server's receive time)."""
+        code = KINDS.get(kind)
+        if code is None:
+            log.warning("fleet_health: unknown event kind %r ignored", kind)
+            return
+        with self._cond:
+            if self._closing or self._ended is not None:
+                return
+            if len(self._pending) >= self._max_pending:
+                self._pending.popleft()
+                self._stats["dropped"] += 1
+            self._pending.append((self._next_seq, code, when))
+            self._next_seq += 1
+            self._cond.notify()
+
+    def stats(self) -> Dict[str, object]:
+        """Counters: pending, acked, dropped, connects; the last error; ended."""
+        with self._cond:
+            out: Dict[str, object] = dict(self._stats)
+            out["pending"] = len(self._pending)
+            out["last_error"] = self._last_error
+            out["ended"] = self._ended
+            return out
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Waits up to ``timeout`` seconds for every event to be acknowledged,
+        then ends the stream and the thread. True if nothing was left unsent."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while self._pending and self._ended is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            flushed = not self._pending
+            self._stopped = True
+            self._cond.notify_all()
+        channel = self._channel
+        if channel is not None:
+            channel.close()
+        self._thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        return flushed
+
+    # -- the thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self._backoff[0]
+        while True:
+            with self._cond:
+                if self._stopped or self._ended is not None:
+                    return
+            welcomed = False
+            try:
+                welcomed = self._session()
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else None
+                detail = e.details() if hasattr(e, "details") else str(e)
+                with self._cond:
+                    self._last_error = f"{code}: {detail}"
+                    if self._stopped:
+                        return
+                    if code in _PERMANENT:
+                        self._ended = f"{code.name if code else code}: {detail}"
+                        log.error("fleet_health: the server refused this reporter (%s: %s); it stops", code, detail)
+                        self._cond.notify_all()
+                        return
+                log.debug("fleet_health: report stream failed (%s: %s); reconnecting", code, detail)
+            except Exception as e:  # never into the agent
+                with self._cond:
+                    self._last_error = repr(e)
+                log.debug("fleet_health: reporter error %r; reconnecting", e)
+            if welcomed:
+                delay = self._backoff[0]
+            with self._cond:
+                if self._stopped:
+                    return
+                pause = random.uniform(delay / 2, delay)
+                self._cond.wait(pause)
+            delay = min(delay * 2, self._backoff[1])
+
+    def _connect(self) -> grpc.Channel:
+        s = self.settings
+        options = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        if not s.tls:
+            return grpc.insecure_channel(s.target, options=options)
+
+        def read(path: Optional[str]) -> Optional[bytes]:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        creds = grpc.ssl_channel_credentials(read(s.ca), read(s.key), read(s.cert))
+        return grpc.secure_channel(s.target, creds, options=options)
+
+    def _session(self) -> bool:
+        """One stream: Hello, events, acks. Returns whether it was welcomed."""
+        channel = self._connect()
+        self._channel = channel
+        stub = pb_grpc.AgentServiceStub(channel)
+        metadata = [("authorization", f"Bearer {self.settings.token}")] if self.settings.token else None
+        hello = pb.ReportRequest(
+            hello=pb.Hello(agent_id=self.settings.agent_id, incarnation=self._incarnation, labels=self.settings.labels)
+        )
+        state = {"welcomed": False, "done": False}
+        try:
+            responses = stub.Report(self._requests(hello, state), metadata=metadata)
+            with self._cond:
+                self._stats["connects"] += 1
+            for resp in responses:
+                which = resp.WhichOneof("body")
+                if which == "welcome":
+                    w = resp.welcome
+                    with self._cond:
+                        interval = w.heartbeat_interval.seconds + w.heartbeat_interval.nanos / 1e9
+                        if interval > 0:
+                            self._heartbeat = interval
+                        self._drop_through(w.last_applied_seq)
+                        self._sent = max(self._acked, w.last_applied_seq)
+                        state["welcomed"] = True
+                        self._cond.notify_all()
+                elif which == "ack":
+                    with self._cond:
+                        self._drop_through(resp.ack.applied_through)
+                        if self._closing and not self._pending:
+                            state["done"] = True
+                        self._cond.notify_all()
+            return state["welcomed"]
+        finally:
+            with self._cond:
+                state["done"] = True
+                self._cond.notify_all()
+            channel.close()
+            self._channel = None
+
+    def _drop_through(self, seq: int) -> None:
+        """Drops the events acknowledged through ``seq`` (lock held)."""
+        while self._pending and self._pending[0][0] <= seq:
+            self._pending.popleft()
+            self._stats["acked"] += 1
+        self._acked = max(self._acked, seq)
+
+    def _requests(self, hello: pb.ReportRequest, state: dict) -> Iterator[pb.ReportRequest]:
+        """What the stream sends: the Hello, then batches of what is not yet
+        sent on this stream, then heartbeats when idle. Runs in grpc's thread."""
+        yield hello
+        while True:
+            with self._cond:
+                while True:
+                    if state["done"] or self._stopped:
+                        return
+                    if self._closing and not self._pending:
+                        return
+                    if state["welcomed"]:
+                        batch = [e for e in self._unsent()]
+                        if batch:
+                            break
+                        idle = time.monotonic() - self._last_send
+                        if idle >= self._heartbeat * 0.9:
+                            self._pending.append((self._next_seq, pb.EVENT_KIND_HEARTBEAT, None))
+                            self._next_seq += 1
+                            continue
+                        self._cond.wait(self._heartbeat * 0.9 - idle)
+                    else:
+                        self._cond.wait(1.0)
+                self._sent = batch[-1][0]
+                self._last_send = time.monotonic()
+            yield pb.ReportRequest(events=pb.EventBatch(events=[_event(e) for e in batch]))
+
+    def _unsent(self) -> Iterator[_Event]:
+        """Up to max_batch pending events above what this stream sent (lock held)."""
+        n = 0
+        for e in self._pending:
+            if e[0] > self._sent:
+                yield e
+                n += 1
+                if n == self._max_batch:
+                    return
+
+
+def _event(e: _Event) -> pb.Event:
+    seq, kind, when = e
+    ev = pb.Event(seq=seq, kind=kind)
+    if when is not None:
+        secs = int(when // 1)
+        ev.time.seconds = secs
+        ev.time.nanos = min(int(round((when - secs) * 1e9)), 999_999_999)
+    return ev
