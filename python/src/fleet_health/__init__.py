@@ -17,6 +17,13 @@ from ._reporter import KINDS, Reporter
 from ._sensor import HealthStatus, LocalSensor
 
 __all__ = ["HealthSensor", "HealthStatus", "Reporter", "KINDS"]
+
+_STARTING = KINDS["starting"]
+_SHUTTING_DOWN = KINDS["shutting_down"]
+_RECEIVED = KINDS["server_data_received"]
+_SENT = KINDS["server_data_sent"]
+_REGISTERED = KINDS["registered"]
+_UNREGISTERED = KINDS["unregistered"]
 __version__ = "0.1.0"
 
 
@@ -51,37 +58,41 @@ class HealthSensor(LocalSensor):
             ref = weakref.ref(reporter)
             atexit.register(lambda: (ref() is not None) and ref().close(2.0))
 
-    def _send(self, kind: str, when: Optional[float]) -> None:
-        if self.reporter is not None:
-            self.reporter.report(kind, when)
+    # Each event sets the local rule input, then hands the event to the
+    # reporter's inbox: a few attribute loads and one deque append.
+
+    def _send(self, code: int, when: Optional[float]) -> None:
+        reporter = self.reporter
+        if reporter is not None:
+            reporter.put(code, when)
 
     def starting(self, when: float) -> None:
-        super().starting(when)
-        self._send("starting", when)
+        self._started_at = when
+        self._send(_STARTING, when)
 
     def shutting_down(self, when: float) -> None:
-        super().shutting_down(when)
-        self._send("shutting_down", when)
+        self._shutdown_at = when
+        self._send(_SHUTTING_DOWN, when)
 
     def server_data_received(self, when: float) -> None:
-        super().server_data_received(when)
-        self._send("server_data_received", when)
+        self._last_received = when
+        self._send(_RECEIVED, when)
 
     def server_data_sent(self, when: float) -> None:
-        super().server_data_sent(when)
-        self._send("server_data_sent", when)
+        self._last_sent = when
+        self._send(_SENT, when)
 
     def registered(self) -> None:
-        super().registered()
-        self._send("registered", time.time())
+        self._is_registered = True
+        self._send(_REGISTERED, time.time())
 
     def unregistered(self) -> None:
-        super().unregistered()
-        self._send("unregistered", time.time())
+        self._is_registered = False
+        self._send(_UNREGISTERED, time.time())
 
     def stopped(self, timeout: float = 5.0) -> bool:
         """The agent exits on purpose: says so, and flushes (see ``close``)."""
-        self._send("stopped", time.time())
+        self._send(KINDS["stopped"], time.time())
         return self.close(timeout)
 
     def close(self, timeout: float = 5.0) -> bool:

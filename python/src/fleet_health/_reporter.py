@@ -38,6 +38,10 @@ KINDS = {
     "stopped": pb.EVENT_KIND_STOPPED,
 }
 
+# Events that set the same part of the sensor share a slot: only the last
+# matters (registered and unregistered both set "is registered").
+_SLOT = {pb.EVENT_KIND_UNREGISTERED: pb.EVENT_KIND_REGISTERED}
+
 _PERMANENT = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.UNAUTHENTICATED,
@@ -52,8 +56,14 @@ class Reporter:
     """Streams one agent's events to the server in the background.
 
     ``report(kind, when)`` never blocks and never raises because of the
-    network. At most ``max_pending`` unacknowledged events are kept; beyond
-    that the oldest are dropped and counted (``stats()["dropped"]``).
+    network. At most ``max_pending`` unacknowledged events are kept. When the
+    backlog is full it is coalesced: later events replace earlier values
+    (the sensor keeps only the last time of each kind, and ``starting``
+    begins a fresh sensor on the server), so only the last event of each kind
+    since the last ``starting`` is kept, and the status the server computes
+    from the backlog is unchanged (``stats()["coalesced"]`` counts what was
+    folded away). Only if coalescing frees nothing is the oldest dropped
+    (``stats()["dropped"]``).
     """
 
     def __init__(
@@ -73,10 +83,15 @@ class Reporter:
     ) -> None:
         self.settings: Settings = settle(server, agent_id, labels, ca, cert, key, token)
         self._incarnation = random.SystemRandom().randrange(1, 2**64)
-        self._max_pending = max(1, max_pending)
+        # Room for one event of each slot, so that coalescing always frees one.
+        self._max_pending = max(8, max_pending)
         self._max_batch = max(1, max_batch)
         self._backoff = (backoff_initial, backoff_max)
         self._cond = threading.Condition()
+        # What the agent's threads put, not yet numbered: (kind, time).
+        self._inbox: Deque[Tuple[int, Optional[float]]] = collections.deque()
+        self._accepting = True
+        self._idle = False
         self._pending: Deque[_Event] = collections.deque()
         self._next_seq = 1
         self._acked = 0
@@ -86,7 +101,7 @@ class Reporter:
         self._closing = False
         self._stopped = False
         self._ended: Optional[str] = None
-        self._stats: Dict[str, int] = {"dropped": 0, "connects": 0, "acked": 0}
+        self._stats: Dict[str, int] = {"dropped": 0, "coalesced": 0, "connects": 0, "acked": 0}
         self._last_error: Optional[str] = None
         self._channel: Optional[grpc.Channel] = None
         self._thread = threading.Thread(target=self._run, name="fleet-health-reporter", daemon=True)
@@ -101,19 +116,66 @@ class Reporter:
         if code is None:
             log.warning("fleet_health: unknown event kind %r ignored", kind)
             return
+        self.put(code, when)
+
+    def put(self, code: int, when: Optional[float]) -> None:
+        """``report`` with the kind's wire number: the agent's fast path. One
+        append to the inbox (atomic in CPython: no lock), and a wake-up only
+        when the reporter's thread is asleep."""
+        if self._accepting:
+            self._inbox.append((code, when))
+            if self._idle:
+                self._wake()
+
+    def _wake(self) -> None:
         with self._cond:
-            if self._closing or self._ended is not None:
-                return
-            if len(self._pending) >= self._max_pending:
+            self._cond.notify_all()
+
+    def _drain(self) -> None:
+        """Moves the inbox into the numbered backlog (lock held), keeping it
+        within max_pending."""
+        inbox = self._inbox
+        while inbox:
+            code, when = inbox.popleft()
+            if len(self._pending) >= self._max_pending and not self._coalesce():
                 self._pending.popleft()
                 self._stats["dropped"] += 1
             self._pending.append((self._next_seq, code, when))
             self._next_seq += 1
-            self._cond.notify()
+
+    def _wait(self, timeout: float) -> None:
+        """Sleeps (lock held) until woken or ``timeout``, then drains. The
+        idle flag is raised before the inbox is looked at again, so that an
+        event put in between either is seen here or wakes the wait."""
+        self._idle = True
+        if not self._inbox:
+            self._cond.wait(min(timeout, 1.0))
+        self._idle = False
+        self._drain()
+
+    def _coalesce(self) -> bool:
+        """Folds the backlog (lock held): from the last ``starting`` on, the
+        last event of each slot; returns whether anything was freed."""
+        events = list(self._pending)
+        start = 0
+        for i, e in enumerate(events):
+            if e[1] == pb.EVENT_KIND_STARTING:
+                start = i
+        keep: Dict[int, _Event] = {}
+        for e in events[start:]:
+            keep[_SLOT.get(e[1], e[1])] = e
+        kept = sorted(keep.values())
+        freed = len(events) - len(kept)
+        if freed == 0:
+            return False
+        self._pending = collections.deque(kept)
+        self._stats["coalesced"] += freed
+        return True
 
     def stats(self) -> Dict[str, object]:
         """Counters: pending, acked, dropped, connects; the last error; ended."""
         with self._cond:
+            self._drain()
             out: Dict[str, object] = dict(self._stats)
             out["pending"] = len(self._pending)
             out["last_error"] = self._last_error
@@ -125,13 +187,15 @@ class Reporter:
         then ends the stream and the thread. True if nothing was left unsent."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            self._accepting = False
+            self._drain()
             self._closing = True
             self._cond.notify_all()
             while self._pending and self._ended is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._cond.wait(left)
+                self._cond.wait(min(left, 1.0))
             flushed = not self._pending
             self._stopped = True
             self._cond.notify_all()
@@ -172,10 +236,11 @@ class Reporter:
             if welcomed:
                 delay = self._backoff[0]
             with self._cond:
+                pause_until = time.monotonic() + random.uniform(delay / 2, delay)
+                while not self._stopped and time.monotonic() < pause_until:
+                    self._wait(pause_until - time.monotonic())
                 if self._stopped:
                     return
-                pause = random.uniform(delay / 2, delay)
-                self._cond.wait(pause)
             delay = min(delay * 2, self._backoff[1])
 
     def _connect(self) -> grpc.Channel:
@@ -221,6 +286,7 @@ class Reporter:
                         self._cond.notify_all()
                 elif which == "ack":
                     with self._cond:
+                        self._drain()
                         self._drop_through(resp.ack.applied_through)
                         if self._closing and not self._pending:
                             state["done"] = True
@@ -247,6 +313,7 @@ class Reporter:
         while True:
             with self._cond:
                 while True:
+                    self._drain()
                     if state["done"] or self._stopped:
                         return
                     if self._closing and not self._pending:
@@ -260,9 +327,9 @@ class Reporter:
                             self._pending.append((self._next_seq, pb.EVENT_KIND_HEARTBEAT, None))
                             self._next_seq += 1
                             continue
-                        self._cond.wait(self._heartbeat * 0.9 - idle)
+                        self._wait(self._heartbeat * 0.9 - idle)
                     else:
-                        self._cond.wait(1.0)
+                        self._wait(1.0)
                 self._sent = batch[-1][0]
                 self._last_send = time.monotonic()
             yield pb.ReportRequest(events=pb.EventBatch(events=[_event(e) for e in batch]))
