@@ -28,8 +28,6 @@ def test_every_event_arrives_with_its_time_and_the_statuses_agree(server):
     sensor.starting(now - 100)
     sensor.server_data_received(now - 50)
     sensor.server_data_sent(now - 40.5)
-    sensor.unregistered()
-    sensor.registered()
     wait_acked(sensor)
     agent = server.agent("py-1")
     local = sensor.status(time.time())
@@ -41,7 +39,14 @@ def test_every_event_arrives_with_its_time_and_the_statuses_agree(server):
     assert abs(epoch(times["last_received"]) - (now - 50)) < 1e-3
     assert abs(epoch(times["last_sent"]) - (now - 40.5)) < 1e-3
     assert times["registered"] is True
-    assert agent["last_seq"] == 5
+    assert agent["last_seq"] == 3
+    # Unregistered and registered again: each arrives.
+    sensor.unregistered()
+    wait_acked(sensor)
+    assert server.agent("py-1")["why"] == sensor.status(time.time()).why == "not registered"
+    sensor.registered()
+    wait_acked(sensor)
+    assert server.agent("py-1")["why"] == sensor.status(time.time()).why
     # Shutting down: locally and on the server alike.
     sensor.shutting_down(time.time())
     wait_acked(sensor)

@@ -24,6 +24,8 @@ _RECEIVED = KINDS["server_data_received"]
 _SENT = KINDS["server_data_sent"]
 _REGISTERED = KINDS["registered"]
 _UNREGISTERED = KINDS["unregistered"]
+# A fresh sensor's fields, as the server's is after `starting`.
+_FRESH = (0.0, 0.0, 0.0, 0.0, True)
 __version__ = "0.1.0"
 
 
@@ -54,45 +56,77 @@ class HealthSensor(LocalSensor):
         if reporter is None and report:
             reporter = Reporter(agent_id, server, labels, **settings)  # type: ignore[arg-type]
         self.reporter = reporter
+        self._reported = _FRESH
+        self._dirty = False
+        if reporter is not None:
+            reporter.follow(self._changes)
         if reporter is not None and flush_at_exit:
             ref = weakref.ref(reporter)
             atexit.register(lambda: (ref() is not None) and ref().close(2.0))
 
-    # Each event sets the local rule input, then hands the event to the
-    # reporter's inbox: a few attribute loads and one deque append.
-
-    def _send(self, code: int, when: Optional[float]) -> None:
-        reporter = self.reporter
-        if reporter is not None:
-            reporter.put(code, when)
+    # Each event sets the local rule input and marks the sensor changed (one
+    # more attribute store than the original: nothing else on the agent's
+    # thread). The reporter's thread looks every 50 ms and sends what changed
+    # (``_changes``); events that come faster are coalesced on the way, which
+    # changes no status the server computes (later values replace earlier).
 
     def starting(self, when: float) -> None:
         self._started_at = when
-        self._send(_STARTING, when)
+        self._dirty = True
 
     def shutting_down(self, when: float) -> None:
         self._shutdown_at = when
-        self._send(_SHUTTING_DOWN, when)
+        self._dirty = True
 
     def server_data_received(self, when: float) -> None:
         self._last_received = when
-        self._send(_RECEIVED, when)
+        self._dirty = True
 
     def server_data_sent(self, when: float) -> None:
         self._last_sent = when
-        self._send(_SENT, when)
+        self._dirty = True
 
     def registered(self) -> None:
         self._is_registered = True
-        self._send(_REGISTERED, time.time())
+        self._dirty = True
 
     def unregistered(self) -> None:
         self._is_registered = False
-        self._send(_UNREGISTERED, time.time())
+        self._dirty = True
+
+    def _state(self) -> tuple:
+        return (self._started_at, self._shutdown_at, self._last_received, self._last_sent, self._is_registered)
+
+    def _changes(self) -> list:
+        """The events that bring the server from what was sent last to this
+        sensor's state now (called in the reporter's thread). After a
+        ``starting`` the server's sensor is fresh, so every field that differs
+        from a fresh one follows it."""
+        if not self._dirty:
+            return []
+        self._dirty = False
+        now = self._state()
+        before = self._reported
+        out = []
+        base = before
+        if now[0] != before[0]:
+            out.append((_STARTING, now[0]))
+            base = _FRESH
+        if now[1] != base[1]:
+            out.append((_SHUTTING_DOWN, now[1]))
+        if now[2] != base[2]:
+            out.append((_RECEIVED, now[2]))
+        if now[3] != base[3]:
+            out.append((_SENT, now[3]))
+        if now[4] != base[4]:
+            out.append((_REGISTERED if now[4] else _UNREGISTERED, time.time()))
+        self._reported = now
+        return out
 
     def stopped(self, timeout: float = 5.0) -> bool:
         """The agent exits on purpose: says so, and flushes (see ``close``)."""
-        self._send(KINDS["stopped"], time.time())
+        if self.reporter is not None:
+            self.reporter.put(KINDS["stopped"], time.time())
         return self.close(timeout)
 
     def close(self, timeout: float = 5.0) -> bool:

@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from typing import Deque, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import grpc
 
@@ -37,6 +37,9 @@ KINDS = {
     "heartbeat": pb.EVENT_KIND_HEARTBEAT,
     "stopped": pb.EVENT_KIND_STOPPED,
 }
+
+#: How often a followed sensor is looked at (seconds).
+FOLLOW_EVERY = 0.05
 
 # Events that set the same part of the sensor share a slot: only the last
 # matters (registered and unregistered both set "is registered").
@@ -92,6 +95,8 @@ class Reporter:
         self._inbox: Deque[Tuple[int, Optional[float]]] = collections.deque()
         self._accepting = True
         self._idle = False
+        # A sensor whose state is the backlog (see ``follow``).
+        self._source: Optional[Callable[[], List[Tuple[int, Optional[float]]]]] = None
         self._pending: Deque[_Event] = collections.deque()
         self._next_seq = 1
         self._acked = 0
@@ -127,6 +132,18 @@ class Reporter:
             if self._idle:
                 self._wake()
 
+    def follow(self, source: Callable[[], List[Tuple[int, Optional[float]]]]) -> None:
+        """Makes ``source`` a provider of events, asked every
+        ``FOLLOW_EVERY`` seconds in the reporter's thread (lock held): it
+        returns the events that bring the server from what was sent last to
+        the sensor's state now (none when nothing changed). The agent's
+        thread then pays nothing for reporting but marking the sensor
+        changed, and the sensor's own fields are the backlog: coalesced by
+        construction, bounded however long the server is away."""
+        with self._cond:
+            self._source = source
+            self._cond.notify_all()
+
     def _wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -134,14 +151,21 @@ class Reporter:
     def _drain(self) -> None:
         """Moves the inbox into the numbered backlog (lock held), keeping it
         within max_pending."""
+        if self._source is not None:
+            for code, when in self._source():
+                self._add(code, when)
         inbox = self._inbox
         while inbox:
             code, when = inbox.popleft()
-            if len(self._pending) >= self._max_pending and not self._coalesce():
-                self._pending.popleft()
-                self._stats["dropped"] += 1
-            self._pending.append((self._next_seq, code, when))
-            self._next_seq += 1
+            self._add(code, when)
+
+    def _add(self, code: int, when: Optional[float]) -> None:
+        """Numbers one event into the backlog (lock held)."""
+        if len(self._pending) >= self._max_pending and not self._coalesce():
+            self._pending.popleft()
+            self._stats["dropped"] += 1
+        self._pending.append((self._next_seq, code, when))
+        self._next_seq += 1
 
     def _wait(self, timeout: float) -> None:
         """Sleeps (lock held) until woken or ``timeout``, then drains. The
@@ -149,7 +173,8 @@ class Reporter:
         event put in between either is seen here or wakes the wait."""
         self._idle = True
         if not self._inbox:
-            self._cond.wait(min(timeout, 1.0))
+            cap = FOLLOW_EVERY if self._source is not None else 1.0
+            self._cond.wait(min(timeout, cap))
         self._idle = False
         self._drain()
 
