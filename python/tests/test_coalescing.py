@@ -70,3 +70,47 @@ def test_coalesced_backlogs_give_the_references_statuses(data_dir):
             assert r.close(5.0)
     finally:
         back.kill9()
+
+
+def test_a_healthsensor_through_an_outage_gives_the_references_statuses(data_dir):
+    """The drop-in sensor sends its state's changes; through an outage, and
+    with `starting` again mid-trace (the server's sensor starts fresh, the
+    original's does not), the server ends where the original does."""
+    from fleet_health import HealthSensor
+
+    rng = random.Random(7)
+    now = time.time()
+    traces = []
+    for _ in range(20):
+        ops = trace(rng, now)
+        if rng.random() < 0.5:
+            ops.insert(rng.randint(1, len(ops)), ("starting", rng.uniform(now - 3600, now)))
+        traces.append(ops)
+    srv = Server(data_dir=data_dir)
+    port = srv.port
+    sensors, splits = [], []
+    for i, ops in enumerate(traces):
+        s = HealthSensor(f"hs-{i}", srv.url, backoff_initial=0.05, backoff_max=0.3)
+        split = rng.randint(1, len(ops))
+        for kind, when in ops[:split]:
+            getattr(s, kind)() if kind in ("registered", "unregistered") else getattr(s, kind)(when)
+        sensors.append(s)
+        splits.append(split)
+    eventually(lambda: all(s.reporter.stats()["pending"] == 0 for s in sensors))
+    srv.kill9()
+    for s, ops, split in zip(sensors, traces, splits):
+        for kind, when in ops[split:]:
+            getattr(s, kind)() if kind in ("registered", "unregistered") else getattr(s, kind)(when)
+    back = Server(port=port, data_dir=data_dir)
+    try:
+        eventually(lambda: all(s.reporter.stats()["pending"] == 0 for s in sensors), 30)
+        at = time.time()
+        for i, ops in enumerate(traces):
+            want = reference(ops, at)
+            assert sensors[i].status(at) == want
+            got = back.agent(f"hs-{i}")
+            assert (got["healthy"], got["why"]) == (want.healthy, want.why), (i, ops)
+        for s in sensors:
+            assert s.close(5.0)
+    finally:
+        back.kill9()

@@ -182,3 +182,18 @@ def test_a_slow_server_slows_no_call(server):
         assert reporter.close(5.0)
     finally:
         proxy.close()
+
+
+def test_heartbeats_at_the_interval_the_server_gives():
+    srv = Server("--heartbeat-interval", "1s")
+    try:
+        sensor = HealthSensor("py-beat", srv.url)
+        sensor.starting(time.time())
+        wait_acked(sensor)
+        first = srv.agent("py-beat")["last_seq"]
+        # Nothing happens in the agent: the reporter says it is alive.
+        eventually(lambda: srv.agent("py-beat")["last_seq"] >= first + 2, 10)
+        assert srv.agent("py-beat")["connected"] is True
+        assert sensor.close(5.0)
+    finally:
+        srv.kill9()
