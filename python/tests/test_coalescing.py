@@ -25,13 +25,18 @@ def trace(rng, now):
     return ops
 
 
-def reference(ops, now):
-    s = LocalSensor()
+def play(sensor, ops):
+    """Calls the sensor's method for each (kind, when), as an agent would."""
     for kind, when in ops:
         if kind in ("registered", "unregistered"):
-            getattr(s, kind)()
+            getattr(sensor, kind)()
         else:
-            getattr(s, kind)(when)
+            getattr(sensor, kind)(when)
+
+
+def reference(ops, now):
+    s = LocalSensor()
+    play(s, ops)
     return s.status(now)
 
 
@@ -92,15 +97,13 @@ def test_a_healthsensor_through_an_outage_gives_the_references_statuses(data_dir
     for i, ops in enumerate(traces):
         s = HealthSensor(f"hs-{i}", srv.url, backoff_initial=0.05, backoff_max=0.3)
         split = rng.randint(1, len(ops))
-        for kind, when in ops[:split]:
-            getattr(s, kind)() if kind in ("registered", "unregistered") else getattr(s, kind)(when)
+        play(s, ops[:split])
         sensors.append(s)
         splits.append(split)
     eventually(lambda: all(s.reporter.stats()["pending"] == 0 for s in sensors))
     srv.kill9()
     for s, ops, split in zip(sensors, traces, splits):
-        for kind, when in ops[split:]:
-            getattr(s, kind)() if kind in ("registered", "unregistered") else getattr(s, kind)(when)
+        play(s, ops[split:])
     back = Server(port=port, data_dir=data_dir)
     try:
         eventually(lambda: all(s.reporter.stats()["pending"] == 0 for s in sensors), 30)

@@ -9,9 +9,18 @@ the background (``Reporter``), without ever blocking or raising into the agent.
 """
 
 import atexit
+import os
 import time
 import weakref
 from typing import Mapping, Optional
+
+# grpcio's fork handlers run in every forked child while the reporter's
+# thread is in gRPC, and can abort a child that an agent forks to run a
+# subprocess (Python before 3.10 forks for subprocess): the agent must not be
+# hurt by reporting, so they are off unless the agent has said otherwise
+# (this takes effect only if grpc is not imported yet). A child that wants to
+# report makes its own HealthSensor after the fork.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from ._reporter import KINDS, Reporter
 from ._sensor import HealthStatus, LocalSensor
