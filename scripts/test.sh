@@ -25,8 +25,12 @@ pytest_with() { # PYTHON VENV
 pytest_with python3 python/.venv
 # The package supports Python 3.9 and later: where a 3.9 is installed, its
 # tests run there too.
-if command -v python3.9 >/dev/null && python3.9 -c "import venv" 2>/dev/null; then
-  pytest_with python3.9 python/.venv-3.9
+py39=
+for candidate in python3.9 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.9*/bin/python3.9; do
+  if "$candidate" -c "import venv" 2>/dev/null; then py39=$candidate; break; fi
+done
+if [ -n "$py39" ]; then
+  pytest_with "$py39" python/.venv-3.9
 else
   echo "== no python3.9 here: the package's tests ran with $(python3 --version) only"
 fi
