@@ -424,6 +424,9 @@ pub struct PeerCertificate {
     pub chain: Vec<CertificateDer<'static>>,
     /// The identity it gives, or why it gives none.
     pub identity: std::sync::OnceLock<Result<fleet_health_auth::Identity, String>>,
+    /// When the client's own certificate expires (read once, for the
+    /// per-second expiry check of open streams).
+    pub not_after: std::sync::OnceLock<Option<std::time::SystemTime>>,
 }
 
 impl PeerCertificate {
@@ -432,7 +435,17 @@ impl PeerCertificate {
         PeerCertificate {
             chain,
             identity: std::sync::OnceLock::new(),
+            not_after: std::sync::OnceLock::new(),
         }
+    }
+
+    /// When the client's own certificate expires, if it can be read.
+    pub fn expires(&self) -> Option<std::time::SystemTime> {
+        *self.not_after.get_or_init(|| {
+            self.chain
+                .first()
+                .and_then(|c| crate::tls::not_after(c).ok())
+        })
     }
 }
 

@@ -63,6 +63,8 @@ pub enum Credential {
         name: String,
         /// The SHA-256 of its secret.
         sha256: [u8; 32],
+        /// When it expires, if it does.
+        expires: Option<SystemTime>,
     },
 }
 
@@ -260,6 +262,7 @@ impl Security {
                 credential: Credential::Token {
                     name: entry.name.clone(),
                     sha256: entry.sha256,
+                    expires: entry.expires,
                 },
                 peer,
             }),
@@ -319,6 +322,19 @@ impl Security {
         Err(Status::permission_denied(message))
     }
 
+    /// Whether `credential` has expired by now: a cheap check (no
+    /// signature), run every second for every open stream.
+    pub fn expired(&self, credential: &Credential) -> Option<String> {
+        let now = self.now();
+        let (what, expires) = match credential {
+            Credential::Certificate(cert) => ("the client certificate", cert.expires()),
+            Credential::Token { expires, .. } => ("the token", *expires),
+        };
+        expires
+            .filter(|e| *e <= now)
+            .map(|e| format!("{what} expired at {}", humantime::format_rfc3339_seconds(e)))
+    }
+
     /// Whether `caller`'s credential still holds now: the certificate
     /// against the trust bundle and CRLs in force, the token in the tokens
     /// file in force and not expired.
@@ -328,7 +344,7 @@ impl Security {
                 Some(tls) => tls.current().recheck(&cert.chain, self.now()),
                 None => Err("the server no longer speaks TLS".into()),
             },
-            Credential::Token { name, sha256 } => match &self.tokens {
+            Credential::Token { name, sha256, .. } => match &self.tokens {
                 Some(tokens) if tokens.current().still_valid(sha256, self.now()) => Ok(()),
                 Some(_) => Err(format!("token {name:?} was removed or has expired")),
                 None => Err("the server no longer takes tokens".into()),

@@ -106,8 +106,11 @@ impl Sessions {
     }
 
     /// Checks every open credential now; ends the streams whose credential
-    /// no longer holds, and returns how many.
-    pub fn sweep(&self, security: &Security) -> usize {
+    /// no longer holds, and returns how many. `full`: against the trust
+    /// bundle, CRLs and tokens file in force (a signature check per
+    /// certificate: after a reload); otherwise only whether it has expired
+    /// (a comparison: every second).
+    pub fn sweep(&self, security: &Security, full: bool) -> usize {
         let open: Vec<(u64, Open)> = self
             .table()
             .iter()
@@ -115,7 +118,12 @@ impl Sessions {
             .collect();
         let mut ended = 0;
         for (id, o) in open {
-            if let Err(why) = security.still_valid(&o.credential) {
+            let failed = if full {
+                security.still_valid(&o.credential).err()
+            } else {
+                security.expired(&o.credential)
+            };
+            if let Some(why) = failed {
                 // Out of the table at once: ended once, counted once.
                 if self.table().remove(&id).is_none() {
                     continue;
@@ -144,8 +152,9 @@ impl Sessions {
     }
 }
 
-/// Sweeps on every reload of the TLS files or the tokens file, and every
-/// [`EXPIRY_CHECK_EVERY`], until `stop` resolves.
+/// Sweeps fully on every reload of the TLS files or the tokens file (off
+/// the runtime's threads: a signature check per open certificate), and for
+/// expiries every [`EXPIRY_CHECK_EVERY`], until `stop` resolves.
 pub async fn run(security: Arc<Security>, stop: impl Future<Output = ()>) {
     if !security.enabled() {
         return;
@@ -156,14 +165,21 @@ pub async fn run(security: Arc<Security>, stop: impl Future<Output = ()>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
-        tokio::select! {
+        let full = tokio::select! {
             () = &mut stop => return,
-            _ = tick.tick() => {}
-            Ok(()) = changed(&mut tls) => {}
-            Ok(()) = changed(&mut tokens) => {}
+            _ = tick.tick() => false,
+            Ok(()) = changed(&mut tls) => true,
+            Ok(()) = changed(&mut tokens) => true,
+        };
+        if security.sessions().is_empty() {
+            continue;
         }
-        if !security.sessions().is_empty() {
-            security.sessions().sweep(&security);
+        if full {
+            let security = security.clone();
+            let _ = tokio::task::spawn_blocking(move || security.sessions().sweep(&security, true))
+                .await;
+        } else {
+            security.sessions().sweep(&security, false);
         }
     }
 }

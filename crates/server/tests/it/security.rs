@@ -497,7 +497,29 @@ async fn tokens_wrong_expired_and_removed_while_a_watch_is_open() {
         .list_agents(with_token(pb::ListAgentsRequest::default(), &short))
         .await
         .expect("valid until T0+60");
+    // A watch open with it ends when it expires (the per-second check).
+    let mut expiring = fleet
+        .watch_agents(with_token(pb::WatchAgentsRequest::default(), &short))
+        .await
+        .expect("watch opens")
+        .into_inner();
     server.advance(120);
+    let ended = soon(async {
+        loop {
+            match expiring.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    let line = pki.audited("revoked", "identity", "reader/short").await;
+    assert!(
+        line["detail"].as_str().expect("detail").contains("expired"),
+        "{line}"
+    );
     let err = fleet
         .list_agents(with_token(pb::ListAgentsRequest::default(), &short))
         .await
