@@ -594,10 +594,8 @@ impl Cli {
                 Task::Simulate {
                     format,
                     settings: Settings {
-                        server: self
-                            .server
-                            .clone()
-                            .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+                        server: server.clone(),
+                        credentials: credentials.clone(),
                         timeout: self.timeout,
                         agents: args.agents,
                         mix: args.mix,

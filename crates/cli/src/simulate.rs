@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_health_client::{
-    AgentId, BackoffConfig, EventKind, Reporter, ReporterConfig, Stats, Time, lazy_channel, now,
+    AgentId, BackoffConfig, Bearer, Credentials, EventKind, Reporter, ReporterConfig, Stats, Time,
+    endpoint_with, now,
 };
 use hdrhistogram::Histogram;
 use tokio::sync::watch;
@@ -245,6 +246,8 @@ impl Counters {
 pub struct Settings {
     /// The server's address.
     pub server: String,
+    /// TLS and token (an admin's or a relay's: the simulated agents are many).
+    pub credentials: Credentials,
     /// How long to wait for the server to connect, and for the agents to
     /// stop at the end.
     pub timeout: Duration,
@@ -363,6 +366,8 @@ struct Plan {
     interval: Option<Duration>,
     /// At the end, drop the stream instead of saying `stopped`.
     leave: bool,
+    /// The token every call carries, if any.
+    bearer: Bearer,
 }
 
 /// Runs the simulation until its duration passes or Ctrl-C, then stops the
@@ -389,8 +394,16 @@ pub async fn run(settings: &Settings, note: &mut dyn FnMut(Note)) -> Result<SimR
     let connections = settings.agents.div_ceil(per_conn);
     let mut channels = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
-        channels.push(lazy_channel(&settings.server, settings.timeout).map_err(Failure::usage)?);
+        channels.push(
+            endpoint_with(&settings.server, settings.timeout, &settings.credentials)
+                .map_err(Failure::usage)?
+                .connect_lazy(),
+        );
     }
+    let bearer = match &settings.credentials.token {
+        Some(t) => Bearer::new(t).map_err(Failure::usage)?,
+        None => Bearer::none(),
+    };
     let width = settings.agents.to_string().len();
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -407,6 +420,7 @@ pub async fn run(settings: &Settings, note: &mut dyn FnMut(Note)) -> Result<SimR
             batch,
             interval,
             leave: settings.leave,
+            bearer: bearer.clone(),
         };
         AgentId::parse(&plan.id).map_err(|e| Failure::usage(format!("--prefix: {e}")))?;
         let channel = channels[(n / per_conn) as usize].clone();
@@ -564,7 +578,7 @@ async fn agent(
         hook_counters.acked_messages.fetch_add(1, Ordering::Relaxed);
         hook_counters.latency.record(shard, acked.latency, events);
     }));
-    let reporter = match Reporter::start(channel, config) {
+    let reporter = match Reporter::start_with(channel, plan.bearer.clone(), config) {
         Ok(r) => r,
         Err(e) => {
             counters.failed(|| format!("{}: {e}", plan.id));

@@ -18,7 +18,7 @@ use tonic::{Request, Status};
 use crate::InvalidEndpoint;
 
 /// The credentials a client presents.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     /// Trust bundle (PEM) for the server's certificate; `None`: the public
     /// web roots.

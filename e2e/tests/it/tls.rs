@@ -377,3 +377,48 @@ async fn plaintext_off_loopback_is_refused_without_insecure() {
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn simulate_reports_through_tls_with_an_admins_certificate() {
+    let pki = tempfile::tempdir().expect("dir");
+    let d = pki.path();
+    let dir = d.display().to_string();
+    cli(&["pki", "init", &dir]).await.expect_code(0);
+    cli(&[
+        "pki", "issue", "operator", "sim", "--role", "admin", "--dir", &dir,
+    ])
+    .await
+    .expect_code(0);
+    let args = tls_args(d);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let url = server.https_url();
+    run(&as_who(
+        &url,
+        d,
+        "admin-sim",
+        &[
+            "simulate",
+            "--agents",
+            "6",
+            "--mix",
+            "healthy=100",
+            "--duration",
+            "1s",
+            "--ramp-up",
+            "100ms",
+            "-o",
+            "json",
+        ],
+    ))
+    .await
+    .expect_code(0);
+    let list = run(&as_who(
+        &url,
+        d,
+        "admin-sim",
+        &["list", "--all", "-o", "ids"],
+    ))
+    .await;
+    list.expect_code(0);
+    assert_eq!(list.stdout.lines().count(), 6, "{}", list.stdout);
+}
