@@ -13,11 +13,8 @@ use tonic::Code;
 
 use crate::common::*;
 
-/// Makes `n` agents known (`w-0000`...), each healthy; returns their streams.
-async fn fleet(server: &TestServer, n: usize) -> Vec<Agent> {
-    fleet_labelled(server, n, &[]).await
-}
-
+/// Makes `n` agents known (`w-0000`...) with `labels`, each healthy;
+/// returns their streams.
 async fn fleet_labelled(server: &TestServer, n: usize, labels: &[(&str, &str)]) -> Vec<Agent> {
     let mut agents = Vec::with_capacity(n);
     for i in 0..n {
@@ -50,11 +47,30 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn changes_made_while_the_snapshot_goes_out_are_never_lost() {
+    // A client with a small HTTP/2 window, and agents of about 1 KiB each:
+    // the transport cannot take the whole snapshot at once, so the watcher
+    // is held inside it while the fleet changes.
     let server = TestServer::start().await;
-    let mut agents = fleet(&server, 700).await;
-    let mut watch = watch_all(&server).await;
-    // The first message is out: the watcher is inside its first page (its
-    // queue holds fewer than a page), the rest of the fleet not yet read.
+    let value = "v".repeat(250);
+    let keys: Vec<String> = (0..4).map(|i| format!("label-{i}")).collect();
+    let labels: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
+    let mut agents = fleet_labelled(&server, 700, &labels).await;
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("uri")
+        .initial_stream_window_size(1024)
+        .connect()
+        .await
+        .expect("connects");
+    let mut watch = fleet_health_proto::v1::fleet_service_client::FleetServiceClient::new(narrow)
+        .watch_agents(pb::WatchAgentsRequest {
+            filter: pb::StateFilter::All as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    // The first message is out: the watcher is inside the snapshot, the
+    // rest of the fleet not yet read.
     let first = soon(watch.message())
         .await
         .expect("open")
@@ -96,6 +112,11 @@ async fn changes_made_while_the_snapshot_goes_out_are_never_lost() {
             other => panic!("unexpected {other:?} inside the snapshot"),
         }
     }
+    // The snapshot read the fleet as it went: the agent changed before its
+    // page went out is in it as it is now, and the forgotten one is not
+    // (a copy taken when the watch began would hold both as they were).
+    assert_eq!(seen.get("w-0650").map(String::as_str), Some("stopped"));
+    assert!(!in_snapshot.iter().any(|id| id == "w-0500"));
     let mut sorted = in_snapshot.clone();
     sorted.sort();
     sorted.dedup();
@@ -133,6 +154,8 @@ async fn changes_made_while_the_snapshot_goes_out_are_never_lost() {
     applied.await;
     assert_eq!(seen.get("w-0350").map(String::as_str), Some("stopped"));
     assert!(!seen.contains_key("w-0500"));
+    // Gone, so that stopping the server waits for no unread stream.
+    drop(watch);
     server.stop().await;
 }
 
