@@ -298,7 +298,7 @@ async fn admit_loop(
                 Ok(Ok(io)) => {
                     let _ = tx.send(Ok(io)).await;
                 }
-                Ok(Err(e)) => {
+                Ok(Err(Unproved { error: e, alerted })) => {
                     connections.refused(ConnRejected::HandshakeError, peer);
                     tracing::debug!(%peer, error = %e, "handshake failed");
                     if admission.tls.is_some() {
@@ -314,6 +314,9 @@ async fn admit_loop(
                             detail: Some(e.to_string()),
                         });
                     }
+                    if let Some(mut conn) = alerted {
+                        linger(&mut conn).await;
+                    }
                 }
                 Err(_) => {
                     connections.refused(ConnRejected::Timeout, peer);
@@ -323,17 +326,46 @@ async fn admit_loop(
     }
 }
 
-async fn prove(mut conn: Conn, admission: &Admission) -> io::Result<Io> {
+/// Why a connection did not prove itself; `alerted`: the TLS handshake
+/// failed and the peer was sent an alert, which it must be given the time
+/// to read (see [`linger`]).
+struct Unproved {
+    error: io::Error,
+    alerted: Option<Conn>,
+}
+
+impl From<io::Error> for Unproved {
+    fn from(error: io::Error) -> Unproved {
+        Unproved {
+            error,
+            alerted: None,
+        }
+    }
+}
+
+async fn prove(mut conn: Conn, admission: &Admission) -> Result<Io, Unproved> {
     match &admission.tls {
         Some(tls) => {
             // A plaintext HTTP/2 client on the TLS port is told so in its
             // own protocol, rather than left to guess from a broken pipe.
             let mut first = [0u8; 1];
             if conn.socket().peek(&mut first).await? == 1 && first[0] == PREFACE[0] {
-                return Err(refuse_plaintext(conn).await);
+                return Err(refuse_plaintext(conn).await.into());
             }
             let config = tls.current().server_config.clone();
-            let stream = tokio_rustls::TlsAcceptor::from(config).accept(conn).await?;
+            // In TLS 1.3 a client sends its certificate and, without waiting,
+            // its first request: a refused certificate's alert would be lost
+            // to the reset that closing on that unread request causes, and
+            // the client would see only a broken connection. So the socket
+            // comes back on failure, to close gently once the alert is out.
+            let stream = tokio_rustls::TlsAcceptor::from(config)
+                .accept(conn)
+                .into_fallible()
+                .await
+                .map_err(|(error, conn)| Unproved {
+                    error,
+                    alerted: Some(conn),
+                })?;
             let chain = stream
                 .get_ref()
                 .1
@@ -353,7 +385,8 @@ async fn prove(mut conn: Conn, admission: &Admission) -> io::Result<Io> {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "not HTTP/2 (a TLS client, or another protocol, on a plaintext port?)",
-                ));
+                )
+                .into());
             }
             Ok(Io::Plain(conn, 0))
         }
@@ -379,20 +412,27 @@ async fn refuse_plaintext(mut conn: Conn) -> io::Error {
         frames.extend_from_slice(&INADEQUATE_SECURITY.to_be_bytes());
         frames.extend_from_slice(debug);
         if conn.write_all(&frames).await.is_ok() {
-            let _ = conn.shutdown().await;
-            // Read what the client still sends until it closes, so that
-            // closing does not reset the connection before it reads ours.
-            let mut sink = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
-            })
-            .await;
+            linger(&mut conn).await;
         }
     }
     io::Error::new(
         io::ErrorKind::InvalidData,
         "plaintext HTTP/2 on the TLS port (told to use https://)",
     )
+}
+
+/// Closes our side of `conn` after what we wrote, then reads what the
+/// client still sends until it closes (for at most a second), so that
+/// closing does not reset the connection before the client has read our
+/// last words (a GOAWAY, a TLS alert).
+async fn linger(conn: &mut Conn) {
+    use tokio::io::AsyncWriteExt;
+    let _ = conn.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The connections that have proved themselves (see [`Acceptor::admit`]).

@@ -214,7 +214,7 @@ async fn a_secured_fleet_from_pki_init_to_a_reader() {
     cli(&["pki", "revoke", &p(d, "reader-alice.pem"), "--dir", &dir])
         .await
         .expect_code(0);
-    eventually(
+    let refused = eventually(
         "the revoked certificate is refused",
         std::time::Duration::from_secs(10),
         || async {
@@ -223,6 +223,8 @@ async fn a_secured_fleet_from_pki_init_to_a_reader() {
         },
     )
     .await;
+    // The server's alert reaches the client: it says why.
+    assert!(refused.contains("it is revoked"), "{refused}");
 
     // The admin forgets; the forget is in the audit log, beside the denials.
     run(&as_who(&url, d, "admin-root", &["forget", "web-1"]))
@@ -421,4 +423,112 @@ async fn simulate_reports_through_tls_with_an_admins_certificate() {
     .await;
     list.expect_code(0);
     assert_eq!(list.stdout.lines().count(), 6, "{}", list.stdout);
+}
+
+/// Writes `issued` as `DIR/NAME.pem` and `DIR/NAME.key`.
+fn write_issued(dir: &Path, name: &str, issued: &fleet_health_auth::pki::Issued) {
+    std::fs::write(dir.join(format!("{name}.pem")), &issued.cert_pem).expect("write cert");
+    std::fs::write(dir.join(format!("{name}.key")), &issued.key_pem).expect("write key");
+}
+
+/// A server started with the certificate `DIR/NAME.pem` (and its key),
+/// trusting client certificates from the CA in `dir`.
+async fn server_with(dir: &Path, name: &str) -> Server {
+    let cert = p(dir, &format!("{name}.pem"));
+    let key = p(dir, &format!("{name}.key"));
+    let ca = p(dir, "ca.pem");
+    Server::start(&["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca]).await
+}
+
+#[tokio::test]
+async fn expired_certificates_and_wrong_host_names_say_which() {
+    use fleet_health_auth::identity::SpiffeId;
+    use fleet_health_auth::pki::{Ca, Validity};
+    use std::time::{Duration, SystemTime};
+
+    let pki = tempfile::tempdir().expect("dir");
+    let d = pki.path();
+    let dir = d.display().to_string();
+    cli(&["pki", "init", &dir]).await.expect_code(0);
+    cli(&[
+        "pki", "issue", "operator", "alice", "--role", "reader", "--dir", &dir,
+    ])
+    .await
+    .expect_code(0);
+    // Certificates `pki` will not make, signed by the same CA.
+    let ca = Ca::from_pem(
+        &std::fs::read_to_string(d.join("ca.pem")).expect("ca.pem"),
+        &std::fs::read_to_string(d.join("ca.key")).expect("ca.key"),
+    )
+    .expect("the CA pki init made");
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let expired = Validity {
+        not_before: now - 10 * day,
+        not_after: now - day,
+    };
+    let local = ["localhost".to_string(), "127.0.0.1".to_string()];
+    write_issued(
+        d,
+        "expired-server",
+        &ca.server(&local, expired).expect("server cert"),
+    );
+    write_issued(
+        d,
+        "elsewhere-server",
+        &ca.server(&["elsewhere.example".to_string()], Validity::days(1))
+            .expect("server cert"),
+    );
+    let bob = SpiffeId::parse("spiffe://fleet-health.local/reader/bob").expect("id");
+    write_issued(
+        d,
+        "reader-bob",
+        &ca.client(&bob, &[], expired).expect("client cert"),
+    );
+
+    // A valid server: the reader's certificate works, an expired one is
+    // refused by the server, whose alert the client reads (exit 8: issue a
+    // new one), however quickly it sent its first request.
+    let server = server_with(d, "server").await;
+    let url = server.https_url();
+    run(&as_who(&url, d, "reader-alice", &["summary"]))
+        .await
+        .expect_code(0);
+    let old_client = run(&as_who(&url, d, "reader-bob", &["summary"])).await;
+    old_client.expect_code(8);
+    assert!(
+        old_client.stderr.contains("expired") && old_client.stderr.contains("issue a new one"),
+        "{}",
+        old_client.stderr
+    );
+
+    // The server's own certificate has expired: exit 8, and it is the
+    // server that needs a new one.
+    let stale = server_with(d, "expired-server").await;
+    let old_server = run(&as_who(&stale.https_url(), d, "reader-alice", &["summary"])).await;
+    old_server.expect_code(8);
+    assert!(
+        old_server
+            .stderr
+            .contains("server's certificate has expired"),
+        "{}",
+        old_server.stderr
+    );
+
+    // A certificate for another host name: exit 8, and the message says
+    // to use a name the certificate carries.
+    let elsewhere = server_with(d, "elsewhere-server").await;
+    let wrong_name = run(&as_who(
+        &elsewhere.https_url(),
+        d,
+        "reader-alice",
+        &["summary"],
+    ))
+    .await;
+    wrong_name.expect_code(8);
+    assert!(
+        wrong_name.stderr.contains("host name"),
+        "{}",
+        wrong_name.stderr
+    );
 }
