@@ -96,6 +96,29 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Which connection flags were typed on the command line (not taken
+    /// from the environment): what `context set` saves. Filled by
+    /// [`Cli::try_parse_args`].
+    #[arg(skip)]
+    pub typed: Typed,
+}
+
+/// The connection flags typed on the command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Typed {
+    /// `--server`.
+    pub server: bool,
+    /// `--ca`.
+    pub ca: bool,
+    /// `--cert`.
+    pub cert: bool,
+    /// `--key`.
+    pub key: bool,
+    /// `--token`.
+    pub token: bool,
+    /// `--token-file`.
+    pub token_file: bool,
 }
 
 /// An output format.
@@ -283,23 +306,27 @@ pub enum ContextCommand {
         /// The context.
         name: String,
     },
-    /// Add or change a context (only the settings given change).
+    /// Add or change a context (only the settings given change). The
+    /// settings are its own flags or the global ones typed on the command
+    /// line (`context set lab --server https://... --ca ca.pem`); values
+    /// from the environment are never saved.
     Set {
         /// The context.
         name: String,
-        /// The server's URL.
+        /// The server's URL (or the global --server, given here).
         #[arg(long = "url", value_name = "URL")]
         url: Option<String>,
-        /// Trust bundle (PEM).
+        /// Trust bundle (PEM) (or the global --ca, given here).
         #[arg(long = "ca-file", value_name = "FILE")]
         ca_file: Option<PathBuf>,
-        /// Client certificate (PEM).
+        /// Client certificate (PEM) (or the global --cert, given here).
         #[arg(long = "cert-file", value_name = "FILE")]
         cert_file: Option<PathBuf>,
-        /// Its key (PEM).
+        /// Its key (PEM) (or the global --key, given here).
         #[arg(long = "key-file", value_name = "FILE")]
         key_file: Option<PathBuf>,
-        /// A file holding a bearer token.
+        /// A file holding a bearer token (or the global --token-file, given
+        /// here). A context never holds a token itself.
         #[arg(long = "token-path", value_name = "FILE")]
         token_path: Option<PathBuf>,
         /// Also make it the current context.
@@ -527,12 +554,69 @@ impl Filter {
 }
 
 impl Cli {
+    /// Parses `args` (the program's name first), noting which connection
+    /// flags were typed rather than taken from the environment.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::parser::ValueSource;
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        let typed = |id: &str| {
+            let mut m = &matches;
+            loop {
+                if m.value_source(id) == Some(ValueSource::CommandLine) {
+                    return true;
+                }
+                match m.subcommand() {
+                    Some((_, sub)) => m = sub,
+                    None => return false,
+                }
+            }
+        };
+        cli.typed = Typed {
+            server: typed("server"),
+            ca: typed("ca"),
+            cert: typed("cert"),
+            key: typed("key"),
+            token: typed("token"),
+            token_file: typed("token_file"),
+        };
+        Ok(cli)
+    }
+
+    /// The connection flags typed on the command line, as a context's
+    /// settings (for `context set`).
+    fn typed_context(&self) -> Result<Context, Failure> {
+        if self.typed.token {
+            return Err(Failure::usage(
+                "a context never holds a token itself: put it in a file (mode 0600) and give --token-file FILE",
+            ));
+        }
+        let pick = |typed: bool, v: &Option<PathBuf>| if typed { v.clone() } else { None };
+        Ok(Context {
+            server: if self.typed.server {
+                self.server.clone()
+            } else {
+                None
+            },
+            ca: pick(self.typed.ca, &self.ca),
+            cert: pick(self.typed.cert, &self.cert),
+            key: pick(self.typed.key, &self.key),
+            token_file: pick(self.typed.token_file, &self.token_file),
+        })
+    }
+
     /// Settles the flags into a [`Config`]: checks the output format against
     /// the command, checks values that clap cannot, and decides colours
     /// (from `--color`, `NO_COLOR` and whether stdout is a terminal).
     pub fn into_config(self) -> Result<Config, Failure> {
         use Format::{Ids, Json, Ndjson, Table};
         let out = self.output;
+        let typed_context = self.typed_context();
         // Local commands need no server, and do not read the contexts file
         // (a broken one must not stop `pki` or `token`), but `context show`.
         let needs_server = match &self.command {
@@ -619,7 +703,7 @@ impl Cli {
                     )
                 })?;
                 Task::Context {
-                    task: cmd.task(),
+                    task: cmd.task(typed_context)?,
                     path,
                 }
             }
@@ -641,6 +725,14 @@ impl Cli {
             Some(path) => ContextsFile::read(&path).map_err(Failure::usage)?,
             None => ContextsFile::default(),
         };
+        self.connection_from(&file)
+    }
+
+    /// [`Cli::connection`] with the contexts in `file`.
+    fn connection_from(
+        &self,
+        file: &ContextsFile,
+    ) -> Result<(String, Credentials, Option<String>), Failure> {
         let picked = file.pick(self.context.as_deref()).map_err(Failure::usage)?;
         let empty = Context::default();
         let (name, ctx) = picked.map_or((None, &empty), |(n, c)| (Some(n.to_string()), c));
@@ -758,8 +850,10 @@ impl TokenCommand {
 }
 
 impl ContextCommand {
-    fn task(self) -> ContextTask {
-        match self {
+    /// The task; `typed`: the global connection flags typed on the command
+    /// line, which `set` saves where its own flags are not given.
+    fn task(self, typed: Result<Context, Failure>) -> Result<ContextTask, Failure> {
+        Ok(match self {
             ContextCommand::List => ContextTask::List,
             ContextCommand::Use { name } => ContextTask::Use { name },
             ContextCommand::Set {
@@ -770,19 +864,28 @@ impl ContextCommand {
                 key_file,
                 token_path,
                 make_current,
-            } => ContextTask::Set {
-                name,
-                context: Context {
-                    server: url,
-                    ca: ca_file.map(absolute),
-                    cert: cert_file.map(absolute),
-                    key: key_file.map(absolute),
-                    token_file: token_path.map(absolute),
-                },
-                make_current,
-            },
+            } => {
+                let typed = typed?;
+                let context = Context {
+                    server: url.or(typed.server),
+                    ca: ca_file.or(typed.ca).map(absolute),
+                    cert: cert_file.or(typed.cert).map(absolute),
+                    key: key_file.or(typed.key).map(absolute),
+                    token_file: token_path.or(typed.token_file).map(absolute),
+                };
+                if context == Context::default() && !make_current {
+                    return Err(Failure::usage(format!(
+                        "nothing to set in context {name:?}: give --server URL, --ca FILE, --cert FILE, --key FILE or --token-file FILE (or --use)"
+                    )));
+                }
+                ContextTask::Set {
+                    name,
+                    context,
+                    make_current,
+                }
+            }
             ContextCommand::Show => ContextTask::Show,
-        }
+        })
     }
 }
 
@@ -835,7 +938,7 @@ mod tests {
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("fleet-health").chain(args.iter().copied()))
+        Cli::try_parse_args(std::iter::once("fleet-health").chain(args.iter().copied()))
     }
 
     #[test]
@@ -1056,5 +1159,182 @@ mod tests {
         assert_eq!(s.events_per_message, 50);
         assert_eq!(s.duration, Some(Duration::from_secs(30)));
         assert!(parse(&["simulate", "--agents", "0"]).is_err());
+    }
+
+    /// A contexts file with a current context `prod` (every setting, a
+    /// token in a file) and a context `lab` with only a server.
+    fn contexts(token_file: &std::path::Path) -> ContextsFile {
+        let mut file = ContextsFile {
+            current_context: Some("prod".into()),
+            ..ContextsFile::default()
+        };
+        file.contexts.insert(
+            "prod".into(),
+            Context {
+                server: Some("https://prod:50051".into()),
+                ca: Some("/prod/ca.pem".into()),
+                cert: Some("/prod/me.pem".into()),
+                key: Some("/prod/me.key".into()),
+                token_file: Some(token_file.to_path_buf()),
+            },
+        );
+        file.contexts.insert(
+            "lab".into(),
+            Context {
+                server: Some("https://lab:50051".into()),
+                ..Context::default()
+            },
+        );
+        file
+    }
+
+    #[test]
+    fn flags_win_over_the_context_which_wins_over_the_defaults() {
+        let dir = tempfile::tempdir().expect("dir");
+        let in_context = dir.path().join("context.token");
+        std::fs::write(&in_context, "fht_context\n").expect("writes");
+        let given = dir.path().join("given.token");
+        std::fs::write(&given, "  fht_given  ").expect("writes");
+        let file = contexts(&in_context);
+        let connect = |args: &[&str], file: &ContextsFile| {
+            parse(args)
+                .expect("parses")
+                .connection_from(file)
+                .map_err(|f| format!("{:#}", f.error))
+        };
+
+        // Everything from the current context.
+        let (server, c, name) = connect(&["summary"], &file).expect("ok");
+        assert_eq!(server, "https://prod:50051");
+        assert_eq!(name.as_deref(), Some("prod"));
+        assert_eq!(c.ca.as_deref(), Some(std::path::Path::new("/prod/ca.pem")));
+        assert_eq!(
+            c.cert.as_deref(),
+            Some(std::path::Path::new("/prod/me.pem"))
+        );
+        assert_eq!(c.key.as_deref(), Some(std::path::Path::new("/prod/me.key")));
+        assert_eq!(c.token.as_deref(), Some("fht_context"));
+
+        // Each flag replaces its own setting only.
+        let (server, c, _) = connect(
+            &[
+                "--server",
+                "https://flag:1",
+                "--ca",
+                "/flag/ca.pem",
+                "summary",
+            ],
+            &file,
+        )
+        .expect("ok");
+        assert_eq!(server, "https://flag:1");
+        assert_eq!(c.ca.as_deref(), Some(std::path::Path::new("/flag/ca.pem")));
+        assert_eq!(
+            c.cert.as_deref(),
+            Some(std::path::Path::new("/prod/me.pem"))
+        );
+        assert_eq!(c.token.as_deref(), Some("fht_context"));
+
+        // A token, or a token file, given replaces the context's token file.
+        let (_, c, _) = connect(&["--token", "fht_flag", "summary"], &file).expect("ok");
+        assert_eq!(c.token.as_deref(), Some("fht_flag"));
+        let given_arg = given.display().to_string();
+        let (_, c, _) = connect(&["--token-file", &given_arg, "summary"], &file).expect("ok");
+        assert_eq!(c.token.as_deref(), Some("fht_given"));
+
+        // --context picks another context: nothing of the current one leaks.
+        let (server, c, name) = connect(&["--context", "lab", "summary"], &file).expect("ok");
+        assert_eq!(server, "https://lab:50051");
+        assert_eq!(name.as_deref(), Some("lab"));
+        assert_eq!(c, Credentials::default());
+
+        // No contexts: the default server, no credentials.
+        let (server, c, name) = connect(&["summary"], &ContextsFile::default()).expect("ok");
+        assert_eq!(server, DEFAULT_SERVER);
+        assert_eq!(name, None);
+        assert_eq!(c, Credentials::default());
+
+        // An unknown context, an empty token file: usage errors that say so.
+        let err = connect(&["--context", "nope", "summary"], &file).unwrap_err();
+        assert!(err.contains("no context named \"nope\""), "{err}");
+        let empty = dir.path().join("empty.token");
+        std::fs::write(&empty, "\n").expect("writes");
+        let empty_arg = empty.display().to_string();
+        let err = connect(&["--token-file", &empty_arg, "summary"], &file).unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+    }
+
+    fn context_set(args: &[&str]) -> Result<(String, Context, bool), String> {
+        let cli = parse(args).map_err(|e| e.to_string())?;
+        let typed = cli.typed_context();
+        let Command::Context(cmd) = cli.command else {
+            panic!("not a context command")
+        };
+        match cmd.task(typed).map_err(|f| format!("{:#}", f.error))? {
+            ContextTask::Set {
+                name,
+                context,
+                make_current,
+            } => Ok((name, context, make_current)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn context_set_saves_its_own_flags_and_the_typed_global_ones() {
+        let (name, c, current) = context_set(&[
+            "context",
+            "set",
+            "lab",
+            "--server",
+            "https://lab:1",
+            "--ca",
+            "/pki/ca.pem",
+            "--key-file",
+            "/pki/me.key",
+        ])
+        .expect("ok");
+        assert_eq!(name, "lab");
+        assert!(!current);
+        assert_eq!(
+            c,
+            Context {
+                server: Some("https://lab:1".into()),
+                ca: Some("/pki/ca.pem".into()),
+                key: Some("/pki/me.key".into()),
+                ..Context::default()
+            }
+        );
+        // Global flags before the subcommand count too; its own flag wins.
+        let (_, c, current) = context_set(&[
+            "--cert",
+            "/pki/global.pem",
+            "context",
+            "set",
+            "lab",
+            "--cert-file",
+            "/pki/own.pem",
+            "--use",
+        ])
+        .expect("ok");
+        assert!(current);
+        assert_eq!(
+            c.cert.as_deref(),
+            Some(std::path::Path::new("/pki/own.pem"))
+        );
+        // Relative paths are saved absolute.
+        let (_, c, _) =
+            context_set(&["context", "set", "lab", "--token-file", "lab.token"]).expect("ok");
+        let saved = c.token_file.expect("a token file");
+        assert!(
+            saved.is_absolute() && saved.ends_with("lab.token"),
+            "{saved:?}"
+        );
+        // A token itself is never saved; a context set with nothing to set
+        // is a mistake, not an empty context.
+        let err = context_set(&["context", "set", "lab", "--token", "fht_x"]).unwrap_err();
+        assert!(err.contains("--token-file"), "{err}");
+        let err = context_set(&["context", "set", "lab"]).unwrap_err();
+        assert!(err.contains("nothing to set"), "{err}");
     }
 }

@@ -3,13 +3,12 @@
 
 use std::process;
 
-use clap::Parser;
 use clap::error::ErrorKind;
 use fleet_health_cli::config::Task;
 use fleet_health_cli::{Cli, ExitCode, Failure};
 
 fn main() -> process::ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version go to stdout and succeed; the rest are usage

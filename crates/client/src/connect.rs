@@ -241,3 +241,106 @@ fn describe_tls(e: &rustls::Error) -> String {
         other => format!("TLS failed: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+
+    /// A failed call whose cause is `source`.
+    fn failed(source: impl std::error::Error + Send + Sync + 'static) -> Status {
+        Status::from_error(Box::new(source))
+    }
+
+    fn in_io(e: E) -> std::io::Error {
+        std::io::Error::other(e)
+    }
+
+    #[test]
+    fn tls_errors_are_told_in_words_a_user_can_act_on() {
+        let says = |status: Status| tls_trouble(&status).expect("about TLS");
+        // The client's own checks of the server's certificate, as rustls
+        // errors or inside an I/O error.
+        let wrong_ca = says(failed(in_io(E::InvalidCertificate(C::UnknownIssuer))));
+        assert!(wrong_ca.contains("check --ca"), "{wrong_ca}");
+        let expired = says(failed(E::InvalidCertificate(C::Expired)));
+        assert!(
+            expired.contains("server's certificate has expired"),
+            "{expired}"
+        );
+        let name = says(failed(in_io(E::InvalidCertificate(C::NotValidForName))));
+        assert!(name.contains("host name"), "{name}");
+        // The server's verdict on ours, as an alert.
+        let ours = says(failed(in_io(E::AlertReceived(A::CertificateExpired))));
+        assert!(
+            ours.contains("client's certificate: it has expired"),
+            "{ours}"
+        );
+        let needed = says(failed(E::AlertReceived(A::CertificateRequired)));
+        assert!(needed.contains("--cert and --key"), "{needed}");
+        // ...or only as text, as HTTP/2 keeps an I/O error.
+        let revoked = says(failed(std::io::Error::other(
+            "received fatal alert: CertificateRevoked",
+        )));
+        assert!(revoked.contains("it is revoked"), "{revoked}");
+        let foreign = says(failed(std::io::Error::other(
+            "received fatal alert: UnknownCA",
+        )));
+        assert!(foreign.contains("--client-ca"), "{foreign}");
+        // A plaintext server answering a TLS hello.
+        let plain = says(failed(in_io(E::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ))));
+        assert!(plain.contains("use http://"), "{plain}");
+    }
+
+    #[test]
+    fn other_failures_are_not_called_tls() {
+        assert_eq!(tls_trouble(&Status::unavailable("down")), None);
+        assert_eq!(tls_trouble(&Status::permission_denied("role")), None);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(tls_trouble(&failed(refused)), None);
+    }
+
+    #[test]
+    fn a_broken_first_call_is_a_refused_certificate_only_over_https_with_one() {
+        let broken = || failed(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        let with_cert = Credentials {
+            cert: Some("me.pem".into()),
+            key: Some("me.key".into()),
+            ..Credentials::default()
+        };
+        assert!(maybe_refused_certificate(
+            &broken(),
+            "https://h:1",
+            &with_cert
+        ));
+        assert!(!maybe_refused_certificate(
+            &broken(),
+            "http://h:1",
+            &with_cert
+        ));
+        assert!(!maybe_refused_certificate(
+            &broken(),
+            "https://h:1",
+            &Credentials::default()
+        ));
+    }
+
+    #[test]
+    fn the_token_rides_on_every_call_and_is_never_printed() {
+        let mut bearer = Bearer::new(" fht_secret\n").expect("a token");
+        let request = bearer.call(Request::new(())).expect("passes");
+        assert_eq!(
+            request.metadata().get("authorization").expect("set"),
+            "Bearer fht_secret"
+        );
+        let request = Bearer::none().call(Request::new(())).expect("passes");
+        assert!(request.metadata().get("authorization").is_none());
+        let credentials = Credentials {
+            token: Some("fht_secret".into()),
+            ..Credentials::default()
+        };
+        assert!(!format!("{credentials:?}").contains("fht_secret"));
+    }
+}

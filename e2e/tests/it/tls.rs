@@ -301,13 +301,13 @@ async fn contexts_save_the_flags() {
         "context",
         "set",
         "lab",
-        "--url",
+        "--server",
         &server.https_url(),
-        "--ca-file",
+        "--ca",
         &p(d, "ca.pem"),
-        "--cert-file",
+        "--cert",
         &p(d, "reader-ops.pem"),
-        "--key-file",
+        "--key",
         &p(d, "reader-ops.key"),
     ])
     .output()
