@@ -281,6 +281,32 @@ mod tests {
         TrustDomain::parse("fleet.test").unwrap()
     }
 
+    fn pem_file(dir: &Path, name: &str) -> x509_parser::pem::Pem {
+        let pem = std::fs::read(dir.join(name)).expect("written");
+        x509_parser::pem::parse_x509_pem(&pem).expect("PEM").1
+    }
+
+    /// The certificate's subject alternative names, as `KIND VALUE`.
+    fn sans(dir: &Path, name: &str) -> Vec<String> {
+        use x509_parser::extensions::GeneralName;
+        let pem = pem_file(dir, name);
+        let cert = pem.parse_x509().expect("x509");
+        let san = cert.subject_alternative_name().expect("ok").expect("SANs");
+        san.value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => format!("URI {u}"),
+                GeneralName::DNSName(d) => format!("DNS {d}"),
+                GeneralName::IPAddress(ip) => match <[u8; 4]>::try_from(*ip) {
+                    Ok(v4) => format!("IP {}", std::net::Ipv4Addr::from(v4)),
+                    Err(_) => format!("IP {ip:?}"),
+                },
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn init_issue_revoke_make_the_files_with_the_right_names() {
         let dir = tempfile::tempdir().expect("dir");
@@ -314,23 +340,30 @@ mod tests {
             force: false,
         })
         .expect("issue relay");
-        let pem = std::fs::read(d.join("agent-site_web-1.pem")).expect("written");
-        let (_, p) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
-        let x = p.parse_x509().expect("x509");
-        let san = x.subject_alternative_name().expect("ok").expect("a SAN");
-        let uris: Vec<String> = san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
-                _ => None,
-            })
-            .collect();
         assert_eq!(
-            uris,
-            vec!["spiffe://fleet.test/agent/site/web-1".to_string()]
+            sans(&d, "agent-site_web-1.pem"),
+            ["URI spiffe://fleet.test/agent/site/web-1"]
         );
+        assert_eq!(
+            sans(&d, "relay-gw.pem"),
+            [
+                "URI spiffe://fleet.test/relay/gw",
+                "URI urn:fleet-health:agents:site-a-*"
+            ]
+        );
+        assert_eq!(sans(&d, "server.pem"), ["DNS localhost", "IP 127.0.0.1"]);
+        // Each is signed by the CA, and the CA by itself.
+        let ca = pem_file(&d, "ca.pem");
+        let ca = ca.parse_x509().expect("the CA");
+        assert!(ca.is_ca());
+        ca.verify_signature(None).expect("self-signed");
+        for name in ["agent-site_web-1.pem", "relay-gw.pem", "server.pem"] {
+            let pem = pem_file(&d, name);
+            let cert = pem.parse_x509().expect("x509");
+            assert_eq!(cert.issuer(), ca.subject(), "{name}");
+            cert.verify_signature(Some(ca.public_key()))
+                .unwrap_or_else(|e| panic!("{name} is not signed by the CA: {e}"));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
