@@ -14,8 +14,8 @@
 //! watches, and each identity its own limit ([`FleetService::admit_watcher`]).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::model::{StateFilter, Why};
 use crate::metrics::Metrics;
+use crate::model::{StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
 use crate::registry::{Change, Registry, Selector};
 use crate::security::limits::Permit;
@@ -501,9 +501,9 @@ impl Watcher {
         // (a change seen in both is sent twice, and applying it twice is harmless).
         let mut feed = self.registry.subscribe();
         self.snapshot().await?;
-        // Since when the watcher has been behind: from falling out of the
-        // feed until it has read the feed to its end.
-        let mut behind_since: Option<Instant> = None;
+        // When the watcher first and last fell out of the feed, in a run of
+        // falls less than the stall timeout apart: it is behind all along.
+        let mut behind: Option<(Instant, Instant)> = None;
         loop {
             let change = tokio::select! {
                 r = feed.recv() => r,
@@ -517,13 +517,15 @@ impl Watcher {
                     if let Some(event) = self.translate(c) {
                         self.send(msg(event)).await?;
                     }
-                    if feed.is_empty() {
-                        behind_since = None;
-                    }
                 }
                 Err(RecvError::Lagged(missed)) => {
-                    let since = *behind_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= self.stall_timeout {
+                    let now = Instant::now();
+                    let since = match behind {
+                        Some((first, last)) if now - last < self.stall_timeout => first,
+                        _ => now,
+                    };
+                    behind = Some((since, now));
+                    if now - since >= self.stall_timeout {
                         // It reads, but slower than the fleet changes: each
                         // fresh snapshot would only fall behind again.
                         self.registry.metrics().count_watch_stalled();
