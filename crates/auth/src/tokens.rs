@@ -210,10 +210,17 @@ impl TokenFile {
     /// What `secret` is at `now`. Every entry is compared, in constant time
     /// each, whether or not an earlier one matched.
     pub fn verify(&self, secret: &str, now: SystemTime) -> TokenMatch<'_> {
-        let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        self.lookup(&hash_secret(secret), now)
+    }
+
+    /// What the token whose secret hashes to `sha256` is at `now` (used to
+    /// check the token of an open stream again after a reload: it may have
+    /// been removed, have expired, or now give another role). Every entry
+    /// is compared, in constant time each.
+    pub fn lookup(&self, sha256: &[u8; 32], now: SystemTime) -> TokenMatch<'_> {
         let mut found = None;
         for entry in &self.entries {
-            if bool::from(entry.sha256.ct_eq(&presented)) {
+            if bool::from(entry.sha256.ct_eq(sha256)) {
                 found = Some(entry);
             }
         }
@@ -225,11 +232,9 @@ impl TokenFile {
     }
 
     /// Whether an entry with exactly this hash is in the file and valid at
-    /// `now` (used to re-check the token of an open stream after a reload).
+    /// `now`.
     pub fn still_valid(&self, sha256: &[u8; 32], now: SystemTime) -> bool {
-        self.entries
-            .iter()
-            .any(|e| bool::from(e.sha256.ct_eq(sha256)) && !e.expired_at(now))
+        matches!(self.lookup(sha256, now), TokenMatch::Valid(_))
     }
 }
 
@@ -455,6 +460,11 @@ mod tests {
         );
         assert_eq!(file.verify("fht_wrong", at(5)), TokenMatch::Unknown);
         assert!(file.still_valid(&entry.sha256, at(5)));
+        assert_eq!(
+            file.lookup(&entry.sha256, at(5)),
+            TokenMatch::Valid(&file.entries()[0])
+        );
+        assert_eq!(file.lookup(&[0; 32], at(5)), TokenMatch::Unknown);
         // Two tokens never share a secret.
         let (other, _) = new_token("ci2", Role::Reader, vec![], None, at(0)).unwrap();
         assert_ne!(secret, other);
