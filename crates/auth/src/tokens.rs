@@ -19,7 +19,6 @@
 //! slow hash is needed against guessing); a presented secret is compared
 //! with every entry in constant time.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
@@ -92,30 +91,66 @@ pub enum TokenError {
     #[error("tokens file: {0}")]
     Syntax(String),
     /// An entry breaks a rule.
-    #[error("tokens file: token {name:?}: {why}")]
+    #[error("tokens file{}: token {name:?}: {why}", at_line(*.line))]
     Entry {
+        /// The line of the entry's `[[token]]` header (none for a token
+        /// being made).
+        line: Option<usize>,
         /// The token's name.
         name: String,
         /// Why.
         why: String,
     },
-    /// Two entries have the same name.
-    #[error("tokens file: two tokens are named {0:?}; names must be unique")]
+    /// A token of this name is already in the file (when adding one).
+    #[error("tokens file: there is already a token named {0:?}")]
     DuplicateName(String),
+    /// Two entries of the file have the same name.
+    #[error(
+        "tokens file line {line}: a token named {name:?} is already on line {first}; names must be unique"
+    )]
+    SameName {
+        /// The name.
+        name: String,
+        /// The line of the first entry.
+        first: usize,
+        /// The line of the second.
+        line: usize,
+    },
     /// Two entries have the same secret.
-    #[error("tokens file: tokens {0:?} and {1:?} have the same secret")]
-    DuplicateSecret(String, String),
+    #[error(
+        "tokens file line {line}: token {name:?} has the same secret as token {first_name:?} on line {first}"
+    )]
+    DuplicateSecret {
+        /// The first entry's name.
+        first_name: String,
+        /// Its line.
+        first: usize,
+        /// The second entry's name.
+        name: String,
+        /// Its line.
+        line: usize,
+    },
     /// The system could not make a random secret.
     #[error("cannot make a random secret: {0}")]
     Random(String),
 }
 
-/// The file's shape, as TOML.
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+fn at_line(line: Option<usize>) -> String {
+    line.map_or_else(String::new, |l| format!(" line {l}"))
+}
+
+/// The file's shape, as TOML (written).
+#[derive(Debug, Default, Serialize)]
 struct Raw {
-    #[serde(default)]
     token: Vec<RawEntry>,
+}
+
+/// The file's shape, as TOML (read): each entry with where it is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIn {
+    #[serde(default)]
+    token: Vec<toml::Spanned<RawEntry>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -134,20 +169,32 @@ struct RawEntry {
 impl TokenFile {
     /// Parses the file's text. An empty file holds no tokens.
     pub fn parse(text: &str) -> Result<TokenFile, TokenError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| TokenError::Syntax(e.to_string()))?;
-        let mut names = HashSet::new();
-        let mut entries: Vec<TokenEntry> = Vec::with_capacity(raw.token.len());
+        let raw: RawIn = toml::from_str(text).map_err(|e| TokenError::Syntax(e.to_string()))?;
+        let line_of = |at: usize| 1 + text.get(..at).map_or(0, |t| t.matches('\n').count());
+        let mut entries: Vec<(usize, TokenEntry)> = Vec::with_capacity(raw.token.len());
         for r in raw.token {
-            let entry = r.check()?;
-            if !names.insert(entry.name.clone()) {
-                return Err(TokenError::DuplicateName(entry.name));
+            let line = line_of(r.span().start);
+            let entry = r.into_inner().check(Some(line))?;
+            if let Some((first, _)) = entries.iter().find(|(_, e)| e.name == entry.name) {
+                return Err(TokenError::SameName {
+                    name: entry.name,
+                    first: *first,
+                    line,
+                });
             }
-            if let Some(twin) = entries.iter().find(|e| e.sha256 == entry.sha256) {
-                return Err(TokenError::DuplicateSecret(twin.name.clone(), entry.name));
+            if let Some((first, twin)) = entries.iter().find(|(_, e)| e.sha256 == entry.sha256) {
+                return Err(TokenError::DuplicateSecret {
+                    first_name: twin.name.clone(),
+                    first: *first,
+                    name: entry.name,
+                    line,
+                });
             }
-            entries.push(entry);
+            entries.push((line, entry));
         }
-        Ok(TokenFile { entries })
+        Ok(TokenFile {
+            entries: entries.into_iter().map(|(_, e)| e).collect(),
+        })
     }
 
     /// The tokens, in file order.
@@ -163,10 +210,17 @@ impl TokenFile {
     /// What `secret` is at `now`. Every entry is compared, in constant time
     /// each, whether or not an earlier one matched.
     pub fn verify(&self, secret: &str, now: SystemTime) -> TokenMatch<'_> {
-        let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        self.lookup(&hash_secret(secret), now)
+    }
+
+    /// What the token whose secret hashes to `sha256` is at `now` (used to
+    /// check the token of an open stream again after a reload: it may have
+    /// been removed, have expired, or now give another role). Every entry
+    /// is compared, in constant time each.
+    pub fn lookup(&self, sha256: &[u8; 32], now: SystemTime) -> TokenMatch<'_> {
         let mut found = None;
         for entry in &self.entries {
-            if bool::from(entry.sha256.ct_eq(&presented)) {
+            if bool::from(entry.sha256.ct_eq(sha256)) {
                 found = Some(entry);
             }
         }
@@ -178,11 +232,9 @@ impl TokenFile {
     }
 
     /// Whether an entry with exactly this hash is in the file and valid at
-    /// `now` (used to re-check the token of an open stream after a reload).
+    /// `now`.
     pub fn still_valid(&self, sha256: &[u8; 32], now: SystemTime) -> bool {
-        self.entries
-            .iter()
-            .any(|e| bool::from(e.sha256.ct_eq(sha256)) && !e.expired_at(now))
+        matches!(self.lookup(sha256, now), TokenMatch::Valid(_))
     }
 }
 
@@ -200,6 +252,7 @@ pub fn new_token(
     now: SystemTime,
 ) -> Result<(String, TokenEntry), TokenError> {
     let entry_err = |why: String| TokenError::Entry {
+        line: None,
         name: name.to_string(),
         why,
     };
@@ -300,9 +353,10 @@ fn entry_text(e: &TokenEntry) -> String {
 }
 
 impl RawEntry {
-    fn check(self) -> Result<TokenEntry, TokenError> {
+    fn check(self, line: Option<usize>) -> Result<TokenEntry, TokenError> {
         let name = self.name;
         let err = |why: String| TokenError::Entry {
+            line,
             name: name.clone(),
             why,
         };
@@ -406,6 +460,11 @@ mod tests {
         );
         assert_eq!(file.verify("fht_wrong", at(5)), TokenMatch::Unknown);
         assert!(file.still_valid(&entry.sha256, at(5)));
+        assert_eq!(
+            file.lookup(&entry.sha256, at(5)),
+            TokenMatch::Valid(&file.entries()[0])
+        );
+        assert_eq!(file.lookup(&[0; 32], at(5)), TokenMatch::Unknown);
         // Two tokens never share a secret.
         let (other, _) = new_token("ci2", Role::Reader, vec![], None, at(0)).unwrap();
         assert_ne!(secret, other);
@@ -478,15 +537,67 @@ mod tests {
         }
         let (_, a) = new_token("a", Role::Reader, vec![], None, at(0)).unwrap();
         let one = entry_text(&a);
+        let lines = one.lines().count();
         let twice = format!("{one}\n{one}");
-        assert!(matches!(
-            TokenFile::parse(&twice),
-            Err(TokenError::DuplicateName(_))
-        ));
+        let err = TokenFile::parse(&twice).unwrap_err();
+        assert!(
+            matches!(err, TokenError::SameName { first: 1, line, .. } if line == lines + 2),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&format!(
+                "line {}: a token named \"a\" is already on line 1",
+                lines + 2
+            )),
+            "{err}"
+        );
         let renamed = one.replace("name = \"a\"", "name = \"b\"");
-        assert!(matches!(
-            TokenFile::parse(&format!("{one}\n{renamed}")),
-            Err(TokenError::DuplicateSecret(..))
-        ));
+        let err = TokenFile::parse(&format!("{one}\n{renamed}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "line {}: token \"b\" has the same secret as token \"a\" on line 1",
+                lines + 2
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        // A rule broken in the second entry: the line of its header.
+        let (_, a) = new_token("a", Role::Reader, vec![], None, at(0)).unwrap();
+        let text = format!(
+            "# tokens\n\n{}\n[[token]]\nname=\"x\"\nrole=\"root\"\nsha256=\"00\"\ncreated=\"2026-01-01T00:00:00Z\"\n",
+            entry_text(&a)
+        );
+        let header = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| *l == "[[token]]")
+            .nth(1)
+            .map(|(i, _)| i + 1)
+            .unwrap();
+        let err = TokenFile::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "tokens file line {header}: token \"x\": unknown role"
+            )),
+            "{err}"
+        );
+        // Syntax errors carry toml's own position.
+        let err = TokenFile::parse("[[token]]\nname = \"x\nrole = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        // A token being made has no line.
+        let err = new_token("bad name", Role::Reader, vec![], None, at(0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("tokens file: token \"bad name\": "),
+            "{err}"
+        );
     }
 }

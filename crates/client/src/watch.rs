@@ -229,6 +229,9 @@ mod tests {
             Status::unknown("h2 protocol error: connection reset"),
             Status::internal("stream closed"),
             Status::cancelled("gone"),
+            // Ended for falling behind, or too many watches for now: watch again.
+            Status::aborted("this watch took nothing for 30s and fell behind; watch again"),
+            Status::resource_exhausted("the server already holds 2 watches (--max-watchers)"),
         ] {
             assert!(
                 is_transient(&ClientError::from(status.clone())),
@@ -256,6 +259,11 @@ mod tests {
         assert_eq!(loss(&h2), "the connection to the server broke");
         let down = ClientError::from(Status::unavailable("tcp connect error"));
         assert_eq!(loss(&down), "the server stopped answering");
+        let behind = ClientError::from(Status::aborted("fell behind; watch again"));
+        assert_eq!(
+            loss(&behind),
+            "this watch fell behind and the server ended it"
+        );
     }
 
     #[test]

@@ -4,14 +4,18 @@
 //! A watch sends its snapshot in pages read from the registry's index as it
 //! goes (a cursor: the last agent ID sent), never a copy of the whole
 //! matching set, so what a watcher holds is bounded by one page and its
-//! outgoing queue however large the fleet. A watcher that takes nothing for
-//! [`WatchLimits::stall_timeout`] is ended with ABORTED (watch again: a fresh
-//! snapshot follows), and the server holds at most
-//! [`WatchLimits::max_watchers`] watches.
+//! outgoing queue ([`WATCH_QUEUE`] messages) however large the fleet; changes
+//! it has not read wait in the registry's shared change feed, a ring of
+//! fixed size (a watcher that falls out of it gets `resync` and a fresh
+//! snapshot). A watcher that takes nothing for
+//! [`WatchLimits::stall_timeout`], or falls out of the feed again after
+//! staying behind that long, is ended with ABORTED (watch again: a fresh
+//! snapshot follows). The server holds at most [`WatchLimits::max_watchers`]
+//! watches, and each identity its own limit ([`FleetService::admit_watcher`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,8 +25,10 @@ use futures_util::Stream;
 use pb::watch_agents_response::Event as W;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::model::{StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
 use crate::registry::{Change, Registry, Selector};
@@ -39,14 +45,15 @@ pub const MAX_PAGE_SIZE: usize = 10_000;
 /// Agents in one page of a watch's snapshot.
 const SNAPSHOT_PAGE: usize = 256;
 /// Messages queued for one watcher, at most.
-const WATCH_QUEUE: usize = 64;
+pub const WATCH_QUEUE: usize = 64;
 
 /// How watches are bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WatchLimits {
     /// Watches open at once, in all; more: RESOURCE_EXHAUSTED.
     pub max_watchers: usize,
-    /// How long a watcher may take nothing of what is sent to it before it
+    /// How long a watcher may take nothing of what is sent to it, or stay
+    /// behind the changes (falling out of the change feed again), before it
     /// is ended with ABORTED, to watch again.
     pub stall_timeout: Duration,
 }
@@ -104,13 +111,62 @@ impl Drop for WatchSlot {
     }
 }
 
+/// What lets a watch in: its place among all watches and among its
+/// identity's.
+struct Admission {
+    _slot: WatchSlot,
+    _permit: Option<Permit>,
+}
+
+/// The messages queued for one watcher, shared by the watcher (which empties
+/// it when it ends the watch: a stalled connection may not take the status
+/// for a long time, and nothing queued ahead of it is of use any more) and
+/// the stream the transport reads. Lock: held only to take or drop messages.
+/// Messages leave `fleet_health_watch_queued` when taken or dropped.
+struct Queue {
+    rx: Mutex<mpsc::Receiver<WatchItem>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    fn rx(&self) -> std::sync::MutexGuard<'_, mpsc::Receiver<WatchItem>> {
+        // A receiver stays consistent whatever panicked while holding it.
+        self.rx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<WatchItem>> {
+        let next = self.rx().poll_recv(cx);
+        if let Poll::Ready(Some(_)) = next {
+            self.metrics.watch_queued(-1);
+        }
+        next
+    }
+
+    /// Closes the queue (nothing more can be queued) and drops what it holds.
+    fn drain(&self) {
+        let mut rx = self.rx();
+        rx.close();
+        let mut left = 0;
+        while rx.try_recv().is_ok() {
+            left += 1;
+        }
+        self.metrics.watch_queued(-left);
+    }
+}
+
 /// A watch's answer: what the watcher queues, unless it was ended, in which
-/// case the status that ended it goes first (whatever is still queued is
-/// moot: the client starts over with a fresh snapshot).
+/// case the status that ended it goes first (whatever was still queued is
+/// dropped: the client starts over with a fresh snapshot).
 pub struct WatchStream {
-    rx: mpsc::Receiver<WatchItem>,
+    queue: Arc<Queue>,
     end: Option<oneshot::Receiver<Status>>,
     done: bool,
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.queue.drain();
+    }
 }
 
 impl Stream for WatchStream {
@@ -130,7 +186,18 @@ impl Stream for WatchStream {
                 Poll::Pending => {}
             }
         }
-        self.rx.poll_recv(cx)
+        match self.queue.poll_recv(cx) {
+            Poll::Ready(None) => {
+                self.done = true;
+                // The watcher sends its status before it closes the queue:
+                // a queue closed just now may have a status behind it.
+                match self.end.as_mut().map(oneshot::Receiver::try_recv) {
+                    Some(Ok(status)) => Poll::Ready(Some(Err(status))),
+                    _ => Poll::Ready(None),
+                }
+            }
+            other => other,
+        }
     }
 }
 
@@ -215,35 +282,28 @@ impl FleetServiceApi for FleetService {
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
         let req = request.get_ref();
         let sel = selector(req.filter, &req.why, &req.labels)?;
-        let max = self.watch.max_watchers;
-        if self.watchers.fetch_add(1, Ordering::AcqRel) >= max {
-            self.watchers.fetch_sub(1, Ordering::AcqRel);
-            self.registry.metrics().count_rejected();
-            return Err(Status::resource_exhausted(format!(
-                "the server already holds {max} watches, its limit (--max-watchers); try again later"
-            )));
-        }
-        let slot = WatchSlot {
-            watchers: self.watchers.clone(),
-        };
         let caller = request.extensions().get::<Caller>();
-        let permit = self.security.admit(caller, Place::Watch, WATCH)?;
+        let admission = self.admit_watcher(caller)?;
         let session = caller.map(|c| self.security.sessions().open(c, WATCH));
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let queue = Arc::new(Queue {
+            rx: Mutex::new(rx),
+            metrics: self.registry.metrics().clone(),
+        });
         let (end_tx, end_rx) = oneshot::channel();
         let watcher = Watcher {
             registry: self.registry.clone(),
             sel,
             tx,
+            queue: queue.clone(),
             shutdown: self.shutdown.clone(),
             stall_timeout: self.watch.stall_timeout,
             session,
-            _permit: permit,
-            _slot: slot,
+            _admission: admission,
         };
         tokio::spawn(watcher.run(end_tx));
         Ok(Response::new(WatchStream {
-            rx,
+            queue,
             end: Some(end_rx),
             done: false,
         }))
@@ -325,21 +385,48 @@ impl FleetServiceApi for FleetService {
     }
 }
 
+impl FleetService {
+    /// Lets a watch in, or says which limit it met: the watches the server
+    /// holds in all (`--max-watchers`), then those of the caller's identity.
+    /// The watch keeps the admission for as long as it lives.
+    fn admit_watcher(&self, caller: Option<&Caller>) -> Result<Admission, Status> {
+        let max = self.watch.max_watchers;
+        if self.watchers.fetch_add(1, Ordering::AcqRel) >= max {
+            self.watchers.fetch_sub(1, Ordering::AcqRel);
+            let metrics = self.registry.metrics();
+            metrics.count_rejected();
+            metrics.count_watcher_rejected();
+            return Err(Status::resource_exhausted(format!(
+                "the server already holds {max} watches, its limit (--max-watchers); try again later"
+            )));
+        }
+        let slot = WatchSlot {
+            watchers: self.watchers.clone(),
+        };
+        // Refused here, the slot is given back as it drops.
+        let permit = self.security.admit(caller, Place::Watch, WATCH)?;
+        Ok(Admission {
+            _slot: slot,
+            _permit: permit,
+        })
+    }
+}
+
 /// One watch stream: a snapshot, then changes; a fresh snapshot after falling
 /// behind.
 struct Watcher {
     registry: Registry,
     sel: Selector,
     tx: mpsc::Sender<WatchItem>,
+    /// The other end of `tx`, to empty when the watch is ended.
+    queue: Arc<Queue>,
     shutdown: watch::Receiver<bool>,
     /// How long a send may wait for the watcher to take something.
     stall_timeout: Duration,
     /// Its place among the streams a revocation can end.
     session: Option<SessionGuard>,
-    /// Its place among its identity's watches.
-    _permit: Option<Permit>,
-    /// Its place among all watches.
-    _slot: WatchSlot,
+    /// Its place among all watches and its identity's.
+    _admission: Admission,
 }
 
 /// Why a watcher ended.
@@ -371,19 +458,28 @@ impl Watcher {
             () = revoked(&session) => End::Status(open_streams::revoked()),
         };
         if let End::Status(status) = ended {
-            // Ahead of whatever is still queued (see WatchStream).
+            // Ahead of whatever is still queued (see WatchStream), which is
+            // dropped now rather than when the connection takes the status.
             let _ = end.send(status);
+            self.queue.drain();
         }
         self.registry.metrics().watchers(-1);
     }
 
     /// Sends one message, waiting at most the stall timeout for room.
     async fn send(&self, item: WatchItem) -> Result<(), End> {
-        match tokio::time::timeout(self.stall_timeout, self.tx.send(item)).await {
+        let metrics = self.registry.metrics();
+        // Counted before it is queued (the stream counts it out when taken).
+        metrics.watch_queued(1);
+        let sent = tokio::time::timeout(self.stall_timeout, self.tx.send(item)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            metrics.watch_queued(-1);
+        }
+        match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
-                self.registry.metrics().count_watch_stalled();
+                metrics.count_watch_stalled();
                 Err(End::Status(Status::aborted(format!(
                     "this watch took nothing for {:?} and fell behind; watch again (a fresh snapshot follows)",
                     self.stall_timeout
@@ -405,6 +501,9 @@ impl Watcher {
         // (a change seen in both is sent twice, and applying it twice is harmless).
         let mut feed = self.registry.subscribe();
         self.snapshot().await?;
+        // When the watcher first and last fell out of the feed, in a run of
+        // falls less than the stall timeout apart: it is behind all along.
+        let mut behind: Option<(Instant, Instant)> = None;
         loop {
             let change = tokio::select! {
                 r = feed.recv() => r,
@@ -420,6 +519,21 @@ impl Watcher {
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
+                    let now = Instant::now();
+                    let since = match behind {
+                        Some((first, last)) if now - last < self.stall_timeout => first,
+                        _ => now,
+                    };
+                    behind = Some((since, now));
+                    if now - since >= self.stall_timeout {
+                        // It reads, but slower than the fleet changes: each
+                        // fresh snapshot would only fall behind again.
+                        self.registry.metrics().count_watch_stalled();
+                        return Err(End::Status(Status::aborted(format!(
+                            "this watch stayed behind the changes for {:?} (it missed {missed}); watch again (a fresh snapshot follows)",
+                            self.stall_timeout
+                        ))));
+                    }
                     self.registry.metrics().count_resync();
                     self.send(msg(W::Resync(pb::Resync { missed }))).await?;
                     // Older changes still in the feed predate the new

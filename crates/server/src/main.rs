@@ -124,8 +124,9 @@ struct Args {
     #[arg(long, env = "FLEET_HEALTH_MAX_WATCHERS", default_value_t = WatchLimits::default().max_watchers)]
     max_watchers: usize,
 
-    /// A watcher that takes nothing for this long is ended with ABORTED (it
-    /// watches again and gets a fresh snapshot).
+    /// A watcher that takes nothing for this long, or stays behind the
+    /// changes this long, is ended with ABORTED (it watches again and gets a
+    /// fresh snapshot).
     #[arg(long, env = "FLEET_HEALTH_WATCH_STALL_TIMEOUT", default_value = "30s", value_parser = duration)]
     watch_stall_timeout: Duration,
 

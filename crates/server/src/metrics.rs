@@ -50,6 +50,8 @@ pub struct Metrics {
     watchers: Gauge,
     resyncs: Counter,
     watch_stalled: Counter,
+    watch_queued: Gauge,
+    watchers_rejected: Counter,
     rejected: Counter,
     commits: Counter,
     committed_records: Counter,
@@ -240,6 +242,8 @@ impl Default for Metrics {
             watchers: Gauge::default(),
             resyncs: Counter::default(),
             watch_stalled: Counter::default(),
+            watch_queued: Gauge::default(),
+            watchers_rejected: Counter::default(),
             rejected: Counter::default(),
             commits: Counter::default(),
             committed_records: Counter::default(),
@@ -325,8 +329,18 @@ impl Metrics {
         );
         r.register(
             "fleet_health_watch_stalled",
-            "Watchers that took nothing for the stall timeout and were ended (ABORTED: watch again)",
+            "Watchers that took nothing, or stayed behind, for the stall timeout and were ended (ABORTED: watch again)",
             self.watch_stalled.clone(),
+        );
+        r.register(
+            "fleet_health_watch_queued",
+            "Messages queued for watchers and not yet taken by their connections",
+            self.watch_queued.clone(),
+        );
+        r.register(
+            "fleet_health_watchers_rejected",
+            "Watches refused because the server already held --max-watchers",
+            self.watchers_rejected.clone(),
         );
         r.register(
             "fleet_health_rejected",
@@ -531,6 +545,17 @@ impl Metrics {
         self.watch_stalled.inc();
     }
 
+    /// Messages were queued for a watcher (`n > 0`) or taken from its queue
+    /// (`n < 0`).
+    pub fn watch_queued(&self, n: i64) {
+        self.watch_queued.inc_by(n);
+    }
+
+    /// A watch was refused: the server held `--max-watchers` already.
+    pub fn count_watcher_rejected(&self) {
+        self.watchers_rejected.inc();
+    }
+
     /// A request or stream was refused for bad input or a limit.
     pub fn count_rejected(&self) {
         self.rejected.inc();
@@ -703,9 +728,15 @@ mod tests {
             "# HELP fleet_health_watch_resyncs_total Watchers that fell behind and were sent a fresh snapshot.",
             "# TYPE fleet_health_watch_resyncs_total counter",
             "fleet_health_watch_resyncs_total",
-            "# HELP fleet_health_watch_stalled_total Watchers that took nothing for the stall timeout and were ended (ABORTED: watch again).",
+            "# HELP fleet_health_watch_stalled_total Watchers that took nothing, or stayed behind, for the stall timeout and were ended (ABORTED: watch again).",
             "# TYPE fleet_health_watch_stalled_total counter",
             "fleet_health_watch_stalled_total",
+            "# HELP fleet_health_watch_queued Messages queued for watchers and not yet taken by their connections.",
+            "# TYPE fleet_health_watch_queued gauge",
+            "fleet_health_watch_queued",
+            "# HELP fleet_health_watchers_rejected_total Watches refused because the server already held --max-watchers.",
+            "# TYPE fleet_health_watchers_rejected_total counter",
+            "fleet_health_watchers_rejected_total",
             "# HELP fleet_health_rejected_total Requests and streams refused for bad input or a limit.",
             "# TYPE fleet_health_rejected_total counter",
             "fleet_health_rejected_total",

@@ -5,9 +5,9 @@
 //! to a writer task through a bounded channel and never waits; if the
 //! writer falls behind (a full disk, a flood of denials), lines are dropped
 //! and counted in `fleet_health_audit_dropped_total` rather than slowing
-//! the server. The file is opened for appending (mode 0600), so an outside
-//! rotation that moves it and sends SIGHUP... is not needed: the writer
-//! reopens the file when it has been moved or removed.
+//! the server. The file is opened for appending (mode 0600); after an
+//! outside rotation has moved or removed it, the writer opens a new file at
+//! the same path on the next line (no signal needed).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -26,7 +26,7 @@ const QUEUE: usize = 4096;
 /// One audited event.
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditEvent {
-    /// `denied`, `admin`, `reload`, `revoked`, `started`.
+    /// `denied`, `admin`, `reload`, `revoked`.
     pub event: &'static str,
     /// Who (`agent/ID`, `ROLE/NAME`), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +53,9 @@ pub struct AuditEvent {
     pub detail: Option<String>,
 }
 
+/// An event with the time it happened (not the time it is written).
+type Stamped = (SystemTime, AuditEvent);
+
 #[derive(Serialize)]
 struct Line<'a> {
     time: String,
@@ -74,7 +77,7 @@ pub enum AuditSink {
 /// The audit log handle. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Audit {
-    tx: Option<mpsc::Sender<AuditEvent>>,
+    tx: Option<mpsc::Sender<Stamped>>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -90,7 +93,7 @@ impl Audit {
     /// An audit log to `sink`, with its writer task started. Fails if the
     /// file cannot be opened for appending.
     pub fn start(sink: AuditSink, metrics: Arc<Metrics>) -> std::io::Result<Audit> {
-        let (tx, mut rx) = mpsc::channel::<AuditEvent>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Stamped>(QUEUE);
         match sink {
             AuditSink::File(path) => {
                 let mut file = open(&path)?;
@@ -105,7 +108,7 @@ impl Audit {
                                 }
                             }
                         }
-                        let mut text = encode(&event);
+                        let mut text = encode(&event.0, &event.1);
                         text.push('\n');
                         if let Err(e) = file.write_all(text.as_bytes()) {
                             tracing::error!(error = %e, path = %path.display(), "cannot write the audit log");
@@ -116,7 +119,7 @@ impl Audit {
             AuditSink::Log => {
                 tokio::spawn(async move {
                     while let Some(event) = rx.recv().await {
-                        tracing::info!(target: "audit", "{}", encode(&event));
+                        tracing::info!(target: "audit", "{}", encode(&event.0, &event.1));
                     }
                 });
             }
@@ -127,10 +130,11 @@ impl Audit {
         })
     }
 
-    /// Records `event` now, without waiting.
+    /// Records `event`, stamped with the time now, without waiting: when the
+    /// queue is full the line is dropped and counted.
     pub fn record(&self, event: AuditEvent) {
         let Some(tx) = &self.tx else { return };
-        if tx.try_send(event).is_err()
+        if tx.try_send((SystemTime::now(), event)).is_err()
             && let Some(m) = &self.metrics
         {
             m.count_audit_dropped();
@@ -151,9 +155,9 @@ fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     })
 }
 
-fn encode(event: &AuditEvent) -> String {
+fn encode(time: &SystemTime, event: &AuditEvent) -> String {
     let line = Line {
-        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        time: humantime::format_rfc3339_millis(*time).to_string(),
         event,
     };
     serde_json::to_string(&line).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -162,6 +166,84 @@ fn encode(event: &AuditEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::FleetGauges;
+
+    fn event(identity: &str) -> AuditEvent {
+        AuditEvent {
+            event: "denied",
+            identity: Some(identity.into()),
+            credential: None,
+            peer: None,
+            rpc: None,
+            agent_id: None,
+            result: "unauthenticated",
+            reason: None,
+            detail: None,
+        }
+    }
+
+    fn dropped(metrics: &Metrics) -> String {
+        let text = metrics.render(&FleetGauges::default());
+        text.lines()
+            .find_map(|l| l.strip_prefix("fleet_health_audit_dropped_total "))
+            .expect("the series")
+            .to_string()
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let metrics = Arc::new(Metrics::default());
+        // A writer that takes nothing: the queue of one fills at once.
+        let (tx, mut rx) = mpsc::channel::<Stamped>(1);
+        let audit = Audit {
+            tx: Some(tx),
+            metrics: Some(metrics.clone()),
+        };
+        audit.record(event("reader/a"));
+        audit.record(event("reader/b"));
+        audit.record(event("reader/c"));
+        assert_eq!(dropped(&metrics), "2");
+        let (_, kept) = rx.try_recv().expect("the first line");
+        assert_eq!(kept.identity.as_deref(), Some("reader/a"));
+        assert!(rx.try_recv().is_err());
+    }
+
+    /// Reads `path` until it holds `lines` whole lines.
+    async fn lines(path: &std::path::Path, lines: usize) -> Vec<serde_json::Value> {
+        let wait = async {
+            loop {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                if text.ends_with('\n') && text.lines().count() >= lines {
+                    break text;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        let text = tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+            .await
+            .expect("the lines are written");
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_file_is_started_again_at_its_path() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.log");
+        let audit = Audit::start(AuditSink::File(path.clone()), Arc::new(Metrics::default()))
+            .expect("opens");
+        audit.record(event("reader/before"));
+        assert_eq!(lines(&path, 1).await[0]["identity"], "reader/before");
+        let rotated = dir.path().join("audit.log.1");
+        std::fs::rename(&path, &rotated).expect("rotate");
+        audit.record(event("reader/after"));
+        let after = lines(&path, 1).await;
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0]["identity"], "reader/after");
+        let old = std::fs::read_to_string(&rotated).expect("rotated file");
+        assert_eq!(old.lines().count(), 1, "{old}");
+    }
 
     #[tokio::test]
     async fn lines_are_json_with_the_time_first() {

@@ -335,21 +335,41 @@ impl Security {
             .map(|e| format!("{what} expired at {}", humantime::format_rfc3339_seconds(e)))
     }
 
-    /// Whether `caller`'s credential still holds now: the certificate
-    /// against the trust bundle and CRLs in force, the token in the tokens
-    /// file in force and not expired.
-    pub fn still_valid(&self, credential: &Credential) -> Result<(), String> {
+    /// Whether a stream's credential still holds now, for the `identity`
+    /// it was opened as: the certificate against the trust bundle and CRLs
+    /// in force; the token in the tokens file in force, not expired, and
+    /// giving the same identity (an entry whose role or agent patterns were
+    /// edited ends the streams opened under the old ones).
+    pub fn still_valid(&self, credential: &Credential, identity: &Identity) -> Result<(), String> {
         match credential {
             Credential::Certificate(cert) => match &self.tls {
                 Some(tls) => tls.current().recheck(&cert.chain, self.now()),
                 None => Err("the server no longer speaks TLS".into()),
             },
             Credential::Token { name, sha256, .. } => match &self.tokens {
-                Some(tokens) if tokens.current().still_valid(sha256, self.now()) => Ok(()),
-                Some(_) => Err(format!("token {name:?} was removed or has expired")),
+                Some(tokens) => match tokens.current().lookup(sha256, self.now()) {
+                    TokenMatch::Valid(entry) if entry.identity() == *identity => Ok(()),
+                    TokenMatch::Valid(entry) => Err(format!(
+                        "token {name:?} was changed in the tokens file (it now gives {}); reconnect to use it as it is now",
+                        describe(&entry.identity())
+                    )),
+                    TokenMatch::Expired(_) => Err(format!("token {name:?} has expired")),
+                    TokenMatch::Unknown => Err(format!("token {name:?} was removed")),
+                },
                 None => Err("the server no longer takes tokens".into()),
             },
         }
+    }
+}
+
+/// An identity with a relay's patterns, for messages.
+fn describe(identity: &Identity) -> String {
+    match identity {
+        Identity::Holder { role, name, agents } if !agents.is_empty() => {
+            let patterns: Vec<&str> = agents.iter().map(|p| p.as_str()).collect();
+            format!("{role}/{name} for agents {patterns:?}")
+        }
+        other => other.to_string(),
     }
 }
 

@@ -119,7 +119,7 @@ impl Sessions {
         let mut ended = 0;
         for (id, o) in open {
             let failed = if full {
-                security.still_valid(&o.credential).err()
+                security.still_valid(&o.credential, &o.identity).err()
             } else {
                 security.expired(&o.credential)
             };

@@ -576,6 +576,88 @@ async fn tokens_wrong_expired_and_removed_while_a_watch_is_open() {
 }
 
 #[tokio::test]
+async fn a_token_whose_role_is_edited_loses_its_open_watch_and_keeps_the_new_role() {
+    let pki = Pki::new();
+    let server = start(&pki).await;
+    server.agent("web-1", 1).await;
+    let ops = pki.token("ops", Role::Admin, None);
+    let ch = channel(&server, pki.tls(None)).await.expect("connects");
+    let mut fleet = FleetServiceClient::new(ch);
+    // The server reloads the tokens file within a second or two.
+    soon(async {
+        while fleet
+            .list_agents(with_token(pb::ListAgentsRequest::default(), &ops))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let mut watch = fleet
+        .watch_agents(with_token(pb::WatchAgentsRequest::default(), &ops))
+        .await
+        .expect("watch opens")
+        .into_inner();
+    while let Some(msg) = soon(watch.message()).await.expect("snapshot") {
+        if matches!(msg.event, Some(pb::watch_agents_response::Event::Synced(_))) {
+            break;
+        }
+    }
+
+    // The same secret, made a reader's by editing the file.
+    let path = pki.path("tokens.toml");
+    let text = std::fs::read_to_string(&path).expect("reads");
+    assert_eq!(text.matches("role = \"admin\"").count(), 1, "{text}");
+    write_atomically(
+        &path,
+        &text.replace("role = \"admin\"", "role = \"reader\""),
+    );
+    let ended = soon(async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    let line = pki.audited("revoked", "identity", "admin/ops").await;
+    assert_eq!(line["credential"], "token");
+    assert!(
+        line["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("now gives reader/ops"),
+        "{line}"
+    );
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "fleet_health_streams_revoked_total"), 1.0);
+
+    // From now on it has the reader's rights: it reads, it may not forget.
+    fleet
+        .list_agents(with_token(pb::ListAgentsRequest::default(), &ops))
+        .await
+        .expect("a reader reads");
+    let err = fleet
+        .forget_agent(with_token(
+            pb::ForgetAgentRequest {
+                agent_id: "web-1".into(),
+            },
+            &ops,
+        ))
+        .await
+        .expect_err("a reader may not forget");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let line = pki.audited("denied", "identity", "reader/ops").await;
+    assert_eq!(line["reason"], "role");
+    assert_eq!(known(&server).await, vec!["web-1".to_string()]);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_certificate_revoked_while_its_stream_is_open_loses_the_stream() {
     let pki = Pki::new();
     let server = start(&pki).await;

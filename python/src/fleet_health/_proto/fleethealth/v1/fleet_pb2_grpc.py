@@ -97,9 +97,11 @@ class FleetServiceServicer(object):
         """The agents matching a filter now, then every change as it happens,
         including the changes due to time passing (within one second of their due
         time). A watcher that takes nothing for the server's stall timeout
-        (--watch-stall-timeout, 30 s by default) is ended with ABORTED: watch
+        (--watch-stall-timeout, 30 s by default), or that keeps falling behind the
+        changes (resync after resync) for that long, is ended with ABORTED: watch
         again, and treat the new snapshot as replacing everything seen before.
-        Too many watches (in all, or for one identity): RESOURCE_EXHAUSTED.
+        Too many watches (in all, or for one identity): RESOURCE_EXHAUSTED, naming
+        the limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
