@@ -333,8 +333,8 @@ pub enum ContextCommand {
         #[arg(long = "use")]
         make_current: bool,
     },
-    /// Show what a command would use now: server and credentials, and where
-    /// each came from.
+    /// Show what a command would use now: the context, the server and the
+    /// credentials (a token only as "set").
     Show,
 }
 
