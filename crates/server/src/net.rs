@@ -586,6 +586,148 @@ impl axum::serve::Listener for Acceptor {
     }
 }
 
+/// The listener of the plaintext HTTP endpoint (`/metrics`, `/healthz`).
+///
+/// It stays plaintext: it carries no credential and nothing secret (the
+/// fleet's counts and the server's own figures), and Prometheus and the
+/// kubelet's probes scrape it without a certificate; bind it to an address
+/// that only the monitoring can reach. Its connections count towards the
+/// same caps as gRPC's ([`Connections`]), and each must keep itself busy:
+/// one that sends nothing within the timeout after it is accepted is closed
+/// and counted as a timeout, and one that later neither sends nor takes
+/// anything for that long is closed (hyper, as axum runs it, has no read
+/// timeout of its own). Accepting does no I/O, so a slow client never holds
+/// up the next one.
+#[derive(Debug)]
+pub struct HttpAcceptor {
+    acceptor: Acceptor,
+    timeout: Duration,
+}
+
+impl Acceptor {
+    /// This acceptor for the HTTP endpoint, closing connections idle for
+    /// `timeout` (see [`HttpAcceptor`]).
+    pub fn http(self, timeout: Duration) -> HttpAcceptor {
+        HttpAcceptor {
+            acceptor: self,
+            timeout,
+        }
+    }
+}
+
+impl axum::serve::Listener for HttpAcceptor {
+    type Io = Idle;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Idle, SocketAddr) {
+        let (conn, peer) = self.acceptor.accept().await;
+        (Idle::new(conn, self.timeout), peer)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.acceptor.listener.local_addr()
+    }
+}
+
+/// A connection closed when it neither sends nor takes anything for its
+/// timeout (see [`HttpAcceptor`]).
+#[derive(Debug)]
+pub struct Idle {
+    conn: Conn,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Whether the peer has sent anything yet (it has proved itself).
+    spoke: bool,
+}
+
+impl Idle {
+    fn new(conn: Conn, timeout: Duration) -> Idle {
+        Idle {
+            conn,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            spoke: false,
+        }
+    }
+
+    fn progressed(&mut self) {
+        let next = tokio::time::Instant::now() + self.timeout;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// Called when the connection is waiting: fails it once the deadline
+    /// has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.deadline.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        if !self.spoke {
+            self.conn.connections.count(ConnRejected::Timeout);
+        }
+        tracing::debug!(peer = %self.conn.peer, "idle HTTP connection closed");
+        Some(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the connection was idle for too long",
+        ))
+    }
+}
+
+impl AsyncRead for Idle {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.conn).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.spoke = true;
+                    this.progressed();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Idle {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.conn).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().conn).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().conn).poll_shutdown(cx)
+    }
+}
+
 /// An accepted connection: the socket, and its place in [`Connections`].
 /// Reads and writes fail once the connections are cut.
 #[derive(Debug)]
