@@ -190,7 +190,7 @@ fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'sta
     // verifier would only say that some CRL is broken).
     for crl in &crls {
         match x509_parser::parse_x509_crl(crl) {
-            Ok((rest, _)) if rest.is_empty() => {}
+            Ok(([], _)) => {}
             Ok(_) => {
                 return Err(format!(
                     "--crl {}: bytes after the CRL (neither one DER CRL nor PEM)",
