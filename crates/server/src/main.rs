@@ -221,7 +221,8 @@ struct Args {
     max_connections_per_peer: u32,
 
     /// How long a new connection has to finish its TLS handshake (or, in
-    /// plaintext, to send the HTTP/2 preface) before it is closed.
+    /// plaintext, to send the HTTP/2 preface) before it is closed; on the
+    /// metrics port, how long a connection may stay idle.
     #[arg(long, env = "FLEET_HEALTH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     handshake_timeout: Duration,
 
