@@ -449,7 +449,10 @@ impl PeerCertificate {
     }
 }
 
-/// What tonic knows of a connection: in every request's extensions.
+/// What tonic knows of a connection: in every request's extensions
+/// (`request.extensions().get::<ConnInfo>()`). tonic's own
+/// `Request::remote_addr` looks only for its own connection types and so
+/// answers `None` on this server: take [`ConnInfo::remote`] instead.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     /// The peer's address.
