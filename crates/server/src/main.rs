@@ -442,6 +442,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     let server = Server::open(config, Arc::new(SystemClock))?;
+    fleet_health_server::reload::install_sighup();
     tracing::info!(
         grpc = %grpc.local_addr()?,
         metrics = %metrics_addr.map_or("off".to_string(), |a| a.to_string()),

@@ -193,6 +193,16 @@ pub async fn watch_files(
     }
 }
 
+/// Takes SIGHUP over from its default action (which ends the process), at
+/// once: call it before the server says it is listening, so that a reload
+/// asked for right after the start never stops the server. A SIGHUP that
+/// comes before [`watch_files`] listens is then ignored (the files are
+/// still compared every second). Needs a Tokio runtime.
+pub fn install_sighup() {
+    #[cfg(unix)]
+    drop(sighup());
+}
+
 #[cfg(unix)]
 fn sighup() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
