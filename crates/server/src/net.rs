@@ -189,7 +189,7 @@ impl Connections {
 
 /// A listener whose accepted sockets have `TCP_NODELAY` set and are enrolled
 /// in a [`Connections`]. Serves tonic as a stream ([`Acceptor::into_stream`])
-/// and axum as a [`axum::serve::Listener`].
+/// and axum through [`Acceptor::http`].
 #[derive(Debug)]
 pub struct Acceptor {
     listener: TcpListener,
@@ -574,19 +574,6 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
-}
-
-impl axum::serve::Listener for Acceptor {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
-        Acceptor::accept(self).await
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
 }
 
 /// The listener of the plaintext HTTP endpoint (`/metrics`, `/healthz`).
