@@ -105,6 +105,11 @@ impl Server {
         self.dir.path()
     }
 
+    /// The server's process ID (to send it a signal).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server is running")
+    }
+
     /// What the server has logged so far (for failure messages).
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -106,7 +106,8 @@ pub struct Transport {
     /// Connections held at most, in total and per peer address.
     pub connections: ConnLimits,
     /// How long a new connection has to finish its TLS handshake (or send
-    /// the HTTP/2 preface, on plaintext).
+    /// the HTTP/2 preface, on plaintext); on the metrics port, how long a
+    /// connection may stay idle.
     pub handshake_timeout: Duration,
     /// Connections proving themselves at once, at most; more are closed.
     pub max_handshakes: usize,

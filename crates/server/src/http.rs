@@ -4,7 +4,7 @@
 use axum::routing::get;
 
 use crate::metrics::{CONTENT_TYPE, FleetGauges};
-use crate::net::Acceptor;
+use crate::net::HttpAcceptor;
 use crate::registry::Registry;
 use crate::shutdown::Stop;
 
@@ -32,7 +32,7 @@ pub fn router(registry: Registry) -> axum::Router {
 
 /// Serves the endpoint on `acceptor` until `stop` is given and the requests
 /// in flight are answered.
-pub async fn serve(acceptor: Acceptor, registry: Registry, stop: Stop) -> std::io::Result<()> {
+pub async fn serve(acceptor: HttpAcceptor, registry: Registry, stop: Stop) -> std::io::Result<()> {
     axum::serve(acceptor, router(registry))
         .with_graceful_shutdown(async move { stop.given().await })
         .await
@@ -47,8 +47,9 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::net::Connections;
+    use crate::net::{Acceptor, ConnLimits, Connections};
     use crate::{Config, Server};
+    use std::time::Duration;
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr)
@@ -74,7 +75,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let stop = Stop::new();
         let task = tokio::spawn(serve(
-            Acceptor::new(listener, Connections::new()),
+            Acceptor::new(listener, Connections::new()).http(Duration::from_secs(10)),
             server.registry().clone(),
             stop.clone(),
         ));
@@ -98,6 +99,84 @@ mod tests {
 
         let missing = get(addr, "/nope").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+
+        stop.begin();
+        task.await.expect("ends").expect("serves cleanly");
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_and_counted_and_capped_with_the_rest() {
+        let clock = ManualClock::new(Time::from_micros(1_700_000_000_000_000).expect("in range"));
+        let server = Server::in_memory(Config::default(), Arc::new(clock));
+        let metrics = server.registry().metrics().clone();
+        let limits = ConnLimits {
+            total: 2,
+            per_peer: 2,
+        };
+        let connections = Connections::with_limits(limits, metrics);
+        let listener = crate::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Stop::new();
+        let task = tokio::spawn(serve(
+            Acceptor::new(listener, connections.clone()).http(Duration::from_millis(200)),
+            server.registry().clone(),
+            stop.clone(),
+        ));
+
+        // Silent: closed once the timeout has passed, and counted.
+        let mut silent = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+            .await
+            .expect("the server closes it");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let text = get(addr, "/metrics").await;
+        assert!(
+            text.contains("\nfleet_health_connections_rejected_total{reason=\"timeout\"} 1\n"),
+            "{text}"
+        );
+
+        // A request sent in pieces, each within the timeout, is answered.
+        let mut slow = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        for part in [
+            "GET /hea",
+            "lthz HTTP/1.1\r\nHost: x\r\n",
+            "Connection: close\r\n\r\n",
+        ] {
+            slow.write_all(part.as_bytes()).await.expect("writes");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut out = String::new();
+        slow.read_to_string(&mut out).await.expect("reads");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+        // The caps hold here too: two held, a third closed at once.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !connections.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the closed connections leave");
+        let _a = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let _b = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let mut c = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let read = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("the server closes it");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 
         stop.begin();
         task.await.expect("ends").expect("serves cleanly");

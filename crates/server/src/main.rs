@@ -213,20 +213,21 @@ struct Args {
     max_watches_per_identity: u32,
 
     /// Connections held at most (gRPC and metrics together).
-    #[arg(long, env = "FLEET_HEALTH_MAX_CONNECTIONS", default_value_t = ConnLimits::default().total)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_CONNECTIONS", default_value_t = ConnLimits::default().total, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections: usize,
 
     /// Connections held at most from one peer address.
-    #[arg(long, env = "FLEET_HEALTH_MAX_CONNECTIONS_PER_PEER", default_value_t = ConnLimits::default().per_peer)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_CONNECTIONS_PER_PEER", default_value_t = ConnLimits::default().per_peer, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_peer: u32,
 
     /// How long a new connection has to finish its TLS handshake (or, in
-    /// plaintext, to send the HTTP/2 preface) before it is closed.
-    #[arg(long, env = "FLEET_HEALTH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    /// plaintext, to send the HTTP/2 preface) before it is closed; on the
+    /// metrics port, how long a connection may stay idle.
+    #[arg(long, env = "FLEET_HEALTH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     handshake_timeout: Duration,
 
     /// Connections in their handshake at once, at most; more are closed.
-    #[arg(long, env = "FLEET_HEALTH_MAX_HANDSHAKES", default_value_t = Transport::default().max_handshakes)]
+    #[arg(long, env = "FLEET_HEALTH_MAX_HANDSHAKES", default_value_t = Transport::default().max_handshakes, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_handshakes: usize,
 
     /// Log format.
@@ -269,6 +270,14 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(s).map_err(|e| format!("{e} (say e.g. 600s, 5m, 18h, 7d)"))
+}
+
+/// A duration above zero: for limits where zero would refuse everything.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        Duration::ZERO => Err("must be more than zero (every connection would be closed)".into()),
+        d => Ok(d),
+    }
 }
 
 fn trust_domain(s: &str) -> Result<TrustDomain, String> {
@@ -320,7 +329,7 @@ impl Args {
                     per_peer: self.max_connections_per_peer,
                 },
                 handshake_timeout: self.handshake_timeout,
-                max_handshakes: self.max_handshakes.max(1),
+                max_handshakes: self.max_handshakes,
                 ..Transport::default()
             },
             storage: if self.in_memory {
@@ -433,6 +442,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     let server = Server::open(config, Arc::new(SystemClock))?;
+    fleet_health_server::reload::install_sighup();
     tracing::info!(
         grpc = %grpc.local_addr()?,
         metrics = %metrics_addr.map_or("off".to_string(), |a| a.to_string()),
@@ -528,6 +538,28 @@ mod tests {
     }
 
     #[test]
+    fn connection_flags_reach_the_config() {
+        let args = Args::try_parse_from([
+            "fleet-health-server",
+            "--max-connections=500",
+            "--max-connections-per-peer=20",
+            "--handshake-timeout=3s",
+            "--max-handshakes=64",
+        ])
+        .expect("valid flags");
+        let t = args.config().expect("valid").transport;
+        assert_eq!(
+            t.connections,
+            ConnLimits {
+                total: 500,
+                per_peer: 20
+            }
+        );
+        assert_eq!(t.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(t.max_handshakes, 64);
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         for bad in [
             ["fleet-health-server", "--storm-share", "1.5"],
@@ -535,6 +567,11 @@ mod tests {
             ["fleet-health-server", "--history", "0"],
             ["fleet-health-server", "--metrics-listen", "nowhere"],
             ["fleet-health-server", "--in-memory", "--data-dir=/tmp/x"],
+            // Zero would close every connection.
+            ["fleet-health-server", "--max-connections", "0"],
+            ["fleet-health-server", "--max-connections-per-peer", "0"],
+            ["fleet-health-server", "--max-handshakes", "0"],
+            ["fleet-health-server", "--handshake-timeout", "0s"],
         ] {
             assert!(Args::try_parse_from(bad).is_err(), "{bad:?}");
         }

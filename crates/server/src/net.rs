@@ -189,7 +189,7 @@ impl Connections {
 
 /// A listener whose accepted sockets have `TCP_NODELAY` set and are enrolled
 /// in a [`Connections`]. Serves tonic as a stream ([`Acceptor::into_stream`])
-/// and axum as a [`axum::serve::Listener`].
+/// and axum through [`Acceptor::http`].
 #[derive(Debug)]
 pub struct Acceptor {
     listener: TcpListener,
@@ -489,7 +489,10 @@ impl PeerCertificate {
     }
 }
 
-/// What tonic knows of a connection: in every request's extensions.
+/// What tonic knows of a connection: in every request's extensions
+/// (`request.extensions().get::<ConnInfo>()`). tonic's own
+/// `Request::remote_addr` looks only for its own connection types and so
+/// answers `None` on this server: take [`ConnInfo::remote`] instead.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     /// The peer's address.
@@ -613,16 +616,145 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-impl axum::serve::Listener for Acceptor {
-    type Io = Conn;
+/// The listener of the plaintext HTTP endpoint (`/metrics`, `/healthz`).
+///
+/// It stays plaintext: it carries no credential and nothing secret (the
+/// fleet's counts and the server's own figures), and Prometheus and the
+/// kubelet's probes scrape it without a certificate; bind it to an address
+/// that only the monitoring can reach. Its connections count towards the
+/// same caps as gRPC's ([`Connections`]), and each must keep itself busy:
+/// one that sends nothing within the timeout after it is accepted is closed
+/// and counted as a timeout, and one that later neither sends nor takes
+/// anything for that long is closed (hyper, as axum runs it, has no read
+/// timeout of its own). Accepting does no I/O, so a slow client never holds
+/// up the next one.
+#[derive(Debug)]
+pub struct HttpAcceptor {
+    acceptor: Acceptor,
+    timeout: Duration,
+}
+
+impl Acceptor {
+    /// This acceptor for the HTTP endpoint, closing connections idle for
+    /// `timeout` (see [`HttpAcceptor`]).
+    pub fn http(self, timeout: Duration) -> HttpAcceptor {
+        HttpAcceptor {
+            acceptor: self,
+            timeout,
+        }
+    }
+}
+
+impl axum::serve::Listener for HttpAcceptor {
+    type Io = Idle;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
-        Acceptor::accept(self).await
+    async fn accept(&mut self) -> (Idle, SocketAddr) {
+        let (conn, peer) = self.acceptor.accept().await;
+        (Idle::new(conn, self.timeout), peer)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.acceptor.listener.local_addr()
+    }
+}
+
+/// A connection closed when it neither sends nor takes anything for its
+/// timeout (see [`HttpAcceptor`]).
+#[derive(Debug)]
+pub struct Idle {
+    conn: Conn,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Whether the peer has sent anything yet (it has proved itself).
+    spoke: bool,
+}
+
+impl Idle {
+    fn new(conn: Conn, timeout: Duration) -> Idle {
+        Idle {
+            conn,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            spoke: false,
+        }
+    }
+
+    fn progressed(&mut self) {
+        let next = tokio::time::Instant::now() + self.timeout;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// Called when the connection is waiting: fails it once the deadline
+    /// has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.deadline.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        if !self.spoke {
+            self.conn.connections.count(ConnRejected::Timeout);
+        }
+        tracing::debug!(peer = %self.conn.peer, "idle HTTP connection closed");
+        Some(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the connection was idle for too long",
+        ))
+    }
+}
+
+impl AsyncRead for Idle {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.conn).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.spoke = true;
+                    this.progressed();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Idle {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.conn).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().conn).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().conn).poll_shutdown(cx)
     }
 }
 
@@ -986,5 +1118,225 @@ mod tests {
         let (mut conn, _client) = pair(&connections).await;
         let err = conn.write_all(b"x").await.expect_err("cut");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    /// An acceptor admitting TLS with the files of `pki` (client
+    /// certificates from its CA); its material is reloadable.
+    async fn admitting_tls(
+        pki: &crate::testing::TestPki,
+        timeout: Duration,
+    ) -> (
+        SocketAddr,
+        Incoming,
+        Arc<Metrics>,
+        Arc<Reloadable<TlsMaterial>>,
+    ) {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::default());
+        let files = pki.files(true);
+        let tls = Reloadable::load(
+            crate::metrics::Reloaded::Tls,
+            files.all(),
+            Box::new(move || files.load()),
+            metrics.clone(),
+        )
+        .expect("loads");
+        let connections = Connections::with_limits(ConnLimits::default(), metrics.clone());
+        let incoming = Acceptor::new(listener, connections).admit(Admission {
+            tls: Some(tls.clone()),
+            timeout,
+            max_in_progress: 16,
+            audit: crate::security::Audit::off(),
+        });
+        (addr, incoming, metrics, tls)
+    }
+
+    async fn next(incoming: &mut Incoming) -> Io {
+        tokio::time::timeout(Duration::from_secs(10), incoming.next())
+            .await
+            .expect("admitted")
+            .expect("a connection")
+            .expect("ok")
+    }
+
+    fn localhost() -> rustls_pki_types::ServerName<'static> {
+        rustls_pki_types::ServerName::try_from("localhost").expect("a name")
+    }
+
+    #[tokio::test]
+    async fn tls_with_and_without_a_client_certificate_and_what_tonic_learns() {
+        use tonic::transport::server::Connected;
+        let pki = crate::testing::TestPki::new("test CA");
+        let (addr, mut incoming, metrics, _tls) =
+            admitting_tls(&pki, Duration::from_secs(10)).await;
+
+        // No certificate (a token holder): admitted, no chain.
+        let tcp = TcpStream::connect(addr).await.expect("connects");
+        let local = tcp.local_addr().expect("addr");
+        let client = crate::testing::tls_client(pki.ca.cert_pem(), None)
+            .connect(localhost(), tcp)
+            .await
+            .expect("handshake");
+        let (_, session) = client.get_ref();
+        assert_eq!(
+            session.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+        let io = next(&mut incoming).await;
+        let info = io.connect_info();
+        assert_eq!(info.remote, local);
+        assert!(info.certificate.is_none());
+
+        // With one: the chain as presented, its own certificate first.
+        let agent = pki.agent("web-1", fleet_health_auth::pki::Validity::days(1));
+        let tcp = TcpStream::connect(addr).await.expect("connects");
+        let mut client = crate::testing::tls_client(pki.ca.cert_pem(), Some(&agent))
+            .connect(localhost(), tcp)
+            .await
+            .expect("handshake");
+        let mut io = next(&mut incoming).await;
+        let chain = &io.connect_info().certificate.expect("a chain").chain;
+        assert_eq!(chain.as_slice(), &[crate::testing::der(&agent.cert_pem)]);
+        // Bytes go both ways through it.
+        client.write_all(b"ping").await.expect("writes");
+        let mut buf = [0u8; 4];
+        io.read_exact(&mut buf).await.expect("reads");
+        assert_eq!(&buf, b"ping");
+        assert_eq!(scraped(&metrics, "fleet_health_connections"), 2);
+        assert_eq!(scraped(&metrics, "fleet_health_handshakes"), 0);
+    }
+
+    #[tokio::test]
+    async fn certificates_from_another_ca_or_expired_are_refused_at_the_handshake() {
+        let pki = crate::testing::TestPki::new("test CA");
+        let (addr, _incoming, metrics, _tls) = admitting_tls(&pki, Duration::from_secs(10)).await;
+        let stranger = crate::testing::TestPki::new("another CA");
+        let foreign = stranger.agent("web-1", fleet_health_auth::pki::Validity::days(1));
+        let now = std::time::SystemTime::now();
+        let expired = pki.agent(
+            "web-1",
+            fleet_health_auth::pki::Validity {
+                not_before: now - Duration::from_secs(7200),
+                not_after: now - Duration::from_secs(3600),
+            },
+        );
+        for (n, who) in [foreign, expired].iter().enumerate() {
+            let tcp = TcpStream::connect(addr).await.expect("connects");
+            // TLS 1.3: the client finishes before the server has checked its
+            // certificate; the refusal comes as an alert on the first read.
+            let refused = async {
+                let mut client = crate::testing::tls_client(pki.ca.cert_pem(), Some(who))
+                    .connect(localhost(), tcp)
+                    .await?;
+                let mut buf = [0u8; 1];
+                client.read(&mut buf).await
+            };
+            let read = tokio::time::timeout(Duration::from_secs(10), refused)
+                .await
+                .expect("refused at once");
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while scraped(
+                    &metrics,
+                    "fleet_health_connections_rejected_total{reason=\"handshake_error\"}",
+                ) != n as u64 + 1
+                {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("counted");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_that_says_nothing_is_closed_after_the_timeout() {
+        let pki = crate::testing::TestPki::new("test CA");
+        let (addr, _incoming, metrics, _tls) =
+            admitting_tls(&pki, Duration::from_millis(200)).await;
+        let mut silent = TcpStream::connect(addr).await.expect("connects");
+        closed_by_server(&mut silent).await;
+        assert_eq!(
+            scraped(
+                &metrics,
+                "fleet_health_connections_rejected_total{reason=\"timeout\"}"
+            ),
+            1
+        );
+        // Half a client hello is no better.
+        let mut slow = TcpStream::connect(addr).await.expect("connects");
+        slow.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+            .await
+            .expect("writes");
+        closed_by_server(&mut slow).await;
+        assert_eq!(
+            scraped(
+                &metrics,
+                "fleet_health_connections_rejected_total{reason=\"timeout\"}"
+            ),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_serves_the_new_certificate_to_new_connections_and_keeps_the_open_ones() {
+        let pki = crate::testing::TestPki::new("test CA");
+        let (addr, mut incoming, metrics, tls) = admitting_tls(&pki, Duration::from_secs(10)).await;
+        let generation = tls.subscribe();
+        let tcp = TcpStream::connect(addr).await.expect("connects");
+        let mut old = crate::testing::tls_client(pki.ca.cert_pem(), None)
+            .connect(localhost(), tcp)
+            .await
+            .expect("handshake");
+        let old_cert = old.get_ref().1.peer_certificates().expect("served")[0].clone();
+        let mut old_io = next(&mut incoming).await;
+
+        let renewed = pki.new_server_cert();
+        tls.reload_now().expect("reloads");
+        assert_eq!(*generation.borrow(), 1);
+        let tcp = TcpStream::connect(addr).await.expect("connects");
+        let new = crate::testing::tls_client(pki.ca.cert_pem(), None)
+            .connect(localhost(), tcp)
+            .await
+            .expect("handshake");
+        let served = new.get_ref().1.peer_certificates().expect("served")[0].clone();
+        assert_eq!(served, crate::testing::der(&renewed.cert_pem));
+        assert_ne!(served, old_cert);
+
+        // The connection opened before the reload still carries bytes.
+        old.write_all(b"still").await.expect("writes");
+        let mut buf = [0u8; 5];
+        old_io.read_exact(&mut buf).await.expect("reads");
+        assert_eq!(&buf, b"still");
+        old_io.write_all(b"here").await.expect("writes");
+        let mut buf = [0u8; 4];
+        old.read_exact(&mut buf).await.expect("reads");
+        assert_eq!(&buf, b"here");
+
+        // A broken certificate: the reload fails, the renewed one stays.
+        pki.write("server.pem", "not a certificate");
+        let e = tls.reload_now().expect_err("broken");
+        assert!(e.contains("server.pem"), "{e}");
+        assert_eq!(*generation.borrow(), 1);
+        let tcp = TcpStream::connect(addr).await.expect("connects");
+        let again = crate::testing::tls_client(pki.ca.cert_pem(), None)
+            .connect(localhost(), tcp)
+            .await
+            .expect("handshake with the renewed certificate");
+        assert_eq!(
+            again.get_ref().1.peer_certificates().expect("served")[0],
+            served
+        );
+        assert_eq!(
+            scraped(
+                &metrics,
+                "fleet_health_reloads_total{what=\"tls\",result=\"failed\"}"
+            ),
+            1
+        );
     }
 }

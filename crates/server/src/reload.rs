@@ -193,6 +193,16 @@ pub async fn watch_files(
     }
 }
 
+/// Takes SIGHUP over from its default action (which ends the process), at
+/// once: call it before the server says it is listening, so that a reload
+/// asked for right after the start never stops the server. A SIGHUP that
+/// comes before [`watch_files`] listens is then ignored (the files are
+/// still compared every second). Needs a Tokio runtime.
+pub fn install_sighup() {
+    #[cfg(unix)]
+    drop(sighup());
+}
+
 #[cfg(unix)]
 fn sighup() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -291,5 +301,144 @@ mod tests {
         )
         .expect_err("does not load");
         assert!(err.contains("not a number"));
+    }
+
+    type Heard = Arc<Mutex<Vec<(Reloaded, Result<(), String>)>>>;
+
+    fn watching(
+        r: &Arc<Reloadable<u32>>,
+    ) -> (Heard, crate::shutdown::Stop, tokio::task::JoinHandle<()>) {
+        let heard: Heard = Arc::default();
+        let stop = crate::shutdown::Stop::new();
+        let task = tokio::spawn({
+            let (all, heard, stop): (Vec<Arc<dyn Reload>>, _, _) =
+                (vec![r.clone()], heard.clone(), stop.clone());
+            async move {
+                watch_files(
+                    all,
+                    move |what, result| heard.lock().expect("lock").push((what, result.clone())),
+                    stop.given(),
+                )
+                .await;
+            }
+        });
+        (heard, stop, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_files_are_polled_until_stopped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = number_file(&dir, "1");
+        let metrics = Arc::new(Metrics::default());
+        let r = Reloadable::load(
+            Reloaded::Tokens,
+            vec![path.clone()],
+            loader(path.clone()),
+            metrics,
+        )
+        .expect("loads");
+        let mut generation = r.subscribe();
+        let (heard, stop, task) = watching(&r);
+        // A few polls with nothing changed: nothing is reloaded.
+        tokio::time::sleep(POLL_EVERY * 3 + POLL_EVERY / 2).await;
+        assert!(heard.lock().expect("lock").is_empty());
+
+        std::fs::write(&path, "7").expect("writes");
+        let before = tokio::time::Instant::now();
+        tokio::time::timeout(POLL_EVERY * 2, generation.changed())
+            .await
+            .expect("picked up at the next poll")
+            .expect("open");
+        assert!(before.elapsed() <= POLL_EVERY);
+        assert_eq!(*r.current(), 7);
+        assert_eq!(
+            heard.lock().expect("lock").as_slice(),
+            &[(Reloaded::Tokens, Ok(()))]
+        );
+
+        stop.begin();
+        tokio::time::timeout(POLL_EVERY * 2, task)
+            .await
+            .expect("stops")
+            .expect("ends");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_kubernetes_secret_swapped_by_symlink_is_picked_up() {
+        // As the kubelet updates a mounted Secret: the file is a link
+        // through `..data`, itself a link swapped to a new folder.
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("dir");
+        let root = dir.path();
+        std::fs::create_dir(root.join("..v1")).expect("mkdir");
+        std::fs::write(root.join("..v1/n"), "1").expect("writes");
+        symlink("..v1", root.join("..data")).expect("links");
+        symlink("..data/n", root.join("n")).expect("links");
+        let path = root.join("n");
+        let r = Reloadable::load(
+            Reloaded::Tls,
+            vec![path.clone()],
+            loader(path),
+            Arc::new(Metrics::default()),
+        )
+        .expect("loads");
+        assert_eq!(*r.current(), 1);
+
+        std::fs::create_dir(root.join("..v2")).expect("mkdir");
+        std::fs::write(root.join("..v2/n"), "2").expect("writes");
+        symlink("..v2", root.join("..data_tmp")).expect("links");
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swaps");
+        std::fs::remove_dir_all(root.join("..v1")).expect("removes the old");
+        assert_eq!(r.reload_if_changed(), Some(Ok(())));
+        assert_eq!(*r.current(), 2);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sighup_reloads_even_when_nothing_changed() {
+        use tokio::signal::unix::{SignalKind, signal};
+        // A handler first, so that the signal never falls on the default
+        // action (which ends the process).
+        let _handler = signal(SignalKind::hangup()).expect("a handler");
+        let dir = tempfile::tempdir().expect("dir");
+        let path = number_file(&dir, "1");
+        let r = Reloadable::load(
+            Reloaded::Tokens,
+            vec![path.clone()],
+            loader(path),
+            Arc::new(Metrics::default()),
+        )
+        .expect("loads");
+        let mut generation = r.subscribe();
+        let (heard, stop, task) = watching(&r);
+        // The watcher listens once it has started: signal until it hears.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let sent = std::process::Command::new("kill")
+                    .args(["-HUP", &std::process::id().to_string()])
+                    .status()
+                    .expect("kill runs");
+                assert!(sent.success());
+                if tokio::time::timeout(Duration::from_millis(200), generation.changed())
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("SIGHUP reloads");
+        assert_eq!(*r.current(), 1);
+        assert!(
+            heard
+                .lock()
+                .expect("lock")
+                .iter()
+                .all(|h| h == &(Reloaded::Tokens, Ok(())))
+        );
+        stop.begin();
+        task.await.expect("ends");
     }
 }

@@ -219,7 +219,7 @@ impl Server {
                 let addr = listener.local_addr()?;
                 tracing::info!(%addr, "metrics at http://{addr}/metrics");
                 Some(tokio::spawn(http::serve(
-                    Acceptor::new(listener, connections.clone()),
+                    Acceptor::new(listener, connections.clone()).http(t.handshake_timeout),
                     registry.clone(),
                     stop.clone(),
                 )))

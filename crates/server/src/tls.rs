@@ -175,17 +175,37 @@ fn certificates(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>,
 
 fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("--crl {}: {e}", path.display()))?;
-    if bytes.starts_with(b"-----") {
+    let crls = if bytes.starts_with(b"-----") {
         let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("--crl {}: {e}", path.display()))?;
         if crls.is_empty() {
             return Err(format!("--crl {}: no X509 CRL block in it", path.display()));
         }
-        Ok(crls)
+        crls
     } else {
-        Ok(vec![CertificateRevocationListDer::from(bytes)])
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    // Each is read here, so that a broken one is named by its file (the
+    // verifier would only say that some CRL is broken).
+    for crl in &crls {
+        match x509_parser::parse_x509_crl(crl) {
+            Ok(([], _)) => {}
+            Ok(_) => {
+                return Err(format!(
+                    "--crl {}: bytes after the CRL (neither one DER CRL nor PEM)",
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "--crl {}: not a valid CRL (PEM or DER): {e}",
+                    path.display()
+                ));
+            }
+        }
     }
+    Ok(crls)
 }
 
 /// When `cert` expires.
@@ -209,4 +229,134 @@ pub fn uri_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
         }
     }
     Ok(uris)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fleet_health_auth::pki::Validity;
+
+    use super::*;
+    use crate::testing::{TestPki, der};
+
+    #[test]
+    fn loads_tls_13_with_h2_and_the_client_verifier() {
+        let pki = TestPki::new("test CA");
+        let material = pki.files(true).load().expect("loads");
+        assert_eq!(material.server_config.alpn_protocols, vec![b"h2".to_vec()]);
+        assert!(material.verifier.is_some());
+        // Not before an hour from now, not after two days.
+        let now = SystemTime::now();
+        assert!(material.not_after > now + Duration::from_secs(3600));
+        assert!(material.not_after < now + Duration::from_secs(2 * 86_400));
+        // Client certificates optional (tokens), but checked when presented.
+        let verifier = material.verifier.as_ref().expect("verifier");
+        assert!(verifier.offer_client_auth());
+        assert!(!verifier.client_auth_mandatory());
+
+        let without = pki.files(false).load().expect("loads");
+        assert!(without.verifier.is_none());
+    }
+
+    #[test]
+    fn every_broken_file_is_named() {
+        let pki = TestPki::new("test CA");
+        let err = |files: TlsFiles| files.load().expect_err("refused");
+
+        let mut files = pki.files(true);
+        files.key = pki.path("missing.key");
+        let e = err(files);
+        assert!(
+            e.starts_with("--tls-key ") && e.contains("missing.key"),
+            "{e}"
+        );
+
+        pki.write("junk.pem", "not a certificate");
+        let mut files = pki.files(true);
+        files.cert = pki.path("junk.pem");
+        let e = err(files);
+        assert!(
+            e.starts_with("--tls-cert ") && e.contains("junk.pem"),
+            "{e}"
+        );
+
+        let mut files = pki.files(true);
+        files.client_ca = Some(pki.path("junk.pem"));
+        let e = err(files);
+        assert!(
+            e.starts_with("--client-ca ") && e.contains("junk.pem"),
+            "{e}"
+        );
+
+        let mut files = pki.files(true);
+        files.crls = vec![pki.path("junk.pem")];
+        let e = err(files);
+        assert!(e.contains("--crl") && e.contains("junk.pem"), "{e}");
+
+        // Another certificate's key.
+        let other = pki
+            .ca
+            .server(&["localhost".into()], Validity::days(1))
+            .expect("cert");
+        pki.write("other.key", &other.key_pem);
+        let mut files = pki.files(true);
+        files.key = pki.path("other.key");
+        let e = err(files);
+        assert!(e.contains("is the key the certificate's?"), "{e}");
+
+        let mut files = pki.files(false);
+        files.crls = vec![pki.path("crl.pem")];
+        assert!(err(files).contains("--crl needs --client-ca"));
+    }
+
+    #[test]
+    fn recheck_follows_the_crls_and_the_trust_bundle() {
+        let pki = TestPki::new("test CA");
+        let agent = pki.agent("web-1", Validity::days(1));
+        let chain = vec![der(&agent.cert_pem)];
+        let now = SystemTime::now();
+        let material = pki.files(true).load().expect("loads");
+        assert_eq!(material.recheck(&chain, now), Ok(()));
+        assert!(material.recheck(&[], now).is_err());
+        let later = now + Duration::from_secs(3 * 86_400);
+        let e = material
+            .recheck(&chain, later)
+            .expect_err("expired by then");
+        assert!(e.to_lowercase().contains("expired"), "{e}");
+
+        pki.write(
+            "crl.pem",
+            &pki.ca
+                .crl(std::slice::from_ref(&agent.serial), 2)
+                .expect("crl"),
+        );
+        let revoked = pki.files(true).load().expect("loads");
+        let e = revoked.recheck(&chain, now).expect_err("revoked");
+        assert!(e.to_lowercase().contains("revoked"), "{e}");
+
+        let stranger = TestPki::new("another CA");
+        let foreign = vec![der(&stranger.agent("web-1", Validity::days(1)).cert_pem)];
+        assert!(material.recheck(&foreign, now).is_err());
+
+        let no_ca = pki.files(false).load().expect("loads");
+        assert!(no_ca.recheck(&chain, now).is_err());
+    }
+
+    #[test]
+    fn reads_not_after_and_uri_sans() {
+        let pki = TestPki::new("test CA");
+        let agent = pki.agent("web-1", Validity::days(1));
+        let cert = der(&agent.cert_pem);
+        assert_eq!(
+            uri_sans(&cert).expect("parses"),
+            vec!["spiffe://fleet.test/agent/web-1".to_string()]
+        );
+        let left = not_after(&cert)
+            .expect("parses")
+            .duration_since(SystemTime::now())
+            .expect("in the future");
+        assert!(left > Duration::from_secs(86_000) && left <= Duration::from_secs(86_400));
+        assert!(not_after(&CertificateDer::from(vec![1, 2, 3])).is_err());
+    }
 }

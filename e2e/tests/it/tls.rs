@@ -532,3 +532,62 @@ async fn expired_certificates_and_wrong_host_names_say_which() {
         wrong_name.stderr
     );
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_certificates_of_a_running_server() {
+    let pki = tempfile::tempdir().expect("dir");
+    let d = pki.path();
+    let dir = d.display().to_string();
+    cli(&["pki", "init", &dir]).await.expect_code(0);
+    let args = tls_args(d);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let reloads = |logs: &[String]| {
+        logs.iter()
+            .filter(|l| l.contains("reloaded") && l.contains("\"tls\""))
+            .count()
+    };
+    assert_eq!(reloads(&server.logs()), 0);
+    // Nothing changed in the files: only the signal reloads them. The
+    // server listens for it a moment after it says it is listening (a
+    // signal before that is ignored, never fatal): signal until it reloads.
+    let pid = server.pid().to_string();
+    eventually(
+        "the reload after SIGHUP",
+        std::time::Duration::from_secs(10),
+        || {
+            let (logs, pid) = (server.logs(), pid.clone());
+            async move {
+                if reloads(&logs) >= 1 {
+                    return Some(());
+                }
+                let sent = tokio::process::Command::new("kill")
+                    .args(["-HUP", &pid])
+                    .status()
+                    .await
+                    .expect("kill runs");
+                assert!(sent.success(), "the server is still running");
+                None
+            }
+        },
+    )
+    .await;
+    assert!(
+        server.logs().iter().any(|l| l.contains("SIGHUP")),
+        "{:?}",
+        server.logs()
+    );
+    // Still serving, over TLS, after it.
+    cli(&[
+        "pki", "issue", "operator", "root", "--role", "admin", "--dir", &dir,
+    ])
+    .await
+    .expect_code(0);
+    run(&as_who(
+        &server.https_url(),
+        d,
+        "admin-root",
+        &["list", "--all", "-o", "ids"],
+    ))
+    .await
+    .expect_code(0);
+}

@@ -8,4 +8,5 @@ mod durable;
 mod fleet;
 mod protocol;
 mod security;
+mod tls;
 mod watch;
