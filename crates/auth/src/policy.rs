@@ -11,9 +11,13 @@
 //! - the reads of `FleetService` (get, list, watch, summary, history) and
 //!   server reflection: readers, orchestrators and admins.
 //! - `FleetService/ForgetAgent`: admins only.
+//! - maintenance marks (`SetMaintenance`, `ClearMaintenance`) and clearing a
+//!   remediator's "given up" (`ClearGivenUp`): orchestrators and admins.
+//! - remediation claims and records (`ClaimAgent`, `ReleaseAgent`,
+//!   `RecordRemediation`): orchestrators only, so that what acts on agents
+//!   is always a remediator's identity, never a person's.
 //!
-//! An orchestrator holds the reader's rights today; the remediation RPCs
-//! will be granted to it (and to admins) when they exist. A relay only
+//! An orchestrator also holds the reader's rights. A relay only
 //! reports: it reads nothing. An agent certificate grants `Report` for its
 //! own ID and nothing else.
 
@@ -37,6 +41,8 @@ pub enum Access {
 }
 
 const READERS: &[Role] = &[Role::Reader, Role::Orchestrator, Role::Admin];
+const OPERATORS: &[Role] = &[Role::Orchestrator, Role::Admin];
+const REMEDIATORS: &[Role] = &[Role::Orchestrator];
 
 /// Every RPC the server serves, by gRPC path, and who may call it.
 pub const TABLE: &[(&str, Access)] = &[
@@ -96,6 +102,48 @@ pub const TABLE: &[(&str, Access)] = &[
         Access::Callers {
             agents: false,
             roles: &[Role::Admin],
+        },
+    ),
+    (
+        "/fleethealth.v1.FleetService/SetMaintenance",
+        Access::Callers {
+            agents: false,
+            roles: OPERATORS,
+        },
+    ),
+    (
+        "/fleethealth.v1.FleetService/ClearMaintenance",
+        Access::Callers {
+            agents: false,
+            roles: OPERATORS,
+        },
+    ),
+    (
+        "/fleethealth.v1.FleetService/ClearGivenUp",
+        Access::Callers {
+            agents: false,
+            roles: OPERATORS,
+        },
+    ),
+    (
+        "/fleethealth.v1.FleetService/ClaimAgent",
+        Access::Callers {
+            agents: false,
+            roles: REMEDIATORS,
+        },
+    ),
+    (
+        "/fleethealth.v1.FleetService/ReleaseAgent",
+        Access::Callers {
+            agents: false,
+            roles: REMEDIATORS,
+        },
+    ),
+    (
+        "/fleethealth.v1.FleetService/RecordRemediation",
+        Access::Callers {
+            agents: false,
+            roles: REMEDIATORS,
         },
     ),
 ];

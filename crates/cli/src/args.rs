@@ -9,7 +9,9 @@ use std::time::Duration;
 use fleet_health_auth::{AgentPattern, Role, TrustDomain};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use fleet_health_client::{AgentQuery, Credentials, DEFAULT_SERVER, ReconnectPolicy, Time};
+use fleet_health_client::{
+    AgentQuery, Credentials, DEFAULT_SERVER, MaintenanceFilter, ReconnectPolicy, Time,
+};
 use fleet_health_types::{AgentId, EventKind, Labels, StateFilter, Why, check_label};
 
 use crate::config::{Config, ContextTask, ReportTask, Task};
@@ -549,6 +551,7 @@ impl Filter {
             labels: self.labels(),
             why: self.why,
             at,
+            maintenance: MaintenanceFilter::Default,
         }
     }
 }

@@ -7,7 +7,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use fleet_health_types::wire::timestamp;
-use fleet_health_types::{AgentId, Labels, StateFilter, Why, check_labels};
+use fleet_health_types::{AgentId, Labels, MaintenanceFilter, StateFilter, Why, check_labels};
 
 use crate::proto::fleet_service_client::FleetServiceClient;
 use crate::proto::{
@@ -104,6 +104,8 @@ pub struct AgentQuery {
     pub labels: Labels,
     /// Evaluate at this time instead of now (lists only).
     pub at: Option<Time>,
+    /// Agents under maintenance: by default left out of faulty lists only.
+    pub maintenance: MaintenanceFilter,
 }
 
 impl AgentQuery {
@@ -129,7 +131,7 @@ impl AgentQuery {
 /// A client for `FleetService`. Cheap to clone: clones share one connection.
 #[derive(Clone, Debug)]
 pub struct FleetClient {
-    inner: FleetServiceClient<AuthChannel>,
+    pub(crate) inner: FleetServiceClient<AuthChannel>,
     timeout: Duration,
     page_size: u32,
 }
@@ -179,7 +181,7 @@ impl FleetClient {
         self
     }
 
-    async fn call<T, F>(&self, fut: F) -> Result<T, ClientError>
+    pub(crate) async fn call<T, F>(&self, fut: F) -> Result<T, ClientError>
     where
         F: Future<Output = Result<tonic::Response<T>, Status>>,
     {
@@ -222,6 +224,7 @@ impl FleetClient {
             at: query.at.map(timestamp),
             page_size: self.page_size,
             page_token: page_token.unwrap_or_default(),
+            maintenance: proto::MaintenanceFilter::from(query.maintenance) as i32,
         };
         let mut inner = self.inner.clone();
         Ok(self.call(inner.list_agents(request)).await?.try_into()?)
@@ -254,6 +257,7 @@ impl FleetClient {
             filter: query.wire_filter(),
             why: query.wire_whys(),
             labels: query.labels.clone().into_iter().collect(),
+            maintenance: proto::MaintenanceFilter::from(query.maintenance) as i32,
         };
         let mut inner = self.inner.clone();
         let stream = self.call(inner.watch_agents(request)).await?;

@@ -29,6 +29,7 @@
 mod backoff;
 mod connect;
 mod fleet;
+pub mod ops;
 mod pending;
 mod reporter;
 pub mod view;
@@ -47,7 +48,12 @@ pub use fleet_health_sensor::Time;
 pub use fleet_health_types as types;
 pub use fleet_health_types::wire::now;
 pub use fleet_health_types::{
-    AgentId, AgentIdError, EventKind, LabelError, Labels, State, StateFilter, Why,
+    AgentId, AgentIdError, EventKind, LabelError, Labels, MaintenanceFilter, State, StateFilter,
+    Why,
+};
+pub use ops::{
+    Activity, ActivityKind, Claim, ClaimOutcome, ClaimRefusal, GivenUp, Maintenance,
+    MaintenanceSet, Remediation, RemediationResult, Targets,
 };
 pub use reporter::{AckHook, Acked, Reporter, ReporterConfig, ReporterError, Stats};
 use tonic::transport::{Channel, Endpoint};

@@ -15,6 +15,7 @@
 use fleet_health_sensor::Time;
 use fleet_health_types::{Labels, State, Why, wire};
 
+use crate::ops::{Activity, Claim, GivenUp, Maintenance};
 use crate::proto::{self, watch_agents_response::Event as WireEvent};
 
 /// An answer of the server that this client cannot make sense of.
@@ -38,7 +39,7 @@ impl DecodeError {
 
 /// An optional wire timestamp as an optional [`Time`]; a timestamp that is
 /// present but invalid is an error naming `field`.
-fn time(
+pub(crate) fn time(
     field: &'static str,
     ts: Option<&prost_types::Timestamp>,
 ) -> Result<Option<Time>, DecodeError> {
@@ -112,6 +113,12 @@ pub struct AgentView {
     pub evaluated_at: Option<Time>,
     /// The sensor's recorded times, when the server sent them.
     pub sensor: Option<SensorView>,
+    /// Its maintenance mark, if it is under maintenance.
+    pub maintenance: Option<Maintenance>,
+    /// The remediation claim on it, if one holds.
+    pub claim: Option<Claim>,
+    /// Set when a remediator gave up on it.
+    pub given_up: Option<GivenUp>,
 }
 
 /// The times the agent's sensor has recorded (`Time::ZERO`: never).
@@ -142,6 +149,9 @@ impl TryFrom<proto::AgentStatus> for AgentView {
             first_seen: time("AgentStatus.first_seen", a.first_seen.as_ref())?,
             evaluated_at: time("AgentStatus.evaluated_at", a.evaluated_at.as_ref())?,
             sensor: a.sensor.map(SensorView::try_from).transpose()?,
+            maintenance: a.maintenance.map(Maintenance::try_from).transpose()?,
+            claim: a.claim.map(Claim::try_from).transpose()?,
+            given_up: a.given_up.map(GivenUp::try_from).transpose()?,
             agent_id: a.agent_id,
             healthy: a.healthy,
             state: state(a.state),
@@ -189,6 +199,9 @@ pub struct Storm {
     pub dominant: Option<WhyText>,
     /// How many faulty agents give the dominant why.
     pub dominant_count: u64,
+    /// Agents under maintenance, counted in neither `faulty` nor
+    /// `active_agents`.
+    pub maintenance: u64,
 }
 
 /// A why with its text as the server words it.
@@ -215,6 +228,7 @@ impl From<proto::Storm> for Storm {
                 text: text_of(dominant_why, s.dominant_why_text),
             }),
             dominant_count: s.dominant_count,
+            maintenance: s.maintenance,
         }
     }
 }
@@ -294,6 +308,14 @@ pub struct Summary {
     pub evaluated_at: Option<Time>,
     /// Until when "not reporting" is held back after a server restart.
     pub grace_until: Option<Time>,
+    /// Agents under maintenance (counted in the figures above too).
+    pub maintenance: u64,
+    /// Of those, the faulty ones.
+    pub maintenance_faulty: u64,
+    /// Agents a remediator gave up on.
+    pub given_up: u64,
+    /// Agents claimed by a remediator now.
+    pub claimed: u64,
 }
 
 impl TryFrom<proto::GetSummaryResponse> for Summary {
@@ -322,6 +344,10 @@ impl TryFrom<proto::GetSummaryResponse> for Summary {
             storm: s.storm.map(Storm::from),
             evaluated_at: time("GetSummaryResponse.evaluated_at", s.evaluated_at.as_ref())?,
             grace_until: time("GetSummaryResponse.grace_until", s.grace_until.as_ref())?,
+            maintenance: s.maintenance,
+            maintenance_faulty: s.maintenance_faulty,
+            given_up: s.given_up,
+            claimed: s.claimed,
         })
     }
 }
@@ -375,6 +401,8 @@ pub struct History {
     pub agent_id: String,
     /// Its transitions, oldest first.
     pub transitions: Vec<Transition>,
+    /// What operators and remediators did to it, oldest first.
+    pub activity: Vec<Activity>,
 }
 
 impl TryFrom<proto::GetHistoryResponse> for History {
@@ -387,6 +415,11 @@ impl TryFrom<proto::GetHistoryResponse> for History {
                 .transitions
                 .into_iter()
                 .map(Transition::try_from)
+                .collect::<Result<_, _>>()?,
+            activity: h
+                .activity
+                .into_iter()
+                .map(Activity::try_from)
                 .collect::<Result<_, _>>()?,
         })
     }

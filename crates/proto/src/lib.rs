@@ -89,6 +89,12 @@ undecodable!(InvalidArgument:
     GetSummaryRequest,
     GetHistoryRequest,
     ForgetAgentRequest,
+    SetMaintenanceRequest,
+    ClearMaintenanceRequest,
+    ClaimAgentRequest,
+    ReleaseAgentRequest,
+    RecordRemediationRequest,
+    ClearGivenUpRequest,
 );
 undecodable!(Internal:
     ReportResponse,
@@ -98,6 +104,12 @@ undecodable!(Internal:
     GetSummaryResponse,
     GetHistoryResponse,
     ForgetAgentResponse,
+    SetMaintenanceResponse,
+    ClearMaintenanceResponse,
+    ClaimAgentResponse,
+    ReleaseAgentResponse,
+    RecordRemediationResponse,
+    ClearGivenUpResponse,
 );
 
 /// Decodes one message of [`LeanCodec`]; a decode error becomes the status

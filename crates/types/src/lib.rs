@@ -83,5 +83,5 @@ pub use labels::{
     LabelError, LabelSet, Labels, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, check_label,
     check_labels,
 };
-pub use why::{ByWhy, State, StateFilter, Why};
+pub use why::{ByWhy, MaintenanceFilter, State, StateFilter, Why};
 pub use wire::WireError;

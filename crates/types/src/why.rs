@@ -82,6 +82,48 @@ impl StateFilter {
     }
 }
 
+/// Which agents a list or watch asks for, by their maintenance marks. An
+/// agent under maintenance keeps its real state; faulty lists leave it out
+/// by default so that planned work does not look like a fault to fix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MaintenanceFilter {
+    /// Faulty lists leave agents under maintenance out; every other state
+    /// filter takes them.
+    #[default]
+    Default,
+    /// Take agents under maintenance too.
+    Include,
+    /// Leave agents under maintenance out.
+    Exclude,
+    /// Only agents under maintenance.
+    Only,
+}
+
+impl MaintenanceFilter {
+    /// Whether an agent that `states` takes, and that is under maintenance
+    /// or not, passes.
+    pub const fn takes(self, states: StateFilter, under_maintenance: bool) -> bool {
+        match self {
+            MaintenanceFilter::Default => {
+                !(under_maintenance && matches!(states, StateFilter::Faulty))
+            }
+            MaintenanceFilter::Include => true,
+            MaintenanceFilter::Exclude => !under_maintenance,
+            MaintenanceFilter::Only => under_maintenance,
+        }
+    }
+
+    /// The word, as flags spell it: `default`, `include`, `exclude`, `only`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MaintenanceFilter::Default => "default",
+            MaintenanceFilter::Include => "include",
+            MaintenanceFilter::Exclude => "exclude",
+            MaintenanceFilter::Only => "only",
+        }
+    }
+}
+
 /// Why an agent is in its state: the sensor's six reasons and the fleet's three.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Why {
@@ -301,5 +343,13 @@ mod tests {
         assert!(!StateFilter::Active.takes(State::Inactive));
         assert!(StateFilter::All.takes(State::Inactive));
         assert!(!StateFilter::Healthy.takes(State::Faulty));
+        use MaintenanceFilter as M;
+        assert!(!M::Default.takes(StateFilter::Faulty, true));
+        assert!(M::Default.takes(StateFilter::Faulty, false));
+        assert!(M::Default.takes(StateFilter::Active, true));
+        assert!(M::Include.takes(StateFilter::Faulty, true));
+        assert!(!M::Exclude.takes(StateFilter::All, true));
+        assert!(M::Only.takes(StateFilter::Faulty, true));
+        assert!(!M::Only.takes(StateFilter::All, false));
     }
 }

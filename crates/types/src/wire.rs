@@ -11,7 +11,7 @@ use fleet_health_proto::v1 as pb;
 use fleet_health_sensor::{Time, TimeError};
 use prost_types::Timestamp;
 
-use crate::why::StateFilter;
+use crate::why::{MaintenanceFilter, StateFilter};
 use crate::{AgentId, AgentIdError, EventKind, LabelError, Labels, State, Why, check_labels};
 
 /// A message field that does not hold what the API allows.
@@ -65,6 +65,9 @@ pub enum WireError {
     /// A state filter this version does not know.
     #[error("unknown state filter {0} (known: 0 to 5)")]
     UnknownStateFilter(i32),
+    /// A maintenance filter this version does not know.
+    #[error("unknown maintenance filter {0} (known: 0 to 3)")]
+    UnknownMaintenanceFilter(i32),
     /// An agent ID that breaks the rule.
     #[error(transparent)]
     AgentId(#[from] AgentIdError),
@@ -286,6 +289,34 @@ impl TryFrom<i32> for StateFilter {
             Ok(F::Inactive) => Ok(StateFilter::Inactive),
             Ok(F::All) => Ok(StateFilter::All),
             Err(_) => Err(WireError::UnknownStateFilter(v)),
+        }
+    }
+}
+
+impl From<MaintenanceFilter> for pb::MaintenanceFilter {
+    fn from(f: MaintenanceFilter) -> pb::MaintenanceFilter {
+        match f {
+            MaintenanceFilter::Default => pb::MaintenanceFilter::Unspecified,
+            MaintenanceFilter::Include => pb::MaintenanceFilter::Include,
+            MaintenanceFilter::Exclude => pb::MaintenanceFilter::Exclude,
+            MaintenanceFilter::Only => pb::MaintenanceFilter::Only,
+        }
+    }
+}
+
+impl TryFrom<i32> for MaintenanceFilter {
+    type Error = WireError;
+
+    /// A maintenance filter from its wire number; unspecified (0) is the
+    /// default.
+    fn try_from(v: i32) -> Result<MaintenanceFilter, WireError> {
+        use pb::MaintenanceFilter as F;
+        match F::try_from(v) {
+            Ok(F::Unspecified) => Ok(MaintenanceFilter::Default),
+            Ok(F::Include) => Ok(MaintenanceFilter::Include),
+            Ok(F::Exclude) => Ok(MaintenanceFilter::Exclude),
+            Ok(F::Only) => Ok(MaintenanceFilter::Only),
+            Err(_) => Err(WireError::UnknownMaintenanceFilter(v)),
         }
     }
 }

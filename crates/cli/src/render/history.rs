@@ -91,6 +91,7 @@ mod tests {
     fn history_in_each_format() {
         let h = History {
             agent_id: "db-7".into(),
+            activity: vec![],
             transitions: vec![
                 Transition {
                     at: t(NOW - 100),
@@ -127,6 +128,7 @@ mod tests {
         let empty = History {
             agent_id: "x".into(),
             transitions: vec![],
+            activity: vec![],
         };
         assert_eq!(
             render(|o| history_table(o, PLAIN, &empty)),

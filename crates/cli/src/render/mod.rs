@@ -237,6 +237,9 @@ mod fixtures {
             evaluated_at: t(NOW),
             stopped_at: None,
             first_seen: t(NOW - 8 * 3600),
+            maintenance: None,
+            claim: None,
+            given_up: None,
         }
     }
 
@@ -269,6 +272,7 @@ mod fixtures {
                 text: "no data received from server".into(),
             }),
             dominant_count: 5,
+            maintenance: 0,
         }
     }
 

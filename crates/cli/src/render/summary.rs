@@ -178,6 +178,10 @@ mod tests {
     fn summary() -> Summary {
         Summary {
             total: 11,
+            maintenance: 0,
+            maintenance_faulty: 0,
+            given_up: 0,
+            claimed: 0,
             healthy: 4,
             faulty: 6,
             inactive: 1,
