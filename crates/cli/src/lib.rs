@@ -39,6 +39,7 @@ pub mod contexts;
 pub mod error;
 pub mod exit_codes;
 pub mod pki;
+pub mod remediate;
 pub mod render;
 pub mod simulate;
 pub mod timearg;
