@@ -135,9 +135,13 @@ impl FleetService {
         let targets = targets(&req.agent_ids, &req.labels, req.all)?;
         convert::text("reason", &req.reason, true)?;
         let length = duration(req.duration.as_ref(), "duration", MAX_MAINTENANCE)?;
-        let result = self
-            .registry
-            .set_maintenance(&targets, &req.reason, length, &who);
+        // Marking by label or all walks the fleet: off the async workers.
+        let (registry, reason) = (self.registry.clone(), req.reason.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            registry.set_maintenance(&targets, &reason, length, &who)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("marking failed: {e}")))?;
         let detail = match &result {
             Ok(m) => format!("marked {} agents: {}", m.agents.len(), req.reason),
             Err(e) => e.to_string(),
@@ -164,7 +168,11 @@ impl FleetService {
         let who = by(&request);
         let req = request.get_ref();
         let targets = targets(&req.agent_ids, &req.labels, req.all)?;
-        let result = self.registry.clear_maintenance(&targets, &who);
+        let registry = self.registry.clone();
+        let result =
+            tokio::task::spawn_blocking(move || registry.clear_maintenance(&targets, &who))
+                .await
+                .map_err(|e| Status::internal(format!("clearing failed: {e}")))?;
         let detail = match &result {
             Ok((n, _)) => format!("cleared {n} maintenance marks"),
             Err(e) => e.to_string(),

@@ -199,6 +199,37 @@ impl Ops {
         lock(&self.table).agents.get(key).cloned()
     }
 
+    /// The mark, claim and "given up" of `key` in force at `at` (copies of
+    /// those only: the activity stays in the table).
+    fn set_at(
+        &self,
+        key: &str,
+        at: i64,
+    ) -> (
+        Option<MarkRecord>,
+        Option<ClaimRecord>,
+        Option<GivenUpRecord>,
+    ) {
+        if self.entries.load(Ordering::Relaxed) == 0 {
+            return (None, None, None);
+        }
+        let table = lock(&self.table);
+        let Some(r) = table.agents.get(key) else {
+            return (None, None, None);
+        };
+        (
+            r.maintenance
+                .as_ref()
+                .filter(|m| in_force_mark(m, at))
+                .cloned(),
+            r.claim
+                .as_ref()
+                .filter(|c| c.since <= at && at < c.until)
+                .cloned(),
+            r.given_up.clone(),
+        )
+    }
+
     /// The mark of `key` in force at `at`, if any.
     fn mark_at(&self, key: &str, at: Time) -> Option<MarkRecord> {
         if self.marks.load(Ordering::Relaxed) == 0 {
@@ -698,15 +729,7 @@ impl Registry {
         Option<ClaimRecord>,
         Option<GivenUpRecord>,
     ) {
-        let Some(r) = self.inner.ops.get(key) else {
-            return (None, None, None);
-        };
-        let t = micros(at);
-        (
-            r.maintenance.filter(|m| in_force_mark(m, t)),
-            r.claim.filter(|c| c.since <= t && t < c.until),
-            r.given_up,
-        )
+        self.inner.ops.set_at(key, micros(at))
     }
 
     /// Whether agent `key` is under maintenance at `at`.
