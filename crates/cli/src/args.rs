@@ -10,11 +10,11 @@ use fleet_health_auth::{AgentPattern, Role, TrustDomain};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use fleet_health_client::{
-    AgentQuery, Credentials, DEFAULT_SERVER, MaintenanceFilter, ReconnectPolicy, Time,
+    AgentQuery, Credentials, DEFAULT_SERVER, MaintenanceFilter, ReconnectPolicy, Targets, Time,
 };
 use fleet_health_types::{AgentId, EventKind, Labels, StateFilter, Why, check_label};
 
-use crate::config::{Config, ContextTask, ReportTask, Task};
+use crate::config::{Config, ContextTask, MaintenanceTask, ReportTask, Task};
 use crate::contexts::{Context, ContextsFile};
 use crate::error::Failure;
 use crate::pki::{PkiTask, Subject};
@@ -203,10 +203,74 @@ pub enum Command {
     /// Bearer tokens in a server's tokens file (only their hashes are kept).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Planned work: mark agents as under maintenance for a while, with a
+    /// reason. They keep their real status, but faulty lists and watches
+    /// leave them out (unless --maintenance include), the storm guard does
+    /// not count them, and remediators never act on them. A mark ends by
+    /// itself when its time is up. Needs the orchestrator or admin role.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
     /// Named contexts: a server and its credentials, kept in the contexts
     /// file ($FLEET_HEALTH_CONFIG, else $XDG_CONFIG_HOME/fleet-health/config.toml).
     #[command(subcommand)]
     Context(ContextCommand),
+}
+
+/// `maintenance` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCommand {
+    /// Mark agents (by ID, by label, or all) as under maintenance for
+    /// DURATION, replacing marks they have.
+    Set {
+        /// Which agents.
+        #[command(flatten)]
+        targets: TargetArgs,
+        /// Why (shown in status, list and history; recorded with your name).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        /// How long the mark lasts: it ends by itself then (1s to 365d).
+        #[arg(long = "for", value_parser = parse_duration_arg, value_name = "DURATION")]
+        duration: Duration,
+    },
+    /// List the agents under maintenance, with their real status and marks.
+    List {
+        /// Only agents with this label (KEY=VALUE). Repeat: all must match.
+        #[arg(long, value_parser = parse_label_arg, value_name = "KEY=VALUE")]
+        label: Vec<(String, String)>,
+    },
+    /// End marks before their time (by ID, by label, or all).
+    Clear {
+        /// Which agents.
+        #[command(flatten)]
+        targets: TargetArgs,
+    },
+}
+
+/// The agents a maintenance command names: IDs, labels, or all.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("targets").args(["agents", "label", "all"]).required(true)))]
+pub struct TargetArgs {
+    /// The agents' IDs.
+    #[arg(value_parser = parse_agent_id, value_name = "AGENT")]
+    pub agents: Vec<AgentId>,
+    /// The agents with this label (KEY=VALUE). Repeat: all must match.
+    #[arg(long, value_parser = parse_label_arg, value_name = "KEY=VALUE")]
+    pub label: Vec<(String, String)>,
+    /// Every agent (for `clear`: every agent under maintenance).
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl TargetArgs {
+    fn targets(self) -> Targets {
+        if self.all {
+            Targets::All
+        } else if !self.label.is_empty() {
+            Targets::Labels(self.label.into_iter().collect())
+        } else {
+            Targets::Ids(self.agents.iter().map(ToString::to_string).collect())
+        }
+    }
 }
 
 /// `pki` subcommands.
@@ -390,6 +454,21 @@ pub struct Filter {
     /// Only agents with this label (KEY=VALUE). Repeat: all must match.
     #[arg(long, value_parser = parse_label_arg, value_name = "KEY=VALUE")]
     pub label: Vec<(String, String)>,
+    /// Agents under maintenance: include, exclude or only. By default
+    /// faulty lists and watches leave them out, and other lists take them.
+    #[arg(long, value_name = "WHICH")]
+    pub maintenance: Option<MaintenanceArg>,
+}
+
+/// `--maintenance`'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MaintenanceArg {
+    /// Take agents under maintenance too.
+    Include,
+    /// Leave them out.
+    Exclude,
+    /// Only agents under maintenance.
+    Only,
 }
 
 impl Filter {
@@ -682,7 +761,12 @@ impl Filter {
             labels: self.labels(),
             why: self.why,
             at,
-            maintenance: MaintenanceFilter::Default,
+            maintenance: match self.maintenance {
+                None => MaintenanceFilter::Default,
+                Some(MaintenanceArg::Include) => MaintenanceFilter::Include,
+                Some(MaintenanceArg::Exclude) => MaintenanceFilter::Exclude,
+                Some(MaintenanceArg::Only) => MaintenanceFilter::Only,
+            },
         }
     }
 }
@@ -829,6 +913,38 @@ impl Cli {
                 }
             }
             Command::Remediate(args) => args.task(out)?,
+            Command::Maintenance(cmd) => {
+                let (task, offered): (MaintenanceTask, &[Format]) = match cmd {
+                    MaintenanceCommand::Set {
+                        targets,
+                        reason,
+                        duration,
+                    } => (
+                        MaintenanceTask::Set {
+                            targets: targets.targets(),
+                            reason,
+                            duration,
+                        },
+                        &[Table, Json],
+                    ),
+                    MaintenanceCommand::List { label } => (
+                        MaintenanceTask::List {
+                            labels: label.into_iter().collect(),
+                        },
+                        &[Table, Json, Ndjson, Ids],
+                    ),
+                    MaintenanceCommand::Clear { targets } => (
+                        MaintenanceTask::Clear {
+                            targets: targets.targets(),
+                        },
+                        &[Table, Json],
+                    ),
+                };
+                Task::Maintenance {
+                    format: pick_format("maintenance", out, offered)?,
+                    task,
+                }
+            }
             Command::Pki(cmd) => Task::Pki(cmd.task()),
             Command::Token(cmd) => Task::Token(cmd.task()),
             Command::Context(cmd) => {

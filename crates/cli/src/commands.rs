@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use fleet_health_client::{
-    AgentQuery, BackoffConfig, FleetClient, ReconnectPolicy, Reporter, ReporterConfig,
-    ReporterError, ResumingWatch, StateFilter, Storm, Time,
+    AgentQuery, BackoffConfig, FleetClient, MaintenanceFilter, ReconnectPolicy, Reporter,
+    ReporterConfig, ReporterError, ResumingWatch, StateFilter, Storm, Time,
 };
 
-use crate::config::{Config, ContextTask, ReportTask, Task};
+use crate::config::{Config, ContextTask, MaintenanceTask, ReportTask, Task};
 use crate::error::Failure;
 use crate::exit_codes::ExitCode;
 use crate::render::report::ReportJson;
-use crate::render::{self, Format, Style, agents, history, report, summary, watch};
+use crate::render::{self, Format, Style, agents, history, ops, report, summary, watch};
 use crate::simulate::{self, Settings};
 
 /// Carries out a settled configuration; returns the exit code, or the
@@ -96,8 +96,63 @@ async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failu
             eprint!("{}", said.note);
             Ok(ExitCode::Success)
         }
+        Task::Maintenance { task, format } => {
+            maintenance(&fleet()?, out, style, task, *format).await
+        }
         Task::Context { task, path } => context(config, path, task, out),
     }
+}
+
+/// `fleet-health maintenance ...`.
+async fn maintenance(
+    fleet: &FleetClient,
+    out: &mut dyn Write,
+    style: Style,
+    task: &MaintenanceTask,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    match task {
+        MaintenanceTask::Set {
+            targets,
+            reason,
+            duration,
+        } => {
+            let marked = fleet.set_maintenance(targets, reason, *duration).await?;
+            match format {
+                Format::Json => ops::marked_json(out, &marked, reason)?,
+                _ => ops::marked_line(out, &marked, reason)?,
+            }
+        }
+        MaintenanceTask::List { labels } => {
+            let query = AgentQuery {
+                filter: StateFilter::All,
+                labels: labels.clone(),
+                maintenance: MaintenanceFilter::Only,
+                ..AgentQuery::default()
+            };
+            let list = fleet.list(&query).await?;
+            match format {
+                Format::Table => ops::maintenance_table(out, style, &list)?,
+                Format::Json => agents::list_json(out, &list)?,
+                Format::Ndjson => agents::list_ndjson(out, &list)?,
+                Format::Ids => agents::ids(out, list.agents.iter().map(|a| a.agent_id.as_str()))?,
+            }
+        }
+        MaintenanceTask::Clear { targets } => {
+            let cleared = fleet.clear_maintenance(targets).await?;
+            match format {
+                Format::Json => {
+                    render::write_json(out, &serde_json::json!({ "cleared": cleared }))?
+                }
+                _ => writeln!(
+                    out,
+                    "{cleared} maintenance mark{} ended",
+                    if cleared == 1 { "" } else { "s" }
+                )?,
+            }
+        }
+    }
+    Ok(ExitCode::Success)
 }
 
 /// `fleet-health context ...`.
@@ -220,6 +275,13 @@ async fn list(
         Format::Json => agents::list_json(out, &list)?,
         Format::Ndjson => agents::list_ndjson(out, &list)?,
         Format::Ids => agents::ids(out, list.agents.iter().map(|a| a.agent_id.as_str()))?,
+    }
+    if query.filter == StateFilter::Faulty
+        && query.maintenance == MaintenanceFilter::Default
+        && let Some(note) = agents::left_out_note(list.storm.as_ref())
+    {
+        out.flush()?;
+        eprintln!("{note}");
     }
     // Only a list of the faulty ones is a list of restart candidates, where
     // a storm must stop a script from acting.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use fleet_health_client::{
-    AgentId, AgentQuery, Credentials, EventKind, Labels, ReconnectPolicy, Time,
+    AgentId, AgentQuery, Credentials, EventKind, Labels, ReconnectPolicy, Targets, Time,
 };
 
 use crate::contexts::Context;
@@ -111,12 +111,43 @@ pub enum Task {
     Pki(PkiTask),
     /// Make, list or remove tokens (no server needed).
     Token(TokenTask),
+    /// Mark agents as under maintenance, list them, or end marks.
+    Maintenance {
+        /// What to do.
+        task: MaintenanceTask,
+        /// How to print the outcome.
+        format: Format,
+    },
     /// Manage the contexts in the file at `path`.
     Context {
         /// What to do.
         task: ContextTask,
         /// The contexts file.
         path: PathBuf,
+    },
+}
+
+/// What `maintenance` was asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MaintenanceTask {
+    /// Mark agents for a while, with a reason.
+    Set {
+        /// Which agents.
+        targets: Targets,
+        /// Why.
+        reason: String,
+        /// For how long.
+        duration: Duration,
+    },
+    /// List the agents under maintenance (those with these labels).
+    List {
+        /// Only agents that carry all these labels.
+        labels: Labels,
+    },
+    /// End marks early.
+    Clear {
+        /// Which agents.
+        targets: Targets,
     },
 }
 

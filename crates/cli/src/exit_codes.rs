@@ -17,7 +17,7 @@ pub enum ExitCode {
     /// (including an event that `report` could not get acknowledged).
     Unreachable = 3,
     /// 4: the agent is not known to the server (`status`, `history`,
-    /// `forget`).
+    /// `forget`, `maintenance`).
     NotFound = 4,
     /// 5: the storm flag is raised: `list --faulty` or `summary` succeeded
     /// but a large share of the fleet is faulty at once, which points at a

@@ -94,6 +94,48 @@ impl FleetService for Fake {
     ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn set_maintenance(
+        &self,
+        _: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn clear_maintenance(
+        &self,
+        _: Request<pb::ClearMaintenanceRequest>,
+    ) -> Result<Response<pb::ClearMaintenanceResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn claim_agent(
+        &self,
+        _: Request<pb::ClaimAgentRequest>,
+    ) -> Result<Response<pb::ClaimAgentResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn release_agent(
+        &self,
+        _: Request<pb::ReleaseAgentRequest>,
+    ) -> Result<Response<pb::ReleaseAgentResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn record_remediation(
+        &self,
+        _: Request<pb::RecordRemediationRequest>,
+    ) -> Result<Response<pb::RecordRemediationResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn clear_given_up(
+        &self,
+        _: Request<pb::ClearGivenUpRequest>,
+    ) -> Result<Response<pb::ClearGivenUpResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// The watch's next change, in time.

@@ -8,7 +8,11 @@ use fleet_health_types::wire::{self, timestamp};
 use tonic::Status;
 
 use crate::model::{AgentEvent, EventKind, State};
-use crate::registry::{AgentView, RegistryError, StormView, Transition};
+use crate::registry::ops::{OUTPUT_KEPT, TEXT_MAX};
+use crate::registry::{
+    ActivityRecord, AgentView, ClaimRecord, GivenUpRecord, MarkRecord, RegistryError,
+    RemediationRecord, StormView, Transition,
+};
 
 impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Status {
@@ -103,8 +107,138 @@ impl From<&AgentView> for pb::AgentStatus {
             evaluated_at: Some(timestamp(v.evaluated_at)),
             stopped_at: v.stopped_at.map(timestamp),
             first_seen: Some(timestamp(v.first_seen)),
+            maintenance: v.maintenance.as_ref().map(Into::into),
+            claim: v.claim.as_ref().map(Into::into),
+            given_up: v.given_up.as_ref().map(Into::into),
         }
     }
+}
+
+/// Stored microseconds as a timestamp (`None` for 0, "none", or a time out
+/// of range, which the server never stores).
+fn micros(t: i64) -> Option<prost_types::Timestamp> {
+    (t != 0)
+        .then(|| fleet_health_sensor::Time::from_micros(t).ok())
+        .flatten()
+        .map(timestamp)
+}
+
+impl From<&MarkRecord> for pb::Maintenance {
+    fn from(m: &MarkRecord) -> pb::Maintenance {
+        pb::Maintenance {
+            reason: m.reason.clone(),
+            by: m.by.clone(),
+            since: micros(m.since),
+            until: micros(m.until),
+        }
+    }
+}
+
+impl From<&ClaimRecord> for pb::Claim {
+    fn from(c: &ClaimRecord) -> pb::Claim {
+        pb::Claim {
+            holder: c.holder.clone(),
+            by: c.by.clone(),
+            since: micros(c.since),
+            until: micros(c.until),
+        }
+    }
+}
+
+impl From<&GivenUpRecord> for pb::GivenUp {
+    fn from(g: &GivenUpRecord) -> pb::GivenUp {
+        pb::GivenUp {
+            holder: g.holder.clone(),
+            by: g.by.clone(),
+            at: micros(g.at),
+            reason: g.reason.clone(),
+        }
+    }
+}
+
+impl From<&RemediationRecord> for pb::Remediation {
+    fn from(r: &RemediationRecord) -> pb::Remediation {
+        pb::Remediation {
+            started: micros(r.started),
+            finished: micros(r.finished),
+            program: r.program.clone(),
+            result: r.result,
+            exit_code: r.exit_code,
+            signal: r.signal,
+            output: r.output.clone(),
+            why: r.why,
+        }
+    }
+}
+
+impl From<&ActivityRecord> for pb::Activity {
+    fn from(a: &ActivityRecord) -> pb::Activity {
+        pb::Activity {
+            at: micros(a.at),
+            kind: a.kind,
+            by: a.by.clone(),
+            holder: a.holder.clone(),
+            reason: a.reason.clone(),
+            until: micros(a.until),
+            remediation: a.remediation.as_ref().map(Into::into),
+        }
+    }
+}
+
+/// A remediation as a remediator reports it, checked: times in range,
+/// a known result and why, texts within their bounds (the output is cut
+/// to its last [`OUTPUT_KEPT`] bytes rather than refused).
+pub fn remediation(r: &pb::Remediation) -> Result<RemediationRecord, Status> {
+    let started = wire::req_time(r.started.as_ref(), "remediation.started")?;
+    let finished = wire::req_time(r.finished.as_ref(), "remediation.finished")?;
+    if finished < started {
+        return Err(Status::invalid_argument(
+            "remediation.finished is before remediation.started",
+        ));
+    }
+    match pb::RemediationResult::try_from(r.result) {
+        Ok(pb::RemediationResult::Unspecified) | Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "remediation.result: unknown result {} (known: 1 to 4)",
+                r.result
+            )));
+        }
+        Ok(_) => {}
+    }
+    if r.why != 0 {
+        crate::model::Why::try_from(r.why)?;
+    }
+    text("remediation.program", &r.program, true)?;
+    Ok(RemediationRecord {
+        started: started.as_micros(),
+        finished: finished.as_micros(),
+        program: r.program.clone(),
+        result: r.result,
+        exit_code: r.exit_code,
+        signal: r.signal,
+        output: crate::registry::ops::tail(&r.output, OUTPUT_KEPT).to_owned(),
+        why: r.why,
+    })
+}
+
+/// Checks a free text field: at most [`TEXT_MAX`] bytes, no control
+/// characters; `required`: not empty.
+pub fn text(field: &str, s: &str, required: bool) -> Result<(), Status> {
+    if required && s.trim().is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    if s.len() > TEXT_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes long (at most {TEXT_MAX})",
+            s.len()
+        )));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "{field} holds a control character"
+        )));
+    }
+    Ok(())
 }
 
 impl From<StormView> for pb::Storm {
@@ -122,6 +256,7 @@ impl From<StormView> for pb::Storm {
                 .map(|(r, _)| r.as_str().to_string())
                 .unwrap_or_default(),
             dominant_count: s.dominant.map_or(0, |(_, n)| n),
+            maintenance: s.maintenance,
         }
     }
 }

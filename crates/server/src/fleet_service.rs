@@ -13,6 +13,8 @@
 //! snapshot follows). The server holds at most [`WatchLimits::max_watchers`]
 //! watches, and each identity its own limit ([`FleetService::admit_watcher`]).
 
+mod ops;
+
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +31,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::model::{StateFilter, Why};
+use crate::model::{MaintenanceFilter, State, StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
 use crate::registry::{Change, Registry, Selector};
 use crate::security::limits::Permit;
@@ -208,9 +210,11 @@ fn selector(
     filter: i32,
     why: &[i32],
     labels: &std::collections::HashMap<String, String>,
+    maintenance: i32,
 ) -> Result<Selector, Status> {
     Ok(Selector {
         filter: StateFilter::try_from(filter)?,
+        maintenance: MaintenanceFilter::try_from(maintenance)?,
         whys: why
             .iter()
             .map(|w| Why::try_from(*w))
@@ -243,7 +247,7 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let req = request.into_inner();
-        let sel = selector(req.filter, &req.why, &req.labels)?;
+        let sel = selector(req.filter, &req.why, &req.labels, req.maintenance)?;
         let at = wire::opt_time(req.at.as_ref(), "at")?;
         let size = match req.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
@@ -281,7 +285,7 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
         let req = request.get_ref();
-        let sel = selector(req.filter, &req.why, &req.labels)?;
+        let sel = selector(req.filter, &req.why, &req.labels, req.maintenance)?;
         let caller = request.extensions().get::<Caller>();
         let admission = self.admit_watcher(caller)?;
         let session = caller.map(|c| self.security.sessions().open(c, WATCH));
@@ -327,8 +331,13 @@ impl FleetServiceApi for FleetService {
             })
             .collect();
         by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));
-        use crate::model::State;
+        let maintenance = s.maintained.total();
+        let maintenance_faulty = s.maintained.in_state(State::Faulty);
         Ok(Response::new(pb::GetSummaryResponse {
+            maintenance,
+            maintenance_faulty,
+            given_up: s.given_up,
+            claimed: s.claimed,
             total: s.total(),
             healthy: s.count(State::Healthy),
             faulty: s.count(State::Faulty),
@@ -349,9 +358,11 @@ impl FleetServiceApi for FleetService {
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
         let transitions = self.registry.history(&id)?;
+        let activity = self.registry.activity(&id)?;
         Ok(Response::new(pb::GetHistoryResponse {
             agent_id: id.to_string(),
             transitions: transitions.into_iter().map(Into::into).collect(),
+            activity: activity.iter().map(Into::into).collect(),
         }))
     }
 
@@ -382,6 +393,52 @@ impl FleetServiceApi for FleetService {
         Ok(Response::new(pb::ForgetAgentResponse {
             last: Some((&last).into()),
         }))
+    }
+
+    async fn set_maintenance(
+        &self,
+        request: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
+        self.set_maintenance_(request).await
+    }
+
+    async fn clear_maintenance(
+        &self,
+        request: Request<pb::ClearMaintenanceRequest>,
+    ) -> Result<Response<pb::ClearMaintenanceResponse>, Status> {
+        self.clear_maintenance_(request).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %request.get_ref().agent_id))]
+    async fn claim_agent(
+        &self,
+        request: Request<pb::ClaimAgentRequest>,
+    ) -> Result<Response<pb::ClaimAgentResponse>, Status> {
+        self.claim_agent_(request).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %request.get_ref().agent_id))]
+    async fn release_agent(
+        &self,
+        request: Request<pb::ReleaseAgentRequest>,
+    ) -> Result<Response<pb::ReleaseAgentResponse>, Status> {
+        self.release_agent_(request).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %request.get_ref().agent_id))]
+    async fn record_remediation(
+        &self,
+        request: Request<pb::RecordRemediationRequest>,
+    ) -> Result<Response<pb::RecordRemediationResponse>, Status> {
+        self.record_remediation_(request).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %request.get_ref().agent_id))]
+    async fn clear_given_up(
+        &self,
+        request: Request<pb::ClearGivenUpRequest>,
+    ) -> Result<Response<pb::ClearGivenUpResponse>, Status> {
+        self.clear_given_up_(request).await
     }
 }
 
@@ -582,11 +639,18 @@ impl Watcher {
 
     fn translate(&self, change: Change) -> Option<W> {
         match change {
-            Change::Status { view, before } => {
+            Change::Status {
+                view,
+                before,
+                was_maintained,
+            } => {
                 let labels = view.labels.as_deref();
-                if self.sel.matches(view.why, labels) {
+                if self
+                    .sel
+                    .matches(view.why, labels, view.maintenance.is_some())
+                {
                     Some(W::Changed(view.as_ref().into()))
-                } else if before.is_some_and(|b| self.sel.matches(b, labels)) {
+                } else if before.is_some_and(|b| self.sel.matches(b, labels, was_maintained)) {
                     Some(W::Left(pb::AgentLeft {
                         agent_id: view.id.to_string(),
                         status: Some(view.as_ref().into()),
@@ -597,7 +661,9 @@ impl Watcher {
                 }
             }
             Change::Forgotten { last } => {
-                self.sel.matches(last.why, last.labels.as_deref()).then(|| {
+                let maintained = last.maintenance.is_some();
+                let labels = last.labels.as_deref();
+                self.sel.matches(last.why, labels, maintained).then(|| {
                     W::Left(pb::AgentLeft {
                         agent_id: last.id.to_string(),
                         status: None,

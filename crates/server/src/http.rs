@@ -16,9 +16,12 @@ pub fn router(registry: Registry) -> axum::Router {
             get(move || {
                 let registry = registry.clone();
                 async move {
+                    let summary = registry.summary(None);
                     let gauges = FleetGauges {
-                        by_why: registry.counts(),
-                        connected: registry.connected(),
+                        by_why: summary.by_why,
+                        connected: summary.connected,
+                        maintenance: summary.maintained.total(),
+                        given_up: summary.given_up,
                     };
                     (
                         [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],

@@ -57,9 +57,29 @@ pub struct Metrics {
     committed_records: Counter,
     commit_seconds: Counter<f64, AtomicU64>,
     ack_latency: Histogram,
+    remediation: Remediation,
     security: Security,
     registry: Registry,
 }
+
+/// Maintenance and remediation.
+#[derive(Debug, Default)]
+struct Remediation {
+    /// Agents under maintenance, and given up on, set on each scrape.
+    maintenance: Count,
+    given_up: Count,
+    /// Remediations by result (succeeded, failed, timed out, not started).
+    results: [Counter; 4],
+    gave_up: Counter,
+    /// Claims by outcome (granted, then each refusal).
+    claims: [Counter; 5],
+}
+
+/// The words of remediation results, in `fleethealth.v1.RemediationResult`
+/// order from 1.
+const RESULTS: [&str; 4] = ["succeeded", "failed", "timed_out", "not_started"];
+/// The words of claim outcomes.
+const CLAIMS: [&str; 5] = ["granted", "held", "maintenance", "given_up", "not_faulty"];
 
 /// The transport's and the security layer's metrics.
 #[derive(Debug, Default)]
@@ -223,6 +243,10 @@ pub struct FleetGauges {
     pub by_why: ByWhy<u64>,
     /// Agents with an open stream.
     pub connected: u64,
+    /// Agents under maintenance.
+    pub maintenance: u64,
+    /// Agents a remediator gave up on.
+    pub given_up: u64,
 }
 
 impl Default for Metrics {
@@ -249,6 +273,7 @@ impl Default for Metrics {
             committed_records: Counter::default(),
             commit_seconds: Counter::default(),
             ack_latency: Histogram::new(ACK_BUCKETS),
+            remediation: Remediation::default(),
             security: Security {
                 cert_not_after: Arc::new(AtomicI64::new(ExpiresIn::NONE)),
                 ..Security::default()
@@ -367,6 +392,42 @@ impl Metrics {
             "Time from receiving an event message to acknowledging it",
             self.ack_latency.clone(),
         );
+        let rem = &self.remediation;
+        r.register(
+            "fleet_health_maintenance_agents",
+            "Agents under maintenance (left out of faulty lists and the storm guard)",
+            rem.maintenance.clone(),
+        );
+        r.register(
+            "fleet_health_given_up_agents",
+            "Agents a remediator gave up on, left alone until an operator clears it",
+            rem.given_up.clone(),
+        );
+        r.register(
+            "fleet_health_remediations",
+            "Remediations recorded by remediators, by result",
+            Series::new(
+                RESULTS
+                    .iter()
+                    .zip(&rem.results)
+                    .map(|(r, c)| (vec![("result", *r)], c.clone())),
+            ),
+        );
+        r.register(
+            "fleet_health_remediation_gave_up",
+            "Times a remediator gave up on an agent (crash-loop limit reached)",
+            rem.gave_up.clone(),
+        );
+        r.register(
+            "fleet_health_claims",
+            "Remediation claims, by outcome",
+            Series::new(
+                CLAIMS
+                    .iter()
+                    .zip(&rem.claims)
+                    .map(|(o, c)| (vec![("outcome", *o)], c.clone())),
+            ),
+        );
         let sec = &self.security;
         r.register(
             "fleet_health_insecure",
@@ -446,6 +507,28 @@ impl Metrics {
             ExpiresIn(sec.cert_not_after.clone()),
         );
         self
+    }
+
+    /// Counts a remediation recorded with this `fleethealth.v1` result number.
+    pub fn count_remediation(&self, result: i32) {
+        if let Some(c) = usize::try_from(result - 1)
+            .ok()
+            .and_then(|i| self.remediation.results.get(i))
+        {
+            c.inc();
+        }
+    }
+
+    /// Counts a remediator giving up on an agent.
+    pub fn count_gave_up(&self) {
+        self.remediation.gave_up.inc();
+    }
+
+    /// Counts a claim: `granted` or the refusal's word.
+    pub fn count_claim(&self, outcome: &str) {
+        if let Some(i) = CLAIMS.iter().position(|o| *o == outcome) {
+            self.remediation.claims[i].inc();
+        }
     }
 
     /// Sets whether gRPC is served in plaintext on a non-loopback address.
@@ -581,6 +664,8 @@ impl Metrics {
             gauge.set(fleet.by_why[why]);
         }
         self.connected.set(fleet.connected);
+        self.remediation.maintenance.set(fleet.maintenance);
+        self.remediation.given_up.set(fleet.given_up);
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -628,6 +713,8 @@ mod tests {
         by_why[Why::NoDataReceived] = 2;
         FleetGauges {
             by_why,
+            maintenance: 0,
+            given_up: 0,
             connected: 3,
         }
     }
@@ -763,6 +850,28 @@ mod tests {
         expected.extend([
             "fleet_health_ack_latency_seconds_sum",
             "fleet_health_ack_latency_seconds_count",
+            "# HELP fleet_health_maintenance_agents Agents under maintenance (left out of faulty lists and the storm guard).",
+            "# TYPE fleet_health_maintenance_agents gauge",
+            "fleet_health_maintenance_agents",
+            "# HELP fleet_health_given_up_agents Agents a remediator gave up on, left alone until an operator clears it.",
+            "# TYPE fleet_health_given_up_agents gauge",
+            "fleet_health_given_up_agents",
+            "# HELP fleet_health_remediations_total Remediations recorded by remediators, by result.",
+            "# TYPE fleet_health_remediations_total counter",
+            "fleet_health_remediations_total{result=\"succeeded\"}",
+            "fleet_health_remediations_total{result=\"failed\"}",
+            "fleet_health_remediations_total{result=\"timed_out\"}",
+            "fleet_health_remediations_total{result=\"not_started\"}",
+            "# HELP fleet_health_remediation_gave_up_total Times a remediator gave up on an agent (crash-loop limit reached).",
+            "# TYPE fleet_health_remediation_gave_up_total counter",
+            "fleet_health_remediation_gave_up_total",
+            "# HELP fleet_health_claims_total Remediation claims, by outcome.",
+            "# TYPE fleet_health_claims_total counter",
+            "fleet_health_claims_total{outcome=\"granted\"}",
+            "fleet_health_claims_total{outcome=\"held\"}",
+            "fleet_health_claims_total{outcome=\"maintenance\"}",
+            "fleet_health_claims_total{outcome=\"given_up\"}",
+            "fleet_health_claims_total{outcome=\"not_faulty\"}",
             "# HELP fleet_health_insecure 1 when gRPC is served in plaintext on a non-loopback address (--insecure).",
             "# TYPE fleet_health_insecure gauge",
             "fleet_health_insecure",
@@ -860,6 +969,8 @@ mod tests {
         let text = m.render(&FleetGauges {
             by_why: ByWhy::default(),
             connected: 0,
+            maintenance: 0,
+            given_up: 0,
         });
         assert!(text.contains("fleet_health_agents_connected 0\n"));
         assert!(text.contains("fleet_health_agents{state=\"healthy\",why=\"all is ok\"} 0\n"));

@@ -7,8 +7,8 @@ use fleet_health_sensor::{Sensor, Time, Windows};
 // The vocabulary (IDs, labels, the why, states, event kinds) is
 // fleet-health-types', shared with the clients; the server names it from here.
 pub use fleet_health_types::{
-    AgentEvent, AgentId, AgentIdError, ByKind, ByWhy, EventKind, LabelSet, Labels, State,
-    StateFilter, Why, check_labels,
+    AgentEvent, AgentId, AgentIdError, ByKind, ByWhy, EventKind, LabelSet, Labels,
+    MaintenanceFilter, State, StateFilter, Why, check_labels,
 };
 
 /// The fleet's windows and thresholds: the sensor's windows plus the fleet's

@@ -213,6 +213,10 @@ impl Server {
             let (registry, stop) = (registry.clone(), stop.clone());
             tokio::spawn(async move { registry.run_scheduler(stop.given()).await })
         };
+        let expiry = {
+            let (registry, stop) = (registry.clone(), stop.clone());
+            tokio::spawn(async move { registry.run_maintenance_expiry(stop.given()).await })
+        };
 
         let metrics_task = match metrics {
             Some(listener) => {
@@ -273,6 +277,7 @@ impl Server {
         // Also when the transport failed before any signal: every part stops.
         stop.begin();
         let _ = scheduler.await;
+        let _ = expiry.await;
         let _ = reloader.await;
         let _ = sweeper.await;
         if let Some(task) = metrics_task

@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod maintenance;
 mod reporter;
 mod simulate;
 mod tls;

@@ -7,6 +7,9 @@ use std::io::{self, Write};
 use fleet_health_client::{AgentList, AgentView, SensorView, State, Time};
 use serde::Serialize;
 
+use super::ops::{
+    ClaimJson, GivenUpJson, MaintenanceJson, claim_words, given_up_words, maintenance_words,
+};
 use super::time::{format_time, human_duration, relative};
 use super::{Cell, Style, state_name, why_name, write_json, write_ndjson, write_table};
 
@@ -29,6 +32,9 @@ pub struct AgentJson {
     first_seen: Option<String>,
     evaluated_at: Option<String>,
     sensor: Option<SensorJson>,
+    maintenance: Option<MaintenanceJson>,
+    claim: Option<ClaimJson>,
+    given_up: Option<GivenUpJson>,
 }
 
 /// The sensor's recorded times, as JSON.
@@ -71,6 +77,9 @@ impl From<&AgentView> for AgentJson {
                 last_sent: ts(s.last_sent),
                 registered: s.registered,
             }),
+            maintenance: a.maintenance.as_ref().map(MaintenanceJson::from),
+            claim: a.claim.as_ref().map(ClaimJson::from),
+            given_up: a.given_up.as_ref().map(GivenUpJson::from),
         }
     }
 }
@@ -112,7 +121,7 @@ pub fn list_table(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Re
             vec![
                 Cell::plain(a.agent_id.clone()),
                 Cell::state(a.state),
-                Cell::plain(a.why_text.clone()),
+                Cell::plain(why_with_marks(a)),
                 Cell::plain(for_how_long(a.since, now)),
                 Cell::plain(heard(a.last_heard, now)),
                 Cell::plain(labels_text(&a.labels)),
@@ -140,12 +149,50 @@ pub fn list_table(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Re
         }
     }
     let n = list.agents.len();
+    let marked = list
+        .agents
+        .iter()
+        .filter(|a| a.maintenance.is_some())
+        .count();
+    let marked = if marked > 0 {
+        format!("; {marked} under maintenance")
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{n} agent{}: {}",
+        "{n} agent{}: {}{marked}",
         if n == 1 { "" } else { "s" },
         parts.join(", ")
     )
+}
+
+/// The why, with what is set on the agent: `no data sent to server
+/// [maintenance]`, `[given up]`, `[claimed]`.
+fn why_with_marks(a: &AgentView) -> String {
+    let mut why = a.why_text.clone();
+    for (set, word) in [
+        (a.maintenance.is_some(), "maintenance"),
+        (a.given_up.is_some(), "given up"),
+        (a.claim.is_some(), "claimed"),
+    ] {
+        if set {
+            why.push_str(&format!(" [{word}]"));
+        }
+    }
+    why
+}
+
+/// The line under a faulty list that leaves agents under maintenance out.
+pub fn left_out_note(storm: Option<&fleet_health_client::Storm>) -> Option<String> {
+    let n = storm.map_or(0, |s| s.maintenance);
+    (n > 0).then(|| {
+        format!(
+            "({n} agent{} under maintenance {} left out; --maintenance include shows them)",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "is" } else { "are" }
+        )
+    })
 }
 
 /// `list` as one JSON array.
@@ -213,6 +260,15 @@ pub fn status_table(out: &mut dyn Write, style: Style, a: &AgentView) -> io::Res
     ];
     if a.stopped_at.is_some() {
         rows.push(("stopped at", when(a.stopped_at)));
+    }
+    if let Some(m) = &a.maintenance {
+        rows.push(("maintenance", maintenance_words(m, now)));
+    }
+    if let Some(c) = &a.claim {
+        rows.push(("claim", claim_words(c, now)));
+    }
+    if let Some(g) = &a.given_up {
+        rows.push(("given up", given_up_words(g, now)));
     }
     if let Some(s) = &a.sensor {
         let sensor_time = |t: Option<Time>| match t {

@@ -6,10 +6,31 @@ use fleet_health_client::{History, Transition};
 use serde::Serialize;
 
 use super::agents::ts;
+use super::ops::{ActivityJson, activity_words};
 use super::{Cell, Style, state_name, why_name, why_text, write_json, write_ndjson, write_table};
 
-/// `history` for people.
+/// `history` for people: the transitions, then what operators and
+/// remediators did, if anything.
 pub fn history_table(out: &mut dyn Write, style: Style, h: &History) -> io::Result<()> {
+    transitions_table(out, style, h)?;
+    if !h.activity.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<Vec<Cell>> = h
+            .activity
+            .iter()
+            .map(|a| {
+                vec![
+                    Cell::plain(ts(a.at).unwrap_or_else(|| "-".into())),
+                    Cell::plain(activity_words(a)),
+                ]
+            })
+            .collect();
+        write_table(out, style, &["AT", "ACTIVITY"], &rows)?;
+    }
+    Ok(())
+}
+
+fn transitions_table(out: &mut dyn Write, style: Style, h: &History) -> io::Result<()> {
     if h.transitions.is_empty() {
         return writeln!(out, "no transitions recorded for {}", h.agent_id);
     }
@@ -61,6 +82,7 @@ impl From<&Transition> for TransitionJson {
 struct HistoryJson {
     agent_id: String,
     transitions: Vec<TransitionJson>,
+    activity: Vec<ActivityJson>,
 }
 
 /// `history` as JSON: one object with the transitions.
@@ -70,15 +92,20 @@ pub fn history_json(out: &mut dyn Write, h: &History) -> io::Result<()> {
         &HistoryJson {
             agent_id: h.agent_id.clone(),
             transitions: h.transitions.iter().map(TransitionJson::from).collect(),
+            activity: h.activity.iter().map(ActivityJson::from).collect(),
         },
     )
 }
 
-/// `history` as NDJSON: one transition a line.
+/// `history` as NDJSON: one transition a line, then one activity entry a
+/// line (those have a `kind`).
 pub fn history_ndjson(out: &mut dyn Write, h: &History) -> io::Result<()> {
     h.transitions
         .iter()
-        .try_for_each(|t| write_ndjson(out, &TransitionJson::from(t)))
+        .try_for_each(|t| write_ndjson(out, &TransitionJson::from(t)))?;
+    h.activity
+        .iter()
+        .try_for_each(|a| write_ndjson(out, &ActivityJson::from(a)))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 pub mod agents;
 pub mod history;
 pub mod remediate;
+pub mod ops;
 pub mod report;
 pub mod summary;
 pub mod time;
@@ -186,7 +187,7 @@ fn write_table(
 }
 
 /// One pretty JSON document and a newline.
-fn write_json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+pub fn write_json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)
 }

@@ -22,6 +22,7 @@ pub struct StormJson {
     dominant_why: Option<String>,
     dominant_why_name: Option<&'static str>,
     dominant_count: u64,
+    maintenance: u64,
 }
 
 impl From<&Storm> for StormJson {
@@ -36,6 +37,7 @@ impl From<&Storm> for StormJson {
             dominant_why: s.dominant.as_ref().map(|d| d.text.clone()),
             dominant_why_name: s.dominant.as_ref().map(|d| why_name(d.why)),
             dominant_count: s.dominant_count,
+            maintenance: s.maintenance,
         }
     }
 }
@@ -52,6 +54,10 @@ struct SummaryJson {
     storm: Option<StormJson>,
     evaluated_at: Option<String>,
     grace_until: Option<String>,
+    maintenance: u64,
+    maintenance_faulty: u64,
+    given_up: u64,
+    claimed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +89,10 @@ pub fn summary_json(out: &mut dyn Write, s: &Summary) -> io::Result<()> {
         storm: s.storm.as_ref().map(StormJson::from),
         evaluated_at: ts(s.evaluated_at),
         grace_until: ts(s.grace_until),
+        maintenance: s.maintenance,
+        maintenance_faulty: s.maintenance_faulty,
+        given_up: s.given_up,
+        claimed: s.claimed,
     };
     write_json(out, &json)
 }
@@ -121,6 +131,26 @@ pub fn summary_table(out: &mut dyn Write, style: Style, s: &Summary) -> io::Resu
             .collect();
         write_table(out, style, &["COUNT", "STATE", "WHY"], &rows)?;
     }
+    if s.maintenance + s.given_up + s.claimed > 0 {
+        writeln!(out)?;
+    }
+    if s.maintenance > 0 {
+        writeln!(
+            out,
+            "{} under maintenance ({} of them faulty): left out of faulty lists and the storm guard",
+            s.maintenance, s.maintenance_faulty
+        )?;
+    }
+    if s.given_up > 0 {
+        writeln!(
+            out,
+            "{} given up on by remediators (`fleet-health list --all -o json` shows them; `fleet-health remediate clear ID`)",
+            s.given_up
+        )?;
+    }
+    if s.claimed > 0 {
+        writeln!(out, "{} claimed by remediators now", s.claimed)?;
+    }
     if let Some(storm) = &s.storm {
         writeln!(out)?;
         writeln!(out, "{}", storm_line(storm))?;
@@ -152,6 +182,12 @@ pub fn storm_line(storm: &Storm) -> String {
     } else {
         format!("storm: no; {share}")
     };
+    if storm.maintenance > 0 {
+        line.push_str(&format!(
+            "; {} under maintenance not counted",
+            storm.maintenance
+        ));
+    }
     if let Some(dominant) = &storm.dominant {
         line.push_str(&format!(
             "; {} of them say \"{}\"",

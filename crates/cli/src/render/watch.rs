@@ -84,8 +84,13 @@ pub fn watch_ndjson(out: &mut dyn Write, change: &WatchChange) -> io::Result<()>
 pub fn watch_line(style: Style, change: &WatchChange) -> String {
     let agent_line = |mark: &str, a: &AgentView| {
         let when = ts(a.since).unwrap_or_else(|| "-".into());
+        let marked = if a.maintenance.is_some() {
+            "  [maintenance]"
+        } else {
+            ""
+        };
         format!(
-            "{when}  {mark} {}  {}  {}",
+            "{when}  {mark} {}  {}  {}{marked}",
             a.agent_id,
             style.state(a.state),
             a.why_text

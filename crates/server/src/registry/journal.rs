@@ -121,7 +121,8 @@ impl Registry {
                 Some(mut a) => {
                     if a.dirty {
                         a.dirty = false;
-                        batch.upserts.push((key, record::encode(&a)));
+                        let ops = self.ops_record(&key);
+                        batch.upserts.push((key, record::encode(&a, ops)));
                     }
                 }
                 None => batch.deletes.push(key),

@@ -13,19 +13,23 @@
 //! - `update`: what agents and operators change (hello, events, goodbye,
 //!   forget, restore);
 //! - `queries`: what is read (get, list, as-of, summary, history); reads do
-//!   not write, and a read at time T evaluates T.
+//!   not write, and a read at time T evaluates T;
+//! - [`ops`]: what operators and remediators set on agents (maintenance
+//!   marks, claims, "given up") and each agent's activity, beside the
+//!   records.
 //!
 //! This module holds the handle and the one place where a transition fans
 //! out (history, tally, journal, metrics, change feed, storm guard).
 //!
 //! Lock order: an agent's map entry (a `DashMap` shard), then at most one of
-//! the leaf locks (tally, timers, journal, labels). No leaf lock is held while
+//! the leaf locks (tally, timers, journal, labels, ops). No leaf lock is held while
 //! another lock is taken, no map guard escapes this module, and nothing here
 //! is async except the timer task's wait.
 
 mod agent;
 pub mod journal;
 mod labels;
+pub mod ops;
 mod queries;
 pub mod record;
 mod tally;
@@ -47,11 +51,16 @@ use crate::model::{Eval, FleetRules, Why};
 use self::agent::{Agent, Tokens};
 use self::journal::Journal;
 use self::labels::LabelInterner;
+use self::ops::Ops;
 use self::tally::Tally;
 use self::timers::Timers;
 
 pub use self::journal::DirtyBatch;
-pub use self::record::{AgentRecord, RecordError, RecordProblem, TransitionRecord};
+pub use self::ops::{Claimed, Marked, Refusal, Targets};
+pub use self::record::{
+    ActivityRecord, AgentRecord, ClaimRecord, GivenUpRecord, MarkRecord, OpsRecord, RecordError,
+    RecordProblem, RemediationRecord, TransitionRecord,
+};
 pub use self::types::{
     AgentView, Applied, Change, Connected, Limits, Page, RegistryError, Selector, Session,
     StateFilter, StormView, Summary, Transition,
@@ -76,6 +85,7 @@ struct Inner {
     tally: Tally,
     timers: Timers,
     journal: Journal,
+    ops: Ops,
     changes: broadcast::Sender<Change>,
     metrics: Arc<Metrics>,
 }
@@ -158,6 +168,7 @@ impl Registry {
                 labels: Mutex::new(LabelInterner::default()),
                 timers: Timers::new(),
                 journal,
+                ops: Ops::default(),
                 changes,
                 metrics,
             }),
@@ -221,13 +232,21 @@ impl Registry {
             self.inner.settings.rules.history,
         );
         self.inner.tally.moved(key, before, Some(to));
+        if to.state() == crate::model::State::Healthy {
+            self.ops_turned_healthy(key);
+        }
         self.inner.journal.changed(key, a);
         if before.is_some() {
             self.inner.metrics.count_transition(to);
         }
         if self.inner.changes.receiver_count() > 0 {
             let view = Arc::new(self.view_of(key, a, at, false));
-            let _ = self.inner.changes.send(Change::Status { view, before });
+            let was_maintained = view.maintenance.is_some();
+            let _ = self.inner.changes.send(Change::Status {
+                view,
+                before,
+                was_maintained,
+            });
         }
         self.check_storm();
     }
@@ -237,6 +256,7 @@ impl Registry {
     /// status just before.
     fn forgotten(&self, key: &Arc<str>, settled: Why, last: Arc<AgentView>) {
         self.inner.tally.moved(key, Some(settled), None);
+        self.ops_forgotten(key);
         self.inner.journal.removed(key);
         let _ = self.inner.changes.send(Change::Forgotten { last });
         self.check_storm();

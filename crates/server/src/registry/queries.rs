@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use fleet_health_sensor::Time;
 
-use crate::model::{AgentId, ByWhy, Why};
+use crate::model::{AgentId, ByWhy, MaintenanceFilter, Why};
 
 use super::Registry;
 use super::agent::Agent;
@@ -53,6 +53,13 @@ struct Unsettled {
     at: Why,
 }
 
+/// Counts by reason at one time: of all agents, and of those under
+/// maintenance.
+struct Counts {
+    all: ByWhy<u64>,
+    maintained: ByWhy<u64>,
+}
+
 impl Registry {
     /// How many agents are known.
     pub fn len(&self) -> usize {
@@ -76,12 +83,20 @@ impl Registry {
     /// Agents by reason, now (for metrics).
     pub fn counts(&self) -> ByWhy<u64> {
         let now = self.inner.settings.clock.now();
-        self.counts_at(now, false).0
+        self.counts_at(now, false).0.all
+    }
+
+    /// Agents under maintenance by reason, now (for metrics).
+    pub fn maintained_counts(&self) -> ByWhy<u64> {
+        let now = self.inner.settings.clock.now();
+        self.counts_at(now, false).0.maintained
     }
 
     /// The storm guard now.
     pub fn storm(&self) -> StormView {
-        self.inner.tally.storm_of(&self.counts())
+        let now = self.inner.settings.clock.now();
+        let (c, _) = self.counts_at(now, false);
+        self.inner.tally.storm_of(&c.all, &c.maintained)
     }
 
     /// Resolves the time of a query (`None` is now) against one reading of
@@ -123,22 +138,36 @@ impl Registry {
 
     /// Counts by reason at `at` (not in the past), and the agents whose
     /// verdict then differs from their settled one.
-    fn counts_at(&self, at: Time, forecast: bool) -> (ByWhy<u64>, Vec<Unsettled>) {
+    fn counts_at(&self, at: Time, forecast: bool) -> (Counts, Vec<Unsettled>) {
         let changed = self.unsettled(at, forecast);
-        let mut counts = self.inner.tally.counts();
+        let mut all = self.inner.tally.counts();
+        let mut maintained = self.inner.tally.maintained_counts();
+        let any_maintained = maintained.total() > 0;
         for c in &changed {
-            counts[c.settled] = counts[c.settled].saturating_sub(1);
-            counts[c.at] += 1;
+            all[c.settled] = all[c.settled].saturating_sub(1);
+            all[c.at] += 1;
+            if any_maintained && self.inner.tally.is_maintained(&c.key) {
+                maintained[c.settled] = maintained[c.settled].saturating_sub(1);
+                maintained[c.at] += 1;
+            }
         }
-        (counts, changed)
+        (Counts { all, maintained }, changed)
     }
 
     /// Counts by reason at a past time: every agent evaluated then.
-    fn counts_by_scan(&self, at: Time) -> ByWhy<u64> {
+    fn counts_by_scan(&self, at: Time) -> Counts {
         let e = self.eval(false);
-        let mut counts = ByWhy::<u64>::default();
+        let marks = self.marks_at(at);
+        let mut counts = Counts {
+            all: ByWhy::default(),
+            maintained: ByWhy::default(),
+        };
         for entry in self.inner.agents.iter() {
-            counts[entry.value().facts().why_at(at, &e)] += 1;
+            let why = entry.value().facts().why_at(at, &e);
+            counts.all[why] += 1;
+            if marks.contains(entry.key()) {
+                counts.maintained[why] += 1;
+            }
         }
         counts
     }
@@ -170,7 +199,11 @@ impl Registry {
             };
             (why, since)
         };
+        let (maintenance, claim, given_up) = self.ops_at(key, at);
         AgentView {
+            maintenance,
+            claim,
+            given_up,
             id: AgentId::from_checked(key.clone()),
             why,
             since,
@@ -209,8 +242,8 @@ impl Registry {
         limit: usize,
     ) -> Page {
         let (at, when) = self.query_time(at);
-        if when == When::Past {
-            return self.list_by_scan(sel, at, false, after, limit);
+        if when == When::Past || sel.maintenance == MaintenanceFilter::Only {
+            return self.list_by_scan(sel, at, when.forecast(), after, limit);
         }
         let forecast = when.forecast();
         let (counts, changed) = self.counts_at(at, forecast);
@@ -249,7 +282,7 @@ impl Registry {
                     Ok(i) => changed[i].at,
                     Err(_) => a.why,
                 };
-                if !sel.matches(why, a.labels.as_deref()) {
+                if !sel.matches(why, a.labels.as_deref(), self.maintained_at(&key, at)) {
                     continue;
                 }
                 if agents.len() == limit {
@@ -266,13 +299,15 @@ impl Registry {
         Page {
             agents,
             more,
-            storm: self.inner.tally.storm_of(&counts),
+            storm: self.inner.tally.storm_of(&counts.all, &counts.maintained),
             evaluated_at: at,
         }
     }
 
     /// [`Registry::list`] by evaluating every agent at `at`: the way to
-    /// answer about the past (and, in tests, the reference for the index).
+    /// answer about the past, and to list the agents under maintenance (the
+    /// agents are those under maintenance only, then); in tests, the
+    /// reference for the index.
     pub(super) fn list_by_scan(
         &self,
         sel: &Selector,
@@ -282,19 +317,41 @@ impl Registry {
         limit: usize,
     ) -> Page {
         let e = self.eval(forecast);
-        let mut counts = ByWhy::<u64>::default();
+        let marks = self.marks_at(at);
         let mut keys: Vec<Arc<str>> = Vec::new();
-        for entry in self.inner.agents.iter() {
-            let a = entry.value();
-            let why = a.facts().why_at(at, &e);
-            counts[why] += 1;
-            if after.is_some_and(|x| &**entry.key() <= x) {
-                continue;
+        let counts = if sel.maintenance == MaintenanceFilter::Only && at >= self.clock().now() {
+            for key in &marks {
+                let Some(a) = self.inner.agents.get(key) else {
+                    continue;
+                };
+                let why = a.facts().why_at(at, &e);
+                if after.is_none_or(|x| &**key > x) && sel.matches(why, a.labels.as_deref(), true) {
+                    keys.push(key.clone());
+                }
             }
-            if sel.matches(why, a.labels.as_deref()) {
-                keys.push(entry.key().clone());
+            self.counts_at(at, forecast).0
+        } else {
+            let mut counts = Counts {
+                all: ByWhy::default(),
+                maintained: ByWhy::default(),
+            };
+            for entry in self.inner.agents.iter() {
+                let a = entry.value();
+                let why = a.facts().why_at(at, &e);
+                let maintained = marks.contains(entry.key());
+                counts.all[why] += 1;
+                if maintained {
+                    counts.maintained[why] += 1;
+                }
+                if after.is_some_and(|x| &**entry.key() <= x) {
+                    continue;
+                }
+                if sel.matches(why, a.labels.as_deref(), maintained) {
+                    keys.push(entry.key().clone());
+                }
             }
-        }
+            counts
+        };
         keys.sort_unstable();
         let more = keys.len() > limit;
         keys.truncate(limit);
@@ -308,7 +365,7 @@ impl Registry {
         Page {
             agents,
             more,
-            storm: self.inner.tally.storm_of(&counts),
+            storm: self.inner.tally.storm_of(&counts.all, &counts.maintained),
             evaluated_at: at,
         }
     }
@@ -321,10 +378,11 @@ impl Registry {
     /// Counts by reason, now or at another time.
     pub fn summary(&self, at: Option<Time>) -> Summary {
         let (at, when) = self.query_time(at);
-        let by_why = match when {
+        let counts = match when {
             When::Past => self.counts_by_scan(at),
             _ => self.counts_at(at, when.forecast()).0,
         };
+        let (given_up, claimed) = self.ops_counts(at);
         let settings = &self.inner.settings;
         let restored = settings.restored.load(Ordering::Relaxed);
         let grace_end = if settings.rules.silence.is_zero() || !restored {
@@ -333,8 +391,11 @@ impl Registry {
             settings.grace_from.checked_add(settings.rules.silence)
         };
         Summary {
-            storm: self.inner.tally.storm_of(&by_why),
-            by_why,
+            storm: self.inner.tally.storm_of(&counts.all, &counts.maintained),
+            by_why: counts.all,
+            maintained: counts.maintained,
+            given_up,
+            claimed,
             connected: self.connected(),
             evaluated_at: at,
             grace_until: grace_end.filter(|g| *g > at),

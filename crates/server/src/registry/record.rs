@@ -116,6 +116,134 @@ pub struct AgentRecord {
     /// Recent transitions, oldest first.
     #[prost(message, repeated, tag = "15")]
     pub history: Vec<TransitionRecord>,
+    /// Maintenance mark, remediation claim, "given up" and activity, if any
+    /// (kept beside the agent in memory: see `ops`).
+    #[prost(message, optional, tag = "16")]
+    pub ops: Option<OpsRecord>,
+}
+
+/// What operators and remediators set on an agent, and what they did to it.
+/// Times are microseconds since the epoch. Kept in this form in memory too.
+#[derive(Clone, PartialEq, Message)]
+pub struct OpsRecord {
+    /// The maintenance mark.
+    #[prost(message, optional, tag = "1")]
+    pub maintenance: Option<MarkRecord>,
+    /// The remediation claim (it may have run out: see its `until`).
+    #[prost(message, optional, tag = "2")]
+    pub claim: Option<ClaimRecord>,
+    /// A remediator gave up on the agent.
+    #[prost(message, optional, tag = "3")]
+    pub given_up: Option<GivenUpRecord>,
+    /// Activity, oldest first (bounded).
+    #[prost(message, repeated, tag = "4")]
+    pub activity: Vec<ActivityRecord>,
+}
+
+/// A maintenance mark.
+#[derive(Clone, PartialEq, Message)]
+pub struct MarkRecord {
+    /// Why.
+    #[prost(string, tag = "1")]
+    pub reason: String,
+    /// Who set it.
+    #[prost(string, tag = "2")]
+    pub by: String,
+    /// When it was set.
+    #[prost(int64, tag = "3")]
+    pub since: i64,
+    /// When it ends by itself.
+    #[prost(int64, tag = "4")]
+    pub until: i64,
+}
+
+/// A remediation claim.
+#[derive(Clone, PartialEq, Message)]
+pub struct ClaimRecord {
+    /// The remediator's name.
+    #[prost(string, tag = "1")]
+    pub holder: String,
+    /// Its identity.
+    #[prost(string, tag = "2")]
+    pub by: String,
+    /// When it was first granted.
+    #[prost(int64, tag = "3")]
+    pub since: i64,
+    /// When the lease runs out.
+    #[prost(int64, tag = "4")]
+    pub until: i64,
+}
+
+/// A remediator gave up on the agent.
+#[derive(Clone, PartialEq, Message)]
+pub struct GivenUpRecord {
+    /// The remediator's name.
+    #[prost(string, tag = "1")]
+    pub holder: String,
+    /// Its identity.
+    #[prost(string, tag = "2")]
+    pub by: String,
+    /// When.
+    #[prost(int64, tag = "3")]
+    pub at: i64,
+    /// Why.
+    #[prost(string, tag = "4")]
+    pub reason: String,
+}
+
+/// One entry of an agent's activity.
+#[derive(Clone, PartialEq, Message)]
+pub struct ActivityRecord {
+    /// When.
+    #[prost(int64, tag = "1")]
+    pub at: i64,
+    /// What: a `fleethealth.v1.ActivityKind` number.
+    #[prost(int32, tag = "2")]
+    pub kind: i32,
+    /// Who.
+    #[prost(string, tag = "3")]
+    pub by: String,
+    /// The remediator's name.
+    #[prost(string, tag = "4")]
+    pub holder: String,
+    /// The maintenance reason, or why a remediator gave up.
+    #[prost(string, tag = "5")]
+    pub reason: String,
+    /// When a mark set then ends (0: none).
+    #[prost(int64, tag = "6")]
+    pub until: i64,
+    /// What a remediator ran.
+    #[prost(message, optional, tag = "7")]
+    pub remediation: Option<RemediationRecord>,
+}
+
+/// One remediation.
+#[derive(Clone, PartialEq, Message)]
+pub struct RemediationRecord {
+    /// When the program started.
+    #[prost(int64, tag = "1")]
+    pub started: i64,
+    /// When it ended.
+    #[prost(int64, tag = "2")]
+    pub finished: i64,
+    /// The program as run.
+    #[prost(string, tag = "3")]
+    pub program: String,
+    /// How it went: a `fleethealth.v1.RemediationResult` number.
+    #[prost(int32, tag = "4")]
+    pub result: i32,
+    /// Its exit code.
+    #[prost(int32, optional, tag = "5")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it.
+    #[prost(int32, optional, tag = "6")]
+    pub signal: Option<i32>,
+    /// Its last output.
+    #[prost(string, tag = "7")]
+    pub output: String,
+    /// The agent's reason then: a `fleethealth.v1.Why` number.
+    #[prost(int32, tag = "8")]
+    pub why: i32,
 }
 
 impl Agent {
@@ -151,6 +279,7 @@ impl Agent {
                     to: t.to.code(),
                 })
                 .collect(),
+            ops: None,
         }
     }
 
@@ -200,17 +329,25 @@ impl Agent {
     }
 }
 
-/// The encoded record of an agent, as the store keeps it.
-pub(super) fn encode(a: &Agent) -> Vec<u8> {
-    a.to_record().encode_to_vec()
+/// The encoded record of an agent, with what operators and remediators set
+/// on it, as the store keeps it.
+pub(super) fn encode(a: &Agent, ops: Option<OpsRecord>) -> Vec<u8> {
+    let mut r = a.to_record();
+    r.ops = ops;
+    r.encode_to_vec()
 }
 
-/// The agent stored under `key` as `bytes`.
-pub(super) fn decode(key: &str, bytes: &[u8]) -> Result<(AgentId, Agent), RecordError> {
-    let parse = || -> Result<(AgentId, Agent), RecordProblem> {
+/// The agent stored under `key` as `bytes`, and what operators and
+/// remediators set on it.
+pub(super) fn decode(
+    key: &str,
+    bytes: &[u8],
+) -> Result<(AgentId, Agent, Option<OpsRecord>), RecordError> {
+    let parse = || -> Result<(AgentId, Agent, Option<OpsRecord>), RecordProblem> {
         let id = AgentId::parse(key)?;
-        let record = AgentRecord::decode(bytes)?;
-        Ok((id, Agent::from_record(record)?))
+        let mut record = AgentRecord::decode(bytes)?;
+        let ops = record.ops.take();
+        Ok((id, Agent::from_record(record)?, ops))
     };
     parse().map_err(|problem| RecordError {
         agent: key.to_string(),
@@ -255,7 +392,17 @@ mod tests {
             },
             8,
         );
-        let (id, b) = decode("a", &encode(&a)).expect("decodes");
+        let ops = OpsRecord {
+            maintenance: Some(MarkRecord {
+                reason: "kernel upgrade".into(),
+                by: "operator/ana".into(),
+                since: 100,
+                until: 200,
+            }),
+            ..OpsRecord::default()
+        };
+        let (id, b, back) = decode("a", &encode(&a, Some(ops.clone()))).expect("decodes");
+        assert_eq!(back, Some(ops));
         assert_eq!(id.as_str(), "a");
         assert_eq!(b.to_record(), a.to_record());
         assert_eq!(b.facts(), a.facts());

@@ -6,6 +6,7 @@
 //! never the other way round, and nothing else is locked while it is held.
 //! Readers copy keys out and release it before looking agents up.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use crate::model::{ByWhy, FleetRules, State, Why};
@@ -20,6 +21,10 @@ struct Index {
     by_why: ByWhy<IdSet>,
     /// Whether the storm flag is up.
     storm: bool,
+    /// Agents under maintenance (usually few).
+    maintained: HashSet<Arc<str>>,
+    /// How many of them have each reason, as settled.
+    maintained_by_why: ByWhy<u64>,
 }
 
 /// Counts by reason, the per-reason index and the storm guard.
@@ -53,13 +58,70 @@ impl Tally {
         if let Some(r) = to {
             index.by_why[r].insert(key);
         }
+        if !index.maintained.is_empty() && index.maintained.contains(key) {
+            if let Some(r) = from {
+                index.maintained_by_why[r] -= 1;
+            }
+            match to {
+                Some(r) => index.maintained_by_why[r] += 1,
+                None => {
+                    index.maintained.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Puts agent `key` (settled as `why`) under maintenance or takes it
+    /// out; returns whether that changed anything.
+    pub(super) fn set_maintained(&self, key: &Arc<str>, why: Why, on: bool) -> bool {
+        let mut index = lock(&self.index);
+        let changed = if on {
+            index.maintained.insert(key.clone())
+        } else {
+            index.maintained.remove(key)
+        };
+        if changed {
+            if on {
+                index.maintained_by_why[why] += 1;
+            } else {
+                index.maintained_by_why[why] -= 1;
+            }
+        }
+        changed
+    }
+
+    /// Whether agent `key` is under maintenance.
+    pub(super) fn is_maintained(&self, key: &str) -> bool {
+        let index = lock(&self.index);
+        !index.maintained.is_empty() && index.maintained.contains(key)
+    }
+
+    /// Agents under maintenance by reason, as settled.
+    pub(super) fn maintained_counts(&self) -> ByWhy<u64> {
+        lock(&self.index).maintained_by_why
+    }
+
+    /// Agents under maintenance, by ID, after `after`, at most `take`.
+    pub(super) fn maintained_keys(&self, after: Option<&str>, take: usize) -> Vec<Arc<str>> {
+        let mut keys: Vec<Arc<str>> = {
+            let index = lock(&self.index);
+            index
+                .maintained
+                .iter()
+                .filter(|k| after.is_none_or(|a| &***k > a))
+                .cloned()
+                .collect()
+        };
+        keys.sort_unstable();
+        keys.truncate(take);
+        keys
     }
 
     /// Raises or lowers the storm flag to match the counts; returns the
     /// reading if the flag changed.
     pub(super) fn check_storm(&self) -> Option<StormView> {
         let mut index = lock(&self.index);
-        let storm = self.storm_of(&index.by_why.each_len());
+        let storm = self.storm_of(&index.by_why.each_len(), &index.maintained_by_why);
         (index.storm != storm.active).then(|| {
             index.storm = storm.active;
             storm
@@ -87,8 +149,11 @@ impl Tally {
         keys
     }
 
-    /// The storm guard for these counts.
-    pub(super) fn storm_of(&self, counts: &ByWhy<u64>) -> StormView {
+    /// The storm guard for these counts, of which `maintained` are under
+    /// maintenance: those count neither as faulty nor as active, so that
+    /// planned work raises no storm.
+    pub(super) fn storm_of(&self, all: &ByWhy<u64>, maintained: &ByWhy<u64>) -> StormView {
+        let counts = &ByWhy::from_fn(|r| all[r].saturating_sub(maintained[r]));
         let faulty = counts.in_state(State::Faulty);
         let active_agents = faulty + counts.in_state(State::Healthy);
         let dominant = counts
@@ -105,6 +170,7 @@ impl Tally {
             threshold: self.storm_share,
             min_agents: self.storm_min_agents,
             dominant,
+            maintenance: maintained.total(),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::model::{AgentEvent, AgentId, ByWhy, EventKind, Labels, State};
+use crate::model::{AgentEvent, AgentId, ByWhy, EventKind, Labels, MaintenanceFilter, State};
 
 use crate::testing::{T0, t};
 
@@ -152,7 +152,7 @@ fn time_driven_transitions_happen_at_their_due_time() {
     let v = reg.get(&id("a"), None).expect("known");
     assert_eq!((v.why, v.since), (Why::NoDataSent, t(T0 + 21_600)));
     match feed.try_recv().expect("a change was sent") {
-        Change::Status { view, before } => {
+        Change::Status { view, before, .. } => {
             assert_eq!(before, Some(Why::AllIsOk));
             assert_eq!(view.why, Why::NoDataSent);
         }
@@ -399,11 +399,14 @@ fn selectors() -> Vec<Selector> {
     ] {
         for whys in [vec![], vec![Why::NotReporting, Why::AllIsOk]] {
             for labels in [Labels::new(), [("site".into(), "eu".into())].into()] {
-                out.push(Selector {
-                    filter,
-                    whys: whys.clone(),
-                    labels,
-                });
+                for maintenance in [MaintenanceFilter::Default, MaintenanceFilter::Exclude] {
+                    out.push(Selector {
+                        filter,
+                        whys: whys.clone(),
+                        labels: labels.clone(),
+                        maintenance,
+                    });
+                }
             }
         }
     }
@@ -493,7 +496,8 @@ fn reads_evaluate_their_time_and_settle_nothing() {
     let counts = reg.counts();
     assert_ne!(counts, settled, "some changes are due");
     assert_eq!(reg.summary(None).by_why, counts);
-    assert_eq!(reg.storm(), reg.inner.tally.storm_of(&counts));
+    let none = ByWhy::default();
+    assert_eq!(reg.storm(), reg.inner.tally.storm_of(&counts, &none));
     let faulty = Selector {
         filter: StateFilter::Faulty,
         ..Selector::default()
@@ -562,7 +566,7 @@ fn a_restored_registry_answers_as_the_one_that_wrote_it() {
         .inner
         .agents
         .iter()
-        .map(|e| (e.key().to_string(), record::encode(e.value())))
+        .map(|e| (e.key().to_string(), record::encode(e.value(), None)))
         .collect();
     assert_eq!(durable.restore(records.clone()).expect("restores"), 40);
     assert_eq!(durable.len(), 40);
@@ -570,10 +574,297 @@ fn a_restored_registry_answers_as_the_one_that_wrote_it() {
     // one silence window of grace, so its verdicts may differ for a while).
     for (key, bytes) in &records {
         let a = durable.inner.agents.get(&**key).expect("restored");
-        assert_eq!(&record::encode(&a), bytes, "{key}");
+        assert_eq!(&record::encode(&a, None), bytes, "{key}");
         assert!(!a.connected());
     }
     assert_eq!(durable.inner.tally.counts(), reg.inner.tally.counts());
     let damaged = durable.restore(vec![("x".into(), vec![0xff; 3])]);
     assert!(matches!(damaged, Err(RecordError { ref agent, .. }) if agent == "x"));
+}
+
+/// `n` agents that said hello and nothing else: faulty ("no data received
+/// from server") until they start.
+fn faulty_fleet(reg: &Registry, n: usize) -> Vec<AgentId> {
+    (0..n)
+        .map(|i| {
+            let name = id(&format!("agent-{i:02}"));
+            let labels: Labels = [("rack".into(), format!("r{}", i % 2))].into();
+            reg.connect(&name, 1, labels).expect("connects");
+            name
+        })
+        .collect()
+}
+
+fn ids_of(page: &Page) -> Vec<String> {
+    page.agents.iter().map(|a| a.id.to_string()).collect()
+}
+
+#[test]
+fn agents_under_maintenance_leave_faulty_lists_and_the_storm_guard() {
+    let (reg, clock) = setup();
+    let fleet = faulty_fleet(&reg, 12);
+    assert!(reg.storm().active, "12 of 12 faulty");
+    let rack0 = Targets::Labels([("rack".into(), "r0".into())].into());
+    let marked = reg
+        .set_maintenance(&rack0, "kernel upgrade", Duration::from_secs(600), "ops")
+        .expect("marks");
+    assert_eq!(marked.agents.len(), 6);
+    assert_eq!(marked.until, t(T0 + 600));
+    let faulty = Selector {
+        filter: StateFilter::Faulty,
+        ..Selector::default()
+    };
+    let page = reg.list(&faulty, None, None, 100);
+    assert_eq!(page.agents.len(), 6, "{:?}", ids_of(&page));
+    assert!(page.agents.iter().all(|a| a.maintenance.is_none()));
+    let storm = page.storm;
+    assert_eq!(
+        (storm.faulty, storm.active_agents, storm.maintenance),
+        (6, 6, 6)
+    );
+    let with = Selector {
+        maintenance: MaintenanceFilter::Include,
+        ..faulty.clone()
+    };
+    assert_eq!(reg.list(&with, None, None, 100).agents.len(), 12);
+    let only = Selector {
+        filter: StateFilter::All,
+        maintenance: MaintenanceFilter::Only,
+        ..Selector::default()
+    };
+    let page = reg.list(&only, None, None, 4);
+    assert_eq!(
+        ids_of(&page),
+        ["agent-00", "agent-02", "agent-04", "agent-06"]
+    );
+    assert!(page.more);
+    let rest = reg.list(&only, None, Some("agent-06"), 4);
+    assert_eq!(ids_of(&rest), ["agent-08", "agent-10"]);
+    let m = reg
+        .get(&fleet[0], None)
+        .unwrap()
+        .maintenance
+        .expect("marked");
+    assert_eq!(
+        (m.reason.as_str(), m.by.as_str()),
+        ("kernel upgrade", "ops")
+    );
+    let s = reg.summary(None);
+    assert_eq!(s.maintained.total(), 6);
+    assert_eq!(s.maintained.in_state(State::Faulty), 6);
+    assert_eq!(s.by_why.in_state(State::Faulty), 12, "real status kept");
+    // The agents keep their status; the healthy list takes them as they are.
+    let s0 = reg.connect(&fleet[0], 2, Labels::new()).unwrap().session;
+    reg.apply(&s0, &[ev(1, EventKind::Starting, None)]).unwrap();
+    let healthy = Selector {
+        filter: StateFilter::Healthy,
+        ..Selector::default()
+    };
+    assert_eq!(ids_of(&reg.list(&healthy, None, None, 10)), ["agent-00"]);
+    assert_eq!(reg.summary(None).maintained.in_state(State::Faulty), 5);
+    // A read about the past, before the marks, sees no maintenance.
+    clock.advance(Duration::from_secs(10));
+    let before = reg.list(&faulty, Some(t(T0 - 1)), None, 100);
+    assert_eq!(before.storm.maintenance, 0);
+    // Cleared by label: the faulty list is whole again.
+    let (cleared, _) = reg.clear_maintenance(&rack0, "ops").unwrap();
+    assert_eq!(cleared, 6);
+    assert_eq!(reg.list(&faulty, None, None, 100).agents.len(), 11);
+    assert_eq!(reg.storm().maintenance, 0);
+}
+
+#[test]
+fn a_maintenance_mark_ends_by_itself_on_time() {
+    let (reg, clock) = setup();
+    let fleet = faulty_fleet(&reg, 2);
+    let mut feed = reg.subscribe();
+    reg.set_maintenance(
+        &Targets::Ids(vec![fleet[1].clone()]),
+        "disk swap",
+        Duration::from_secs(60),
+        "",
+    )
+    .unwrap();
+    match feed.try_recv().expect("watchers are told") {
+        Change::Status {
+            view,
+            was_maintained,
+            ..
+        } => {
+            assert!(!was_maintained);
+            assert!(view.maintenance.is_some());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    clock.set(t(T0 + 59));
+    assert_eq!(reg.expire_maintenance(), Some(t(T0 + 60)));
+    assert!(reg.get(&fleet[1], None).unwrap().maintenance.is_some());
+    // A read at the end time already sees it ended.
+    assert!(
+        reg.get(&fleet[1], Some(t(T0 + 60)))
+            .unwrap()
+            .maintenance
+            .is_none()
+    );
+    clock.set(t(T0 + 60));
+    assert_eq!(reg.expire_maintenance(), None);
+    assert!(reg.get(&fleet[1], None).unwrap().maintenance.is_none());
+    assert_eq!(reg.storm().maintenance, 0);
+    let kinds: Vec<(i32, i64)> = reg
+        .activity(&fleet[1])
+        .unwrap()
+        .iter()
+        .map(|a| (a.kind, a.at))
+        .collect();
+    use fleet_health_proto::v1::ActivityKind as K;
+    assert_eq!(
+        kinds,
+        [
+            (K::MaintenanceSet as i32, T0 * 1_000_000),
+            (K::MaintenanceExpired as i32, (T0 + 60) * 1_000_000)
+        ]
+    );
+    // Replaced before its end: the old end time ends nothing.
+    let target = Targets::Ids(vec![fleet[0].clone()]);
+    reg.set_maintenance(&target, "a", Duration::from_secs(10), "")
+        .unwrap();
+    reg.set_maintenance(&target, "b", Duration::from_secs(100), "")
+        .unwrap();
+    clock.set(t(T0 + 75));
+    reg.expire_maintenance();
+    assert_eq!(
+        reg.get(&fleet[0], None)
+            .unwrap()
+            .maintenance
+            .unwrap()
+            .reason,
+        "b"
+    );
+    // Unknown IDs mark nothing.
+    let unknown = Targets::Ids(vec![fleet[1].clone(), id("nobody")]);
+    assert!(matches!(
+        reg.set_maintenance(&unknown, "x", Duration::from_secs(10), ""),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(reg.get(&fleet[1], None).unwrap().maintenance.is_none());
+}
+
+#[test]
+fn one_holder_at_a_time_claims_an_agent() {
+    let (reg, clock) = setup();
+    let fleet = faulty_fleet(&reg, 3);
+    let lease = Duration::from_secs(60);
+    let a = &fleet[0];
+    let c = reg.claim(a, "r1", lease, "orchestrator/r1").unwrap();
+    assert_eq!(c.refusal, None);
+    assert_eq!(c.claim.as_ref().unwrap().until, (T0 + 60) * 1_000_000);
+    assert_eq!(reg.get(a, None).unwrap().claim.unwrap().holder, "r1");
+    let other = reg.claim(a, "r2", lease, "").unwrap();
+    assert_eq!(other.refusal, Some(Refusal::Held));
+    assert_eq!(other.claim.unwrap().holder, "r1");
+    // The same holder renews; the claim keeps its start.
+    clock.set(t(T0 + 30));
+    let renewed = reg.claim(a, "r1", lease, "").unwrap().claim.unwrap();
+    assert_eq!(
+        (renewed.since, renewed.until),
+        (T0 * 1_000_000, (T0 + 90) * 1_000_000)
+    );
+    // A lease that ran out holds nothing.
+    clock.set(t(T0 + 90));
+    assert_eq!(reg.claim(a, "r2", lease, "").unwrap().refusal, None);
+    assert!(!reg.release(a, "r1").unwrap().0, "r1 holds nothing");
+    assert!(reg.release(a, "r2").unwrap().0);
+    // Remediations are shared with every later claimant.
+    let rem = RemediationRecord {
+        started: (T0 + 91) * 1_000_000,
+        finished: (T0 + 92) * 1_000_000,
+        program: "restart".into(),
+        result: 2,
+        exit_code: Some(1),
+        ..RemediationRecord::default()
+    };
+    reg.record_remediation(a, "r2", "", Some(rem.clone()), None)
+        .unwrap();
+    let c = reg.claim(a, "r3", lease, "").unwrap();
+    assert_eq!(c.recent, [rem]);
+    // Given up: every claim refused until cleared.
+    reg.record_remediation(a, "r3", "", None, Some("3 restarts within 1h"))
+        .unwrap();
+    assert_eq!(
+        reg.claim(a, "r3", lease, "").unwrap().refusal,
+        Some(Refusal::GivenUp)
+    );
+    assert_eq!(reg.summary(None).given_up, 1);
+    assert!(reg.clear_given_up(a, "admin/ana").unwrap().0);
+    assert_eq!(reg.claim(a, "r1", lease, "").unwrap().refusal, None);
+    assert_eq!(reg.summary(None).claimed, 1);
+    // Under maintenance: refused.
+    let b = &fleet[1];
+    reg.set_maintenance(&Targets::Ids(vec![b.clone()]), "m", lease, "")
+        .unwrap();
+    assert_eq!(
+        reg.claim(b, "r1", lease, "").unwrap().refusal,
+        Some(Refusal::Maintenance)
+    );
+    // Turning healthy ends the claim; a healthy agent is not claimed.
+    let s = reg.connect(a, 2, Labels::new()).unwrap().session;
+    reg.apply(&s, &[ev(1, EventKind::Starting, None)]).unwrap();
+    assert!(reg.get(a, None).unwrap().claim.is_none());
+    assert_eq!(
+        reg.claim(a, "r1", lease, "").unwrap().refusal,
+        Some(Refusal::NotFaulty)
+    );
+    assert!(matches!(
+        reg.claim(&id("nobody"), "r1", lease, ""),
+        Err(RegistryError::NotFound(_))
+    ));
+}
+
+#[test]
+fn marks_claims_and_activity_survive_a_restart() {
+    let clock = ManualClock::new(t(T0));
+    let make = || {
+        Registry::durable(
+            FleetRules::default(),
+            Limits::default(),
+            Arc::new(clock.clone()),
+            Arc::new(Metrics::default()),
+        )
+    };
+    let reg = make();
+    let fleet = faulty_fleet(&reg, 3);
+    reg.set_maintenance(
+        &Targets::Ids(vec![fleet[0].clone()]),
+        "m",
+        Duration::from_secs(60),
+        "",
+    )
+    .unwrap();
+    reg.claim(&fleet[1], "r1", Duration::from_secs(60), "")
+        .unwrap();
+    let batch = reg.take_dirty();
+    assert_eq!(batch.upserts.len(), 3);
+    let records = batch
+        .upserts
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let back = make();
+    back.restore(records).unwrap();
+    assert!(back.get(&fleet[0], None).unwrap().maintenance.is_some());
+    assert_eq!(back.storm().maintenance, 1);
+    assert_eq!(
+        back.claim(&fleet[1], "r2", Duration::from_secs(60), "")
+            .unwrap()
+            .refusal,
+        Some(Refusal::Held)
+    );
+    // The restored mark still ends by itself.
+    clock.set(t(T0 + 60));
+    back.expire_maintenance();
+    assert!(back.get(&fleet[0], None).unwrap().maintenance.is_none());
+    assert_eq!(back.activity(&fleet[0]).unwrap().len(), 2);
+    // Forgetting an agent takes all of it away.
+    back.forget(&fleet[1]).unwrap();
+    assert_eq!(back.summary(None).claimed, 0);
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use fleet_health_sensor::{Sensor, Time};
 
-use crate::model::{AgentId, ByWhy, LabelSet, Labels, State, Why};
+use crate::model::{AgentId, ByWhy, LabelSet, Labels, MaintenanceFilter, State, Why};
+
+use super::record::{ClaimRecord, GivenUpRecord, MarkRecord};
 
 /// Limits that protect the server.
 #[derive(Clone, Debug)]
@@ -84,6 +86,12 @@ pub struct AgentView {
     pub stopped_at: Option<Time>,
     /// The time this view was evaluated at (now, or the as-of time).
     pub evaluated_at: Time,
+    /// Its maintenance mark, if one is in force then.
+    pub maintenance: Option<MarkRecord>,
+    /// The remediation claim on it, if one holds then.
+    pub claim: Option<ClaimRecord>,
+    /// Set when a remediator gave up on it.
+    pub given_up: Option<GivenUpRecord>,
 }
 
 impl AgentView {
@@ -110,6 +118,9 @@ pub struct StormView {
     pub min_agents: u64,
     /// The reason more than half the faulty agents share, and how many.
     pub dominant: Option<(Why, u64)>,
+    /// Agents under maintenance, counted in neither `faulty` nor
+    /// `active_agents`.
+    pub maintenance: u64,
 }
 
 impl StormView {
@@ -132,6 +143,8 @@ pub enum Change {
         view: Arc<AgentView>,
         /// Its reason before.
         before: Option<Why>,
+        /// Whether it was under maintenance before.
+        was_maintained: bool,
     },
     /// An agent was forgotten.
     Forgotten {
@@ -153,12 +166,16 @@ pub struct Selector {
     pub whys: Vec<Why>,
     /// All of these labels.
     pub labels: Labels,
+    /// Agents under maintenance: by default left out of faulty lists only.
+    pub maintenance: MaintenanceFilter,
 }
 
 impl Selector {
-    /// Whether an agent with this reason and these labels is selected.
-    pub fn matches(&self, why: Why, labels: Option<&LabelSet>) -> bool {
+    /// Whether an agent with this reason and these labels, under
+    /// maintenance or not, is selected.
+    pub fn matches(&self, why: Why, labels: Option<&LabelSet>, maintained: bool) -> bool {
         self.filter.takes(why.state())
+            && self.maintenance.takes(self.filter, maintained)
             && (self.whys.is_empty() || self.whys.contains(&why))
             && self
                 .labels
@@ -203,6 +220,12 @@ pub struct Summary {
     pub evaluated_at: Time,
     /// `not reporting` is held back until then, if that is later.
     pub grace_until: Option<Time>,
+    /// Agents under maintenance by reason.
+    pub maintained: ByWhy<u64>,
+    /// Agents a remediator gave up on.
+    pub given_up: u64,
+    /// Agents claimed by a remediator now.
+    pub claimed: u64,
 }
 
 impl Summary {

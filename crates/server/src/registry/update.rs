@@ -176,12 +176,15 @@ impl Registry {
         let inner = &*self.inner;
         let n = records.len();
         for (key, bytes) in records {
-            let (id, mut a) = record::decode(&key, &bytes)?;
+            let (id, mut a, ops) = record::decode(&key, &bytes)?;
             if let Some(l) = a.labels.take() {
                 a.labels = Some(lock(&inner.labels).intern(l));
             }
             let key = id.as_arc().clone();
             inner.tally.moved(&key, None, Some(a.why));
+            if let Some(ops) = ops {
+                self.ops_restored(&key, a.why, ops);
+            }
             self.schedule(&key, &mut a);
             if inner.agents.insert(key, Box::new(a)).is_none() {
                 inner.population.known.fetch_add(1, Ordering::Relaxed);

@@ -846,3 +846,91 @@ async fn limits_per_identity_refuse_the_greedy_one_only() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn only_orchestrators_claim_and_operators_mark_with_their_names_recorded() {
+    let pki = Pki::new();
+    let server = start(&pki).await;
+    let reader = pki.token("dash", Role::Reader, None);
+    let orchestrator = pki.token("remediate-1", Role::Orchestrator, None);
+    let admin = pki.token("ana", Role::Admin, None);
+    let ch = channel(&server, pki.tls(None)).await.expect("connects");
+    let mut fleet = FleetServiceClient::new(ch);
+    // The server reloads the tokens file within a second or two.
+    soon(async {
+        while fleet
+            .list_agents(with_token(pb::ListAgentsRequest::default(), &admin))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let _agent = server.agent("web-1", 1).await; // faulty until it starts
+    let claim = || pb::ClaimAgentRequest {
+        agent_id: "web-1".into(),
+        holder: "r1".into(),
+        lease: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+    };
+    for secret in [&reader, &admin] {
+        let e = fleet
+            .claim_agent(with_token(claim(), secret))
+            .await
+            .expect_err("not an orchestrator");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    let c = fleet
+        .claim_agent(with_token(claim(), &orchestrator))
+        .await
+        .expect("an orchestrator claims")
+        .into_inner();
+    assert!(c.granted);
+    let by = c.claim.expect("claim").by;
+    assert!(by.contains("remediate-1"), "{by}");
+    let mark = || pb::SetMaintenanceRequest {
+        agent_ids: vec!["web-1".into()],
+        reason: "patching".into(),
+        duration: Some(prost_types::Duration {
+            seconds: 600,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let e = fleet
+        .set_maintenance(with_token(mark(), &reader))
+        .await
+        .expect_err("a reader marks nothing");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    fleet
+        .set_maintenance(with_token(mark(), &admin))
+        .await
+        .expect("an admin marks");
+    let line = pki
+        .audited(
+            "admin",
+            "rpc",
+            "/fleethealth.v1.FleetService/SetMaintenance",
+        )
+        .await;
+    assert_eq!(line["result"], "ok");
+    let status = fleet
+        .get_agent(with_token(
+            pb::GetAgentRequest {
+                agent_id: "web-1".into(),
+                at: None,
+            },
+            &reader,
+        ))
+        .await
+        .expect("a reader reads")
+        .into_inner()
+        .agent
+        .expect("agent");
+    let m = status.maintenance.expect("marked");
+    assert!(m.by.contains("ana"), "{}", m.by);
+    server.stop().await;
+}

@@ -69,6 +69,36 @@ class FleetServiceStub(object):
                 request_serializer=fleethealth_dot_v1_dot_fleet__pb2.ForgetAgentRequest.SerializeToString,
                 response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ForgetAgentResponse.FromString,
                 _registered_method=True)
+        self.SetMaintenance = channel.unary_unary(
+                '/fleethealth.v1.FleetService/SetMaintenance',
+                request_serializer=fleethealth_dot_v1_dot_fleet__pb2.SetMaintenanceRequest.SerializeToString,
+                response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.SetMaintenanceResponse.FromString,
+                _registered_method=True)
+        self.ClearMaintenance = channel.unary_unary(
+                '/fleethealth.v1.FleetService/ClearMaintenance',
+                request_serializer=fleethealth_dot_v1_dot_fleet__pb2.ClearMaintenanceRequest.SerializeToString,
+                response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ClearMaintenanceResponse.FromString,
+                _registered_method=True)
+        self.ClaimAgent = channel.unary_unary(
+                '/fleethealth.v1.FleetService/ClaimAgent',
+                request_serializer=fleethealth_dot_v1_dot_fleet__pb2.ClaimAgentRequest.SerializeToString,
+                response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ClaimAgentResponse.FromString,
+                _registered_method=True)
+        self.ReleaseAgent = channel.unary_unary(
+                '/fleethealth.v1.FleetService/ReleaseAgent',
+                request_serializer=fleethealth_dot_v1_dot_fleet__pb2.ReleaseAgentRequest.SerializeToString,
+                response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ReleaseAgentResponse.FromString,
+                _registered_method=True)
+        self.RecordRemediation = channel.unary_unary(
+                '/fleethealth.v1.FleetService/RecordRemediation',
+                request_serializer=fleethealth_dot_v1_dot_fleet__pb2.RecordRemediationRequest.SerializeToString,
+                response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.RecordRemediationResponse.FromString,
+                _registered_method=True)
+        self.ClearGivenUp = channel.unary_unary(
+                '/fleethealth.v1.FleetService/ClearGivenUp',
+                request_serializer=fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpRequest.SerializeToString,
+                response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer(object):
@@ -128,6 +158,64 @@ class FleetServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMaintenance(self, request, context):
+        """Marks agents as under maintenance for a while, with a reason. An agent
+        under maintenance keeps its real status, but is left out of faulty lists
+        and watches (unless asked for), of the storm guard's counts, and is never
+        claimed for remediation. The mark ends by itself at `until`, or by
+        ClearMaintenance. Marking an agent already marked replaces its mark.
+        Unknown agent IDs: NOT_FOUND, and nothing is marked. Needs the
+        orchestrator or admin role when security is on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearMaintenance(self, request, context):
+        """Ends maintenance marks early. Needs the orchestrator or admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimAgent(self, request, context):
+        """Claims a faulty agent for remediation, for a lease: while the claim
+        holds, every other holder's claim of the agent is refused. A claim ends
+        when its lease runs out, when its holder releases it, or when the agent
+        turns healthy. Refused (granted = false, with the refusal) for an agent
+        that another holder has claimed, that is under maintenance, that a
+        remediator gave up on, or that is not faulty. Claiming again with the
+        same holder renews the lease. Needs the orchestrator role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseAgent(self, request, context):
+        """Releases a claim before its lease runs out. Needs the orchestrator role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordRemediation(self, request, context):
+        """Records what a remediator did to an agent (who, when, the program, its
+        result), and optionally that it gives up on the agent: a given-up agent
+        is refused to every claim until an operator clears it
+        (ClearGivenUp). Needs the orchestrator role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearGivenUp(self, request, context):
+        """Clears a remediator's "given up" from an agent, so that remediators act
+        on it again. Needs the orchestrator or admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +248,36 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ForgetAgent,
                     request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ForgetAgentRequest.FromString,
                     response_serializer=fleethealth_dot_v1_dot_fleet__pb2.ForgetAgentResponse.SerializeToString,
+            ),
+            'SetMaintenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMaintenance,
+                    request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.SetMaintenanceRequest.FromString,
+                    response_serializer=fleethealth_dot_v1_dot_fleet__pb2.SetMaintenanceResponse.SerializeToString,
+            ),
+            'ClearMaintenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearMaintenance,
+                    request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ClearMaintenanceRequest.FromString,
+                    response_serializer=fleethealth_dot_v1_dot_fleet__pb2.ClearMaintenanceResponse.SerializeToString,
+            ),
+            'ClaimAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimAgent,
+                    request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ClaimAgentRequest.FromString,
+                    response_serializer=fleethealth_dot_v1_dot_fleet__pb2.ClaimAgentResponse.SerializeToString,
+            ),
+            'ReleaseAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseAgent,
+                    request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ReleaseAgentRequest.FromString,
+                    response_serializer=fleethealth_dot_v1_dot_fleet__pb2.ReleaseAgentResponse.SerializeToString,
+            ),
+            'RecordRemediation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRemediation,
+                    request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.RecordRemediationRequest.FromString,
+                    response_serializer=fleethealth_dot_v1_dot_fleet__pb2.RecordRemediationResponse.SerializeToString,
+            ),
+            'ClearGivenUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearGivenUp,
+                    request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpRequest.FromString,
+                    response_serializer=fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -329,6 +447,168 @@ class FleetService(object):
             '/fleethealth.v1.FleetService/ForgetAgent',
             fleethealth_dot_v1_dot_fleet__pb2.ForgetAgentRequest.SerializeToString,
             fleethealth_dot_v1_dot_fleet__pb2.ForgetAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMaintenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleethealth.v1.FleetService/SetMaintenance',
+            fleethealth_dot_v1_dot_fleet__pb2.SetMaintenanceRequest.SerializeToString,
+            fleethealth_dot_v1_dot_fleet__pb2.SetMaintenanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearMaintenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleethealth.v1.FleetService/ClearMaintenance',
+            fleethealth_dot_v1_dot_fleet__pb2.ClearMaintenanceRequest.SerializeToString,
+            fleethealth_dot_v1_dot_fleet__pb2.ClearMaintenanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleethealth.v1.FleetService/ClaimAgent',
+            fleethealth_dot_v1_dot_fleet__pb2.ClaimAgentRequest.SerializeToString,
+            fleethealth_dot_v1_dot_fleet__pb2.ClaimAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleethealth.v1.FleetService/ReleaseAgent',
+            fleethealth_dot_v1_dot_fleet__pb2.ReleaseAgentRequest.SerializeToString,
+            fleethealth_dot_v1_dot_fleet__pb2.ReleaseAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRemediation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleethealth.v1.FleetService/RecordRemediation',
+            fleethealth_dot_v1_dot_fleet__pb2.RecordRemediationRequest.SerializeToString,
+            fleethealth_dot_v1_dot_fleet__pb2.RecordRemediationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearGivenUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleethealth.v1.FleetService/ClearGivenUp',
+            fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpRequest.SerializeToString,
+            fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpResponse.FromString,
             options,
             channel_credentials,
             insecure,
