@@ -550,11 +550,14 @@ impl Engine {
     }
 
     /// Takes the answer to a claim made by [`Engine::poll`]: `Ok` with the
-    /// server's answer, `Err` with what went wrong.
+    /// server's answer, `Err` with what went wrong. `cleared_at`: when an
+    /// operator last cleared a "given up" on the agent, if known:
+    /// remediations before it do not count towards the crash-loop limit.
     pub fn claimed(
         &mut self,
         id: &str,
         answer: Result<&ClaimOutcome, String>,
+        cleared_at: Option<Time>,
         now: Time,
     ) -> AfterClaim {
         let storm = self.storm_holds();
@@ -604,7 +607,10 @@ impl Engine {
                 }
                 None if !a.present => Err((Skip::NoLongerFaulty, None)),
                 None if storm.is_some() => Err((Skip::Storm, None)),
-                None => judge(outcome, a.gave_up_at, cooldown, max_restarts, window, now),
+                None => {
+                    let fresh_from = a.gave_up_at.max(cleared_at);
+                    judge(outcome, fresh_from, cooldown, max_restarts, window, now)
+                }
             },
         };
         match verdict {
@@ -697,7 +703,7 @@ impl Engine {
 /// remediations by anyone: `Ok` to act.
 fn judge(
     outcome: &ClaimOutcome,
-    gave_up_at: Option<Time>,
+    fresh_from: Option<Time>,
     cooldown: Duration,
     max_restarts: u32,
     window: Duration,
@@ -720,7 +726,7 @@ fn judge(
         .iter()
         .filter(|r| r.result != Some(RemediationResult::NotStarted))
         .filter_map(|r| r.started)
-        .filter(|&s| s > from && gave_up_at.is_none_or(|g| s > g))
+        .filter(|&s| s > from && fresh_from.is_none_or(|g| s > g))
         .count();
     if counted >= max_restarts as usize {
         return Err((
@@ -880,7 +886,7 @@ mod tests {
         assert_eq!(e.poll(t(60.0)).0, ["a"]);
         // Claimed: not claimed twice.
         assert!(e.poll(t(61.0)).0.is_empty());
-        let act = run(e.claimed("a", Ok(&granted(vec![])), t(61.0)));
+        let act = run(e.claimed("a", Ok(&granted(vec![])), None, t(61.0)));
         assert_eq!(act.agent, "a");
         assert_eq!(act.why, Some(Why::StuckAtShutdown));
         assert_eq!(act.faulty_since, t(0.0));
@@ -923,7 +929,12 @@ mod tests {
         let mut e = engine(policy(), &["a"]);
         assert_eq!(e.poll(t(60.0)).0, ["a"]);
         // Another remediator ended a restart at 30.
-        let skip = skipped(e.claimed("a", Ok(&granted(vec![remediation(20.0, 30.0)])), t(60.0)));
+        let skip = skipped(e.claimed(
+            "a",
+            Ok(&granted(vec![remediation(20.0, 30.0)])),
+            None,
+            t(60.0),
+        ));
         assert_eq!(
             skip,
             Skip::Cooldown {
@@ -934,7 +945,12 @@ mod tests {
         assert!(e.poll(t(629.0)).0.is_empty());
         assert_eq!(e.next_wake(t(100.0)), Some(t(630.0)));
         assert_eq!(e.poll(t(630.0)).0, ["a"]);
-        run(e.claimed("a", Ok(&granted(vec![remediation(20.0, 30.0)])), t(631.0)));
+        run(e.claimed(
+            "a",
+            Ok(&granted(vec![remediation(20.0, 30.0)])),
+            None,
+            t(631.0),
+        ));
     }
 
     #[test]
@@ -959,11 +975,11 @@ mod tests {
             remediation(3500.0, 3510.0),
         ];
         let two = granted(recent[..4].to_vec());
-        run(e.claimed("a", Ok(&two), t(4000.0)));
+        run(e.claimed("a", Ok(&two), None, t(4000.0)));
         e.finished("a", t(4001.0));
         assert_eq!(e.poll(t(4061.0)).0, ["a"]);
         let three = granted(recent.clone());
-        match e.claimed("a", Ok(&three), t(4061.0)) {
+        match e.claimed("a", Ok(&three), None, t(4061.0)) {
             AfterClaim::GiveUp { agent, reason, .. } => {
                 assert_eq!(agent, "a");
                 assert!(reason.contains("remediated 3 times within 1h"), "{reason}");
@@ -973,7 +989,23 @@ mod tests {
         // Left alone; an operator's clear gives a fresh budget.
         assert!(e.poll(t(4100.0)).0.is_empty());
         assert_eq!(e.poll(t(4061.0 + 600.0)).0, ["a"]);
-        run(e.claimed("a", Ok(&three), t(4661.0)));
+        run(e.claimed("a", Ok(&three), None, t(4661.0)));
+        // A remediator with no memory of it learns of the operator's clear
+        // from the server.
+        let mut fresh = engine(
+            Policy {
+                cooldown: Duration::from_secs(60),
+                ..policy()
+            },
+            &["a"],
+        );
+        assert_eq!(fresh.poll(t(4100.0)).0, ["a"]);
+        assert!(matches!(
+            fresh.claimed("a", Ok(&three), None, t(4100.0)),
+            AfterClaim::GiveUp { .. }
+        ));
+        assert_eq!(fresh.poll(t(4700.0)).0, ["a"]);
+        run(fresh.claimed("a", Ok(&three), Some(t(4650.0)), t(4700.0)));
     }
 
     #[test]
@@ -987,13 +1019,13 @@ mod tests {
         );
         let claims = e.poll(t(60.0)).0;
         assert_eq!(claims, ["a", "b"]);
-        run(e.claimed("a", Ok(&granted(vec![])), t(60.0)));
+        run(e.claimed("a", Ok(&granted(vec![])), None, t(60.0)));
         // A refused claim frees its slot at once.
         let refused = ClaimOutcome {
             refusal: Some(ClaimRefusal::NotFaulty),
             ..granted(vec![])
         };
-        let skip = skipped(e.claimed("b", Ok(&refused), t(60.0)));
+        let skip = skipped(e.claimed("b", Ok(&refused), None, t(60.0)));
         assert!(matches!(
             skip,
             Skip::Refused {
@@ -1002,7 +1034,7 @@ mod tests {
             }
         ));
         assert_eq!(e.poll(t(61.0)).0, ["c"]);
-        run(e.claimed("c", Ok(&granted(vec![])), t(61.0)));
+        run(e.claimed("c", Ok(&granted(vec![])), None, t(61.0)));
         assert!(e.poll(t(62.0)).0.is_empty());
         assert_eq!(e.next_wake(t(62.0)), None);
         e.finished("a", t(70.0));
@@ -1027,7 +1059,7 @@ mod tests {
         let first = e.poll(t(60.0)).0;
         assert_eq!(first, ["a0", "a1", "a2"]);
         for id in &first {
-            run(e.claimed(id, Ok(&granted(vec![])), t(61.0)));
+            run(e.claimed(id, Ok(&granted(vec![])), None, t(61.0)));
             e.finished(id, t(62.0));
         }
         assert!(e.poll(t(100.0)).0.is_empty());
@@ -1129,7 +1161,7 @@ mod tests {
         assert_eq!(e.poll(t(60.0)).0, ["a"]);
         e.observe(&synced(true), t(60.5));
         assert_eq!(
-            skipped(e.claimed("a", Ok(&granted(vec![])), t(61.0))),
+            skipped(e.claimed("a", Ok(&granted(vec![])), None, t(61.0))),
             Skip::Storm
         );
     }
@@ -1210,7 +1242,7 @@ mod tests {
             recent: vec![],
         };
         assert_eq!(
-            skipped(e.claimed("a", Ok(&held), t(60.0))),
+            skipped(e.claimed("a", Ok(&held), None, t(60.0))),
             Skip::Refused {
                 refusal: ClaimRefusal::Held,
                 holder: Some("other:1".into()),
@@ -1220,11 +1252,14 @@ mod tests {
         assert_eq!(e.next_wake(t(61.0)), Some(t(200.0)));
         assert_eq!(e.poll(t(200.0)).0, ["a"]);
         // The same refusal again is not said again.
-        assert_eq!(e.claimed("a", Ok(&held), t(200.0)), AfterClaim::Skip(None));
+        assert_eq!(
+            e.claimed("a", Ok(&held), None, t(200.0)),
+            AfterClaim::Skip(None)
+        );
         // An error: tried again a little later.
         assert_eq!(e.poll(t(200.0)).0, ["a"]);
         assert!(matches!(
-            skipped(e.claimed("a", Err("down".into()), t(200.0))),
+            skipped(e.claimed("a", Err("down".into()), None, t(200.0))),
             Skip::ClaimFailed(_)
         ));
         assert_eq!(e.next_wake(t(200.0)), Some(t(205.0)));
@@ -1257,7 +1292,7 @@ mod tests {
             [Note::Skipped { agent, skip: Skip::NotSettled { .. }, .. }] if agent == "new"
         ));
         assert!(!e.is_done());
-        run(e.claimed("old", Ok(&granted(vec![])), t(100.0)));
+        run(e.claimed("old", Ok(&granted(vec![])), None, t(100.0)));
         assert!(!e.is_done());
         e.finished("old", t(101.0));
         assert!(e.is_done());
@@ -1274,7 +1309,7 @@ mod tests {
             &["a", "b"],
         );
         assert_eq!(e.poll(t(60.0)).0, ["a"]);
-        run(e.claimed("a", Ok(&granted(vec![])), t(60.0)));
+        run(e.claimed("a", Ok(&granted(vec![])), None, t(60.0)));
         e.observe(
             &WatchChange::Resync {
                 cause: fleet_health_client::ResyncCause::Reconnected {
@@ -1293,7 +1328,7 @@ mod tests {
         e.observe(&synced(false), t(63.0));
         // b is gone; a ended and left; c is new.
         assert_eq!(e.poll(t(63.0)).0, ["c"]);
-        run(e.claimed("c", Ok(&granted(vec![])), t(63.0)));
+        run(e.claimed("c", Ok(&granted(vec![])), None, t(63.0)));
         e.finished("c", t(64.0));
         assert!(e.poll(t(65.0)).0.is_empty());
     }

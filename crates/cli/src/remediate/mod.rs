@@ -25,7 +25,7 @@ pub mod runner;
 use std::time::Duration;
 
 use fleet_health_client::{
-    AgentQuery, ClaimOutcome, ClientError, FleetClient, ReconnectPolicy, Remediation,
+    ActivityKind, AgentQuery, ClaimOutcome, ClientError, FleetClient, ReconnectPolicy, Remediation,
     ResumingWatch, StateFilter, Time, Why,
 };
 
@@ -147,6 +147,7 @@ enum Done {
     Claimed {
         agent: String,
         answer: Result<ClaimOutcome, ClientError>,
+        cleared_at: Option<Time>,
     },
     Ran {
         agent: String,
@@ -191,6 +192,13 @@ pub async fn run(
     let mut stop = std::pin::pin!(stop_signal());
     loop {
         let now = fleet_health_client::now();
+        if !ready && engine.synced() {
+            ready = true;
+            emit(&Event::Ready {
+                faulty: faulty_at_start,
+                holder: settings.holder.clone(),
+            })?;
+        }
         if !stopping {
             let (claims, notes) = engine.poll(now);
             for note in notes {
@@ -204,7 +212,7 @@ pub async fn run(
                         agent: None,
                         recent: Vec::new(),
                     };
-                    match engine.claimed(&agent, Ok(&plan), now) {
+                    match engine.claimed(&agent, Ok(&plan), None, now) {
                         AfterClaim::Run(act) => {
                             let (_, program) =
                                 settings.program.for_agent(&act.agent, &act.why_text);
@@ -224,18 +232,24 @@ pub async fn run(
                 let client = client.clone();
                 let holder = settings.holder.clone();
                 let lease = settings.lease;
+                let limit = settings.policy.max_restarts as usize;
                 tasks.spawn(async move {
                     let answer = client.claim(&agent, &holder, lease).await;
-                    Done::Claimed { agent, answer }
+                    // At the crash-loop limit: did an operator clear a
+                    // "given up" since? (Only then is the history needed.)
+                    let cleared_at = match &answer {
+                        Ok(o) if o.granted() && o.recent.len() >= limit => {
+                            last_cleared(&client, &agent).await
+                        }
+                        _ => None,
+                    };
+                    Done::Claimed {
+                        agent,
+                        answer,
+                        cleared_at,
+                    }
                 });
             }
-        }
-        if !ready && engine.synced() {
-            ready = true;
-            emit(&Event::Ready {
-                faulty: faulty_at_start,
-                holder: settings.holder.clone(),
-            })?;
         }
         if tasks.is_empty() && (stopping || (settings.policy.once && engine.is_done())) {
             break;
@@ -262,14 +276,19 @@ pub async fn run(
                 };
                 let now = fleet_health_client::now();
                 match done {
-                    Done::Claimed { agent, answer } => {
+                    Done::Claimed { agent, answer, cleared_at } => {
                         let granted = answer.as_ref().is_ok_and(ClaimOutcome::granted);
                         let answer = match answer {
                             Ok(outcome) => Ok(outcome),
                             Err(e) if fatal(&e) => return Err(e.into()),
                             Err(e) => Err(e.to_string()),
                         };
-                        match engine.claimed(&agent, answer.as_ref().map_err(Clone::clone), now) {
+                        match engine.claimed(
+                            &agent,
+                            answer.as_ref().map_err(Clone::clone),
+                            cleared_at,
+                            now,
+                        ) {
                             AfterClaim::Run(act) => {
                                 let (argv, program) =
                                     settings.program.for_agent(&act.agent, &act.why_text);
@@ -415,6 +434,18 @@ fn after_claim_note(
         AfterClaim::Skip(Some(note)) => emit(&note_event(note)),
         _ => Ok(()),
     }
+}
+
+/// When an operator last cleared a "given up" on the agent, from its
+/// history (`None` if never, or if the history cannot be had).
+async fn last_cleared(client: &FleetClient, agent: &str) -> Option<Time> {
+    let history = client.history(agent).await.ok()?;
+    history
+        .activity
+        .iter()
+        .filter(|a| a.kind == Some(ActivityKind::GivenUpCleared))
+        .filter_map(|a| a.at)
+        .max()
 }
 
 /// Errors no retry mends: the remediator cannot work against this server.

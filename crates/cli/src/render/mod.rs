@@ -14,8 +14,8 @@
 
 pub mod agents;
 pub mod history;
-pub mod remediate;
 pub mod ops;
+pub mod remediate;
 pub mod report;
 pub mod summary;
 pub mod time;
