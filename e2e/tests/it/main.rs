@@ -5,6 +5,7 @@
 mod cli;
 mod crash;
 mod maintenance;
+mod remediate;
 mod reporter;
 mod simulate;
 mod tls;

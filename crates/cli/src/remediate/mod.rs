@@ -146,7 +146,7 @@ pub struct Tally {
 enum Done {
     Claimed {
         agent: String,
-        answer: Result<ClaimOutcome, ClientError>,
+        answer: Result<Box<ClaimOutcome>, ClientError>,
         cleared_at: Option<Time>,
     },
     Ran {
@@ -245,7 +245,7 @@ pub async fn run(
                     };
                     Done::Claimed {
                         agent,
-                        answer,
+                        answer: answer.map(Box::new),
                         cleared_at,
                     }
                 });
@@ -277,9 +277,9 @@ pub async fn run(
                 let now = fleet_health_client::now();
                 match done {
                     Done::Claimed { agent, answer, cleared_at } => {
-                        let granted = answer.as_ref().is_ok_and(ClaimOutcome::granted);
+                        let granted = answer.as_ref().is_ok_and(|o| o.granted());
                         let answer = match answer {
-                            Ok(outcome) => Ok(outcome),
+                            Ok(outcome) => Ok(*outcome),
                             Err(e) if fatal(&e) => return Err(e.into()),
                             Err(e) => Err(e.to_string()),
                         };

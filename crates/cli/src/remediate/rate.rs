@@ -188,7 +188,7 @@ mod tests {
             });
             if limiter.try_reserve(t(now)) {
                 i += 1;
-                pending.push((now + 0.7, i % 4 == 0));
+                pending.push((now + 0.7, i.is_multiple_of(4)));
             }
             now += 0.1;
         }
