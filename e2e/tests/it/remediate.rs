@@ -78,6 +78,21 @@ impl Remediator {
         acted
     }
 
+    /// Waits for it to exit; its code, after reading what it still said.
+    async fn exit(mut self) -> (Option<i32>, Vec<Value>) {
+        while let Ok(Some(line)) = tokio::time::timeout(LINE_TIMEOUT, self.lines.next_line())
+            .await
+            .expect("remediate ends in time")
+        {
+            self.seen.push(serde_json::from_str(&line).expect("JSON"));
+        }
+        let status = tokio::time::timeout(LINE_TIMEOUT, self.child.wait())
+            .await
+            .expect("remediate exits in time")
+            .expect("wait for remediate");
+        (status.code(), self.seen)
+    }
+
     /// Kills it and returns what it wrote to stderr.
     async fn kill(mut self) -> String {
         self.child.start_kill().expect("kill remediate");
@@ -749,4 +764,46 @@ async fn an_agent_under_maintenance_is_never_acted_on_until_its_mark_ends() {
         (until - started) / 1000
     );
     assert_eq!(starts(&read_log(&log)).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_new_actions_and_waits_for_the_programs_running() {
+    let server = Server::start(&[]).await;
+    faulty(&server, &["g-1", "g-2"]).await;
+    let (_dir, log) = scratch();
+    let program = logging_program(&log, "1", 0);
+    let mut r = Remediator::start(
+        &server.url(),
+        &["--settle", "0s", "--concurrency", "1", "--rate", "100/s"],
+        &strs(&program),
+    );
+    let acting = r.until(|v| v["type"] == "acting").await;
+    let pid = r.child.id().expect("running").to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(killed.success());
+    let (code, seen) = r.exit().await;
+    assert_eq!(code, Some(0), "{seen:#?}");
+    let types: Vec<&str> = seen.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    let stop = types
+        .iter()
+        .position(|t| *t == "stopping")
+        .expect("stopping");
+    assert_eq!(seen[stop]["running"], 1, "{seen:#?}");
+    // The program running ended and was recorded; the other agent was
+    // not started.
+    let acted: Vec<&Value> = seen.iter().filter(|v| v["type"] == "acted").collect();
+    assert_eq!(acted.len(), 1, "{seen:#?}");
+    assert_eq!(acted[0]["agent_id"], acting["agent_id"]);
+    assert_eq!(acted[0]["result"], "succeeded");
+    assert_eq!(acted[0]["recorded"], true);
+    assert_eq!(
+        types.iter().filter(|t| **t == "acting").count(),
+        1,
+        "{seen:#?}"
+    );
+    assert_eq!(starts(&read_log(&log)).len(), 1);
 }

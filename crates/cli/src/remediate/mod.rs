@@ -189,7 +189,10 @@ pub async fn run(
     let mut running = 0usize;
     let mut ready = false;
     let mut faulty_at_start = 0u64;
-    let mut stop = std::pin::pin!(stop_signal());
+    let mut signals = Signals::new()?;
+    // The watch lost for good: the programs running are waited for, then
+    // this is the error.
+    let mut lost: Option<ClientError> = None;
     loop {
         let now = fleet_health_client::now();
         if !ready && engine.synced() {
@@ -259,7 +262,15 @@ pub async fn run(
             .map(|t| tokio::time::Instant::now() + t.since(fleet_health_client::now()));
         tokio::select! {
             change = watch.next(), if !stopping => {
-                let change = change?;
+                let change = match change {
+                    Ok(change) => change,
+                    Err(e) => {
+                        lost = Some(e);
+                        stopping = true;
+                        emit(&Event::Stopping { running })?;
+                        continue;
+                    }
+                };
                 if let fleet_health_client::WatchChange::Synced { count, .. } = &change
                     && !ready
                 {
@@ -376,11 +387,22 @@ pub async fn run(
                 }
             }
             () = sleep_until(wake), if wake.is_some() => {}
-            () = &mut stop, if !stopping => {
+            () = signals.recv() => {
+                if stopping {
+                    // Asked again: the programs are killed (dropping their
+                    // tasks kills their process groups) and not recorded.
+                    return Err(Failure::new(
+                        ExitCode::Failure,
+                        anyhow::anyhow!("stopped with {running} program(s) killed before their end"),
+                    ));
+                }
                 stopping = true;
                 emit(&Event::Stopping { running })?;
             }
         }
+    }
+    if let Some(e) = lost {
+        return Err(e.into());
     }
     tally.storm = engine.storm_seen();
     Ok(tally)
@@ -393,19 +415,26 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// SIGINT and SIGTERM, each time they come.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }
 
