@@ -329,6 +329,7 @@ pub fn event_line(style: Style, event: &Event, now: Time) -> String {
             storm_detail(cause).1
         )),
         Event::StormCleared => "storm cleared: acting again".to_owned(),
+        Event::Stopping { running: 0 } => "stopping: no program running".to_owned(),
         Event::Stopping { running } => format!(
             "stopping: no new action; waiting for {running} running program{} (again to kill them)",
             if *running == 1 { "" } else { "s" }
