@@ -807,3 +807,73 @@ async fn sigterm_stops_new_actions_and_waits_for_the_programs_running() {
     );
     assert_eq!(starts(&read_log(&log)).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_security_on_only_an_orchestrator_remediates() {
+    let dir = tempfile::tempdir().expect("a scratch folder");
+    let tokens = dir.path().join("tokens.toml").display().to_string();
+    let mut secrets = BTreeMap::new();
+    for (name, role) in [
+        ("ops", "admin"),
+        ("rem", "orchestrator"),
+        ("look", "reader"),
+    ] {
+        let made = fleet_health_e2e::cli(&[
+            "token",
+            "create",
+            name,
+            "--role",
+            role,
+            "--tokens-file",
+            &tokens,
+        ])
+        .await;
+        secrets.insert(name, made.expect_code(0).stdout.trim().to_owned());
+    }
+    let server = Server::start(&["--tokens", &tokens]).await;
+    server
+        .cli(&[
+            "--token",
+            &secrets["ops"],
+            "report",
+            "--agent",
+            "z-1",
+            "starting",
+            "--at",
+            "-7h",
+        ])
+        .await
+        .expect_code(0);
+    let remediate = |who: &str| {
+        vec![
+            "--token".to_owned(),
+            secrets[who].clone(),
+            "remediate".into(),
+            "--once".into(),
+            "--settle".into(),
+            "0s".into(),
+            "--holder".into(),
+            format!("as-{who}"),
+            "--exec".into(),
+            "/bin/true".into(),
+        ]
+    };
+    // A reader may watch, not claim: exit 7, saying what is needed.
+    let reader = server.cli(&strs(&remediate("look"))).await;
+    reader.expect_code(7);
+    assert!(reader.stderr.contains("orchestrator"), "{}", reader.stderr);
+    let orchestrator = server.cli(&strs(&remediate("rem"))).await;
+    orchestrator.expect_code(0);
+    assert!(
+        orchestrator.stdout.contains("acted on z-1: succeeded"),
+        "{}",
+        orchestrator.stdout
+    );
+    let history = server
+        .cli(&["--token", &secrets["look"], "history", "z-1", "-o", "json"])
+        .await;
+    let history = history.expect_code(0).json();
+    let act = &history["activity"][0];
+    assert_eq!(act["holder"], "as-rem", "{history}");
+    assert!(act["by"].as_str().unwrap().contains("rem"), "{history}");
+}
