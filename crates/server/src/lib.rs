@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod open_streams;
+pub mod readiness;
 pub mod registry;
 pub mod reload;
 pub mod security;

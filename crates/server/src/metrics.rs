@@ -10,6 +10,8 @@
 //! ([`CONTENT_TYPE`]); counters carry the `_total` suffix in their `# HELP`
 //! and `# TYPE` lines as in their samples.
 
+mod process;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -54,6 +56,7 @@ pub struct Metrics {
     watchers_rejected: Counter,
     rejected: Counter,
     commits: Counter,
+    commit_failures: Counter,
     committed_records: Counter,
     commit_seconds: Counter<f64, AtomicU64>,
     ack_latency: Histogram,
@@ -270,6 +273,7 @@ impl Default for Metrics {
             watchers_rejected: Counter::default(),
             rejected: Counter::default(),
             commits: Counter::default(),
+            commit_failures: Counter::default(),
             committed_records: Counter::default(),
             commit_seconds: Counter::default(),
             ack_latency: Histogram::new(ACK_BUCKETS),
@@ -289,6 +293,14 @@ impl Metrics {
     /// adds the full stop to each help text, and `_total` to each counter.
     fn registered(mut self) -> Metrics {
         let r = &mut self.registry;
+        r.register(
+            "fleet_health_build",
+            "The server's version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
+        );
         r.register(
             "fleet_health_agents",
             "Known agents by state and reason",
@@ -376,6 +388,11 @@ impl Metrics {
             "fleet_health_store_commits",
             "Group commits to the durable store",
             self.commits.clone(),
+        );
+        r.register(
+            "fleet_health_store_commit_failures",
+            "Group commits that failed (retried with backoff; acknowledgements wait meanwhile)",
+            self.commit_failures.clone(),
         );
         r.register(
             "fleet_health_store_records",
@@ -506,7 +523,13 @@ impl Metrics {
             "Seconds until the server's TLS certificate expires (no sample without TLS)",
             ExpiresIn(sec.cert_not_after.clone()),
         );
+        r.register_collector(Box::new(process::ProcessCollector));
         self
+    }
+
+    /// Counts a failed group commit.
+    pub fn count_commit_failure(&self) {
+        self.commit_failures.inc();
     }
 
     /// Counts a remediation recorded with this `fleethealth.v1` result number.
@@ -761,6 +784,13 @@ mod tests {
             })
             .collect();
         let mut expected = vec![
+            "# HELP fleet_health_build_info The server's version.",
+            "# TYPE fleet_health_build_info gauge",
+            concat!(
+                "fleet_health_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"}"
+            ),
             "# HELP fleet_health_agents Known agents by state and reason.",
             "# TYPE fleet_health_agents gauge",
         ];
@@ -830,6 +860,9 @@ mod tests {
             "# HELP fleet_health_store_commits_total Group commits to the durable store.",
             "# TYPE fleet_health_store_commits_total counter",
             "fleet_health_store_commits_total",
+            "# HELP fleet_health_store_commit_failures_total Group commits that failed (retried with backoff; acknowledgements wait meanwhile).",
+            "# TYPE fleet_health_store_commit_failures_total counter",
+            "fleet_health_store_commit_failures_total",
             "# HELP fleet_health_store_records_total Agent records written or removed by group commits.",
             "# TYPE fleet_health_store_records_total counter",
             "fleet_health_store_records_total",
@@ -927,6 +960,30 @@ mod tests {
             "fleet_health_audit_dropped_total",
             "# HELP fleet_health_tls_cert_expiry_seconds Seconds until the server's TLS certificate expires (no sample without TLS).",
             "# TYPE fleet_health_tls_cert_expiry_seconds gauge",
+        ]);
+        #[cfg(target_os = "linux")]
+        expected.extend([
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.",
+            "# TYPE process_cpu_seconds_total counter",
+            "process_cpu_seconds_total",
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.",
+            "# TYPE process_resident_memory_bytes gauge",
+            "process_resident_memory_bytes",
+            "# HELP process_virtual_memory_bytes Virtual memory size in bytes.",
+            "# TYPE process_virtual_memory_bytes gauge",
+            "process_virtual_memory_bytes",
+            "# HELP process_start_time_seconds Start time of the process since the Unix epoch in seconds.",
+            "# TYPE process_start_time_seconds gauge",
+            "process_start_time_seconds",
+            "# HELP process_threads Number of OS threads in the process.",
+            "# TYPE process_threads gauge",
+            "process_threads",
+            "# HELP process_open_fds Number of open file descriptors.",
+            "# TYPE process_open_fds gauge",
+            "process_open_fds",
+            "# HELP process_max_fds Maximum number of open file descriptors.",
+            "# TYPE process_max_fds gauge",
+            "process_max_fds",
         ]);
         assert_eq!(shape, expected);
         // With TLS, the expiry has its sample.

@@ -16,6 +16,7 @@ use crate::fleet_service::FleetService;
 use crate::metrics::Metrics;
 use crate::net::{Acceptor, Admission, Connections};
 use crate::open_streams::OpenStreams;
+use crate::readiness::Readiness;
 use crate::registry::Registry;
 use crate::security::Security;
 use crate::security::layer::AuthLayer;
@@ -142,6 +143,7 @@ impl Server {
             config,
         } = self;
         let stop = Stop::new();
+        let readiness = Arc::new(Readiness::new());
         let counters = registry.metrics().clone();
         let connections = Connections::with_limits(config.transport.connections, counters.clone());
         let security = Arc::new(
@@ -225,6 +227,7 @@ impl Server {
                 Some(tokio::spawn(http::serve(
                     Acceptor::new(listener, connections.clone()).http(t.handshake_timeout),
                     registry.clone(),
+                    readiness.clone(),
                     stop.clone(),
                 )))
             }
@@ -234,9 +237,15 @@ impl Server {
         // The committer stops only after the gRPC server has: streams waiting
         // for a commit are answered first.
         let (committer_stop, committer_rx) = watch::channel(false);
-        let committer = store
-            .clone()
-            .map(|store| tokio::spawn(committer::run(registry.clone(), store, committer_rx)));
+        let committer = store.clone().map(|store| {
+            let readiness = readiness.clone();
+            tokio::spawn(committer::run(
+                registry.clone(),
+                store,
+                readiness,
+                committer_rx,
+            ))
+        });
 
         let deadline = tokio::spawn(enforce_deadline(
             stop.clone(),
@@ -245,9 +254,10 @@ impl Server {
         ));
 
         let stop_signal = {
-            let (health, stop) = (health.clone(), stop.clone());
+            let (health, stop, readiness) = (health.clone(), stop.clone(), readiness.clone());
             async move {
                 shutdown.await;
+                readiness.set_draining();
                 tracing::info!("shutting down: no new connections; ending open streams");
                 health
                     .set_not_serving::<AgentServiceServer<AgentService>>()
@@ -265,6 +275,7 @@ impl Server {
             max_in_progress: t.max_handshakes,
             audit: security.audit().clone(),
         });
+        readiness.set_serving();
         let result = t
             .server_builder()
             .layer(AuthLayer::new(security.clone()))
