@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod open_streams;
+pub mod probe;
 pub mod readiness;
 pub mod registry;
 pub mod reload;
@@ -44,6 +45,7 @@ pub mod security;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod systemd;
 #[cfg(test)]
 mod testing;
 pub mod tls;

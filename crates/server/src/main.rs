@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use fleet_health_auth::TrustDomain;
 use fleet_health_sensor::Windows;
 use fleet_health_server::clock::SystemClock;
@@ -22,8 +22,18 @@ use fleet_health_server::{Server, bind};
 /// The fleet-health aggregator: agents stream their lifecycle events here; it
 /// knows at every moment which agents are faulty and why.
 #[derive(Debug, Parser)]
-#[command(name = "fleet-health-server", version, about, max_term_width = 100)]
+#[command(
+    name = "fleet-health-server",
+    version,
+    about,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    /// Run this instead of the server.
+    #[command(subcommand)]
+    command: Option<Sub>,
+
     /// Address for gRPC (agents, the CLI, grpcurl, health probes).
     #[arg(long, env = "FLEET_HEALTH_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -239,6 +249,22 @@ struct Args {
     log: String,
 }
 
+/// What the binary does besides serving.
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Check a running server: GET URL (default: its readiness on the
+    /// default metrics address) and exit 0 on 200, 1 otherwise, saying why.
+    /// For a container's HEALTHCHECK, where no HTTP client is installed.
+    Probe {
+        /// The URL to check (`/readyz` for readiness, `/healthz` for liveness).
+        #[arg(default_value = "http://127.0.0.1:9464/readyz")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = positive_duration)]
+        timeout: Duration,
+    },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     /// Lines for people.
@@ -452,8 +478,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a subcommand to its end.
+fn run_sub(sub: Sub) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-health-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match sub {
+        Sub::Probe { url, timeout } => {
+            match runtime.block_on(fleet_health_server::probe::probe(&url, timeout)) {
+                Ok(body) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleet-health-server probe: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(sub) = args.command.take() {
+        return run_sub(sub);
+    }
     if let Err(e) = init_logging(&args) {
         eprintln!("fleet-health-server: {e:#}");
         return ExitCode::from(2);

@@ -258,6 +258,7 @@ impl Server {
             async move {
                 shutdown.await;
                 readiness.set_draining();
+                crate::systemd::stopping();
                 tracing::info!("shutting down: no new connections; ending open streams");
                 health
                     .set_not_serving::<AgentServiceServer<AgentService>>()
@@ -276,6 +277,11 @@ impl Server {
             audit: security.audit().clone(),
         });
         readiness.set_serving();
+        crate::systemd::ready();
+        let watchdog = {
+            let stop = stop.clone();
+            tokio::spawn(async move { crate::systemd::watchdog(stop.given()).await })
+        };
         let result = t
             .server_builder()
             .layer(AuthLayer::new(security.clone()))
@@ -289,6 +295,7 @@ impl Server {
         stop.begin();
         let _ = scheduler.await;
         let _ = expiry.await;
+        let _ = watchdog.await;
         let _ = reloader.await;
         let _ = sweeper.await;
         if let Some(task) = metrics_task

@@ -5,6 +5,7 @@
 mod cli;
 mod crash;
 mod maintenance;
+mod ops;
 mod reporter;
 mod simulate;
 mod tls;

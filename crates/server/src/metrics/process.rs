@@ -13,7 +13,7 @@ pub(super) struct ProcessCollector;
 
 #[cfg(target_os = "linux")]
 impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         // A /proc that cannot be read (a sandbox) leaves the metrics out
         // rather than failing the scrape.
         let Ok(me) = procfs::process::Process::myself() else {
@@ -78,7 +78,7 @@ impl Collector for ProcessCollector {
 
 #[cfg(not(target_os = "linux"))]
 impl Collector for ProcessCollector {
-    fn encode(&self, _: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, _: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         Ok(())
     }
 }
