@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejected};
 use crate::model::{MaintenanceFilter, State, StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
 use crate::registry::{Change, Registry, Selector};
@@ -451,7 +451,7 @@ impl FleetService {
         if self.watchers.fetch_add(1, Ordering::AcqRel) >= max {
             self.watchers.fetch_sub(1, Ordering::AcqRel);
             let metrics = self.registry.metrics();
-            metrics.count_rejected();
+            metrics.count_rejected(Rejected::MaxWatchers);
             metrics.count_watcher_rejected();
             return Err(Status::resource_exhausted(format!(
                 "the server already holds {max} watches, its limit (--max-watchers); try again later"

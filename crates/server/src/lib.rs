@@ -33,6 +33,7 @@ pub mod config;
 pub mod convert;
 pub mod fleet_service;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod model;
 pub mod net;

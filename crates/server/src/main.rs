@@ -244,9 +244,10 @@ struct Args {
     #[arg(long, env = "FLEET_HEALTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
 
-    /// Log filter, as RUST_LOG (e.g. `info`, `fleet_health_server=debug`).
-    #[arg(long, env = "FLEET_HEALTH_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, as RUST_LOG (e.g. `info`, `fleet_health_server=debug`)
+    /// [default: $RUST_LOG, else `info`].
+    #[arg(long, env = "FLEET_HEALTH_LOG")]
+    log: Option<String>,
 }
 
 /// What the binary does besides serving.
@@ -321,6 +322,12 @@ fn share(s: &str) -> Result<f64, String> {
 
 impl Args {
     fn config(&self) -> anyhow::Result<Config> {
+        let config = self.unchecked_config()?;
+        config.check().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+
+    fn unchecked_config(&self) -> anyhow::Result<Config> {
         let windows = Windows::new(self.receive_window, self.send_window, self.shutdown_timeout)?;
         Ok(Config {
             rules: FleetRules {
@@ -419,9 +426,19 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// The log filter: `--log` (or `FLEET_HEALTH_LOG`), else `RUST_LOG`, else
+/// `info`.
+fn log_filter(flag: Option<&str>, rust_log: Option<&str>) -> String {
+    flag.or(rust_log.filter(|s| !s.trim().is_empty()))
+        .unwrap_or("info")
+        .to_owned()
+}
+
 fn init_logging(args: &Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("bad --log filter {:?}", args.log))?;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let wanted = log_filter(args.log.as_deref(), rust_log.as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&wanted)
+        .with_context(|| format!("bad log filter {wanted:?} (--log, FLEET_HEALTH_LOG or RUST_LOG)"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -614,6 +631,35 @@ mod tests {
         );
         assert_eq!(t.handshake_timeout, Duration::from_secs(3));
         assert_eq!(t.max_handshakes, 64);
+    }
+
+    #[test]
+    fn the_log_flag_wins_over_rust_log_which_wins_over_info() {
+        assert_eq!(log_filter(Some("warn"), Some("debug")), "warn");
+        assert_eq!(log_filter(None, Some("debug")), "debug");
+        assert_eq!(log_filter(None, Some(" ")), "info");
+        assert_eq!(log_filter(None, None), "info");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_together_are_refused_with_what_would() {
+        let config = |flags: &[&str]| {
+            let mut argv = vec!["fleet-health-server"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).expect("parses").config()
+        };
+        // The old README demo: idle agents would flap every 30 s.
+        let e = config(&["--silence-window", "30s"]).unwrap_err().to_string();
+        assert!(e.contains("too short for --heartbeat-interval 30s"), "{e}");
+        assert!(e.contains("1m or more"), "{e}");
+        assert!(config(&["--silence-window", "30s", "--heartbeat-interval", "10s"]).is_ok());
+        assert!(config(&["--silence-window", "0"]).is_ok(), "the rule off");
+        let e = config(&["--idle-timeout", "45s"]).unwrap_err().to_string();
+        assert!(e.contains("--idle-timeout 45s"), "{e}");
+        let e = config(&["--inactive-window", "5m"]).unwrap_err().to_string();
+        assert!(e.contains("must be longer than --silence-window 5m"), "{e}");
+        let e = config(&["--heartbeat-interval", "0"]).unwrap_err().to_string();
+        assert!(e.contains("more than zero"), "{e}");
     }
 
     #[test]

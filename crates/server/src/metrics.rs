@@ -54,7 +54,7 @@ pub struct Metrics {
     watch_stalled: Counter,
     watch_queued: Gauge,
     watchers_rejected: Counter,
-    rejected: Counter,
+    rejected: [Counter; Rejected::ALL.len()],
     commits: Counter,
     commit_failures: Counter,
     committed_records: Counter,
@@ -124,6 +124,57 @@ pub enum ReloadResult {
     Ok,
     /// They did not parse; the old ones stay.
     Failed,
+}
+
+/// Why a request or stream was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// Bad input (INVALID_ARGUMENT): a malformed message, a bad ID, an
+    /// event out of order.
+    Invalid,
+    /// A stream that sent faster than `--max-stream-events-per-sec`.
+    Rate,
+    /// No hello, or nothing at all, for the hello or idle timeout.
+    Timeout,
+    /// `--max-streams` reached.
+    MaxStreams,
+    /// `--max-watchers` reached.
+    MaxWatchers,
+    /// Any other refusal.
+    Other,
+}
+
+impl Rejected {
+    const ALL: [Rejected; 6] = [
+        Rejected::Invalid,
+        Rejected::Rate,
+        Rejected::Timeout,
+        Rejected::MaxStreams,
+        Rejected::MaxWatchers,
+        Rejected::Other,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Invalid => "invalid",
+            Rejected::Rate => "rate",
+            Rejected::Timeout => "timeout",
+            Rejected::MaxStreams => "max_streams",
+            Rejected::MaxWatchers => "max_watchers",
+            Rejected::Other => "other",
+        }
+    }
+
+    /// The reason an agent stream ending with `code` was refused.
+    pub fn of_stream(code: tonic::Code) -> Rejected {
+        match code {
+            tonic::Code::InvalidArgument => Rejected::Invalid,
+            tonic::Code::ResourceExhausted => Rejected::Rate,
+            tonic::Code::DeadlineExceeded => Rejected::Timeout,
+            _ => Rejected::Other,
+        }
+    }
 }
 
 /// Why a connection was closed before it carried a request.
@@ -271,7 +322,7 @@ impl Default for Metrics {
             watch_stalled: Counter::default(),
             watch_queued: Gauge::default(),
             watchers_rejected: Counter::default(),
-            rejected: Counter::default(),
+            rejected: Default::default(),
             commits: Counter::default(),
             commit_failures: Counter::default(),
             committed_records: Counter::default(),
@@ -381,8 +432,13 @@ impl Metrics {
         );
         r.register(
             "fleet_health_rejected",
-            "Requests and streams refused for bad input or a limit",
-            self.rejected.clone(),
+            "Requests and streams refused for bad input or a limit, by reason",
+            Series::new(
+                Rejected::ALL
+                    .iter()
+                    .zip(&self.rejected)
+                    .map(|(why, c)| (vec![("reason", why.as_str())], c.clone())),
+            ),
         );
         r.register(
             "fleet_health_store_commits",
@@ -663,8 +719,8 @@ impl Metrics {
     }
 
     /// A request or stream was refused for bad input or a limit.
-    pub fn count_rejected(&self) {
-        self.rejected.inc();
+    pub fn count_rejected(&self, why: Rejected) {
+        self.rejected[why as usize].inc();
     }
 
     /// Records the time from receiving a batch to acknowledging it.
@@ -854,9 +910,14 @@ mod tests {
             "# HELP fleet_health_watchers_rejected_total Watches refused because the server already held --max-watchers.",
             "# TYPE fleet_health_watchers_rejected_total counter",
             "fleet_health_watchers_rejected_total",
-            "# HELP fleet_health_rejected_total Requests and streams refused for bad input or a limit.",
+            "# HELP fleet_health_rejected_total Requests and streams refused for bad input or a limit, by reason.",
             "# TYPE fleet_health_rejected_total counter",
-            "fleet_health_rejected_total",
+            "fleet_health_rejected_total{reason=\"invalid\"}",
+            "fleet_health_rejected_total{reason=\"rate\"}",
+            "fleet_health_rejected_total{reason=\"timeout\"}",
+            "fleet_health_rejected_total{reason=\"max_streams\"}",
+            "fleet_health_rejected_total{reason=\"max_watchers\"}",
+            "fleet_health_rejected_total{reason=\"other\"}",
             "# HELP fleet_health_store_commits_total Group commits to the durable store.",
             "# TYPE fleet_health_store_commits_total counter",
             "fleet_health_store_commits_total",
@@ -1005,7 +1066,7 @@ mod tests {
         m.streams(1);
         m.streams(1);
         m.streams(-1);
-        m.count_rejected();
+        m.count_rejected(Rejected::Rate);
         let text = m.render(&fleet());
         for line in [
             "fleet_health_transitions_total{to=\"not reporting\"} 2\n",
