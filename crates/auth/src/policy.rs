@@ -56,6 +56,13 @@ pub const TABLE: &[(&str, Access)] = &[
         },
     ),
     (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        Access::Callers {
+            agents: false,
+            roles: READERS,
+        },
+    ),
+    (
         "/fleethealth.v1.AgentService/Report",
         Access::Callers {
             agents: true,

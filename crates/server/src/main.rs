@@ -437,8 +437,9 @@ fn log_filter(flag: Option<&str>, rust_log: Option<&str>) -> String {
 fn init_logging(args: &Args) -> anyhow::Result<()> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let wanted = log_filter(args.log.as_deref(), rust_log.as_deref());
-    let filter = tracing_subscriber::EnvFilter::try_new(&wanted)
-        .with_context(|| format!("bad log filter {wanted:?} (--log, FLEET_HEALTH_LOG or RUST_LOG)"))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&wanted).with_context(|| {
+        format!("bad log filter {wanted:?} (--log, FLEET_HEALTH_LOG or RUST_LOG)")
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -649,16 +650,22 @@ mod tests {
             Args::try_parse_from(argv).expect("parses").config()
         };
         // The old README demo: idle agents would flap every 30 s.
-        let e = config(&["--silence-window", "30s"]).unwrap_err().to_string();
+        let e = config(&["--silence-window", "30s"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("too short for --heartbeat-interval 30s"), "{e}");
         assert!(e.contains("1m or more"), "{e}");
         assert!(config(&["--silence-window", "30s", "--heartbeat-interval", "10s"]).is_ok());
         assert!(config(&["--silence-window", "0"]).is_ok(), "the rule off");
         let e = config(&["--idle-timeout", "45s"]).unwrap_err().to_string();
         assert!(e.contains("--idle-timeout 45s"), "{e}");
-        let e = config(&["--inactive-window", "5m"]).unwrap_err().to_string();
+        let e = config(&["--inactive-window", "5m"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be longer than --silence-window 5m"), "{e}");
-        let e = config(&["--heartbeat-interval", "0"]).unwrap_err().to_string();
+        let e = config(&["--heartbeat-interval", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("more than zero"), "{e}");
     }
 

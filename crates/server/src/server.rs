@@ -186,10 +186,15 @@ impl Server {
         health
             .set_serving::<FleetServiceServer<FleetService>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(fleet_health_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Reflection in both versions: v1, and v1alpha, which older grpcurl
+        // and many tools still ask for.
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(fleet_health_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
         let t = &config.transport;
         let open_streams = OpenStreams::new();
@@ -287,6 +292,7 @@ impl Server {
             .layer(AuthLayer::new(security.clone()))
             .add_service(health_svc)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(agents)
             .add_service(fleet)
             .serve_with_incoming_shutdown(incoming, stop_signal)

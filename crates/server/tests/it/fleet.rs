@@ -629,5 +629,32 @@ async fn reflection_lists_the_services() {
     ] {
         assert!(names.contains(&want), "{names:?}");
     }
+    // The older version, which older grpcurl and many tools ask for.
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(s.channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = client
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .expect("v1alpha answers")
+            .into_inner();
+        let msg = soon(resp.message()).await.expect("ok").expect("a response");
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("unexpected {msg:?}");
+        };
+        assert!(
+            list.service
+                .iter()
+                .any(|s| s.name == "fleethealth.v1.FleetService"),
+            "{list:?}"
+        );
+    }
     s.stop().await;
 }
