@@ -53,6 +53,14 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A new, empty temporary directory for a server's data, removed on drop.
+pub fn data_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("fleet-health-e2e-")
+        .tempdir()
+        .expect("create a temporary data directory")
+}
+
 /// A running `fleet-health-server` binary, killed when dropped.
 #[derive(Debug)]
 pub struct Server {
@@ -74,10 +82,12 @@ impl Server {
 
     /// [`Server::start`] with these environment variables set for the server.
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("fleet-health-e2e-")
-            .tempdir()
-            .expect("create a temporary data directory");
+        Server::start_in(data_dir(), args, env).await
+    }
+
+    /// [`Server::start_with_env`] on the data directory `dir` (which may hold
+    /// a restored state).
+    pub async fn start_in(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Server {
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
         let env: Vec<(String, String)> = env
             .iter()
@@ -211,8 +221,13 @@ async fn spawn_server(
     let mut child = Command::new(binary("fleet-health-server"))
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(metrics)
-        .arg("--data-dir")
-        .arg(dir)
+        .args(
+            // A server in memory takes no data directory.
+            (!args.iter().any(|a| a == "--in-memory"))
+                .then(|| [std::ffi::OsStr::new("--data-dir"), dir.as_os_str()])
+                .into_iter()
+                .flatten(),
+        )
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

@@ -10,7 +10,7 @@
 //!   named in the stream's hello ([`Identity::may_report_for`]).
 //! - the reads of `FleetService` (get, list, watch, summary, history) and
 //!   server reflection: readers, orchestrators and admins.
-//! - `FleetService/ForgetAgent`: admins only.
+//! - `FleetService/ForgetAgent` and `AdminService/Backup`: admins only.
 //! - maintenance marks (`SetMaintenance`, `ClearMaintenance`) and clearing a
 //!   remediator's "given up" (`ClearGivenUp`): orchestrators and admins.
 //! - remediation claims and records (`ClaimAgent`, `ReleaseAgent`,
@@ -106,6 +106,13 @@ pub const TABLE: &[(&str, Access)] = &[
     ),
     (
         "/fleethealth.v1.FleetService/ForgetAgent",
+        Access::Callers {
+            agents: false,
+            roles: &[Role::Admin],
+        },
+    ),
+    (
+        "/fleethealth.v1.AdminService/Backup",
         Access::Callers {
             agents: false,
             roles: &[Role::Admin],

@@ -95,6 +95,7 @@ undecodable!(InvalidArgument:
     ReleaseAgentRequest,
     RecordRemediationRequest,
     ClearGivenUpRequest,
+    BackupRequest,
 );
 undecodable!(Internal:
     ReportResponse,
@@ -110,6 +111,7 @@ undecodable!(Internal:
     ReleaseAgentResponse,
     RecordRemediationResponse,
     ClearGivenUpResponse,
+    BackupChunk,
 );
 
 /// Decodes one message of [`LeanCodec`]; a decode error becomes the status

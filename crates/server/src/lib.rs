@@ -25,7 +25,9 @@
 //! - [`net`]: listeners, accepted connections (`TCP_NODELAY`, cut at the
 //!   drain deadline).
 
+pub mod admin_service;
 pub mod agent_service;
+pub mod backup;
 pub mod clock;
 pub mod commit_gate;
 pub mod committer;

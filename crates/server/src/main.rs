@@ -264,6 +264,41 @@ enum Sub {
         #[arg(long, default_value = "5s", value_parser = positive_duration)]
         timeout: Duration,
     },
+    /// Copy a running server's state into DIR (new or empty): a consistent
+    /// snapshot taken while the server goes on serving, written as a data
+    /// directory of its own. Needs the admin role when security is on.
+    Backup {
+        /// Where to write the backup.
+        dir: PathBuf,
+        /// The running server.
+        #[arg(long, env = "FLEET_HEALTH_SERVER", default_value = fleet_health_client::DEFAULT_SERVER)]
+        server: String,
+        /// Trust bundle (PEM) for the server's certificate.
+        #[arg(long, env = "FLEET_HEALTH_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM) of an admin.
+        #[arg(long, env = "FLEET_HEALTH_CERT", value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// Its key (PEM).
+        #[arg(long, env = "FLEET_HEALTH_KEY", value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// A file holding an admin's bearer token.
+        #[arg(long, env = "FLEET_HEALTH_TOKEN_FILE", value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// How long to wait for the server to answer.
+        #[arg(long, default_value = "10s", value_parser = positive_duration)]
+        timeout: Duration,
+    },
+    /// Put a backup in place: check every record of BACKUP, then write them
+    /// into the data directory, which must hold no data yet. Run it while
+    /// no server uses that directory.
+    Restore {
+        /// The backup (a directory written by `backup`).
+        backup: PathBuf,
+        /// The data directory to fill [default: as the server's].
+        #[arg(long, env = "FLEET_HEALTH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -509,6 +544,62 @@ fn run_sub(sub: Sub) -> ExitCode {
         }
     };
     match sub {
+        Sub::Backup {
+            dir,
+            server,
+            ca,
+            cert,
+            key,
+            token_file,
+            timeout,
+        } => {
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(t) => t.map(|t| t.trim().to_owned()),
+                Err(e) => {
+                    eprintln!("fleet-health-server backup: --token-file: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let credentials = fleet_health_client::Credentials {
+                ca,
+                cert,
+                key,
+                token,
+            };
+            let copied = runtime.block_on(fleet_health_server::backup::backup(
+                &server,
+                &credentials,
+                timeout,
+                &dir,
+            ));
+            match copied {
+                Ok(c) => {
+                    println!("backed up {} agents into {}", c.records, dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleet-health-server backup: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Sub::Restore { backup, data_dir } => {
+            let to = data_dir.unwrap_or_else(default_data_dir);
+            match fleet_health_server::backup::restore(&backup, &to) {
+                Ok(c) => {
+                    println!(
+                        "restored {} agents into {}; start the server on it",
+                        c.records,
+                        to.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleet-health-server restore: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Sub::Probe { url, timeout } => {
             match runtime.block_on(fleet_health_server::probe::probe(&url, timeout)) {
                 Ok(body) => {

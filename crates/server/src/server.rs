@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use fleet_health_proto::v1::admin_service_server::AdminServiceServer;
 use fleet_health_proto::v1::agent_service_server::AgentServiceServer;
 use fleet_health_proto::v1::fleet_service_server::FleetServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin_service::AdminService;
 use crate::agent_service::AgentService;
 use crate::clock::Clock;
 use crate::config::{Config, Storage};
@@ -215,6 +217,8 @@ impl Server {
         ))
         .max_decoding_message_size(t.max_message_bytes)
         .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
+        let admin = AdminServiceServer::new(AdminService::new(store.clone()))
+            .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
 
         let scheduler = {
             let (registry, stop) = (registry.clone(), stop.clone());
@@ -295,6 +299,7 @@ impl Server {
             .add_service(reflection_v1alpha)
             .add_service(agents)
             .add_service(fleet)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, stop_signal)
             .await;
         // Also when the transport failed before any signal: every part stops.
