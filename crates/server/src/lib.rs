@@ -49,6 +49,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod systemd;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 pub mod tls;

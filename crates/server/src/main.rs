@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use fleet_health_auth::TrustDomain;
 use fleet_health_sensor::Windows;
@@ -17,6 +16,7 @@ use fleet_health_server::config::{
     Config, ConnLimits, FleetRules, IdentityLimits, Limits, SecurityConfig, Shutdown, Storage,
     StreamLimits, TlsFiles, Transport, WatchLimits,
 };
+use fleet_health_server::telemetry::{Telemetry, TelemetryConfig};
 use fleet_health_server::{Server, bind};
 
 /// The fleet-health aggregator: agents stream their lifecycle events here; it
@@ -248,6 +248,21 @@ struct Args {
     /// [default: $RUST_LOG, else `info`].
     #[arg(long, env = "FLEET_HEALTH_LOG")]
     log: Option<String>,
+
+    /// Export traces (the spans of each call) to this OpenTelemetry
+    /// collector over OTLP/gRPC, e.g. http://127.0.0.1:4317. Off by
+    /// default, and costs nothing then. The exporter's OTEL_* variables
+    /// apply (OTEL_BSP_SCHEDULE_DELAY, OTEL_EXPORTER_OTLP_HEADERS, ...).
+    #[arg(long, env = "FLEET_HEALTH_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// Which spans to export, as RUST_LOG.
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_OTLP_FILTER",
+        default_value = "info,fleet_health_server=debug"
+    )]
+    otlp_filter: String,
 }
 
 /// What the binary does besides serving.
@@ -469,20 +484,15 @@ fn log_filter(flag: Option<&str>, rust_log: Option<&str>) -> String {
         .to_owned()
 }
 
-fn init_logging(args: &Args) -> anyhow::Result<()> {
+fn init_logging(args: &Args) -> anyhow::Result<Telemetry> {
     let rust_log = std::env::var("RUST_LOG").ok();
-    let wanted = log_filter(args.log.as_deref(), rust_log.as_deref());
-    let filter = tracing_subscriber::EnvFilter::try_new(&wanted).with_context(|| {
-        format!("bad log filter {wanted:?} (--log, FLEET_HEALTH_LOG or RUST_LOG)")
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+    Telemetry::init(&TelemetryConfig {
+        log_filter: log_filter(args.log.as_deref(), rust_log.as_deref()),
+        json: args.log_format == LogFormat::Json,
+        ansi: std::io::stderr().is_terminal(),
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        otlp_filter: args.otlp_filter.clone(),
+    })
 }
 
 async fn shutdown_signal() {
@@ -620,10 +630,6 @@ fn main() -> ExitCode {
     if let Some(sub) = args.command.take() {
         return run_sub(sub);
     }
-    if let Err(e) = init_logging(&args) {
-        eprintln!("fleet-health-server: {e:#}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -631,13 +637,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // The trace exporter's gRPC client is made inside the runtime.
+    let telemetry = match runtime.block_on(async { init_logging(&args) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fleet-health-server: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    runtime.block_on(async { telemetry.shutdown() });
+    code
 }
 
 #[cfg(test)]

@@ -87,3 +87,76 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping_and_the_probe_answers()
     let down = probe(&format!("http://{metrics}/readyz")).await;
     assert!(!down.status.success(), "nothing listens any more");
 }
+
+/// A stand-in OpenTelemetry collector: the names of the spans it receives,
+/// and the service names they come from.
+struct Collector {
+    tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    let _ = self.tx.send((service.clone(), span.name));
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_go_to_an_otlp_collector_when_asked() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector { tx }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let endpoint = format!("http://{addr}");
+    let server = Server::start_with_env(
+        &["--otlp-endpoint", &endpoint],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )
+    .await;
+    server.cli(&["status", "web-1"]).await.expect_code(4);
+    let (service, _) = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (service, name) = rx.recv().await.expect("the collector runs");
+            if name == "get_agent" {
+                return (service, name);
+            }
+        }
+    })
+    .await
+    .expect("the call's span reaches the collector");
+    assert!(service.contains("fleet-health-server"), "{service}");
+}
