@@ -460,20 +460,11 @@ impl Args {
 }
 
 /// `$XDG_STATE_HOME/fleet-health`, else `~/.local/state/fleet-health`, else
-/// `./fleet-health-data`.
+/// `./fleet-health-data` (the state directory as the `dirs` crate finds it).
 fn default_data_dir() -> PathBuf {
-    let non_empty = |v: &str| {
-        std::env::var_os(v)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(state) = non_empty("XDG_STATE_HOME") {
-        state.join("fleet-health")
-    } else if let Some(home) = non_empty("HOME") {
-        home.join(".local/state/fleet-health")
-    } else {
-        PathBuf::from("fleet-health-data")
-    }
+    dirs::state_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".local/state")))
+        .map_or_else(|| PathBuf::from("fleet-health-data"), |d| d.join("fleet-health"))
 }
 
 /// The log filter: `--log` (or `FLEET_HEALTH_LOG`), else `RUST_LOG`, else
