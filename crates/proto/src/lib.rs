@@ -96,6 +96,7 @@ undecodable!(InvalidArgument:
     RecordRemediationRequest,
     ClearGivenUpRequest,
     BackupRequest,
+    GetServerInfoRequest,
 );
 undecodable!(Internal:
     ReportResponse,
@@ -112,6 +113,7 @@ undecodable!(Internal:
     RecordRemediationResponse,
     ClearGivenUpResponse,
     BackupChunk,
+    GetServerInfoResponse,
 );
 
 /// Decodes one message of [`LeanCodec`]; a decode error becomes the status

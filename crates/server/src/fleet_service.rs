@@ -77,6 +77,7 @@ pub struct FleetService {
     security: Arc<Security>,
     watch: WatchLimits,
     watchers: Arc<AtomicUsize>,
+    started_at: fleet_health_sensor::Time,
 }
 
 impl FleetService {
@@ -92,6 +93,7 @@ impl FleetService {
         watch: WatchLimits,
     ) -> FleetService {
         FleetService {
+            started_at: registry.clock().now(),
             registry,
             streams,
             shutdown,
@@ -392,6 +394,21 @@ impl FleetServiceApi for FleetService {
         self.streams.forgotten(&self.registry, &id);
         Ok(Response::new(pb::ForgetAgentResponse {
             last: Some((&last).into()),
+        }))
+    }
+
+    async fn get_server_info(
+        &self,
+        _: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        let rules = self.registry.rules();
+        Ok(Response::new(pb::GetServerInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: Some(wire::timestamp(self.started_at)),
+            durable: self.registry.commits().is_some(),
+            secured: self.security.enabled(),
+            heartbeat_interval: Some(wire::duration(rules.heartbeat)),
+            silence_window: Some(wire::duration(rules.silence)),
         }))
     }
 

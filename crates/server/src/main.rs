@@ -464,7 +464,10 @@ impl Args {
 fn default_data_dir() -> PathBuf {
     dirs::state_dir()
         .or_else(|| dirs::home_dir().map(|h| h.join(".local/state")))
-        .map_or_else(|| PathBuf::from("fleet-health-data"), |d| d.join("fleet-health"))
+        .map_or_else(
+            || PathBuf::from("fleet-health-data"),
+            |d| d.join("fleet-health"),
+        )
 }
 
 /// The log filter: `--log` (or `FLEET_HEALTH_LOG`), else `RUST_LOG`, else

@@ -658,3 +658,20 @@ async fn reflection_lists_the_services() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_server_says_its_version_and_settings() {
+    let s = TestServer::start().await;
+    let info = s
+        .fleet()
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .expect("answers")
+        .into_inner();
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(info.started_at, Some(ts(T0)));
+    assert!(!info.durable && !info.secured);
+    assert_eq!(info.heartbeat_interval.map(|d| d.seconds), Some(30));
+    assert_eq!(info.silence_window.map(|d| d.seconds), Some(300));
+    s.stop().await;
+}
