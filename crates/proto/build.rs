@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("fleethealth/v1/agent.proto"),
         root.join("fleethealth/v1/fleet.proto"),
+        root.join("fleethealth/v1/admin.proto"),
     ];
     let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

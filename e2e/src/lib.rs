@@ -53,32 +53,53 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A new, empty temporary directory for a server's data, removed on drop.
+pub fn data_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("fleet-health-e2e-")
+        .tempdir()
+        .expect("create a temporary data directory")
+}
+
 /// A running `fleet-health-server` binary, killed when dropped.
 #[derive(Debug)]
 pub struct Server {
     child: Child,
     addr: SocketAddr,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     logs: Arc<Mutex<Vec<String>>>,
     // Declared last: removed after the child is killed.
     dir: TempDir,
 }
 
 impl Server {
-    /// Starts the server on `127.0.0.1:0` with metrics off, JSON logs, a new
+    /// Starts the server on `127.0.0.1:0` with metrics off (unless `args` give `--metrics-listen`), JSON logs, a new
     /// temporary data directory, and `args` (such as `--silence-window 2s`).
     pub async fn start(args: &[&str]) -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("fleet-health-e2e-")
-            .tempdir()
-            .expect("create a temporary data directory");
+        Server::start_with_env(args, &[]).await
+    }
+
+    /// [`Server::start`] with these environment variables set for the server.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_in(data_dir(), args, env).await
+    }
+
+    /// [`Server::start_with_env`] on the data directory `dir` (which may hold
+    /// a restored state).
+    pub async fn start_in(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Server {
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (child, addr) = spawn_server(dir.path(), &args, Arc::clone(&logs)).await;
+        let (child, addr) = spawn_server(dir.path(), &args, &env, Arc::clone(&logs)).await;
         Server {
             child,
             addr,
             args,
+            env,
             logs,
             dir,
         }
@@ -129,7 +150,13 @@ impl Server {
     /// Starts the server again on the same data directory and flags (after
     /// [`Server::kill9`]); it listens on a new ephemeral port.
     pub async fn restart(&mut self) {
-        let (child, addr) = spawn_server(self.dir.path(), &self.args, Arc::clone(&self.logs)).await;
+        let (child, addr) = spawn_server(
+            self.dir.path(),
+            &self.args,
+            &self.env,
+            Arc::clone(&self.logs),
+        )
+        .await;
         self.child = child;
         self.addr = addr;
     }
@@ -182,20 +209,27 @@ impl Server {
 async fn spawn_server(
     dir: &Path,
     args: &[String],
+    env: &[(String, String)],
     logs: Arc<Mutex<Vec<String>>>,
 ) -> (Child, SocketAddr) {
+    // Metrics off unless the test asks for them.
+    let metrics: &[&str] = if args.iter().any(|a| a.starts_with("--metrics-listen")) {
+        &[]
+    } else {
+        &["--metrics-listen", "off"]
+    };
     let mut child = Command::new(binary("fleet-health-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-            "--log-format",
-            "json",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(metrics)
+        .args(
+            // A server in memory takes no data directory.
+            (!args.iter().any(|a| a == "--in-memory"))
+                .then(|| [std::ffi::OsStr::new("--data-dir"), dir.as_os_str()])
+                .into_iter()
+                .flatten(),
+        )
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

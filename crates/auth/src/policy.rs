@@ -8,9 +8,10 @@
 //! - `AgentService/Report`: agents (for their own ID), relays (for the IDs
 //!   their patterns match) and admins; the agent service checks the ID
 //!   named in the stream's hello ([`Identity::may_report_for`]).
-//! - the reads of `FleetService` (get, list, watch, summary, history) and
+//! - the reads of `FleetService` (get, list, watch, summary, history,
+//!   server info) and
 //!   server reflection: readers, orchestrators and admins.
-//! - `FleetService/ForgetAgent`: admins only.
+//! - `FleetService/ForgetAgent` and `AdminService/Backup`: admins only.
 //! - maintenance marks (`SetMaintenance`, `ClearMaintenance`) and clearing a
 //!   remediator's "given up" (`ClearGivenUp`): orchestrators and admins.
 //! - remediation claims and records (`ClaimAgent`, `ReleaseAgent`,
@@ -50,6 +51,13 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/grpc.health.v1.Health/Watch", Access::Open),
     (
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Access::Callers {
+            agents: false,
+            roles: READERS,
+        },
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         Access::Callers {
             agents: false,
             roles: READERS,
@@ -98,7 +106,21 @@ pub const TABLE: &[(&str, Access)] = &[
         },
     ),
     (
+        "/fleethealth.v1.FleetService/GetServerInfo",
+        Access::Callers {
+            agents: false,
+            roles: READERS,
+        },
+    ),
+    (
         "/fleethealth.v1.FleetService/ForgetAgent",
+        Access::Callers {
+            agents: false,
+            roles: &[Role::Admin],
+        },
+    ),
+    (
+        "/fleethealth.v1.AdminService/Backup",
         Access::Callers {
             agents: false,
             roles: &[Role::Admin],

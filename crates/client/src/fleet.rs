@@ -128,6 +128,23 @@ impl AgentQuery {
     }
 }
 
+/// What a server says of itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Its version.
+    pub version: String,
+    /// When it started.
+    pub started_at: Option<Time>,
+    /// Whether it keeps its state in a durable store.
+    pub durable: bool,
+    /// Whether security (TLS or tokens) is on.
+    pub secured: bool,
+    /// The heartbeat interval agents are told.
+    pub heartbeat_interval: Option<Duration>,
+    /// The silence window (zero: off).
+    pub silence_window: Option<Duration>,
+}
+
 /// A client for `FleetService`. Cheap to clone: clones share one connection.
 #[derive(Clone, Debug)]
 pub struct FleetClient {
@@ -281,6 +298,37 @@ impl FleetClient {
         };
         let mut inner = self.inner.clone();
         Ok(self.call(inner.get_history(request)).await?.try_into()?)
+    }
+
+    /// The server's version and the settings clients may want to know.
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        let mut inner = self.inner.clone();
+        let r = self
+            .call(inner.get_server_info(proto::GetServerInfoRequest {}))
+            .await?;
+        let duration = |d: Option<prost_types::Duration>, field: &'static str| {
+            d.map(|d| {
+                fleet_health_types::wire::from_duration(&d, field).map_err(|e| DecodeError {
+                    field,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+        };
+        Ok(ServerInfo {
+            version: r.version,
+            started_at: crate::view::time(
+                "GetServerInfoResponse.started_at",
+                r.started_at.as_ref(),
+            )?,
+            durable: r.durable,
+            secured: r.secured,
+            heartbeat_interval: duration(
+                r.heartbeat_interval,
+                "GetServerInfoResponse.heartbeat_interval",
+            )?,
+            silence_window: duration(r.silence_window, "GetServerInfoResponse.silence_window")?,
+        })
     }
 
     /// Removes an agent; returns its status just before.

@@ -130,6 +130,13 @@ impl FleetService for Fake {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn get_server_info(
+        &self,
+        _: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn clear_given_up(
         &self,
         _: Request<pb::ClearGivenUpRequest>,

@@ -95,6 +95,8 @@ undecodable!(InvalidArgument:
     ReleaseAgentRequest,
     RecordRemediationRequest,
     ClearGivenUpRequest,
+    BackupRequest,
+    GetServerInfoRequest,
 );
 undecodable!(Internal:
     ReportResponse,
@@ -110,6 +112,8 @@ undecodable!(Internal:
     ReleaseAgentResponse,
     RecordRemediationResponse,
     ClearGivenUpResponse,
+    BackupChunk,
+    GetServerInfoResponse,
 );
 
 /// Decodes one message of [`LeanCodec`]; a decode error becomes the status

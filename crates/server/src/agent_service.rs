@@ -24,6 +24,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::commit_gate::CommitGate;
 use crate::convert;
+use crate::metrics::Rejected;
 use crate::open_streams::{self, EndSignal, OpenStreams, shutting_down};
 use crate::registry::{Registry, Session};
 use crate::security::limits::Permit;
@@ -145,7 +146,11 @@ impl AgentServiceApi for AgentService {
     ) -> Result<Response<Self::ReportStream>, Status> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.max_streams {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            self.registry.metrics().count_rejected();
+            self.registry.metrics().count_rejected(Rejected::MaxStreams);
+            tracing::info!(
+                max_streams = self.limits.max_streams,
+                "agent stream refused: --max-streams reached"
+            );
             return Err(Status::resource_exhausted(format!(
                 "the server already holds {} agent streams, its limit (--max-streams)",
                 self.limits.max_streams
@@ -269,17 +274,19 @@ impl ReportStream {
             Err(end) => {
                 self.done = true;
                 // Taking the connection disconnects the agent (on drop).
-                if let Some(c) = self.connection.take()
-                    && let End::Status(status) = &end
-                {
-                    tracing::debug!(agent_id = %c.session.id, code = ?status.code(), message = status.message(), "agent stream ended");
-                }
+                let agent = self.connection.take().map(|c| c.session.id.clone());
                 self.slot = None;
                 match end {
                     End::Closed => None,
                     End::Status(status) => {
-                        if !matches!(status.code(), Code::Unavailable | Code::Aborted) {
-                            self.registry.metrics().count_rejected();
+                        if matches!(status.code(), Code::Unavailable | Code::Aborted) {
+                            tracing::debug!(agent_id = ?agent, code = ?status.code(), message = status.message(), "agent stream ended");
+                        } else {
+                            let why = Rejected::of_stream(status.code());
+                            self.registry.metrics().count_rejected(why);
+                            if crate::log_limit::REJECTIONS.allow() {
+                                tracing::info!(agent_id = ?agent, reason = why.as_str(), message = status.message(), "agent stream refused");
+                            }
                         }
                         Some(Err(status))
                     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::readiness::Readiness;
 use crate::registry::Registry;
 use crate::shutdown::stopped;
 use crate::store::AgentStore;
@@ -16,8 +17,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Writes what the registry marks dirty, in group commits, until `stop`
 /// turns true; then writes what is left. A failed commit is retried with
 /// backoff (nothing is acknowledged meanwhile): a full disk stalls
-/// acknowledgements, it loses nothing.
-pub async fn run(registry: Registry, store: Arc<dyn AgentStore>, mut stop: watch::Receiver<bool>) {
+/// acknowledgements, it loses nothing; meanwhile `readiness` says the store
+/// cannot commit, and each failure is counted.
+pub async fn run(
+    registry: Registry,
+    store: Arc<dyn AgentStore>,
+    readiness: Arc<Readiness>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let last = tokio::select! {
             () = registry.dirty() => false,
@@ -43,6 +50,7 @@ pub async fn run(registry: Registry, store: Arc<dyn AgentStore>, mut stop: watch
                         batch.upserts.len() + batch.deletes.len(),
                         started.elapsed(),
                     );
+                    readiness.set_commit_failing(false);
                     break;
                 }
                 Ok(Err(e)) => {
@@ -50,6 +58,8 @@ pub async fn run(registry: Registry, store: Arc<dyn AgentStore>, mut stop: watch
                 }
                 Err(e) => tracing::error!(error = %e, "commit task failed"),
             }
+            registry.metrics().count_commit_failure();
+            readiness.set_commit_failing(true);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

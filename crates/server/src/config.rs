@@ -43,6 +43,47 @@ pub struct Config {
     pub security: SecurityConfig,
 }
 
+impl Config {
+    /// Refuses settings that cannot work together, saying why and what
+    /// would: agents heartbeat every `heartbeat` (they are told so), so a
+    /// silence window or an idle timeout that is not at least twice as long
+    /// would call a healthy, idle agent silent (or close its stream) between
+    /// two heartbeats, and flap; an agent goes `not reporting` before
+    /// `inactive`, so the inactive window must be the longer.
+    pub fn check(&self) -> Result<(), String> {
+        let r = &self.rules;
+        let hb = r.heartbeat;
+        let show = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        if hb.is_zero() {
+            return Err("--heartbeat-interval must be more than zero".into());
+        }
+        if !r.silence.is_zero() && r.silence < hb * 2 {
+            return Err(format!(
+                "--silence-window {} is too short for --heartbeat-interval {}: idle agents, which say                  nothing but a heartbeat each interval, would turn \"not reporting\" between two                  heartbeats and back (flapping). Give a silence window of at least twice the                  interval ({} or more), or a shorter interval, or 0 to turn the rule off",
+                show(r.silence),
+                show(hb),
+                show(hb * 2)
+            ));
+        }
+        if self.streams.idle_timeout < hb * 2 {
+            return Err(format!(
+                "--idle-timeout {} is too short for --heartbeat-interval {}: the streams of idle                  agents would be closed between two heartbeats. Give at least twice the interval                  ({} or more)",
+                show(self.streams.idle_timeout),
+                show(hb),
+                show(hb * 2)
+            ));
+        }
+        if !r.silence.is_zero() && r.inactive <= r.silence {
+            return Err(format!(
+                "--inactive-window {} must be longer than --silence-window {}: a silent agent is                  \"not reporting\" first and inactive later",
+                show(r.inactive),
+                show(r.silence)
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// TLS, credentials, the audit log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SecurityConfig {

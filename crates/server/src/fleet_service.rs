@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejected};
 use crate::model::{MaintenanceFilter, State, StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
 use crate::registry::{Change, Registry, Selector};
@@ -77,6 +77,7 @@ pub struct FleetService {
     security: Arc<Security>,
     watch: WatchLimits,
     watchers: Arc<AtomicUsize>,
+    started_at: fleet_health_sensor::Time,
 }
 
 impl FleetService {
@@ -92,6 +93,7 @@ impl FleetService {
         watch: WatchLimits,
     ) -> FleetService {
         FleetService {
+            started_at: registry.clock().now(),
             registry,
             streams,
             shutdown,
@@ -395,6 +397,21 @@ impl FleetServiceApi for FleetService {
         }))
     }
 
+    async fn get_server_info(
+        &self,
+        _: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        let rules = self.registry.rules();
+        Ok(Response::new(pb::GetServerInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: Some(wire::timestamp(self.started_at)),
+            durable: self.registry.commits().is_some(),
+            secured: self.security.enabled(),
+            heartbeat_interval: Some(wire::duration(rules.heartbeat)),
+            silence_window: Some(wire::duration(rules.silence)),
+        }))
+    }
+
     async fn set_maintenance(
         &self,
         request: Request<pb::SetMaintenanceRequest>,
@@ -451,7 +468,7 @@ impl FleetService {
         if self.watchers.fetch_add(1, Ordering::AcqRel) >= max {
             self.watchers.fetch_sub(1, Ordering::AcqRel);
             let metrics = self.registry.metrics();
-            metrics.count_rejected();
+            metrics.count_rejected(Rejected::MaxWatchers);
             metrics.count_watcher_rejected();
             return Err(Status::resource_exhausted(format!(
                 "the server already holds {max} watches, its limit (--max-watchers); try again later"

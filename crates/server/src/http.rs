@@ -1,15 +1,22 @@
-//! The HTTP endpoint for monitoring: `/metrics` (Prometheus text format) and
-//! `/healthz` (a liveness answer that needs no gRPC client).
+//! The HTTP endpoint for monitoring: `/metrics` (Prometheus text format),
+//! `/healthz` (a cheap liveness answer that needs no gRPC client) and
+//! `/readyz` (200 when ready for traffic, 503 with the reasons when not:
+//! starting, draining, or a store that cannot commit).
 
+use std::sync::Arc;
+
+use axum::http::StatusCode;
 use axum::routing::get;
 
 use crate::metrics::{CONTENT_TYPE, FleetGauges};
 use crate::net::HttpAcceptor;
+use crate::readiness::Readiness;
 use crate::registry::Registry;
 use crate::shutdown::Stop;
 
-/// The endpoint's routes over `registry`.
-pub fn router(registry: Registry) -> axum::Router {
+/// The endpoint's routes over `registry`, answering readiness from
+/// `readiness`.
+pub fn router(registry: Registry, readiness: Arc<Readiness>) -> axum::Router {
     axum::Router::new()
         .route(
             "/metrics",
@@ -31,20 +38,38 @@ pub fn router(registry: Registry) -> axum::Router {
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    match readiness.check() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {}\n", why.join("; ")),
+                        ),
+                    }
+                }
+            }),
+        )
 }
 
 /// Serves the endpoint on `acceptor` until `stop` is given and the requests
 /// in flight are answered.
-pub async fn serve(acceptor: HttpAcceptor, registry: Registry, stop: Stop) -> std::io::Result<()> {
-    axum::serve(acceptor, router(registry))
+pub async fn serve(
+    acceptor: HttpAcceptor,
+    registry: Registry,
+    readiness: Arc<Readiness>,
+    stop: Stop,
+) -> std::io::Result<()> {
+    axum::serve(acceptor, router(registry, readiness))
         .with_graceful_shutdown(async move { stop.given().await })
         .await
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use fleet_health_sensor::Time;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -80,6 +105,7 @@ mod tests {
         let task = tokio::spawn(serve(
             Acceptor::new(listener, Connections::new()).http(Duration::from_secs(10)),
             server.registry().clone(),
+            Arc::new(Readiness::new()),
             stop.clone(),
         ));
 
@@ -125,6 +151,7 @@ mod tests {
         let task = tokio::spawn(serve(
             Acceptor::new(listener, connections.clone()).http(Duration::from_millis(200)),
             server.registry().clone(),
+            Arc::new(Readiness::new()),
             stop.clone(),
         ));
 

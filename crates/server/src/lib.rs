@@ -25,7 +25,9 @@
 //! - [`net`]: listeners, accepted connections (`TCP_NODELAY`, cut at the
 //!   drain deadline).
 
+pub mod admin_service;
 pub mod agent_service;
+pub mod backup;
 pub mod clock;
 pub mod commit_gate;
 pub mod committer;
@@ -33,16 +35,21 @@ pub mod config;
 pub mod convert;
 pub mod fleet_service;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod open_streams;
+pub mod probe;
+pub mod readiness;
 pub mod registry;
 pub mod reload;
 pub mod security;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod systemd;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 pub mod tls;

@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use fleet_health_auth::TrustDomain;
 use fleet_health_sensor::Windows;
 use fleet_health_server::clock::SystemClock;
@@ -17,13 +16,24 @@ use fleet_health_server::config::{
     Config, ConnLimits, FleetRules, IdentityLimits, Limits, SecurityConfig, Shutdown, Storage,
     StreamLimits, TlsFiles, Transport, WatchLimits,
 };
+use fleet_health_server::telemetry::{Telemetry, TelemetryConfig};
 use fleet_health_server::{Server, bind};
 
 /// The fleet-health aggregator: agents stream their lifecycle events here; it
 /// knows at every moment which agents are faulty and why.
 #[derive(Debug, Parser)]
-#[command(name = "fleet-health-server", version, about, max_term_width = 100)]
+#[command(
+    name = "fleet-health-server",
+    version,
+    about,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    /// Run this instead of the server.
+    #[command(subcommand)]
+    command: Option<Sub>,
+
     /// Address for gRPC (agents, the CLI, grpcurl, health probes).
     #[arg(long, env = "FLEET_HEALTH_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -234,9 +244,76 @@ struct Args {
     #[arg(long, env = "FLEET_HEALTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
 
-    /// Log filter, as RUST_LOG (e.g. `info`, `fleet_health_server=debug`).
-    #[arg(long, env = "FLEET_HEALTH_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, as RUST_LOG (e.g. `info`, `fleet_health_server=debug`)
+    /// [default: $RUST_LOG, else `info`].
+    #[arg(long, env = "FLEET_HEALTH_LOG")]
+    log: Option<String>,
+
+    /// Export traces (the spans of each call) to this OpenTelemetry
+    /// collector over OTLP/gRPC, e.g. http://127.0.0.1:4317. Off by
+    /// default, and costs nothing then. The exporter's OTEL_* variables
+    /// apply (OTEL_BSP_SCHEDULE_DELAY, OTEL_EXPORTER_OTLP_HEADERS, ...).
+    #[arg(long, env = "FLEET_HEALTH_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// Which spans to export, as RUST_LOG.
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_OTLP_FILTER",
+        default_value = "info,fleet_health_server=debug"
+    )]
+    otlp_filter: String,
+}
+
+/// What the binary does besides serving.
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Check a running server: GET URL (default: its readiness on the
+    /// default metrics address) and exit 0 on 200, 1 otherwise, saying why.
+    /// For a container's HEALTHCHECK, where no HTTP client is installed.
+    Probe {
+        /// The URL to check (`/readyz` for readiness, `/healthz` for liveness).
+        #[arg(default_value = "http://127.0.0.1:9464/readyz")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = positive_duration)]
+        timeout: Duration,
+    },
+    /// Copy a running server's state into DIR (new or empty): a consistent
+    /// snapshot taken while the server goes on serving, written as a data
+    /// directory of its own. Needs the admin role when security is on.
+    Backup {
+        /// Where to write the backup.
+        dir: PathBuf,
+        /// The running server.
+        #[arg(long, env = "FLEET_HEALTH_SERVER", default_value = fleet_health_client::DEFAULT_SERVER)]
+        server: String,
+        /// Trust bundle (PEM) for the server's certificate.
+        #[arg(long, env = "FLEET_HEALTH_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM) of an admin.
+        #[arg(long, env = "FLEET_HEALTH_CERT", value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// Its key (PEM).
+        #[arg(long, env = "FLEET_HEALTH_KEY", value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// A file holding an admin's bearer token.
+        #[arg(long, env = "FLEET_HEALTH_TOKEN_FILE", value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// How long to wait for the server to answer.
+        #[arg(long, default_value = "10s", value_parser = positive_duration)]
+        timeout: Duration,
+    },
+    /// Put a backup in place: check every record of BACKUP, then write them
+    /// into the data directory, which must hold no data yet. Run it while
+    /// no server uses that directory.
+    Restore {
+        /// The backup (a directory written by `backup`).
+        backup: PathBuf,
+        /// The data directory to fill [default: as the server's].
+        #[arg(long, env = "FLEET_HEALTH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -295,6 +372,12 @@ fn share(s: &str) -> Result<f64, String> {
 
 impl Args {
     fn config(&self) -> anyhow::Result<Config> {
+        let config = self.unchecked_config()?;
+        config.check().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+
+    fn unchecked_config(&self) -> anyhow::Result<Config> {
         let windows = Windows::new(self.receive_window, self.send_window, self.shutdown_timeout)?;
         Ok(Config {
             rules: FleetRules {
@@ -377,33 +460,33 @@ impl Args {
 }
 
 /// `$XDG_STATE_HOME/fleet-health`, else `~/.local/state/fleet-health`, else
-/// `./fleet-health-data`.
+/// `./fleet-health-data` (the state directory as the `dirs` crate finds it).
 fn default_data_dir() -> PathBuf {
-    let non_empty = |v: &str| {
-        std::env::var_os(v)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(state) = non_empty("XDG_STATE_HOME") {
-        state.join("fleet-health")
-    } else if let Some(home) = non_empty("HOME") {
-        home.join(".local/state/fleet-health")
-    } else {
-        PathBuf::from("fleet-health-data")
-    }
+    dirs::state_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".local/state")))
+        .map_or_else(
+            || PathBuf::from("fleet-health-data"),
+            |d| d.join("fleet-health"),
+        )
 }
 
-fn init_logging(args: &Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("bad --log filter {:?}", args.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+/// The log filter: `--log` (or `FLEET_HEALTH_LOG`), else `RUST_LOG`, else
+/// `info`.
+fn log_filter(flag: Option<&str>, rust_log: Option<&str>) -> String {
+    flag.or(rust_log.filter(|s| !s.trim().is_empty()))
+        .unwrap_or("info")
+        .to_owned()
+}
+
+fn init_logging(args: &Args) -> anyhow::Result<Telemetry> {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    Telemetry::init(&TelemetryConfig {
+        log_filter: log_filter(args.log.as_deref(), rust_log.as_deref()),
+        json: args.log_format == LogFormat::Json,
+        ansi: std::io::stderr().is_terminal(),
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        otlp_filter: args.otlp_filter.clone(),
+    })
 }
 
 async fn shutdown_signal() {
@@ -452,11 +535,94 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a subcommand to its end.
+fn run_sub(sub: Sub) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-health-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match sub {
+        Sub::Backup {
+            dir,
+            server,
+            ca,
+            cert,
+            key,
+            token_file,
+            timeout,
+        } => {
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(t) => t.map(|t| t.trim().to_owned()),
+                Err(e) => {
+                    eprintln!("fleet-health-server backup: --token-file: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let credentials = fleet_health_client::Credentials {
+                ca,
+                cert,
+                key,
+                token,
+            };
+            let copied = runtime.block_on(fleet_health_server::backup::backup(
+                &server,
+                &credentials,
+                timeout,
+                &dir,
+            ));
+            match copied {
+                Ok(c) => {
+                    println!("backed up {} agents into {}", c.records, dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleet-health-server backup: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Sub::Restore { backup, data_dir } => {
+            let to = data_dir.unwrap_or_else(default_data_dir);
+            match fleet_health_server::backup::restore(&backup, &to) {
+                Ok(c) => {
+                    println!(
+                        "restored {} agents into {}; start the server on it",
+                        c.records,
+                        to.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleet-health-server restore: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Sub::Probe { url, timeout } => {
+            match runtime.block_on(fleet_health_server::probe::probe(&url, timeout)) {
+                Ok(body) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleet-health-server probe: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Err(e) = init_logging(&args) {
-        eprintln!("fleet-health-server: {e:#}");
-        return ExitCode::from(2);
+    let mut args = Args::parse();
+    if let Some(sub) = args.command.take() {
+        return run_sub(sub);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -465,13 +631,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // The trace exporter's gRPC client is made inside the runtime.
+    let telemetry = match runtime.block_on(async { init_logging(&args) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fleet-health-server: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    runtime.block_on(async { telemetry.shutdown() });
+    code
 }
 
 #[cfg(test)]
@@ -557,6 +733,41 @@ mod tests {
         );
         assert_eq!(t.handshake_timeout, Duration::from_secs(3));
         assert_eq!(t.max_handshakes, 64);
+    }
+
+    #[test]
+    fn the_log_flag_wins_over_rust_log_which_wins_over_info() {
+        assert_eq!(log_filter(Some("warn"), Some("debug")), "warn");
+        assert_eq!(log_filter(None, Some("debug")), "debug");
+        assert_eq!(log_filter(None, Some(" ")), "info");
+        assert_eq!(log_filter(None, None), "info");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_together_are_refused_with_what_would() {
+        let config = |flags: &[&str]| {
+            let mut argv = vec!["fleet-health-server"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).expect("parses").config()
+        };
+        // The old README demo: idle agents would flap every 30 s.
+        let e = config(&["--silence-window", "30s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too short for --heartbeat-interval 30s"), "{e}");
+        assert!(e.contains("1m or more"), "{e}");
+        assert!(config(&["--silence-window", "30s", "--heartbeat-interval", "10s"]).is_ok());
+        assert!(config(&["--silence-window", "0"]).is_ok(), "the rule off");
+        let e = config(&["--idle-timeout", "45s"]).unwrap_err().to_string();
+        assert!(e.contains("--idle-timeout 45s"), "{e}");
+        let e = config(&["--inactive-window", "5m"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be longer than --silence-window 5m"), "{e}");
+        let e = config(&["--heartbeat-interval", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than zero"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! ([`CONTENT_TYPE`]); counters carry the `_total` suffix in their `# HELP`
 //! and `# TYPE` lines as in their samples.
 
+mod process;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -52,8 +54,9 @@ pub struct Metrics {
     watch_stalled: Counter,
     watch_queued: Gauge,
     watchers_rejected: Counter,
-    rejected: Counter,
+    rejected: [Counter; Rejected::ALL.len()],
     commits: Counter,
+    commit_failures: Counter,
     committed_records: Counter,
     commit_seconds: Counter<f64, AtomicU64>,
     ack_latency: Histogram,
@@ -121,6 +124,57 @@ pub enum ReloadResult {
     Ok,
     /// They did not parse; the old ones stay.
     Failed,
+}
+
+/// Why a request or stream was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// Bad input (INVALID_ARGUMENT): a malformed message, a bad ID, an
+    /// event out of order.
+    Invalid,
+    /// A stream that sent faster than `--max-stream-events-per-sec`.
+    Rate,
+    /// No hello, or nothing at all, for the hello or idle timeout.
+    Timeout,
+    /// `--max-streams` reached.
+    MaxStreams,
+    /// `--max-watchers` reached.
+    MaxWatchers,
+    /// Any other refusal.
+    Other,
+}
+
+impl Rejected {
+    const ALL: [Rejected; 6] = [
+        Rejected::Invalid,
+        Rejected::Rate,
+        Rejected::Timeout,
+        Rejected::MaxStreams,
+        Rejected::MaxWatchers,
+        Rejected::Other,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Invalid => "invalid",
+            Rejected::Rate => "rate",
+            Rejected::Timeout => "timeout",
+            Rejected::MaxStreams => "max_streams",
+            Rejected::MaxWatchers => "max_watchers",
+            Rejected::Other => "other",
+        }
+    }
+
+    /// The reason an agent stream ending with `code` was refused.
+    pub fn of_stream(code: tonic::Code) -> Rejected {
+        match code {
+            tonic::Code::InvalidArgument => Rejected::Invalid,
+            tonic::Code::ResourceExhausted => Rejected::Rate,
+            tonic::Code::DeadlineExceeded => Rejected::Timeout,
+            _ => Rejected::Other,
+        }
+    }
 }
 
 /// Why a connection was closed before it carried a request.
@@ -268,8 +322,9 @@ impl Default for Metrics {
             watch_stalled: Counter::default(),
             watch_queued: Gauge::default(),
             watchers_rejected: Counter::default(),
-            rejected: Counter::default(),
+            rejected: Default::default(),
             commits: Counter::default(),
+            commit_failures: Counter::default(),
             committed_records: Counter::default(),
             commit_seconds: Counter::default(),
             ack_latency: Histogram::new(ACK_BUCKETS),
@@ -289,6 +344,14 @@ impl Metrics {
     /// adds the full stop to each help text, and `_total` to each counter.
     fn registered(mut self) -> Metrics {
         let r = &mut self.registry;
+        r.register(
+            "fleet_health_build",
+            "The server's version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
+        );
         r.register(
             "fleet_health_agents",
             "Known agents by state and reason",
@@ -369,13 +432,23 @@ impl Metrics {
         );
         r.register(
             "fleet_health_rejected",
-            "Requests and streams refused for bad input or a limit",
-            self.rejected.clone(),
+            "Requests and streams refused for bad input or a limit, by reason",
+            Series::new(
+                Rejected::ALL
+                    .iter()
+                    .zip(&self.rejected)
+                    .map(|(why, c)| (vec![("reason", why.as_str())], c.clone())),
+            ),
         );
         r.register(
             "fleet_health_store_commits",
             "Group commits to the durable store",
             self.commits.clone(),
+        );
+        r.register(
+            "fleet_health_store_commit_failures",
+            "Group commits that failed (retried with backoff; acknowledgements wait meanwhile)",
+            self.commit_failures.clone(),
         );
         r.register(
             "fleet_health_store_records",
@@ -506,7 +579,13 @@ impl Metrics {
             "Seconds until the server's TLS certificate expires (no sample without TLS)",
             ExpiresIn(sec.cert_not_after.clone()),
         );
+        r.register_collector(Box::new(process::ProcessCollector));
         self
+    }
+
+    /// Counts a failed group commit.
+    pub fn count_commit_failure(&self) {
+        self.commit_failures.inc();
     }
 
     /// Counts a remediation recorded with this `fleethealth.v1` result number.
@@ -640,8 +719,8 @@ impl Metrics {
     }
 
     /// A request or stream was refused for bad input or a limit.
-    pub fn count_rejected(&self) {
-        self.rejected.inc();
+    pub fn count_rejected(&self, why: Rejected) {
+        self.rejected[why as usize].inc();
     }
 
     /// Records the time from receiving a batch to acknowledging it.
@@ -761,6 +840,13 @@ mod tests {
             })
             .collect();
         let mut expected = vec![
+            "# HELP fleet_health_build_info The server's version.",
+            "# TYPE fleet_health_build_info gauge",
+            concat!(
+                "fleet_health_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"}"
+            ),
             "# HELP fleet_health_agents Known agents by state and reason.",
             "# TYPE fleet_health_agents gauge",
         ];
@@ -824,12 +910,20 @@ mod tests {
             "# HELP fleet_health_watchers_rejected_total Watches refused because the server already held --max-watchers.",
             "# TYPE fleet_health_watchers_rejected_total counter",
             "fleet_health_watchers_rejected_total",
-            "# HELP fleet_health_rejected_total Requests and streams refused for bad input or a limit.",
+            "# HELP fleet_health_rejected_total Requests and streams refused for bad input or a limit, by reason.",
             "# TYPE fleet_health_rejected_total counter",
-            "fleet_health_rejected_total",
+            "fleet_health_rejected_total{reason=\"invalid\"}",
+            "fleet_health_rejected_total{reason=\"rate\"}",
+            "fleet_health_rejected_total{reason=\"timeout\"}",
+            "fleet_health_rejected_total{reason=\"max_streams\"}",
+            "fleet_health_rejected_total{reason=\"max_watchers\"}",
+            "fleet_health_rejected_total{reason=\"other\"}",
             "# HELP fleet_health_store_commits_total Group commits to the durable store.",
             "# TYPE fleet_health_store_commits_total counter",
             "fleet_health_store_commits_total",
+            "# HELP fleet_health_store_commit_failures_total Group commits that failed (retried with backoff; acknowledgements wait meanwhile).",
+            "# TYPE fleet_health_store_commit_failures_total counter",
+            "fleet_health_store_commit_failures_total",
             "# HELP fleet_health_store_records_total Agent records written or removed by group commits.",
             "# TYPE fleet_health_store_records_total counter",
             "fleet_health_store_records_total",
@@ -928,6 +1022,30 @@ mod tests {
             "# HELP fleet_health_tls_cert_expiry_seconds Seconds until the server's TLS certificate expires (no sample without TLS).",
             "# TYPE fleet_health_tls_cert_expiry_seconds gauge",
         ]);
+        #[cfg(target_os = "linux")]
+        expected.extend([
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.",
+            "# TYPE process_cpu_seconds_total counter",
+            "process_cpu_seconds_total",
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.",
+            "# TYPE process_resident_memory_bytes gauge",
+            "process_resident_memory_bytes",
+            "# HELP process_virtual_memory_bytes Virtual memory size in bytes.",
+            "# TYPE process_virtual_memory_bytes gauge",
+            "process_virtual_memory_bytes",
+            "# HELP process_start_time_seconds Start time of the process since the Unix epoch in seconds.",
+            "# TYPE process_start_time_seconds gauge",
+            "process_start_time_seconds",
+            "# HELP process_threads Number of OS threads in the process.",
+            "# TYPE process_threads gauge",
+            "process_threads",
+            "# HELP process_open_fds Number of open file descriptors.",
+            "# TYPE process_open_fds gauge",
+            "process_open_fds",
+            "# HELP process_max_fds Maximum number of open file descriptors.",
+            "# TYPE process_max_fds gauge",
+            "process_max_fds",
+        ]);
         assert_eq!(shape, expected);
         // With TLS, the expiry has its sample.
         m.set_cert_not_after(i64::MAX);
@@ -948,7 +1066,7 @@ mod tests {
         m.streams(1);
         m.streams(1);
         m.streams(-1);
-        m.count_rejected();
+        m.count_rejected(Rejected::Rate);
         let text = m.render(&fleet());
         for line in [
             "fleet_health_transitions_total{to=\"not reporting\"} 2\n",

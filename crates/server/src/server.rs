@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use fleet_health_proto::v1::admin_service_server::AdminServiceServer;
 use fleet_health_proto::v1::agent_service_server::AgentServiceServer;
 use fleet_health_proto::v1::fleet_service_server::FleetServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin_service::AdminService;
 use crate::agent_service::AgentService;
 use crate::clock::Clock;
 use crate::config::{Config, Storage};
@@ -16,6 +18,7 @@ use crate::fleet_service::FleetService;
 use crate::metrics::Metrics;
 use crate::net::{Acceptor, Admission, Connections};
 use crate::open_streams::OpenStreams;
+use crate::readiness::Readiness;
 use crate::registry::Registry;
 use crate::security::Security;
 use crate::security::layer::AuthLayer;
@@ -142,6 +145,7 @@ impl Server {
             config,
         } = self;
         let stop = Stop::new();
+        let readiness = Arc::new(Readiness::new());
         let counters = registry.metrics().clone();
         let connections = Connections::with_limits(config.transport.connections, counters.clone());
         let security = Arc::new(
@@ -184,10 +188,15 @@ impl Server {
         health
             .set_serving::<FleetServiceServer<FleetService>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(fleet_health_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Reflection in both versions: v1, and v1alpha, which older grpcurl
+        // and many tools still ask for.
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(fleet_health_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
         let t = &config.transport;
         let open_streams = OpenStreams::new();
@@ -208,6 +217,8 @@ impl Server {
         ))
         .max_decoding_message_size(t.max_message_bytes)
         .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
+        let admin = AdminServiceServer::new(AdminService::new(store.clone()))
+            .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
 
         let scheduler = {
             let (registry, stop) = (registry.clone(), stop.clone());
@@ -225,6 +236,7 @@ impl Server {
                 Some(tokio::spawn(http::serve(
                     Acceptor::new(listener, connections.clone()).http(t.handshake_timeout),
                     registry.clone(),
+                    readiness.clone(),
                     stop.clone(),
                 )))
             }
@@ -234,9 +246,15 @@ impl Server {
         // The committer stops only after the gRPC server has: streams waiting
         // for a commit are answered first.
         let (committer_stop, committer_rx) = watch::channel(false);
-        let committer = store
-            .clone()
-            .map(|store| tokio::spawn(committer::run(registry.clone(), store, committer_rx)));
+        let committer = store.clone().map(|store| {
+            let readiness = readiness.clone();
+            tokio::spawn(committer::run(
+                registry.clone(),
+                store,
+                readiness,
+                committer_rx,
+            ))
+        });
 
         let deadline = tokio::spawn(enforce_deadline(
             stop.clone(),
@@ -245,9 +263,11 @@ impl Server {
         ));
 
         let stop_signal = {
-            let (health, stop) = (health.clone(), stop.clone());
+            let (health, stop, readiness) = (health.clone(), stop.clone(), readiness.clone());
             async move {
                 shutdown.await;
+                readiness.set_draining();
+                crate::systemd::stopping();
                 tracing::info!("shutting down: no new connections; ending open streams");
                 health
                     .set_not_serving::<AgentServiceServer<AgentService>>()
@@ -265,19 +285,28 @@ impl Server {
             max_in_progress: t.max_handshakes,
             audit: security.audit().clone(),
         });
+        readiness.set_serving();
+        crate::systemd::ready();
+        let watchdog = {
+            let stop = stop.clone();
+            tokio::spawn(async move { crate::systemd::watchdog(stop.given()).await })
+        };
         let result = t
             .server_builder()
             .layer(AuthLayer::new(security.clone()))
             .add_service(health_svc)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(agents)
             .add_service(fleet)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, stop_signal)
             .await;
         // Also when the transport failed before any signal: every part stops.
         stop.begin();
         let _ = scheduler.await;
         let _ = expiry.await;
+        let _ = watchdog.await;
         let _ = reloader.await;
         let _ = sweeper.await;
         if let Some(task) = metrics_task

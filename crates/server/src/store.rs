@@ -55,6 +55,20 @@ pub trait AgentStore: Send + Sync + 'static {
         upserts: &[(Arc<str>, Vec<u8>)],
         deletes: &[Arc<str>],
     ) -> Result<(), StoreError>;
+
+    /// Every stored record as of one moment (commits may go on meanwhile),
+    /// in agent ID order, handed to `each` until it returns false: what a
+    /// backup copies.
+    fn snapshot(&self, each: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StoreError> {
+        let mut all = self.load()?;
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in &all {
+            if !each(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why the store failed.
@@ -374,8 +388,23 @@ impl AgentStore for RedbStore {
         }
         tx.commit()?;
         if let Err(e) = self.maybe_compact(&mut db, deletes.len()) {
-            // The commit is done; a compaction can wait for the next one.
+            // The commit is done; a compaction can wait for the next one
+            // (one fails while a backup reads).
             tracing::warn!(error = %e, "store compaction failed");
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, each: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StoreError> {
+        // A read transaction sees the database as of its start, whatever is
+        // committed after; the lock is held only to begin it.
+        let tx = self.lock().db.begin_read()?;
+        let table = tx.open_table(AGENTS)?;
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            if !each(k.value(), v.value()) {
+                break;
+            }
         }
         Ok(())
     }

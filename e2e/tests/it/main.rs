@@ -2,9 +2,11 @@
 //! `fleet-health-server` and `fleet-health` binaries through the harness in
 //! the crate's library (`fleet_health_e2e`).
 
+mod backup;
 mod cli;
 mod crash;
 mod maintenance;
+mod ops;
 mod remediate;
 mod reporter;
 mod simulate;

@@ -236,8 +236,11 @@ impl Registry {
             self.ops_turned_healthy(key);
         }
         self.inner.journal.changed(key, a);
-        if before.is_some() {
+        if let Some(from) = before {
             self.inner.metrics.count_transition(to);
+            if crate::log_limit::TRANSITIONS.allow() {
+                tracing::info!(agent_id = %key, from = from.as_str(), to = to.as_str(), "agent transition");
+            }
         }
         if self.inner.changes.receiver_count() > 0 {
             let view = Arc::new(self.view_of(key, a, at, false));

@@ -329,6 +329,12 @@ impl Agent {
     }
 }
 
+/// Checks that `bytes`, stored under `key`, decode as an agent (what a
+/// restore checks of a backup before writing it).
+pub fn check(key: &str, bytes: &[u8]) -> Result<(), RecordError> {
+    decode(key, bytes).map(|_| ())
+}
+
 /// The encoded record of an agent, with what operators and remediators set
 /// on it, as the store keeps it.
 pub(super) fn encode(a: &Agent, ops: Option<OpsRecord>) -> Vec<u8> {

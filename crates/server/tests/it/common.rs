@@ -81,15 +81,6 @@ impl TestServer {
         dir: Option<&std::path::Path>,
         endpoint: impl FnOnce(SocketAddr) -> tonic::transport::Endpoint,
     ) -> TestServer {
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = grpc.local_addr().expect("addr");
-        let metrics_addr = metrics.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
         let server = match dir {
             Some(dir) => Server::durable(
                 config,
@@ -99,6 +90,24 @@ impl TestServer {
             .expect("state loads"),
             None => Server::in_memory(config, Arc::new(clock.clone())),
         };
+        TestServer::serve(server, clock, endpoint).await
+    }
+
+    /// Serves `server` (made on `clock`) on ephemeral ports.
+    pub async fn serve(
+        server: Server,
+        clock: ManualClock,
+        endpoint: impl FnOnce(SocketAddr) -> tonic::transport::Endpoint,
+    ) -> TestServer {
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = grpc.local_addr().expect("addr");
+        let metrics_addr = metrics.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
                 .run(grpc, Some(metrics), async move {
@@ -198,17 +207,31 @@ impl TestServer {
     }
 
     pub async fn metrics(&self) -> String {
+        let (status, body) = self.http_get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// GET `path` on the metrics port: the status code and the body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
             .await
             .expect("connects");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("writes");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("writes");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("reads");
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-        out.split("\r\n\r\n").nth(1).expect("a body").to_string()
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status line");
+        let body = out.split("\r\n\r\n").nth(1).expect("a body").to_string();
+        (status, body)
     }
 
     pub async fn stop(mut self) {

@@ -1,6 +1,8 @@
 //! The durable store end to end: a restart changes no agent's status and
 //! loses no acknowledged event; a damaged or newer data directory is refused.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::*;
@@ -210,4 +212,82 @@ fn a_damaged_record_is_refused_with_its_agent_and_file() {
     let msg = err.to_string();
     assert!(msg.contains(DB_FILE), "{msg}");
     assert!(msg.contains("agent \"a\" is damaged"), "{msg}");
+}
+
+/// A store whose commits fail while `failing` is set.
+#[derive(Clone)]
+struct FlakyStore {
+    inner: Arc<RedbStore>,
+    failing: Arc<AtomicBool>,
+}
+
+impl AgentStore for FlakyStore {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn load(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(
+        &self,
+        upserts: &[(Arc<str>, Vec<u8>)],
+        deletes: &[Arc<str>],
+    ) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Dir {
+                path: "/full-disk".into(),
+                source: std::io::Error::other("no space left on device"),
+            });
+        }
+        self.inner.commit(upserts, deletes)
+    }
+}
+
+#[tokio::test]
+async fn not_ready_while_the_store_cannot_commit_and_nothing_is_acknowledged() {
+    let dir = scratch();
+    let clock = ManualClock::new(t(T0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let store = FlakyStore {
+        inner: Arc::new(RedbStore::open(dir.path()).expect("opens")),
+        failing: failing.clone(),
+    };
+    let server = Server::durable(Config::default(), Arc::new(clock.clone()), store).expect("loads");
+    let s = TestServer::serve(server, clock, |addr| {
+        tonic::transport::Channel::from_shared(format!("http://{addr}")).expect("uri")
+    })
+    .await;
+    let (status, body) = s.http_get("/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let mut a = s.agent("a", 1).await;
+    failing.store(true, Ordering::SeqCst);
+    a.send(pb::report_request::Body::Events(pb::EventBatch {
+        events: vec![event(1, K::Starting, None)],
+    }))
+    .await;
+    // Not ready once a commit has failed; liveness stays cheap and ok.
+    soon(async {
+        while s.http_get("/readyz").await.0 != 503 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (_, body) = s.http_get("/readyz").await;
+    assert!(body.contains("the store cannot commit"), "{body}");
+    assert_eq!(s.http_get("/healthz").await.0, 200);
+    let scraped = s.metrics().await;
+    let failures = scraped
+        .lines()
+        .find_map(|l| l.strip_prefix("fleet_health_store_commit_failures_total "))
+        .expect("the counter");
+    assert!(failures.parse::<u64>().expect("a count") >= 1, "{failures}");
+    // The disk is back: the event is committed, then acknowledged, and the
+    // server is ready again.
+    failing.store(false, Ordering::SeqCst);
+    let ack = a.ack().await.expect("acknowledged after the commit");
+    assert_eq!(ack.applied_through, 1);
+    assert_eq!(s.http_get("/readyz").await.0, 200);
+    s.stop().await;
 }

@@ -629,5 +629,49 @@ async fn reflection_lists_the_services() {
     ] {
         assert!(names.contains(&want), "{names:?}");
     }
+    // The older version, which older grpcurl and many tools ask for.
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(s.channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = client
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .expect("v1alpha answers")
+            .into_inner();
+        let msg = soon(resp.message()).await.expect("ok").expect("a response");
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("unexpected {msg:?}");
+        };
+        assert!(
+            list.service
+                .iter()
+                .any(|s| s.name == "fleethealth.v1.FleetService"),
+            "{list:?}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_says_its_version_and_settings() {
+    let s = TestServer::start().await;
+    let info = s
+        .fleet()
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .expect("answers")
+        .into_inner();
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(info.started_at, Some(ts(T0)));
+    assert!(!info.durable && !info.secured);
+    assert_eq!(info.heartbeat_interval.map(|d| d.seconds), Some(30));
+    assert_eq!(info.silence_window.map(|d| d.seconds), Some(300));
     s.stop().await;
 }

@@ -200,6 +200,7 @@ fn every_served_rpc_has_a_row_in_the_access_table() {
         fleet_health_proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ];
     let mut served = Vec::new();
     for set in sets {

@@ -99,6 +99,11 @@ class FleetServiceStub(object):
                 request_serializer=fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpRequest.SerializeToString,
                 response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/fleethealth.v1.FleetService/GetServerInfo',
+                request_serializer=fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer(object):
@@ -216,6 +221,13 @@ class FleetServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """The server's version and settings that clients may want to know.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -278,6 +290,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ClearGivenUp,
                     request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpRequest.FromString,
                     response_serializer=fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -609,6 +626,33 @@ class FleetService(object):
             '/fleethealth.v1.FleetService/ClearGivenUp',
             fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpRequest.SerializeToString,
             fleethealth_dot_v1_dot_fleet__pb2.ClearGivenUpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleethealth.v1.FleetService/GetServerInfo',
+            fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoRequest.SerializeToString,
+            fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
