@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use fleet_health_client::{
     ActivityKind, AgentQuery, ClaimOutcome, ClientError, FleetClient, ReconnectPolicy, Remediation,
-    ResumingWatch, StateFilter, Time, Why,
+    RemediationResult, ResumingWatch, StateFilter, Time, Why,
 };
 
 use crate::error::Failure;
@@ -168,7 +168,8 @@ enum Done {
 /// Watches the faulty agents and acts on them until interrupted (or, with
 /// `--once`, until the agents faulty at the start are all decided). Errors:
 /// the watch could not start or was lost for good, or the server refuses
-/// this remediator (credentials, role, an old server).
+/// this remediator (credentials, role, an old server); the programs running
+/// are waited for first.
 pub async fn run(
     client: FleetClient,
     settings: &Settings,
@@ -182,230 +183,345 @@ pub async fn run(
     let mut watch = ResumingWatch::start(client.clone(), query, settings.reconnect)
         .await?
         .on_lost(on_lost);
-    let mut engine = Engine::new(settings.policy.clone());
-    let mut tasks: JoinSet<Done> = JoinSet::new();
-    let mut tally = Tally::default();
-    let mut stopping = false;
-    let mut running = 0usize;
+    let mut signals = Signals::new()?;
+    let mut r = Remediator {
+        client,
+        settings,
+        engine: Engine::new(settings.policy.clone()),
+        tasks: JoinSet::new(),
+        tally: Tally::default(),
+        running: 0,
+        stopping: false,
+        failure: None,
+    };
     let mut ready = false;
     let mut faulty_at_start = 0u64;
-    let mut signals = Signals::new()?;
-    // The watch lost for good: the programs running are waited for, then
-    // this is the error.
-    let mut lost: Option<ClientError> = None;
     loop {
         let now = fleet_health_client::now();
-        if !ready && engine.synced() {
+        if !ready && r.engine.synced() {
             ready = true;
             emit(&Event::Ready {
                 faulty: faulty_at_start,
                 holder: settings.holder.clone(),
             })?;
         }
-        if !stopping {
-            let (claims, notes) = engine.poll(now);
-            for note in notes {
-                emit(&note_event(note))?;
-            }
-            for agent in claims {
-                if settings.dry_run {
-                    let plan = ClaimOutcome {
-                        refusal: None,
-                        claim: None,
-                        agent: None,
-                        recent: Vec::new(),
-                    };
-                    match engine.claimed(&agent, Ok(&plan), None, now) {
-                        AfterClaim::Run(act) => {
-                            let (_, program) =
-                                settings.program.for_agent(&act.agent, &act.why_text);
-                            emit(&Event::Acting {
-                                agent: act.agent.clone(),
-                                why: act.why_text,
-                                program,
-                                faulty_since: act.faulty_since,
-                                dry_run: true,
-                            })?;
-                            engine.finished(&act.agent, now);
-                        }
-                        other => after_claim_note(other, emit)?,
-                    }
-                    continue;
-                }
-                let client = client.clone();
-                let holder = settings.holder.clone();
-                let lease = settings.lease;
-                let limit = settings.policy.max_restarts as usize;
-                tasks.spawn(async move {
-                    let answer = client.claim(&agent, &holder, lease).await;
-                    // At the crash-loop limit: did an operator clear a
-                    // "given up" since? (Only then is the history needed.)
-                    let cleared_at = match &answer {
-                        Ok(o) if o.granted() && o.recent.len() >= limit => {
-                            last_cleared(&client, &agent).await
-                        }
-                        _ => None,
-                    };
-                    Done::Claimed {
-                        agent,
-                        answer: answer.map(Box::new),
-                        cleared_at,
-                    }
-                });
-            }
+        if !r.stopping {
+            r.start_claims(now, emit)?;
         }
-        if tasks.is_empty() && (stopping || (settings.policy.once && engine.is_done())) {
+        let once_done = settings.policy.once && r.engine.is_done();
+        if r.tasks.is_empty() && (r.stopping || once_done) {
             break;
         }
-        let wake = engine
+        let wake = r
+            .engine
             .next_wake(now)
             .map(|t| tokio::time::Instant::now() + t.since(fleet_health_client::now()));
         tokio::select! {
-            change = watch.next(), if !stopping => {
-                let change = match change {
-                    Ok(change) => change,
-                    Err(e) => {
-                        lost = Some(e);
-                        stopping = true;
-                        emit(&Event::Stopping { running })?;
-                        continue;
+            change = watch.next(), if !r.stopping => match change {
+                Ok(change) => {
+                    if let fleet_health_client::WatchChange::Synced { count, .. } = &change
+                        && !ready
+                    {
+                        faulty_at_start = *count;
                     }
-                };
-                if let fleet_health_client::WatchChange::Synced { count, .. } = &change
-                    && !ready
-                {
-                    faulty_at_start = *count;
+                    r.engine.observe(&change, fleet_health_client::now());
                 }
-                engine.observe(&change, fleet_health_client::now());
-            }
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                let done = match done {
-                    Ok(done) => done,
-                    Err(e) => {
-                        return Err(Failure::new(ExitCode::Failure, anyhow::anyhow!("a task failed: {e}")));
-                    }
-                };
-                let now = fleet_health_client::now();
-                match done {
-                    Done::Claimed { agent, answer, cleared_at } => {
-                        let granted = answer.as_ref().is_ok_and(|o| o.granted());
-                        let answer = match answer {
-                            Ok(outcome) => Ok(*outcome),
-                            Err(e) if fatal(&e) => return Err(e.into()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        match engine.claimed(
-                            &agent,
-                            answer.as_ref().map_err(Clone::clone),
-                            cleared_at,
-                            now,
-                        ) {
-                            AfterClaim::Run(act) => {
-                                let (argv, program) =
-                                    settings.program.for_agent(&act.agent, &act.why_text);
-                                emit(&Event::Acting {
-                                    agent: act.agent.clone(),
-                                    why: act.why_text.clone(),
-                                    program: program.clone(),
-                                    faulty_since: act.faulty_since,
-                                    dry_run: false,
-                                })?;
-                                running += 1;
-                                let job = Job {
-                                    argv,
-                                    env: runner::agent_env(&act.agent, &act.why_text, &act.labels),
-                                    env_remove: vec![
-                                        "FLEET_HEALTH_TOKEN".into(),
-                                        "FLEET_HEALTH_TOKEN_FILE".into(),
-                                    ],
-                                    timeout: settings.timeout,
-                                    grace: KILL_GRACE.min(settings.timeout),
-                                };
-                                let client = client.clone();
-                                let holder = settings.holder.clone();
-                                tasks.spawn(async move {
-                                    let ran = runner::run(&job).await;
-                                    let record = Remediation {
-                                        started: Some(ran.started),
-                                        finished: Some(ran.finished),
-                                        program: program.clone(),
-                                        result: Some(ran.result),
-                                        exit_code: ran.exit_code,
-                                        signal: ran.signal,
-                                        output: ran.output.clone(),
-                                        why: act.why,
-                                    };
-                                    let recorded = record_with_retries(
-                                        &client, &act.agent, &holder, Some(&record), None,
-                                    )
-                                    .await;
-                                    Done::Ran {
-                                        agent: act.agent,
-                                        why: act.why_text,
-                                        program,
-                                        ran,
-                                        recorded,
-                                    }
-                                });
-                            }
-                            AfterClaim::GiveUp { agent, why, reason } => {
-                                let client = client.clone();
-                                let holder = settings.holder.clone();
-                                tasks.spawn(async move {
-                                    let recorded = record_with_retries(
-                                        &client, &agent, &holder, None, Some(&reason),
-                                    )
-                                    .await;
-                                    // Nothing more to do with it: let others see it free.
-                                    let _ = client.release(&agent, &holder).await;
-                                    Done::GaveUp { agent, why, reason, recorded }
-                                });
-                            }
-                            other => {
-                                if granted {
-                                    release(&mut tasks, &client, &agent, &settings.holder);
-                                }
-                                after_claim_note(other, emit)?;
-                            }
-                        }
-                    }
-                    Done::Ran { agent, why, program, ran, recorded } => {
-                        running = running.saturating_sub(1);
-                        if ran.result == fleet_health_client::RemediationResult::Succeeded {
-                            tally.succeeded += 1;
-                        } else {
-                            tally.failed += 1;
-                        }
-                        engine.finished(&agent, now);
-                        emit(&Event::Acted { agent, why, program, ran, recorded })?;
-                    }
-                    Done::GaveUp { agent, why, reason, recorded } => {
-                        tally.gave_up += 1;
-                        emit(&Event::GaveUp { agent, why, reason, recorded })?;
-                    }
-                    Done::Released => {}
+                Err(e) => r.stop(e.into(), emit)?,
+            },
+            Some(done) = r.tasks.join_next(), if !r.tasks.is_empty() => match done {
+                Ok(done) => r.done(done, emit)?,
+                Err(e) => {
+                    return Err(Failure::new(ExitCode::Failure, anyhow::anyhow!("a task failed: {e}")));
                 }
-            }
+            },
             () = sleep_until(wake), if wake.is_some() => {}
             () = signals.recv() => {
-                if stopping {
+                if r.stopping {
                     // Asked again: the programs are killed (dropping their
                     // tasks kills their process groups) and not recorded.
                     return Err(Failure::new(
                         ExitCode::Failure,
-                        anyhow::anyhow!("stopped with {running} program(s) killed before their end"),
+                        anyhow::anyhow!("stopped with {} program(s) killed before their end", r.running),
                     ));
                 }
-                stopping = true;
-                emit(&Event::Stopping { running })?;
+                r.stopping = true;
+                emit(&Event::Stopping { running: r.running })?;
             }
         }
     }
-    if let Some(e) = lost {
-        return Err(e.into());
+    if let Some(failure) = r.failure {
+        return Err(failure);
     }
-    tally.storm = engine.storm_seen();
-    Ok(tally)
+    r.tally.storm = r.engine.storm_seen();
+    Ok(r.tally)
+}
+
+/// The loop's state: the engine, and the claims, programs and records under
+/// way as tasks.
+struct Remediator<'a> {
+    client: FleetClient,
+    settings: &'a Settings,
+    engine: Engine,
+    tasks: JoinSet<Done>,
+    tally: Tally,
+    /// Programs running now.
+    running: usize,
+    /// No new action: asked to stop, or failed.
+    stopping: bool,
+    /// What ends the run once the programs running are done.
+    failure: Option<Failure>,
+}
+
+impl Remediator<'_> {
+    /// Stops starting anything; the run ends with `failure` once the
+    /// programs running have ended.
+    fn stop(
+        &mut self,
+        failure: Failure,
+        emit: &mut dyn FnMut(&Event) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.failure.get_or_insert(failure);
+        if !self.stopping {
+            self.stopping = true;
+            emit(&Event::Stopping {
+                running: self.running,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Claims what the engine picks now (with `--dry-run`, says what it
+    /// would run instead).
+    fn start_claims(
+        &mut self,
+        now: Time,
+        emit: &mut dyn FnMut(&Event) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let (claims, notes) = self.engine.poll(now);
+        for note in notes {
+            emit(&note_event(note))?;
+        }
+        for agent in claims {
+            if self.settings.dry_run {
+                self.plan(&agent, now, emit)?;
+                continue;
+            }
+            let client = self.client.clone();
+            let holder = self.settings.holder.clone();
+            let lease = self.settings.lease;
+            let limit = self.settings.policy.max_restarts as usize;
+            self.tasks.spawn(async move {
+                let answer = client.claim(&agent, &holder, lease).await;
+                // At the crash-loop limit: did an operator clear a "given
+                // up" since? (Only then is the history needed.)
+                let cleared_at = match &answer {
+                    Ok(o) if o.granted() && o.recent.len() >= limit => {
+                        last_cleared(&client, &agent).await
+                    }
+                    _ => None,
+                };
+                Done::Claimed {
+                    agent,
+                    answer: answer.map(Box::new),
+                    cleared_at,
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// `--dry-run`: the engine's decision as if the claim were granted with
+    /// no recent remediation; nothing is run.
+    fn plan(
+        &mut self,
+        agent: &str,
+        now: Time,
+        emit: &mut dyn FnMut(&Event) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let plan = ClaimOutcome {
+            refusal: None,
+            claim: None,
+            agent: None,
+            recent: Vec::new(),
+        };
+        match self.engine.claimed(agent, Ok(&plan), None, now) {
+            AfterClaim::Run(act) => {
+                let (_, program) = self.settings.program.for_agent(&act.agent, &act.why_text);
+                emit(&Event::Acting {
+                    agent: act.agent.clone(),
+                    why: act.why_text,
+                    program,
+                    faulty_since: act.faulty_since,
+                    dry_run: true,
+                })?;
+                self.engine.finished(&act.agent, now);
+                Ok(())
+            }
+            other => after_claim_note(other, emit),
+        }
+    }
+
+    /// A task ended.
+    fn done(
+        &mut self,
+        done: Done,
+        emit: &mut dyn FnMut(&Event) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let now = fleet_health_client::now();
+        match done {
+            Done::Claimed {
+                agent,
+                answer,
+                cleared_at,
+            } => self.claimed(&agent, answer, cleared_at, now, emit),
+            Done::Ran {
+                agent,
+                why,
+                program,
+                ran,
+                recorded,
+            } => {
+                self.running = self.running.saturating_sub(1);
+                if ran.result == RemediationResult::Succeeded {
+                    self.tally.succeeded += 1;
+                } else {
+                    self.tally.failed += 1;
+                }
+                self.engine.finished(&agent, now);
+                emit(&Event::Acted {
+                    agent,
+                    why,
+                    program,
+                    ran,
+                    recorded,
+                })
+            }
+            Done::GaveUp {
+                agent,
+                why,
+                reason,
+                recorded,
+            } => {
+                self.tally.gave_up += 1;
+                emit(&Event::GaveUp {
+                    agent,
+                    why,
+                    reason,
+                    recorded,
+                })
+            }
+            Done::Released => Ok(()),
+        }
+    }
+
+    /// A claim's answer: run, give up, or skip (releasing a claim granted).
+    fn claimed(
+        &mut self,
+        agent: &str,
+        answer: Result<Box<ClaimOutcome>, ClientError>,
+        cleared_at: Option<Time>,
+        now: Time,
+        emit: &mut dyn FnMut(&Event) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let granted = answer.as_ref().is_ok_and(|o| o.granted());
+        let answer = match answer {
+            Ok(outcome) => Ok(outcome),
+            Err(e) if fatal(&e) => {
+                // The engine gives the slot back; nothing more is started.
+                self.engine.claimed(agent, Err(e.to_string()), None, now);
+                return self.stop(e.into(), emit);
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let answer = match &answer {
+            Ok(outcome) => Ok(&**outcome),
+            Err(e) => Err(e.clone()),
+        };
+        match self.engine.claimed(agent, answer, cleared_at, now) {
+            AfterClaim::Run(act) => self.run_program(act, emit),
+            AfterClaim::GiveUp { agent, why, reason } => {
+                let client = self.client.clone();
+                let holder = self.settings.holder.clone();
+                self.tasks.spawn(async move {
+                    let recorded =
+                        record_with_retries(&client, &agent, &holder, None, Some(&reason)).await;
+                    // Nothing more to do with it: let others see it free.
+                    let _ = client.release(&agent, &holder).await;
+                    Done::GaveUp {
+                        agent,
+                        why,
+                        reason,
+                        recorded,
+                    }
+                });
+                Ok(())
+            }
+            skip => {
+                if granted {
+                    let (client, agent) = (self.client.clone(), agent.to_owned());
+                    let holder = self.settings.holder.clone();
+                    self.tasks.spawn(async move {
+                        // Best effort: the lease ends it anyway.
+                        let _ = client.release(&agent, &holder).await;
+                        Done::Released
+                    });
+                }
+                after_claim_note(skip, emit)
+            }
+        }
+    }
+
+    /// Starts the program for an agent claimed; its task records the result.
+    fn run_program(
+        &mut self,
+        act: engine::Act,
+        emit: &mut dyn FnMut(&Event) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let (argv, program) = self.settings.program.for_agent(&act.agent, &act.why_text);
+        emit(&Event::Acting {
+            agent: act.agent.clone(),
+            why: act.why_text.clone(),
+            program: program.clone(),
+            faulty_since: act.faulty_since,
+            dry_run: false,
+        })?;
+        self.running += 1;
+        let job = Job {
+            argv,
+            env: runner::agent_env(&act.agent, &act.why_text, &act.labels),
+            env_remove: vec![
+                "FLEET_HEALTH_TOKEN".into(),
+                "FLEET_HEALTH_TOKEN_FILE".into(),
+            ],
+            timeout: self.settings.timeout,
+            grace: KILL_GRACE.min(self.settings.timeout),
+        };
+        let client = self.client.clone();
+        let holder = self.settings.holder.clone();
+        self.tasks.spawn(async move {
+            let ran = runner::run(&job).await;
+            let record = Remediation {
+                started: Some(ran.started),
+                finished: Some(ran.finished),
+                program: program.clone(),
+                result: Some(ran.result),
+                exit_code: ran.exit_code,
+                signal: ran.signal,
+                output: ran.output.clone(),
+                why: act.why,
+            };
+            let recorded =
+                record_with_retries(&client, &act.agent, &holder, Some(&record), None).await;
+            Done::Ran {
+                agent: act.agent,
+                why: act.why_text,
+                program,
+                ran,
+                recorded,
+            }
+        });
+        Ok(())
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -436,15 +552,6 @@ impl Signals {
             _ = self.term.recv() => {}
         }
     }
-}
-
-fn release(tasks: &mut JoinSet<Done>, client: &FleetClient, agent: &str, holder: &str) {
-    let (client, agent, holder) = (client.clone(), agent.to_owned(), holder.to_owned());
-    tasks.spawn(async move {
-        // Best effort: the lease ends it anyway.
-        let _ = client.release(&agent, &holder).await;
-        Done::Released
-    });
 }
 
 fn note_event(note: Note) -> Event {
