@@ -66,94 +66,42 @@ fn parse_fraction(digits: &str) -> Option<u32> {
 }
 
 /// Parses an RFC 3339 timestamp with a `Z` or numeric offset; `T`, `t` or a
-/// space between date and time.
+/// space between date and time (read by `jiff`). The civil date and time
+/// and the offset are taken apart, so that the whole range of a [`Time`]
+/// (up to the end of year 9999 in UTC) is accepted.
 pub fn parse_rfc3339(s: &str) -> Result<Time, String> {
     let invalid = |why: &str| {
         format!(
             "invalid TIME {s:?}: {why} (use RFC 3339 like 2024-05-01T12:00:00Z, epoch seconds, or -7h / +2h)"
         )
     };
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return Err(invalid("too short"));
+    let pieces = jiff::fmt::temporal::Pieces::parse(s).map_err(|e| invalid(&e.to_string()))?;
+    let time = pieces
+        .time()
+        .ok_or_else(|| invalid("a time of day is needed"))?;
+    let offset = pieces
+        .to_numeric_offset()
+        .ok_or_else(|| invalid("a time zone is needed: Z or an offset like +02:00"))?;
+    if pieces.time_zone_annotation().is_some() {
+        return Err(invalid("a bracketed time zone is not RFC 3339"));
     }
-    let num = |range: std::ops::Range<usize>| -> Result<u32, String> {
-        let part = &s[range];
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().map_err(|_| invalid("not a number"))
-        } else {
-            Err(invalid("not a number where one belongs"))
-        }
+    let since_epoch = pieces
+        .date()
+        .to_datetime(time)
+        .duration_since(jiff::civil::date(1970, 1, 1).at(0, 0, 0, 0))
+        - jiff::SignedDuration::from_secs(i64::from(offset.seconds()));
+    let nanos = u32::try_from(since_epoch.subsec_nanos())
+        .ok()
+        .filter(|_| since_epoch.as_secs() >= 0 || since_epoch.subsec_nanos() == 0);
+    let (secs, nanos) = match nanos {
+        Some(n) => (since_epoch.as_secs(), n),
+        // A negative time with a fraction: one second less, plus the rest.
+        None => (
+            since_epoch.as_secs() - 1,
+            u32::try_from(1_000_000_000 + since_epoch.subsec_nanos()).unwrap_or(0),
+        ),
     };
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return Err(invalid("expected YYYY-MM-DDTHH:MM:SS"));
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return Err(invalid("expected HH:MM:SS"));
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return Err(invalid("no such date"));
-    }
-    if hour > 23 || minute > 59 || second > 60 {
-        return Err(invalid("no such time of day"));
-    }
-    let mut rest = &s[19..];
-    let mut nanos = 0;
-    if let Some(after) = rest.strip_prefix('.') {
-        let len = after.bytes().take_while(u8::is_ascii_digit).count();
-        if len == 0 {
-            return Err(invalid("no digits after the decimal point"));
-        }
-        nanos = parse_fraction(&after[..len]).ok_or_else(|| invalid("bad fraction"))?;
-        rest = &after[len..];
-    }
-    let offset_secs: i64 = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && matches!(rest.as_bytes()[0], b'+' | b'-')
-            && rest.as_bytes()[3] == b':' =>
-        {
-            let h = num(s.len() - 5..s.len() - 3)?;
-            let m = num(s.len() - 2..s.len())?;
-            if h > 23 || m > 59 {
-                return Err(invalid("bad offset"));
-            }
-            let secs = i64::from(h * 3600 + m * 60);
-            if rest.starts_with('-') { -secs } else { secs }
-        }
-        "" => return Err(invalid("a time zone is needed: Z or an offset like +02:00")),
-        _ => return Err(invalid("bad time zone")),
-    };
-    let days = days_from_civil(i64::from(year), month, day);
-    let secs = days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)
-        - offset_secs;
     Time::from_unix(secs, nanos).map_err(|e| invalid(&e.to_string()))
-}
-
-fn is_leap(year: u32) -> bool {
-    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Parses a duration flag such as `10s`, `500ms`, `2m`.

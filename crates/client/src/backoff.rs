@@ -1,4 +1,9 @@
 //! Exponential backoff with jitter, for reconnecting.
+//!
+//! Kept here rather than taken from `backon`: its jitter adds up to a whole
+//! delay on top of the capped one (delays up to twice `max`), where a fleet
+//! operator sets `max` as the longest an agent stays away; "equal jitter"
+//! (each delay drawn from the upper half of its ceiling) keeps that bound.
 
 use std::time::Duration;
 

@@ -1077,7 +1077,7 @@ mod tests {
             "fleet_health_store_commit_seconds_total 0.005\n",
             "fleet_health_storm 1\n",
             "fleet_health_streams 1\n",
-            "fleet_health_rejected_total 1\n",
+            "fleet_health_rejected_total{reason=\"rate\"} 1\n",
             "fleet_health_agents_connected 3\n",
             "fleet_health_agents{state=\"healthy\",why=\"all is ok\"} 1\n",
         ] {

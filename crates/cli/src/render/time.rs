@@ -5,34 +5,22 @@ use std::time::Duration;
 
 use fleet_health_client::Time;
 
-/// The date of a day number since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    // Both fit: day in 1..=31, month in 1..=12.
-    let day = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let month = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// A time as RFC 3339 in UTC: `2024-05-01T12:00:00Z`, with six decimals
-/// (`…:00.250000Z`) only when it is not a whole second.
+/// (`…:00.250000Z`) only when it is not a whole second. Written by `jiff`
+/// from the civil date and time in UTC (the whole range of a [`Time`]).
 pub fn format_time(t: Time) -> String {
     let (secs, nanos) = t.as_unix();
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // A Time holds whole microseconds.
     let micros = nanos / 1000;
+    let since_epoch = jiff::SignedDuration::new(secs, (micros * 1000) as i32);
+    let utc = jiff::civil::date(1970, 1, 1)
+        .at(0, 0, 0, 0)
+        .checked_add(since_epoch)
+        .unwrap_or(jiff::civil::DateTime::MAX);
     if micros == 0 {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+        format!("{utc:.0}Z")
     } else {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{micros:06}Z")
+        format!("{utc:.6}Z")
     }
 }
 
