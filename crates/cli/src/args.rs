@@ -18,6 +18,10 @@ use crate::config::{Config, ContextTask, MaintenanceTask, ReportTask, Task};
 use crate::contexts::{Context, ContextsFile};
 use crate::error::Failure;
 use crate::pki::{PkiTask, Subject};
+use crate::remediate;
+use crate::remediate::engine::Policy;
+use crate::remediate::rate::Rate;
+use crate::remediate::runner::Program;
 use crate::render::{Colour, Format, Style};
 use crate::simulate::{Mix, Settings};
 use crate::timearg::{parse_duration_arg, parse_time};
@@ -29,7 +33,8 @@ use crate::tokens::TokenTask;
 /// Exit codes: 0 ok, 1 error, 2 usage error, 3 server unreachable (for
 /// `watch`: gone for good), 4 agent not found, 5 storm (a large share of the
 /// fleet is faulty at once; from `list --faulty` and `summary`), 6 not
-/// authenticated, 7 permission denied, 8 TLS failed.
+/// authenticated, 7 permission denied, 8 TLS failed, 9 a remediation failed
+/// (`remediate --once`).
 ///
 /// Settings come from flags, then environment variables, then the context
 /// (`--context`, or the contexts file's current one; see `fleet-health
@@ -106,6 +111,9 @@ pub struct Cli {
     pub typed: Typed,
 }
 
+/// How long to wait for the server by default (the global --timeout).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The connection flags typed on the command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Typed {
@@ -171,6 +179,23 @@ pub enum Command {
     /// Run a simulated fleet of agents, each with its own stream, for demos
     /// and load tests; prints the rate and acknowledgement latency achieved.
     Simulate(SimulateArgs),
+    /// Restart faulty agents: run a program for each agent that has been
+    /// faulty for --settle, within a rate, a concurrency, a cooldown and a
+    /// crash-loop limit; stop all while the fleet looks like a storm; claim
+    /// each agent on the server first, so that several remediators never act
+    /// on one agent at once. `remediate clear ID` clears a "given up".
+    ///
+    /// Example: fleet-health remediate --why stuck-at-shutdown --exec
+    /// systemctl restart 'agent@{id}'
+    ///
+    /// Exit codes (besides the common ones): with --once, 0 when every
+    /// program succeeded (or none was needed), 9 when a program failed,
+    /// timed out or could not start, or an agent was given up, 5 when the
+    /// storm stop held everything back. Without --once it runs until SIGINT
+    /// or SIGTERM (exit 0: it stops starting programs and waits for those
+    /// running), or exits 3 when the server is gone for longer than
+    /// --reconnect-for.
+    Remediate(RemediateArgs),
     /// A small CA in a folder: certificates for the server, agents and
     /// operators (for small fleets and tests; a large fleet uses its own CA).
     #[command(subcommand)]
@@ -543,6 +568,112 @@ pub struct ReportArgs {
     pub label: Vec<(String, String)>,
 }
 
+/// `remediate`'s arguments.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RemediateArgs {
+    /// `remediate clear ID`.
+    #[command(subcommand)]
+    pub command: Option<RemediateCommand>,
+    /// The program to run for each agent, and its arguments (the rest of the
+    /// command line: give it last). Run without a shell; `{id}` and `{why}`
+    /// in the arguments are replaced; the environment has
+    /// FLEET_HEALTH_AGENT_ID, FLEET_HEALTH_WHY and FLEET_HEALTH_LABEL_<KEY>
+    /// (the key upper-cased, other characters than A-Z 0-9 as `_`), and not
+    /// FLEET_HEALTH_TOKEN.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM", conflicts_with = "shell", help_heading = "Program")]
+    pub exec: Vec<String>,
+    /// A string for /bin/sh -c instead of --exec; `{id}` and `{why}` are
+    /// replaced by single-quoted words.
+    #[arg(long, value_name = "STRING", help_heading = "Program")]
+    pub shell: Option<String>,
+    /// How long a program may run: then its process group gets SIGTERM, and
+    /// SIGKILL 5s later (or at the timeout, if shorter). For `remediate`,
+    /// --timeout anywhere on the command line is this one; each call to the
+    /// server waits 10s.
+    #[arg(long, default_value = "5m", value_parser = parse_duration_arg, value_name = "DURATION", help_heading = "Program")]
+    pub timeout: Duration,
+    /// Act on an agent once it has been faulty this long (counted from the
+    /// server's `since`; a change of why while faulty does not reset it).
+    #[arg(long, default_value = "1m", value_parser = parse_duration_arg, value_name = "DURATION", help_heading = "Policy")]
+    pub settle: Duration,
+    /// Only agents with this why (text or short name, as for `list`);
+    /// repeat for any of several [default: any faulty why].
+    #[arg(long, value_parser = parse_why_arg, value_name = "WHY", help_heading = "Policy")]
+    pub why: Vec<Why>,
+    /// Only agents with this label (KEY=VALUE); repeat: all must match.
+    #[arg(long, value_parser = parse_label_arg, value_name = "KEY=VALUE", help_heading = "Policy")]
+    pub label: Vec<(String, String)>,
+    /// Programs running at once, at most.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Policy")]
+    pub concurrency: u32,
+    /// Program starts at most, in any window of this length: N/s, N/m,
+    /// N/h (or N/30s).
+    #[arg(long, default_value = "10/m", value_parser = Rate::parse, value_name = "N/WINDOW", help_heading = "Policy")]
+    pub rate: Rate,
+    /// No action on an agent within this of its last remediation, by any
+    /// remediator (from the server's record).
+    #[arg(long, default_value = "10m", value_parser = parse_duration_arg, value_name = "DURATION", help_heading = "Policy")]
+    pub cooldown: Duration,
+    /// Crash-loop limit: an agent already remediated this many times within
+    /// --per is not restarted again; it is marked "given up" on the server,
+    /// reported, and left alone until an operator runs `remediate clear ID`.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..), value_name = "N", help_heading = "Policy")]
+    pub max_restarts: u32,
+    /// The window of --max-restarts.
+    #[arg(long, default_value = "1h", value_parser = parse_duration_arg, value_name = "WINDOW", help_heading = "Policy")]
+    pub per: Duration,
+    /// How long each claim on the server lasts [default: --timeout plus
+    /// --cooldown, so that it covers the run and the time the agent takes
+    /// to come back]. The claim is kept after the program ends; it ends by
+    /// itself at the lease, or when the agent turns healthy.
+    #[arg(long, value_parser = parse_duration_arg, value_name = "DURATION", help_heading = "Policy")]
+    pub lease: Option<Duration>,
+    /// This remediator's name in claims and records; give each remediator
+    /// its own, stable across restarts [default: HOSTNAME:PID].
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_HOLDER",
+        value_name = "NAME",
+        help_heading = "Policy"
+    )]
+    pub holder: Option<String>,
+    /// Storm stop: with at least this many faulty agents, and more than half
+    /// of them giving one --outside-why, nothing is started. (The server's
+    /// storm flag stops everything too.)
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), value_name = "N", help_heading = "Storm stop")]
+    pub storm_min: u32,
+    /// A why that points away from the agents (the data server, the
+    /// network) rather than at them; repeat for several.
+    #[arg(long, value_parser = parse_why_arg, default_value = "no-data-received", value_name = "WHY", help_heading = "Storm stop")]
+    pub outside_why: Vec<Why>,
+    /// Act even during a storm. RISK: when the cause is shared (the data
+    /// server or the network is down), this restarts a large part of the
+    /// fleet at once (at --rate) and fixes nothing.
+    #[arg(long, help_heading = "Storm stop")]
+    pub allow_mass_restart: bool,
+    /// Act on the agents faulty now (those settled; each at most once),
+    /// wait for their programs, and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print the plan: which agents it would act on, with which command. No
+    /// claim, no program, nothing recorded.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// When the server goes away, keep trying to reconnect for this long
+    /// before exiting with code 3; programs running go on meanwhile.
+    #[arg(long, default_value = "2m", value_parser = parse_duration_arg, value_name = "DURATION")]
+    pub reconnect_for: Duration,
+}
+
+/// `remediate` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RemediateCommand {
+    /// Clear the "given up" a remediator set on an agent: remediators may
+    /// act on it again (with a fresh crash-loop budget).
+    Clear(AgentArgs),
+}
+
 /// `simulate`'s arguments.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -781,6 +912,7 @@ impl Cli {
                     },
                 }
             }
+            Command::Remediate(args) => args.task(out)?,
             Command::Maintenance(cmd) => {
                 let (task, offered): (MaintenanceTask, &[Format]) = match cmd {
                     MaintenanceCommand::Set {
@@ -827,11 +959,18 @@ impl Cli {
                 }
             }
         };
+        // `remediate --timeout` is the program's (clap shares the value with
+        // the global flag of the same name); its server calls wait the default.
+        let timeout = if matches!(task, Task::Remediate { .. }) {
+            DEFAULT_CALL_TIMEOUT
+        } else {
+            self.timeout
+        };
         Ok(Config {
             server,
             credentials,
             context,
-            timeout: self.timeout,
+            timeout,
             style: Style::detect(self.color.into(), std::io::stdout().is_terminal()),
             task,
         })
@@ -966,6 +1105,83 @@ impl TokenCommand {
             },
         }
     }
+}
+
+impl RemediateArgs {
+    /// The task: `clear`, or a remediator with its policy.
+    fn task(self, out: Option<Output>) -> Result<Task, Failure> {
+        use Format::{Json, Ndjson, Table};
+        if let Some(RemediateCommand::Clear(args)) = self.command {
+            return Ok(Task::ClearGivenUp {
+                format: pick_format("remediate clear", out, &[Table, Json])?,
+                agent: args.agent,
+            });
+        }
+        let format = match pick_format("remediate", out, &[Table, Ndjson, Json])? {
+            Json => Ndjson,
+            f => f,
+        };
+        let program = match (self.exec, self.shell) {
+            (exec, None) if !exec.is_empty() => Program::Exec(exec),
+            (_, Some(shell)) if !shell.trim().is_empty() => Program::Shell(shell),
+            _ => {
+                return Err(Failure::usage(
+                    "what to run: give --exec PROGRAM [ARGS...] (last) or --shell STRING",
+                ));
+            }
+        };
+        if self.timeout.is_zero() {
+            return Err(Failure::usage("--timeout must be above zero"));
+        }
+        let lease = self.lease.unwrap_or(self.timeout + self.cooldown);
+        if lease < Duration::from_secs(1) || lease > Duration::from_secs(86_400) {
+            return Err(Failure::usage(format!(
+                "the claim lease must be 1s to 1d; it is {} (--lease, or --timeout plus --cooldown)",
+                humantime::format_duration(lease)
+            )));
+        }
+        let holder = match self.holder {
+            Some(h) if !h.trim().is_empty() => h,
+            Some(_) => return Err(Failure::usage("--holder must not be empty")),
+            None => default_holder(),
+        };
+        Ok(Task::Remediate {
+            format,
+            settings: Box::new(remediate::Settings {
+                policy: Policy {
+                    settle: self.settle,
+                    whys: self.why,
+                    labels: self.label.into_iter().collect(),
+                    concurrency: self.concurrency as usize,
+                    rate: self.rate,
+                    cooldown: self.cooldown,
+                    max_restarts: self.max_restarts,
+                    restart_window: self.per,
+                    storm_min: self.storm_min as usize,
+                    outside_whys: self.outside_why,
+                    allow_mass_restart: self.allow_mass_restart,
+                    once: self.once,
+                },
+                program,
+                timeout: self.timeout,
+                lease,
+                holder,
+                dry_run: self.dry_run,
+                reconnect: ReconnectPolicy {
+                    give_up_after: self.reconnect_for,
+                    ..ReconnectPolicy::default()
+                },
+            }),
+        })
+    }
+}
+
+/// `HOSTNAME:PID`: unique among the remediators running now.
+fn default_holder() -> String {
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy();
+    let host = if host.is_empty() { "localhost" } else { &host };
+    format!("{host}:{}", std::process::id())
 }
 
 impl ContextCommand {
@@ -1278,6 +1494,159 @@ mod tests {
         assert_eq!(s.events_per_message, 50);
         assert_eq!(s.duration, Some(Duration::from_secs(30)));
         assert!(parse(&["simulate", "--agents", "0"]).is_err());
+    }
+
+    #[test]
+    fn remediate_settles_its_policy_with_the_documented_defaults() {
+        let c = config(&["remediate", "--exec", "systemctl", "restart", "agent@{id}"]).unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        let Task::Remediate { settings, format } = c.task else {
+            panic!()
+        };
+        assert_eq!(format, Format::Table);
+        assert_eq!(
+            settings.program,
+            Program::Exec(vec![
+                "systemctl".into(),
+                "restart".into(),
+                "agent@{id}".into()
+            ])
+        );
+        assert_eq!(settings.policy, Policy::default());
+        assert_eq!(settings.timeout, Duration::from_secs(300));
+        // The lease covers the run and the cooldown.
+        assert_eq!(settings.lease, Duration::from_secs(300 + 600));
+        assert!(
+            settings
+                .holder
+                .ends_with(&format!(":{}", std::process::id()))
+        );
+        assert!(!settings.dry_run);
+
+        // --timeout is the program's; the server calls wait the default.
+        let c = config(&[
+            "remediate",
+            "--timeout",
+            "1m",
+            "--settle",
+            "1s",
+            "--why",
+            "stuck-at-shutdown",
+            "--label",
+            "site=eu",
+            "--concurrency",
+            "2",
+            "--rate",
+            "3/10s",
+            "--cooldown",
+            "2s",
+            "--max-restarts",
+            "5",
+            "--per",
+            "30m",
+            "--holder",
+            "ops-1",
+            "--storm-min",
+            "4",
+            "--outside-why",
+            "not-reporting",
+            "--outside-why",
+            "no-data-received",
+            "--allow-mass-restart",
+            "--once",
+            "--dry-run",
+            "-o",
+            "json",
+            "--shell",
+            "echo {id}",
+        ])
+        .unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        let Task::Remediate { settings, format } = c.task else {
+            panic!()
+        };
+        assert_eq!(format, Format::Ndjson);
+        assert_eq!(settings.timeout, Duration::from_secs(60));
+        assert_eq!(settings.lease, Duration::from_secs(62));
+        assert_eq!(settings.program, Program::Shell("echo {id}".into()));
+        assert_eq!(settings.holder, "ops-1");
+        assert!(settings.dry_run);
+        let p = &settings.policy;
+        assert_eq!(p.settle, Duration::from_secs(1));
+        assert_eq!(p.whys, [Why::StuckAtShutdown]);
+        assert_eq!(p.labels["site"], "eu");
+        assert_eq!((p.concurrency, p.max_restarts), (2, 5));
+        assert_eq!(p.rate.to_string(), "3/10s");
+        assert_eq!(p.restart_window, Duration::from_secs(1800));
+        assert_eq!(p.storm_min, 4);
+        assert_eq!(p.outside_whys, [Why::NotReporting, Why::NoDataReceived]);
+        assert!(p.allow_mass_restart && p.once);
+
+        // The program's own flags are its own.
+        let Task::Remediate { settings, .. } = config(&[
+            "remediate",
+            "--once",
+            "--exec",
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "{id}",
+            "--once",
+        ])
+        .unwrap()
+        .task
+        else {
+            panic!()
+        };
+        assert_eq!(
+            settings.program,
+            Program::Exec(vec![
+                "ssh".into(),
+                "-o".into(),
+                "BatchMode=yes".into(),
+                "{id}".into(),
+                "--once".into()
+            ])
+        );
+
+        let Task::ClearGivenUp { agent, format } =
+            config(&["remediate", "clear", "web-1"]).unwrap().task
+        else {
+            panic!()
+        };
+        assert_eq!((agent.as_str(), format), ("web-1", Format::Table));
+    }
+
+    #[test]
+    fn remediate_refuses_what_it_cannot_run() {
+        for (args, needle) in [
+            (&["remediate"][..], "--exec PROGRAM"),
+            (&["remediate", "--shell", " "], "--exec PROGRAM"),
+            (&["remediate", "--lease", "2d", "--exec", "x"], "1s to 1d"),
+            (
+                &["remediate", "--timeout", "0s", "--exec", "x"],
+                "above zero",
+            ),
+            (
+                &["remediate", "-o", "ids", "--exec", "x"],
+                "has no ids output",
+            ),
+        ] {
+            let f = config(args).unwrap_err();
+            assert_eq!(f.code, crate::ExitCode::Usage, "{args:?}");
+            assert!(
+                f.error.to_string().contains(needle),
+                "{args:?}: {:#}",
+                f.error
+            );
+        }
+        for args in [
+            &["remediate", "--rate", "10", "--exec", "x"][..],
+            &["remediate", "--concurrency", "0", "--exec", "x"],
+            &["remediate", "--shell", "y", "--exec", "x"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
     }
 
     /// A contexts file with a current context `prod` (every setting, a

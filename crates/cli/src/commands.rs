@@ -74,6 +74,17 @@ async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failu
         Task::Forget { agent, format } => forget(&fleet()?, out, agent.as_str(), *format).await,
         Task::Report(task) => report(config, out, task).await,
         Task::Simulate { settings, format } => simulate(settings, out, *format).await,
+        Task::Remediate { settings, format } => {
+            remediate(fleet()?, out, style, settings, *format).await
+        }
+        Task::ClearGivenUp { agent, format } => {
+            let cleared = fleet()?.clear_given_up(agent.as_str()).await?;
+            match format {
+                Format::Json => render::remediate::cleared_json(out, agent.as_str(), cleared)?,
+                _ => render::remediate::cleared_line(out, agent.as_str(), cleared)?,
+            }
+            Ok(ExitCode::Success)
+        }
         Task::Pki(task) => {
             let said = crate::pki::run(task).map_err(Failure::usage)?;
             out.write_all(said.as_bytes())?;
@@ -435,6 +446,42 @@ async fn watch(
         // One message at a time reaches a reader of the pipe.
         out.flush()?;
     }
+}
+
+async fn remediate(
+    fleet: FleetClient,
+    out: &mut dyn Write,
+    style: Style,
+    settings: &crate::remediate::Settings,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let budget = settings.reconnect.give_up_after;
+    let mut emit = |event: &crate::remediate::Event| -> io::Result<()> {
+        let now = fleet_health_client::now();
+        match format {
+            Format::Ndjson | Format::Json => render::remediate::event_ndjson(out, event, now)?,
+            _ => writeln!(out, "{}", render::remediate::event_line(style, event, now))?,
+        }
+        // Each decision reaches a reader of the pipe (a log) at once.
+        out.flush()
+    };
+    let tally = crate::remediate::run(
+        fleet,
+        settings,
+        &mut emit,
+        Box::new(move |cause| eprintln!("{}", watch::lost_note(cause, budget))),
+    )
+    .await?;
+    if !settings.policy.once {
+        return Ok(ExitCode::Success);
+    }
+    Ok(if tally.failed > 0 || tally.gave_up > 0 {
+        ExitCode::RemediationFailed
+    } else if tally.storm && tally.succeeded == 0 {
+        ExitCode::Storm
+    } else {
+        ExitCode::Success
+    })
 }
 
 async fn simulate(

@@ -93,6 +93,20 @@ pub enum Task {
         /// How to print the outcome.
         format: Format,
     },
+    /// Act on faulty agents (`remediate`).
+    Remediate {
+        /// The program and the policy.
+        settings: Box<crate::remediate::Settings>,
+        /// Lines for people, or NDJSON.
+        format: Format,
+    },
+    /// Clear a remediator's "given up" from an agent (`remediate clear`).
+    ClearGivenUp {
+        /// The agent.
+        agent: AgentId,
+        /// How to print the answer.
+        format: Format,
+    },
     /// Make or use certificates (no server needed).
     Pki(PkiTask),
     /// Make, list or remove tokens (no server needed).

@@ -22,6 +22,7 @@ pub enum ExitCode {
     /// 5: the storm flag is raised: `list --faulty` or `summary` succeeded
     /// but a large share of the fleet is faulty at once, which points at a
     /// shared cause rather than at every agent. The output is complete.
+    /// Also `remediate --once` when the storm stop held every action back.
     Storm = 5,
     /// 6: the server does not know who this is (UNAUTHENTICATED): no
     /// certificate or token, an unknown, expired or revoked one. Fix the
@@ -34,11 +35,15 @@ pub enum ExitCode {
     /// expired or names another host; or the server does not speak TLS (or
     /// speaks only TLS).
     Tls = 8,
+    /// 9: `remediate --once`: a program failed, timed out or could not
+    /// start, or an agent was given up (the crash-loop limit). Every
+    /// decision was printed; the server has the record.
+    RemediationFailed = 9,
 }
 
 impl ExitCode {
     /// Every code, in order.
-    pub const ALL: [ExitCode; 9] = [
+    pub const ALL: [ExitCode; 10] = [
         ExitCode::Success,
         ExitCode::Failure,
         ExitCode::Usage,
@@ -48,6 +53,7 @@ impl ExitCode {
         ExitCode::Unauthenticated,
         ExitCode::PermissionDenied,
         ExitCode::Tls,
+        ExitCode::RemediationFailed,
     ];
 
     /// The number the process exits with.
@@ -69,6 +75,6 @@ mod tests {
     #[test]
     fn codes_are_distinct_and_stable() {
         let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(numbers, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     }
 }

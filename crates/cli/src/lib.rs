@@ -12,6 +12,8 @@
 //! - [`commands`]: what each task does, given its config and a client.
 //! - [`render`]: every output format: tables, lines, JSON and NDJSON shapes,
 //!   IDs, times and durations.
+//! - [`remediate`]: `fleet-health remediate`: the decisions (a pure engine),
+//!   the program runner, and the loop that claims, runs and records.
 //! - [`simulate`]: the simulated fleet and load generator, on a plain
 //!   settings struct.
 //! - [`timearg`]: TIME and DURATION arguments.
@@ -20,13 +22,14 @@
 //! The modules depend on each other in one direction only (no circle):
 //!
 //! ```text
-//! main     -> args, commands, config, error
-//! args     -> config, render, simulate, timearg, error
-//! commands -> config, render, simulate, error
-//! config   -> render, simulate
-//! render   -> simulate (to print its report and notes)
-//! simulate -> error
-//! error    -> exit_codes
+//! main      -> args, commands, config, error
+//! args      -> config, remediate, render, simulate, timearg, error
+//! commands  -> config, remediate, render, simulate, error
+//! config    -> remediate, render, simulate
+//! render    -> remediate, simulate (to print their decisions, report, notes)
+//! remediate -> error
+//! simulate  -> error
+//! error     -> exit_codes
 //! ```
 //!
 //! The binary (`src/main.rs`) parses the flags, settles them with
@@ -39,6 +42,7 @@ pub mod contexts;
 pub mod error;
 pub mod exit_codes;
 pub mod pki;
+pub mod remediate;
 pub mod render;
 pub mod simulate;
 pub mod timearg;

@@ -24,11 +24,20 @@ fn help_lists_every_command_and_the_exit_codes() {
     let (code, out, _) = fleet_health(&["--help"]);
     assert_eq!(code, 0);
     for cmd in [
-        "list", "status", "watch", "summary", "history", "forget", "report", "simulate",
+        "list",
+        "status",
+        "watch",
+        "summary",
+        "history",
+        "forget",
+        "report",
+        "simulate",
+        "remediate",
     ] {
         assert!(out.contains(cmd), "{cmd} missing from --help");
     }
     assert!(out.contains("3 server unreachable"), "{out}");
+    assert!(out.contains("9 a remediation failed"), "{out}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod maintenance;
 mod ops;
+mod remediate;
 mod reporter;
 mod simulate;
 mod tls;

@@ -8,12 +8,14 @@
 //! - [`summary`]: the summary and the storm guard.
 //! - [`history`]: one agent's transitions.
 //! - [`watch`]: the messages of a watch.
+//! - [`remediate`]: what `remediate` decides, and `remediate clear`.
 //! - [`report`]: what `report` and `simulate` print.
 //! - [`time`]: times and durations.
 
 pub mod agents;
 pub mod history;
 pub mod ops;
+pub mod remediate;
 pub mod report;
 pub mod summary;
 pub mod time;
