@@ -14,7 +14,7 @@ use fleet_health_client::{
 };
 use fleet_health_types::{AgentId, EventKind, Labels, StateFilter, Why, check_label};
 
-use crate::config::{Config, ContextTask, MaintenanceTask, ReportTask, Task};
+use crate::config::{Config, ContextTask, MaintenanceTask, ReportTask, SortBy, Task};
 use crate::contexts::{Context, ContextsFile};
 use crate::error::Failure;
 use crate::pki::{PkiTask, Subject};
@@ -42,26 +42,57 @@ use crate::tokens::TokenTask;
 #[derive(Debug, Parser)]
 #[command(name = "fleet-health", version, propagate_version = true)]
 pub struct Cli {
-    /// The server's address: http://HOST:PORT, or https://HOST:PORT for TLS
+    /// The server's address: http://HOST:PORT, or https://HOST:PORT for TLS,
+    /// or HOST:PORT (https:// when --ca or --cert is given, else http://)
     /// [default: the context's, else http://127.0.0.1:50051].
-    #[arg(long, global = true, env = "FLEET_HEALTH_SERVER", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FLEET_HEALTH_SERVER",
+        value_name = "URL"
+    )]
     pub server: Option<String>,
 
     /// The context to use from the contexts file [default: its current one].
-    #[arg(long, global = true, env = "FLEET_HEALTH_CONTEXT", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FLEET_HEALTH_CONTEXT",
+        value_name = "NAME"
+    )]
     pub context: Option<String>,
 
     /// Trust bundle (PEM) for the server's certificate [default: the
     /// context's, else the public web roots].
-    #[arg(long, global = true, env = "FLEET_HEALTH_CA", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FLEET_HEALTH_CA",
+        value_name = "FILE"
+    )]
     pub ca: Option<PathBuf>,
 
     /// Client certificate (PEM), from `fleet-health pki issue` or your CA.
-    #[arg(long, global = true, env = "FLEET_HEALTH_CERT", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FLEET_HEALTH_CERT",
+        value_name = "FILE"
+    )]
     pub cert: Option<PathBuf>,
 
     /// The private key of --cert (PEM).
-    #[arg(long, global = true, env = "FLEET_HEALTH_KEY", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FLEET_HEALTH_KEY",
+        value_name = "FILE"
+    )]
     pub key: Option<PathBuf>,
 
     /// A bearer token (`fleet-health token create`). Prefer --token-file or
@@ -69,6 +100,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "FLEET_HEALTH_TOKEN",
         value_name = "TOKEN",
         hide_env_values = true
@@ -79,25 +111,39 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "FLEET_HEALTH_TOKEN_FILE",
         value_name = "FILE",
         conflicts_with = "token"
     )]
     pub token_file: Option<PathBuf>,
 
-    /// Output format: table (for people), json, ndjson (one JSON object a
-    /// line) or ids (one agent ID a line). Not every command has every format.
-    #[arg(short, long, global = true, value_enum, value_name = "FORMAT")]
+    /// Output format: table (for people), wide (the table with more
+    /// columns), json, yaml, ndjson (one JSON object a line) or ids (one
+    /// agent ID a line). Not every command has every format.
+    #[arg(
+        short,
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        value_name = "FORMAT"
+    )]
     pub output: Option<Output>,
 
     /// How long to wait for the server: to connect and for each answer (for
     /// `report`, for the acknowledgement).
-    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration_arg, value_name = "DURATION")]
+    #[arg(long, global = true, help_heading = "Global options", default_value = "10s", value_parser = parse_duration_arg, value_name = "DURATION")]
     pub timeout: Duration,
+
+    /// Tables without their header line (and lists without their summary
+    /// line), for scripts that read columns.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub no_headers: bool,
 
     /// When to colour the output: auto (only on a terminal, and never when
     /// NO_COLOR is set), always or never.
-    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    #[arg(long, global = true, help_heading = "Global options", value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
     pub color: ColorWhen,
 
     /// What to do.
@@ -142,6 +188,10 @@ pub enum Output {
     Ndjson,
     /// One agent ID a line.
     Ids,
+    /// One YAML document (the JSON shape).
+    Yaml,
+    /// The table with more columns (`list`).
+    Wide,
 }
 
 /// When to colour.
@@ -214,6 +264,52 @@ pub enum Command {
     /// file ($FLEET_HEALTH_CONFIG, else $XDG_CONFIG_HOME/fleet-health/config.toml).
     #[command(subcommand)]
     Context(ContextCommand),
+    /// The versions of this client and of the server it talks to.
+    Version,
+    /// Print a shell completion script. Bash: `source <(fleet-health
+    /// completion bash)` (or save it in /etc/bash_completion.d/); zsh: save
+    /// it as `_fleet-health` in a directory of $fpath; fish: save it in
+    /// ~/.config/fish/completions/fleet-health.fish.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (fleet-health.1 and one per command) into DIR, or
+    /// print fleet-health.1 when no DIR is given (`fleet-health man | man -l -`).
+    Man {
+        /// Where to write them.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// A shell completion script for `fleet-health`, made from the flags.
+pub fn completion(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "fleet-health", &mut out);
+    out
+}
+
+/// The man pages, made from the flags: `fleet-health.1`, then one per
+/// command (`fleet-health-list.1`, ...), as (file name, roff).
+pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut pages = Vec::new();
+    let mut main = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut main)?;
+    pages.push(("fleet-health.1".to_owned(), main));
+    for sub in cmd.get_subcommands() {
+        let name = format!("fleet-health-{}", sub.get_name());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub.clone())
+            .title(name.to_uppercase())
+            .render(&mut page)?;
+        pages.push((format!("{name}.1"), page));
+    }
+    Ok(pages)
 }
 
 /// `maintenance` subcommands.
@@ -451,8 +547,9 @@ pub struct Filter {
     /// stopped, inactive). Repeat for any of several.
     #[arg(long, value_parser = parse_why_arg, value_name = "WHY")]
     pub why: Vec<Why>,
-    /// Only agents with this label (KEY=VALUE). Repeat: all must match.
-    #[arg(long, value_parser = parse_label_arg, value_name = "KEY=VALUE")]
+    /// Only agents with these labels: `-l site=eu` or `-l site=eu,rack=r1`
+    /// (KEY=VALUE, comma-separated or repeated: all must match).
+    #[arg(short = 'l', long, value_parser = parse_label_arg, value_delimiter = ',', value_name = "KEY=VALUE")]
     pub label: Vec<(String, String)>,
     /// Agents under maintenance: include, exclude or only. By default
     /// faulty lists and watches leave them out, and other lists take them.
@@ -504,6 +601,37 @@ pub struct ListArgs {
     /// heartbeats.
     #[arg(long, value_parser = parse_time_arg, value_name = "TIME", allow_hyphen_values = true)]
     pub at: Option<Time>,
+    /// The order: id, state (faulty first), why, since (longest in its
+    /// state first) or last-heard (silent longest first).
+    #[arg(long, value_enum, default_value_t = SortArg::Id, value_name = "FIELD")]
+    pub sort_by: SortArg,
+}
+
+/// `--sort-by`'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortArg {
+    /// By agent ID.
+    Id,
+    /// Faulty first, then healthy, then inactive.
+    State,
+    /// By why.
+    Why,
+    /// Longest in its state first.
+    Since,
+    /// Silent longest first.
+    LastHeard,
+}
+
+impl From<SortArg> for SortBy {
+    fn from(s: SortArg) -> SortBy {
+        match s {
+            SortArg::Id => SortBy::Id,
+            SortArg::State => SortBy::State,
+            SortArg::Why => SortBy::Why,
+            SortArg::Since => SortBy::Since,
+            SortArg::LastHeard => SortBy::LastHeard,
+        }
+    }
 }
 
 /// `status`'s arguments.
@@ -718,6 +846,8 @@ impl From<Output> for Format {
             Output::Json => Format::Json,
             Output::Ndjson => Format::Ndjson,
             Output::Ids => Format::Ids,
+            Output::Yaml => Format::Yaml,
+            Output::Wide => Format::Wide,
         }
     }
 }
@@ -832,13 +962,16 @@ impl Cli {
     /// the command, checks values that clap cannot, and decides colours
     /// (from `--color`, `NO_COLOR` and whether stdout is a terminal).
     pub fn into_config(self) -> Result<Config, Failure> {
-        use Format::{Ids, Json, Ndjson, Table};
+        use Format::{Ids, Json, Ndjson, Table, Wide, Yaml};
         let out = self.output;
         let typed_context = self.typed_context();
         // Local commands need no server, and do not read the contexts file
         // (a broken one must not stop `pki` or `token`), but `context show`.
         let needs_server = match &self.command {
-            Command::Pki(_) | Command::Token(_) => false,
+            Command::Pki(_)
+            | Command::Token(_)
+            | Command::Completion { .. }
+            | Command::Man { .. } => false,
             Command::Context(c) => matches!(c, ContextCommand::Show),
             _ => true,
         };
@@ -849,11 +982,12 @@ impl Cli {
         };
         let task = match self.command {
             Command::List(args) => Task::List {
-                format: pick_format("list", out, &[Table, Json, Ndjson, Ids])?,
+                format: pick_format("list", out, &[Table, Json, Ndjson, Ids, Yaml, Wide])?,
                 query: args.filter.query(args.at),
+                sort: args.sort_by.into(),
             },
             Command::Status(args) => Task::Status {
-                format: pick_format("status", out, &[Table, Json, Ndjson, Ids])?,
+                format: pick_format("status", out, &[Table, Json, Ndjson, Ids, Yaml])?,
                 agent: args.agent,
                 at: args.at,
             },
@@ -866,11 +1000,11 @@ impl Cli {
                 },
             },
             Command::Summary(args) => Task::Summary {
-                format: pick_format("summary", out, &[Table, Json])?,
+                format: pick_format("summary", out, &[Table, Json, Yaml])?,
                 at: args.at,
             },
             Command::History(args) => Task::History {
-                format: pick_format("history", out, &[Table, Json, Ndjson])?,
+                format: pick_format("history", out, &[Table, Json, Ndjson, Yaml])?,
                 agent: args.agent,
             },
             Command::Forget(args) => Task::Forget {
@@ -931,7 +1065,7 @@ impl Cli {
                         MaintenanceTask::List {
                             labels: label.into_iter().collect(),
                         },
-                        &[Table, Json, Ndjson, Ids],
+                        &[Table, Json, Ndjson, Ids, Yaml],
                     ),
                     MaintenanceCommand::Clear { targets } => (
                         MaintenanceTask::Clear {
@@ -945,6 +1079,22 @@ impl Cli {
                     task,
                 }
             }
+            Command::Version => Task::Version {
+                format: pick_format("version", out, &[Table, Json, Yaml])?,
+            },
+            Command::Completion { shell } => Task::Print(completion(shell)),
+            Command::Man { dir: None } => Task::Print(
+                man_pages()
+                    .map_err(Failure::from)?
+                    .into_iter()
+                    .next()
+                    .map(|(_, page)| page)
+                    .unwrap_or_default(),
+            ),
+            Command::Man { dir: Some(dir) } => Task::WriteFiles {
+                dir,
+                files: man_pages().map_err(Failure::from)?,
+            },
             Command::Pki(cmd) => Task::Pki(cmd.task()),
             Command::Token(cmd) => Task::Token(cmd.task()),
             Command::Context(cmd) => {
@@ -971,7 +1121,14 @@ impl Cli {
             credentials,
             context,
             timeout,
-            style: Style::detect(self.color.into(), std::io::stdout().is_terminal()),
+            style: {
+                let style = Style::detect(self.color.into(), std::io::stdout().is_terminal());
+                if self.no_headers {
+                    style.without_headers()
+                } else {
+                    style
+                }
+            },
             task,
         })
     }
@@ -1010,6 +1167,11 @@ impl Cli {
             key: self.key.clone().or_else(|| ctx.key.clone()),
             token,
         };
+        // HOST:PORT: https:// with TLS settings, else http://.
+        let server = fleet_health_client::server_url(
+            &server,
+            credentials.ca.is_some() || credentials.cert.is_some(),
+        );
         Ok((server, credentials, name))
     }
 }
@@ -1398,7 +1560,7 @@ mod tests {
     #[test]
     fn formats_are_checked_once_against_what_each_command_has() {
         let c = config(&["list", "-o", "ids", "--faulty"]).unwrap();
-        let Task::List { query, format } = c.task else {
+        let Task::List { query, format, .. } = c.task else {
             panic!()
         };
         assert_eq!(format, Format::Ids);

@@ -11,7 +11,7 @@ use fleet_health_client::{
     ReporterConfig, ReporterError, ResumingWatch, StateFilter, Storm, Time,
 };
 
-use crate::config::{Config, ContextTask, MaintenanceTask, ReportTask, Task};
+use crate::config::{Config, ContextTask, MaintenanceTask, ReportTask, SortBy, Task};
 use crate::error::Failure;
 use crate::exit_codes::ExitCode;
 use crate::render::report::ReportJson;
@@ -58,7 +58,11 @@ async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failu
     let style = config.style;
     let fleet = || FleetClient::connect_with(&config.server, &config.credentials, config.timeout);
     match &config.task {
-        Task::List { query, format } => list(&fleet()?, out, style, query, *format).await,
+        Task::List {
+            query,
+            format,
+            sort,
+        } => list(&fleet()?, out, style, query, *format, *sort).await,
         Task::Status { agent, at, format } => {
             status(&fleet()?, out, style, agent.as_str(), *at, *format).await
         }
@@ -100,6 +104,19 @@ async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failu
             maintenance(&fleet()?, out, style, task, *format).await
         }
         Task::Context { task, path } => context(config, path, task, out),
+        Task::Version { format } => version(&fleet()?, out, *format).await,
+        Task::Print(bytes) => {
+            out.write_all(bytes)?;
+            Ok(ExitCode::Success)
+        }
+        Task::WriteFiles { dir, files } => {
+            std::fs::create_dir_all(dir)?;
+            for (name, contents) in files {
+                std::fs::write(dir.join(name), contents)?;
+            }
+            eprintln!("wrote {} man pages into {}", files.len(), dir.display());
+            Ok(ExitCode::Success)
+        }
     }
 }
 
@@ -132,8 +149,9 @@ async fn maintenance(
             };
             let list = fleet.list(&query).await?;
             match format {
-                Format::Table => ops::maintenance_table(out, style, &list)?,
+                Format::Table | Format::Wide => ops::maintenance_table(out, style, &list)?,
                 Format::Json => agents::list_json(out, &list)?,
+                Format::Yaml => render::yaml(out, |o| agents::list_json(o, &list))?,
                 Format::Ndjson => agents::list_ndjson(out, &list)?,
                 Format::Ids => agents::ids(out, list.agents.iter().map(|a| a.agent_id.as_str()))?,
             }
@@ -152,6 +170,56 @@ async fn maintenance(
             }
         }
     }
+    Ok(ExitCode::Success)
+}
+
+/// `fleet-health version`: this client's, then the server's (exit 3 with
+/// the client's printed when the server cannot be reached).
+async fn version(
+    fleet: &FleetClient,
+    out: &mut dyn Write,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let client = env!("CARGO_PKG_VERSION");
+    let server = fleet.server_info().await;
+    match format {
+        Format::Json | Format::Yaml => {
+            let json = |o: &mut dyn Write| {
+                render::write_json(
+                    o,
+                    &serde_json::json!({
+                        "client": { "version": client },
+                        "server": server.as_ref().ok().map(|s| serde_json::json!({
+                            "version": s.version,
+                            "started_at": s.started_at.map(render::time::format_time),
+                            "durable": s.durable,
+                            "secured": s.secured,
+                        })),
+                    }),
+                )
+            };
+            if format == Format::Yaml {
+                render::yaml(out, json)?;
+            } else {
+                json(out)?;
+            }
+        }
+        _ => {
+            writeln!(out, "client  fleet-health {client}")?;
+            if let Ok(s) = &server {
+                writeln!(
+                    out,
+                    "server  fleet-health-server {} ({}, security {}, up since {})",
+                    s.version,
+                    if s.durable { "durable" } else { "in memory" },
+                    if s.secured { "on" } else { "off" },
+                    s.started_at
+                        .map_or_else(|| "-".to_owned(), render::time::format_time)
+                )?;
+            }
+        }
+    }
+    server?;
     Ok(ExitCode::Success)
 }
 
@@ -268,11 +336,15 @@ async fn list(
     style: Style,
     query: &AgentQuery,
     format: Format,
+    sort: SortBy,
 ) -> Result<ExitCode, Failure> {
-    let list = fleet.list(query).await?;
+    let mut list = fleet.list(query).await?;
+    agents::sort(&mut list.agents, sort);
     match format {
         Format::Table => agents::list_table(out, style, &list)?,
+        Format::Wide => agents::list_wide(out, style, &list)?,
         Format::Json => agents::list_json(out, &list)?,
+        Format::Yaml => render::yaml(out, |o| agents::list_json(o, &list))?,
         Format::Ndjson => agents::list_ndjson(out, &list)?,
         Format::Ids => agents::ids(out, list.agents.iter().map(|a| a.agent_id.as_str()))?,
     }
@@ -302,8 +374,9 @@ async fn status(
 ) -> Result<ExitCode, Failure> {
     let agent = fleet.get_agent(agent, at).await?;
     match format {
-        Format::Table => agents::status_table(out, style, &agent)?,
+        Format::Table | Format::Wide => agents::status_table(out, style, &agent)?,
         Format::Json => agents::agent_json(out, &agent, true)?,
+        Format::Yaml => render::yaml(out, |o| agents::agent_json(o, &agent, true))?,
         Format::Ndjson => agents::agent_json(out, &agent, false)?,
         Format::Ids => agents::ids(out, [agent.agent_id.as_str()])?,
     }
@@ -320,6 +393,7 @@ async fn summary(
     let s = fleet.summary(at).await?;
     match format {
         Format::Json => summary::summary_json(out, &s)?,
+        Format::Yaml => render::yaml(out, |o| summary::summary_json(o, &s))?,
         _ => summary::summary_table(out, style, &s)?,
     }
     storm_exit(out, style, s.storm.as_ref())
@@ -335,6 +409,7 @@ async fn history(
     let h = fleet.history(agent).await?;
     match format {
         Format::Json => history::history_json(out, &h)?,
+        Format::Yaml => render::yaml(out, |o| history::history_json(o, &h))?,
         Format::Ndjson => history::history_ndjson(out, &h)?,
         _ => history::history_table(out, style, &h)?,
     }

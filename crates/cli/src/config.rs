@@ -44,6 +44,8 @@ pub enum Task {
         query: AgentQuery,
         /// How to print them.
         format: Format,
+        /// In which order.
+        sort: SortBy,
     },
     /// Show one agent.
     Status {
@@ -111,6 +113,20 @@ pub enum Task {
     Pki(PkiTask),
     /// Make, list or remove tokens (no server needed).
     Token(TokenTask),
+    /// The client's and the server's versions.
+    Version {
+        /// How to print them.
+        format: Format,
+    },
+    /// Print these bytes (a completion script, a man page).
+    Print(Vec<u8>),
+    /// Write these files into `dir` (the man pages).
+    WriteFiles {
+        /// Where.
+        dir: PathBuf,
+        /// (name, contents).
+        files: Vec<(String, Vec<u8>)>,
+    },
     /// Mark agents as under maintenance, list them, or end marks.
     Maintenance {
         /// What to do.
@@ -125,6 +141,22 @@ pub enum Task {
         /// The contexts file.
         path: PathBuf,
     },
+}
+
+/// The order of a list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortBy {
+    /// By agent ID (as the server pages them).
+    #[default]
+    Id,
+    /// Faulty first, then healthy, then inactive; by ID within each.
+    State,
+    /// By why (its text), then ID.
+    Why,
+    /// Longest in its state first.
+    Since,
+    /// Silent longest first.
+    LastHeard,
 }
 
 /// What `maintenance` was asked to do.

@@ -42,6 +42,19 @@ impl Failure {
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
+        if let ClientError::Unreachable(why) = &e {
+            let hint = if why.contains("refused") {
+                " (is fleet-health-server running there? the address is --server, FLEET_HEALTH_SERVER or the context's)"
+            } else if why.contains("dns error") || why.contains("failed to lookup") {
+                " (the host name does not resolve: check --server)"
+            } else {
+                ""
+            };
+            return Failure::new(
+                ExitCode::Unreachable,
+                anyhow::anyhow!("server unreachable: {why}{hint}"),
+            );
+        }
         let code = match &e {
             ClientError::NotFound(_) => ExitCode::NotFound,
             ClientError::Unreachable(_) => ExitCode::Unreachable,

@@ -97,8 +97,9 @@ pub fn endpoint_with(
     connect_timeout: Duration,
     credentials: &Credentials,
 ) -> Result<Endpoint, ConnectError> {
-    let endpoint = crate::endpoint(url, connect_timeout)?;
     let tls_asked = credentials.ca.is_some() || credentials.cert.is_some();
+    let url = &crate::server_url(url, tls_asked);
+    let endpoint = crate::endpoint(url, connect_timeout)?;
     if !url.starts_with("https://") {
         if tls_asked {
             return Err(BadCredentials(format!(

@@ -74,11 +74,22 @@ fn describe(status: &Status) -> String {
 
 impl From<Status> for ClientError {
     fn from(status: Status) -> ClientError {
-        let message = if status.message().is_empty() {
+        let mut message = if status.message().is_empty() {
             format!("{:?}", status.code())
         } else {
             status.message().to_owned()
         };
+        // A transport failure carries its cause ("Connection refused (os
+        // error 111)") below the message ("tcp connect error"): say it.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> =
+            std::error::Error::source(&status);
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = e.source();
+        }
         if let Some(trouble) = crate::tls_trouble(&status) {
             return ClientError::Tls(trouble);
         }

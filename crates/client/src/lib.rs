@@ -88,16 +88,34 @@ pub struct InvalidEndpoint {
     pub reason: String,
 }
 
+/// A server address as a URL: `HOST:PORT` (or `localhost:PORT`) becomes
+/// `https://HOST:PORT` when TLS settings are given (`tls`), else
+/// `http://HOST:PORT`; a URL with a scheme is kept as it is.
+pub fn server_url(address: &str, tls: bool) -> String {
+    let address = address.trim();
+    if address.contains("://") {
+        address.to_owned()
+    } else if tls {
+        format!("https://{address}")
+    } else {
+        format!("http://{address}")
+    }
+}
+
 /// The endpoint settings used for the server: a connect timeout, and HTTP/2
 /// keep-alive pings so that a dead connection is noticed even when idle.
 /// TLS settings for an `https://` URL come from [`endpoint_with`].
+/// A `HOST:PORT` without a scheme is taken as `http://HOST:PORT`.
 pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, InvalidEndpoint> {
+    let url = &server_url(url, false);
     let invalid = |reason: String| InvalidEndpoint {
         url: url.to_owned(),
         reason,
     };
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(invalid("it must begin with http:// or https://".into()));
+        return Err(invalid(
+            "it must be HOST:PORT, http://HOST:PORT or https://HOST:PORT".into(),
+        ));
     }
     let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(e.to_string()))?;
     Ok(endpoint
@@ -131,9 +149,17 @@ mod tests {
         assert!(endpoint("http://127.0.0.1:50051", Duration::from_secs(1)).is_ok());
         assert!(endpoint("http://fleet.example:8080/", Duration::from_secs(1)).is_ok());
         assert!(endpoint("https://fleet.example:50051", Duration::from_secs(1)).is_ok());
-        let e = endpoint("127.0.0.1:50051", Duration::from_secs(1)).unwrap_err();
-        assert!(e.to_string().contains("http://"), "{e}");
+        assert!(endpoint("127.0.0.1:50051", Duration::from_secs(1)).is_ok());
+        assert!(endpoint("localhost:50051", Duration::from_secs(1)).is_ok());
+        let e = endpoint("ftp://fleet.example:21", Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("https://HOST:PORT"), "{e}");
         assert!(endpoint("http://", Duration::from_secs(1)).is_err());
+        assert_eq!(server_url("fh:50051", true), "https://fh:50051");
+        assert_eq!(
+            server_url("localhost:50051", false),
+            "http://localhost:50051"
+        );
+        assert_eq!(server_url("http://fh:1", true), "http://fh:1");
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use fleet_health_client::{AgentList, AgentView, SensorView, State, Time};
+
+use crate::config::SortBy;
 use serde::Serialize;
 
 use super::ops::{
@@ -108,6 +110,72 @@ fn labels_text(labels: &BTreeMap<String, String>) -> String {
     }
 }
 
+/// Sorts agents as `--sort-by` says (stable: agents that compare equal
+/// keep their ID order).
+pub fn sort(agents: &mut [AgentView], by: SortBy) {
+    let state_rank = |a: &AgentView| match a.state {
+        Some(State::Faulty) => 0,
+        Some(State::Healthy) => 1,
+        Some(State::Inactive) => 2,
+        None => 3,
+    };
+    match by {
+        SortBy::Id => {}
+        SortBy::State => agents.sort_by_key(state_rank),
+        SortBy::Why => agents.sort_by(|a, b| a.why_text.cmp(&b.why_text)),
+        SortBy::Since => agents.sort_by_key(|a| a.since.unwrap_or(Time::MAX)),
+        SortBy::LastHeard => agents.sort_by_key(|a| a.last_heard.unwrap_or(Time::MAX)),
+    }
+}
+
+/// `list -o wide`: the table with the connection, incarnation, next change,
+/// first sighting and what is set on the agent.
+pub fn list_wide(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Result<()> {
+    let now = reference(list.evaluated_at);
+    if list.agents.is_empty() {
+        return writeln!(out, "no agents match");
+    }
+    let rows: Vec<Vec<Cell>> = list
+        .agents
+        .iter()
+        .map(|a| {
+            vec![
+                Cell::plain(a.agent_id.clone()),
+                Cell::state(a.state),
+                Cell::plain(why_with_marks(a)),
+                Cell::plain(for_how_long(a.since, now)),
+                Cell::plain(heard(a.last_heard, now)),
+                Cell::plain(if a.connected { "yes" } else { "no" }.to_owned()),
+                Cell::plain(
+                    a.next_change
+                        .map_or_else(|| "-".to_owned(), |t| relative(t, now)),
+                ),
+                Cell::plain(a.incarnation.to_string()),
+                Cell::plain(a.first_seen.map_or_else(|| "-".to_owned(), format_time)),
+                Cell::plain(labels_text(&a.labels)),
+            ]
+        })
+        .collect();
+    write_table(
+        out,
+        style,
+        &[
+            "AGENT",
+            "STATE",
+            "WHY",
+            "FOR",
+            "LAST HEARD",
+            "CONNECTED",
+            "NEXT CHANGE",
+            "INCARNATION",
+            "FIRST SEEN",
+            "LABELS",
+        ],
+        &rows,
+    )?;
+    summary_line(out, style, list)
+}
+
 /// `list` as a table, with a summary line.
 pub fn list_table(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Result<()> {
     let now = reference(list.evaluated_at);
@@ -134,6 +202,14 @@ pub fn list_table(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Re
         &["AGENT", "STATE", "WHY", "FOR", "LAST HEARD", "LABELS"],
         &rows,
     )?;
+    summary_line(out, style, list)
+}
+
+/// The line under a list: how many, by state (none with `--no-headers`).
+fn summary_line(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Result<()> {
+    if !style.headers {
+        return Ok(());
+    }
     let mut parts = Vec::new();
     for state in [State::Faulty, State::Healthy, State::Inactive] {
         let n = list
@@ -340,7 +416,16 @@ web-1  healthy  all is ok               42s    12s ago     site=eu
 
     #[test]
     fn colour_only_when_asked_and_alignment_ignores_it() {
-        let coloured = render(|o| list_table(o, Style { color: true }, &fleet()));
+        let coloured = render(|o| {
+            list_table(
+                o,
+                Style {
+                    color: true,
+                    headers: true,
+                },
+                &fleet(),
+            )
+        });
         assert!(coloured.contains("\x1b[1;31mfaulty\x1b[0m"));
         let stripped = coloured
             .replace("\x1b[1;31m", "")

@@ -37,6 +37,10 @@ pub enum Format {
     Ndjson,
     /// One agent ID a line.
     Ids,
+    /// One YAML document (the JSON shape, as YAML).
+    Yaml,
+    /// The table with more columns.
+    Wide,
 }
 
 impl Format {
@@ -47,6 +51,8 @@ impl Format {
             Format::Json => "json",
             Format::Ndjson => "ndjson",
             Format::Ids => "ids",
+            Format::Yaml => "yaml",
+            Format::Wide => "wide",
         }
     }
 }
@@ -62,11 +68,14 @@ pub enum Colour {
     Never,
 }
 
-/// Colours, or none.
+/// Colours, or none; table headers, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Style {
     /// Whether to emit ANSI colours.
     pub color: bool,
+    /// Whether tables have their header line (and lists their summary
+    /// line): `--no-headers` turns both off.
+    pub headers: bool,
 }
 
 impl Style {
@@ -78,7 +87,19 @@ impl Style {
             Colour::Never => false,
             Colour::Auto => is_terminal && !no_color,
         };
-        Style { color }
+        Style {
+            color,
+            headers: true,
+        }
+    }
+
+    /// The same, without table headers.
+    #[must_use]
+    pub fn without_headers(self) -> Style {
+        Style {
+            headers: false,
+            ..self
+        }
     }
 
     fn paint(self, code: &str, text: &str) -> String {
@@ -169,12 +190,14 @@ fn write_table(
     }
     let last = header.len() - 1;
     let pad = |i: usize, len: usize| if i == last { 0 } else { widths[i] - len + 2 };
-    let mut line = String::new();
-    for (i, h) in header.iter().enumerate() {
-        line.push_str(&style.bold(h));
-        line.push_str(&" ".repeat(pad(i, h.chars().count())));
+    if style.headers {
+        let mut line = String::new();
+        for (i, h) in header.iter().enumerate() {
+            line.push_str(&style.bold(h));
+            line.push_str(&" ".repeat(pad(i, h.chars().count())));
+        }
+        writeln!(out, "{}", line.trim_end())?;
     }
-    writeln!(out, "{}", line.trim_end())?;
     for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
@@ -184,6 +207,19 @@ fn write_table(
         writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
+}
+
+/// What `json` writes, as one YAML document: every JSON shape has a YAML
+/// form without a renderer of its own.
+pub fn yaml(
+    out: &mut dyn Write,
+    json: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = Vec::new();
+    json(&mut buf)?;
+    let value: serde_json::Value = serde_json::from_slice(&buf)?;
+    let text = yaml_serde::to_string(&value).map_err(io::Error::other)?;
+    out.write_all(text.as_bytes())
 }
 
 /// One pretty JSON document and a newline.
@@ -285,5 +321,8 @@ mod fixtures {
         String::from_utf8(buf).unwrap()
     }
 
-    pub const PLAIN: super::Style = super::Style { color: false };
+    pub const PLAIN: super::Style = super::Style {
+        color: false,
+        headers: true,
+    };
 }
