@@ -1576,7 +1576,7 @@ mod tests {
         for (args, message) in [
             (
                 &["summary", "-o", "ids"][..],
-                "`summary` has no ids output; it has: table, json",
+                "`summary` has no ids output; it has: table, json, yaml",
             ),
             (
                 &["watch", "-o", "json"],
