@@ -1300,6 +1300,38 @@ mod tests {
     }
 
     #[test]
+    fn once_during_a_storm_tells_each_agent_held_back_and_is_done() {
+        let mut e = Engine::new(Policy {
+            once: true,
+            ..policy()
+        });
+        for id in ["a", "b"] {
+            e.observe(
+                &WatchChange::Snapshot(view(id, Why::StuckAtShutdown, 0.0)),
+                t(100.0),
+            );
+        }
+        e.observe(&synced(true), t(100.0));
+        let (claims, notes) = e.poll(t(100.0));
+        assert!(claims.is_empty());
+        assert!(matches!(notes[0], Note::StormHeld(_)));
+        let held: Vec<&str> = notes[1..]
+            .iter()
+            .map(|n| match n {
+                Note::Skipped {
+                    agent,
+                    skip: Skip::Storm,
+                    ..
+                } => agent.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(held, ["a", "b"]);
+        assert!(e.is_done());
+        assert!(e.storm_seen());
+    }
+
+    #[test]
     fn a_resync_drops_the_agents_gone_and_keeps_the_running_ones() {
         let mut e = engine(
             Policy {
