@@ -706,7 +706,7 @@ pub struct RemediateArgs {
     /// The program to run for each agent, and its arguments (the rest of the
     /// command line: give it last). Run without a shell; `{id}` and `{why}`
     /// in the arguments are replaced; the environment has
-    /// FLEET_HEALTH_AGENT_ID, FLEET_HEALTH_WHY and FLEET_HEALTH_LABEL_<KEY>
+    /// FLEET_HEALTH_AGENT_ID, FLEET_HEALTH_WHY and `FLEET_HEALTH_LABEL_<KEY>`
     /// (the key upper-cased, other characters than A-Z 0-9 as `_`), and not
     /// FLEET_HEALTH_TOKEN.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM", conflicts_with = "shell", help_heading = "Program")]

@@ -1299,6 +1299,178 @@ mod tests {
         assert!(e.poll(t(10_000.0)).0.is_empty());
     }
 
+    /// Random fleets, answers and timings (seeded): the slots and the rate
+    /// window are never exceeded, no agent is claimed while its claim or
+    /// program is under way, and none is acted on within the cooldown of
+    /// its last program's end.
+    #[test]
+    fn random_runs_never_exceed_the_policy() {
+        let mut total_starts = 0;
+        for seed in 0..200 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let policy = Policy {
+                settle: Duration::from_secs(rng.u64(0..30)),
+                concurrency: rng.usize(1..5),
+                rate: Rate {
+                    count: rng.u32(1..6),
+                    per: Duration::from_secs(rng.u64(1..60)),
+                },
+                cooldown: Duration::from_secs(rng.u64(0..120)),
+                max_restarts: 1000,
+                storm_min: 1000,
+                ..Policy::default()
+            };
+            let mut e = Engine::new(policy.clone());
+            let ids: Vec<String> = (0..rng.usize(1..12)).map(|i| format!("a{i}")).collect();
+            let mut now = 0.0;
+            for id in &ids {
+                e.observe(
+                    &WatchChange::Snapshot(view(id, Why::StuckAtShutdown, now)),
+                    t(now),
+                );
+            }
+            e.observe(&synced(false), t(now));
+            // Claims and programs under way, with when they answer or end.
+            let mut claiming: Vec<(String, f64)> = Vec::new();
+            let mut running: Vec<(String, f64)> = Vec::new();
+            let mut starts: Vec<f64> = Vec::new();
+            let mut ended: BTreeMap<String, f64> = BTreeMap::new();
+            let mut began: BTreeMap<String, f64> = BTreeMap::new();
+            let mut records: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+            for _ in 0..400 {
+                now += rng.f64() * 5.0;
+                match rng.u8(0..10) {
+                    // An agent recovers, or turns faulty (again).
+                    0 => {
+                        let id = &ids[rng.usize(..ids.len())];
+                        e.observe(
+                            &WatchChange::Left {
+                                agent_id: id.clone(),
+                                status: None,
+                                forgotten: false,
+                            },
+                            t(now),
+                        );
+                    }
+                    1 => {
+                        let id = &ids[rng.usize(..ids.len())];
+                        e.observe(
+                            &WatchChange::Changed(view(id, Why::NotReporting, now)),
+                            t(now),
+                        );
+                    }
+                    _ => {}
+                }
+                claiming.retain(|(id, due)| {
+                    if *due > now {
+                        return true;
+                    }
+                    // As the server answers: with every remediation
+                    // recorded for the agent.
+                    let recent: Vec<Remediation> = records
+                        .get(id)
+                        .map(|r: &Vec<(f64, f64)>| {
+                            r.iter().map(|&(s, f)| remediation(s, f)).collect()
+                        })
+                        .unwrap_or_default();
+                    let answer = match rng.u8(0..6) {
+                        0 => Err("down".to_owned()),
+                        1 => Ok(ClaimOutcome {
+                            refusal: Some(ClaimRefusal::Held),
+                            ..granted(vec![])
+                        }),
+                        _ => Ok(granted(recent)),
+                    };
+                    match e.claimed(id, answer.as_ref().map_err(Clone::clone), None, t(now)) {
+                        AfterClaim::Run(act) => {
+                            if let Some(end) = ended.get(&act.agent) {
+                                assert!(
+                                    now - end >= policy.cooldown.as_secs_f64() - 1e-6,
+                                    "seed {seed}: {} acted on {}s after its last end",
+                                    act.agent,
+                                    now - end
+                                );
+                            }
+                            starts.push(now);
+                            began.insert(act.agent.clone(), now);
+                            running.push((act.agent, now + rng.f64() * 20.0));
+                        }
+                        AfterClaim::GiveUp { .. } | AfterClaim::Skip(_) => {}
+                    }
+                    false
+                });
+                running.retain(|(id, due)| {
+                    if *due > now {
+                        return true;
+                    }
+                    e.finished(id, t(now));
+                    ended.insert(id.clone(), now);
+                    records
+                        .entry(id.clone())
+                        .or_default()
+                        .push((began[id], now));
+                    false
+                });
+                for id in e.poll(t(now)).0 {
+                    assert!(
+                        !claiming.iter().chain(&running).any(|(c, _)| *c == id),
+                        "seed {seed}: {id} claimed twice"
+                    );
+                    claiming.push((id, now + rng.f64() * 3.0));
+                }
+                assert!(
+                    claiming.len() + running.len() <= policy.concurrency,
+                    "seed {seed}: {} claims and {} programs at once",
+                    claiming.len(),
+                    running.len()
+                );
+            }
+            let per = policy.rate.per.as_secs_f64();
+            for (k, &s) in starts.iter().enumerate() {
+                let within = starts[k..].iter().filter(|&&x| x < s + per - 1e-6).count();
+                assert!(
+                    within <= policy.rate.count as usize,
+                    "seed {seed}: {within} starts within {per}s from {s}"
+                );
+            }
+            total_starts += starts.len();
+        }
+        // The runs did act, often enough for the checks to mean something.
+        assert!(total_starts > 2000, "{total_starts}");
+    }
+
+    #[test]
+    fn once_during_a_storm_tells_each_agent_held_back_and_is_done() {
+        let mut e = Engine::new(Policy {
+            once: true,
+            ..policy()
+        });
+        for id in ["a", "b"] {
+            e.observe(
+                &WatchChange::Snapshot(view(id, Why::StuckAtShutdown, 0.0)),
+                t(100.0),
+            );
+        }
+        e.observe(&synced(true), t(100.0));
+        let (claims, notes) = e.poll(t(100.0));
+        assert!(claims.is_empty());
+        assert!(matches!(notes[0], Note::StormHeld(_)));
+        let held: Vec<&str> = notes[1..]
+            .iter()
+            .map(|n| match n {
+                Note::Skipped {
+                    agent,
+                    skip: Skip::Storm,
+                    ..
+                } => agent.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(held, ["a", "b"]);
+        assert!(e.is_done());
+        assert!(e.storm_seen());
+    }
+
     #[test]
     fn a_resync_drops_the_agents_gone_and_keeps_the_running_ones() {
         let mut e = engine(
