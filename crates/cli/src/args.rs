@@ -40,7 +40,19 @@ use crate::tokens::TokenTask;
 /// (`--context`, or the contexts file's current one; see `fleet-health
 /// context`), then defaults.
 #[derive(Debug, Parser)]
-#[command(name = "fleet-health", version, propagate_version = true)]
+#[command(
+    name = "fleet-health",
+    version,
+    propagate_version = true,
+    after_help = "Examples:
+  fleet-health summary                        the fleet in numbers, and the storm flag
+  fleet-health list --faulty                  the restart candidates
+  fleet-health list -l site=eu -o wide        more columns, agents labelled site=eu
+  fleet-health status web-7                   one agent in detail
+  fleet-health watch --faulty -o ndjson       every change, one JSON object a line
+  fleet-health history web-7                  its transitions and what was done to it
+  fleet-health --server fh.example:50051 --ca ca.pem --token-file admin.token summary"
+)]
 pub struct Cli {
     /// The server's address: http://HOST:PORT, or https://HOST:PORT for TLS,
     /// or HOST:PORT (https:// when --ca or --cert is given, else http://)
@@ -209,13 +221,27 @@ pub enum ColorWhen {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List agents: the active ones (healthy and faulty) unless told otherwise.
+    #[command(after_help = "Examples:
+  fleet-health list --faulty                        the restart candidates (exit 5 in a storm)
+  fleet-health list --faulty -o ids                 their IDs, one a line, for scripts
+  fleet-health list --why stuck-at-shutdown -l site=eu
+  fleet-health list --all --sort-by last-heard      silent longest first
+  fleet-health list --faulty --at +2h               a forecast: faulty in two hours if nothing changes
+  fleet-health list -o wide --no-headers            more columns, no header line")]
     List(ListArgs),
     /// Show one agent in detail.
+    #[command(after_help = "Examples:
+  fleet-health status web-7
+  fleet-health status web-7 --at -1h      as it was an hour ago
+  fleet-health status web-7 -o yaml")]
     Status(StatusArgs),
     /// Show the matching agents, then each change as it happens, until
     /// interrupted. Use `-o ndjson` in scripts. If the server goes away, it
     /// reconnects and starts over with a fresh snapshot; it exits 3 if the
     /// server does not come back within --reconnect-for.
+    #[command(after_help = "Examples:
+  fleet-health watch --faulty                 the faulty set now, then each change
+  fleet-health watch --faulty -o ndjson | jq -c 'select(.type == \"changed\")'")]
     Watch(WatchArgs),
     /// Counts by state and why, and the storm flag.
     Summary(SummaryArgs),
@@ -225,6 +251,10 @@ pub enum Command {
     Forget(AgentArgs),
     /// Report one event of an agent (from a shell script); exits once the
     /// server has acknowledged it.
+    #[command(after_help = "Examples:
+  fleet-health report --agent web-7 starting
+  fleet-health report --agent web-7 server_data_received --label site=eu
+  fleet-health report --agent web-7 shutting_down --at -10m")]
     Report(ReportArgs),
     /// Run a simulated fleet of agents, each with its own stream, for demos
     /// and load tests; prints the rate and acknowledgement latency achieved.
@@ -317,6 +347,9 @@ pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
 pub enum MaintenanceCommand {
     /// Mark agents (by ID, by label, or all) as under maintenance for
     /// DURATION, replacing marks they have.
+    #[command(after_help = "Examples:
+  fleet-health maintenance set web-7 web-8 --reason \"disk swap\" --for 30m
+  fleet-health maintenance set -l rack=r1 --reason \"kernel upgrade\" --for 2h")]
     Set {
         /// Which agents.
         #[command(flatten)]
@@ -547,10 +580,15 @@ pub struct Filter {
     /// stopped, inactive). Repeat for any of several.
     #[arg(long, value_parser = parse_why_arg, value_name = "WHY")]
     pub why: Vec<Why>,
-    /// Only agents with these labels: `-l site=eu` or `-l site=eu,rack=r1`
-    /// (KEY=VALUE, comma-separated or repeated: all must match).
-    #[arg(short = 'l', long, value_parser = parse_label_arg, value_delimiter = ',', value_name = "KEY=VALUE")]
+    /// Only agents with this label (KEY=VALUE, the value taken whole, commas
+    /// and all). Repeat: all must match.
+    #[arg(long, value_parser = parse_label_arg, value_name = "KEY=VALUE")]
     pub label: Vec<(String, String)>,
+    /// A label selector, as kubectl's: `-l site=eu,rack=r1` (comma-separated
+    /// KEY=VALUE pairs; all must match, with --label's too). A value that
+    /// holds a comma needs --label.
+    #[arg(short = 'l', long, value_parser = parse_label_arg, value_delimiter = ',', value_name = "KEY=VALUE,...")]
+    pub selector: Vec<(String, String)>,
     /// Agents under maintenance: include, exclude or only. By default
     /// faulty lists and watches leave them out, and other lists take them.
     #[arg(long, value_name = "WHICH")]
@@ -584,9 +622,9 @@ impl Filter {
         }
     }
 
-    /// The labels as a map.
+    /// The labels as a map (--label and -l together).
     pub fn labels(&self) -> Labels {
-        self.label.iter().cloned().collect()
+        self.label.iter().chain(&self.selector).cloned().collect()
     }
 }
 

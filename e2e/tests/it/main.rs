@@ -5,6 +5,7 @@
 mod backup;
 mod cli;
 mod crash;
+mod habits;
 mod maintenance;
 mod ops;
 mod remediate;
