@@ -20,6 +20,8 @@ pub struct LogLimit {
 
 /// Refused agent streams.
 pub static REJECTIONS: LogLimit = LogLimit::new("agent stream refused", 20);
+/// Connections refused or failing their handshake.
+pub static CONNECTIONS: LogLimit = LogLimit::new("connection refused", 20);
 /// Agent transitions.
 pub static TRANSITIONS: LogLimit = LogLimit::new("agent transition", 50);
 

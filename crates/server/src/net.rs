@@ -172,7 +172,9 @@ impl Connections {
 
     fn refused(&self, why: ConnRejected, peer: SocketAddr) -> ConnRejected {
         self.count(why);
-        tracing::debug!(%peer, reason = why.as_str(), "connection refused");
+        if crate::log_limit::CONNECTIONS.allow() {
+            tracing::info!(%peer, reason = why.as_str(), "connection refused");
+        }
         why
     }
 
@@ -300,7 +302,9 @@ async fn admit_loop(
                 }
                 Ok(Err(Unproved { error: e, alerted })) => {
                     connections.refused(ConnRejected::HandshakeError, peer);
-                    tracing::debug!(%peer, error = %e, "handshake failed");
+                    if crate::log_limit::CONNECTIONS.allow() {
+                        tracing::info!(%peer, error = %e, "handshake failed");
+                    }
                     if admission.tls.is_some() {
                         admission.audit.record(crate::security::AuditEvent {
                             event: "denied",
