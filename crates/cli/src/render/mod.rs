@@ -102,20 +102,22 @@ impl Style {
         }
     }
 
-    fn paint(self, code: &str, text: &str) -> String {
-        if self.color && !code.is_empty() {
-            format!("\x1b[{code}m{text}\x1b[0m")
+    /// `text` in `ansi` (through `anstyle`), when colours are on.
+    fn paint(self, ansi: anstyle::Style, text: &str) -> String {
+        if self.color && ansi != anstyle::Style::new() {
+            format!("{ansi}{text}{ansi:#}")
         } else {
             text.to_owned()
         }
     }
 
-    fn state_code(state: impl Into<Option<State>>) -> &'static str {
+    fn state_code(state: impl Into<Option<State>>) -> anstyle::Style {
+        use anstyle::{AnsiColor, Effects};
         match state.into() {
-            Some(State::Healthy) => "32",
-            Some(State::Faulty) => "1;31",
-            Some(State::Inactive) => "2",
-            None => "",
+            Some(State::Healthy) => AnsiColor::Green.on_default(),
+            Some(State::Faulty) => AnsiColor::Red.on_default().effects(Effects::BOLD),
+            Some(State::Inactive) => anstyle::Style::new().effects(anstyle::Effects::DIMMED),
+            None => anstyle::Style::new(),
         }
     }
 
@@ -127,12 +129,17 @@ impl Style {
 
     /// Bold, for headers.
     fn bold(self, text: &str) -> String {
-        self.paint("1", text)
+        self.paint(anstyle::Style::new().bold(), text)
     }
 
     /// A warning's colour.
     pub fn warn(self, text: &str) -> String {
-        self.paint("1;33", text)
+        self.paint(
+            anstyle::AnsiColor::Yellow
+                .on_default()
+                .effects(anstyle::Effects::BOLD),
+            text,
+        )
     }
 }
 
@@ -155,14 +162,14 @@ fn why_text(why: Option<Why>) -> &'static str {
 /// A table cell: text, and the colour to paint it with.
 struct Cell {
     text: String,
-    color: &'static str,
+    color: anstyle::Style,
 }
 
 impl Cell {
     fn plain(text: impl Into<String>) -> Cell {
         Cell {
             text: text.into(),
-            color: "",
+            color: anstyle::Style::new(),
         }
     }
 
