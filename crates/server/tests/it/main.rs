@@ -6,6 +6,7 @@ mod agents;
 mod common;
 mod durable;
 mod fleet;
+mod monitoring;
 mod ops;
 mod protocol;
 mod security;
