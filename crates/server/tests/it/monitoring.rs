@@ -62,7 +62,10 @@ fn every_metric_the_alerts_and_the_dashboard_use_exists() {
         let names = used(&deploy(file));
         assert!(!names.is_empty(), "{file} uses no metric?");
         let missing: Vec<_> = names.difference(&exposed).collect();
-        assert!(missing.is_empty(), "{file} uses {missing:?}, which the server does not expose");
+        assert!(
+            missing.is_empty(),
+            "{file} uses {missing:?}, which the server does not expose"
+        );
     }
 }
 
@@ -70,15 +73,17 @@ fn every_metric_the_alerts_and_the_dashboard_use_exists() {
 fn the_operators_rules_are_the_plain_rules() {
     let plain: serde_json::Value =
         yaml_serde::from_str(&deploy("monitoring/alerts.yml")).expect("alerts.yml is YAML");
-    let operator: serde_json::Value = yaml_serde::from_str(&deploy("kubernetes/prometheus-rule.yaml"))
-        .expect("prometheus-rule.yaml is YAML");
+    let operator: serde_json::Value =
+        yaml_serde::from_str(&deploy("kubernetes/prometheus-rule.yaml"))
+            .expect("prometheus-rule.yaml is YAML");
     assert_eq!(operator["kind"], "PrometheusRule");
     assert_eq!(
         operator["spec"]["groups"], plain["groups"],
         "copy the groups of deploy/monitoring/alerts.yml into deploy/kubernetes/prometheus-rule.yaml"
     );
-    let monitor: serde_json::Value = yaml_serde::from_str(&deploy("kubernetes/service-monitor.yaml"))
-        .expect("service-monitor.yaml is YAML");
+    let monitor: serde_json::Value =
+        yaml_serde::from_str(&deploy("kubernetes/service-monitor.yaml"))
+            .expect("service-monitor.yaml is YAML");
     assert_eq!(monitor["kind"], "ServiceMonitor");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
 }
@@ -95,7 +100,10 @@ fn the_dashboard_has_what_grafana_needs() {
     assert!(panels.len() >= 10);
     let mut ids = BTreeSet::new();
     for p in panels {
-        assert!(ids.insert(p["id"].as_u64().expect("a panel id")), "ids are unique");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("a panel id")),
+            "ids are unique"
+        );
         assert!(p["title"].is_string() && p["type"].is_string());
         for key in ["x", "y", "w", "h"] {
             assert!(p["gridPos"][key].is_u64(), "{}: gridPos.{key}", p["title"]);
