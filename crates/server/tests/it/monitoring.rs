@@ -74,15 +74,15 @@ fn the_operators_rules_are_the_plain_rules() {
     let plain: serde_json::Value =
         yaml_serde::from_str(&deploy("monitoring/alerts.yml")).expect("alerts.yml is YAML");
     let operator: serde_json::Value =
-        yaml_serde::from_str(&deploy("kubernetes/prometheus-rule.yaml"))
+        yaml_serde::from_str(&deploy("kubernetes/overlays/monitoring/prometheus-rule.yaml"))
             .expect("prometheus-rule.yaml is YAML");
     assert_eq!(operator["kind"], "PrometheusRule");
     assert_eq!(
         operator["spec"]["groups"], plain["groups"],
-        "copy the groups of deploy/monitoring/alerts.yml into deploy/kubernetes/prometheus-rule.yaml"
+        "copy the groups of deploy/monitoring/alerts.yml into deploy/kubernetes/overlays/monitoring/prometheus-rule.yaml"
     );
     let monitor: serde_json::Value =
-        yaml_serde::from_str(&deploy("kubernetes/service-monitor.yaml"))
+        yaml_serde::from_str(&deploy("kubernetes/overlays/monitoring/service-monitor.yaml"))
             .expect("service-monitor.yaml is YAML");
     assert_eq!(monitor["kind"], "ServiceMonitor");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
