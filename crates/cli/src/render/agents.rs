@@ -139,12 +139,8 @@ pub fn list_wide(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Res
         .agents
         .iter()
         .map(|a| {
-            vec![
-                Cell::plain(a.agent_id.clone()),
-                Cell::state(a.state),
-                Cell::plain(why_with_marks(a)),
-                Cell::plain(for_how_long(a.since, now)),
-                Cell::plain(heard(a.last_heard, now)),
+            let mut cells = first_cells(a, now);
+            cells.extend([
                 Cell::plain(if a.connected { "yes" } else { "no" }.to_owned()),
                 Cell::plain(
                     a.next_change
@@ -153,7 +149,8 @@ pub fn list_wide(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Res
                 Cell::plain(a.incarnation.to_string()),
                 Cell::plain(a.first_seen.map_or_else(|| "-".to_owned(), format_time)),
                 Cell::plain(labels_text(&a.labels)),
-            ]
+            ]);
+            cells
         })
         .collect();
     write_table(
@@ -186,14 +183,9 @@ pub fn list_table(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Re
         .agents
         .iter()
         .map(|a| {
-            vec![
-                Cell::plain(a.agent_id.clone()),
-                Cell::state(a.state),
-                Cell::plain(why_with_marks(a)),
-                Cell::plain(for_how_long(a.since, now)),
-                Cell::plain(heard(a.last_heard, now)),
-                Cell::plain(labels_text(&a.labels)),
-            ]
+            let mut cells = first_cells(a, now);
+            cells.push(Cell::plain(labels_text(&a.labels)));
+            cells
         })
         .collect();
     write_table(
@@ -241,6 +233,18 @@ fn summary_line(out: &mut dyn Write, style: Style, list: &AgentList) -> io::Resu
         if n == 1 { "" } else { "s" },
         parts.join(", ")
     )
+}
+
+/// The columns every agent table begins with: AGENT, STATE, WHY, FOR, LAST
+/// HEARD.
+fn first_cells(a: &AgentView, now: Time) -> Vec<Cell> {
+    vec![
+        Cell::plain(a.agent_id.clone()),
+        Cell::state(a.state),
+        Cell::plain(why_with_marks(a)),
+        Cell::plain(for_how_long(a.since, now)),
+        Cell::plain(heard(a.last_heard, now)),
+    ]
 }
 
 /// The why, with what is set on the agent: `no data sent to server

@@ -266,6 +266,17 @@ fn kind(k: pb::ActivityKind) -> i32 {
 }
 
 impl Registry {
+    /// Agent `id`'s map entry, held for a change.
+    fn agent_mut(
+        &self,
+        id: &AgentId,
+    ) -> Result<dashmap::mapref::one::RefMut<'_, Arc<str>, Box<Agent>>, RegistryError> {
+        self.inner
+            .agents
+            .get_mut(id.as_arc())
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))
+    }
+
     /// The agents `targets` names, sorted; every named ID must be known.
     fn resolve(&self, targets: &Targets) -> Result<Vec<Arc<str>>, RegistryError> {
         let mut keys: Vec<Arc<str>> = match targets {
@@ -519,11 +530,7 @@ impl Registry {
     ) -> Result<Claimed, RegistryError> {
         let key = id.as_arc();
         let now = self.inner.settings.clock.now();
-        let mut a = self
-            .inner
-            .agents
-            .get_mut(key)
-            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        let mut a = self.agent_mut(id)?;
         let view = self.view_of(key, &a, now, false);
         let until = micros(now.saturating_add(lease));
         let faulty = view.why.state() == State::Faulty;
@@ -587,11 +594,7 @@ impl Registry {
     pub fn release(&self, id: &AgentId, holder: &str) -> Result<(bool, u64), RegistryError> {
         let key = id.as_arc();
         let now = micros(self.inner.settings.clock.now());
-        let mut a = self
-            .inner
-            .agents
-            .get_mut(key)
-            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        let mut a = self.agent_mut(id)?;
         let released = self.inner.ops.update(key, |r, _| {
             let mine = r
                 .claim
@@ -622,11 +625,7 @@ impl Registry {
     ) -> Result<u64, RegistryError> {
         let key = id.as_arc();
         let now = micros(self.inner.settings.clock.now());
-        let mut a = self
-            .inner
-            .agents
-            .get_mut(key)
-            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        let mut a = self.agent_mut(id)?;
         if let Some(r) = &remediation {
             self.inner.metrics.count_remediation(r.result);
         }
@@ -678,11 +677,7 @@ impl Registry {
     pub fn clear_given_up(&self, id: &AgentId, by: &str) -> Result<(bool, u64), RegistryError> {
         let key = id.as_arc();
         let now = micros(self.inner.settings.clock.now());
-        let mut a = self
-            .inner
-            .agents
-            .get_mut(key)
-            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        let mut a = self.agent_mut(id)?;
         let cleared = self.inner.ops.update(key, |r, _| {
             let had = r.given_up.take().is_some();
             if had {

@@ -73,17 +73,19 @@ fn every_metric_the_alerts_and_the_dashboard_use_exists() {
 fn the_operators_rules_are_the_plain_rules() {
     let plain: serde_json::Value =
         yaml_serde::from_str(&deploy("monitoring/alerts.yml")).expect("alerts.yml is YAML");
-    let operator: serde_json::Value =
-        yaml_serde::from_str(&deploy("kubernetes/overlays/monitoring/prometheus-rule.yaml"))
-            .expect("prometheus-rule.yaml is YAML");
+    let operator: serde_json::Value = yaml_serde::from_str(&deploy(
+        "kubernetes/overlays/monitoring/prometheus-rule.yaml",
+    ))
+    .expect("prometheus-rule.yaml is YAML");
     assert_eq!(operator["kind"], "PrometheusRule");
     assert_eq!(
         operator["spec"]["groups"], plain["groups"],
         "copy the groups of deploy/monitoring/alerts.yml into deploy/kubernetes/overlays/monitoring/prometheus-rule.yaml"
     );
-    let monitor: serde_json::Value =
-        yaml_serde::from_str(&deploy("kubernetes/overlays/monitoring/service-monitor.yaml"))
-            .expect("service-monitor.yaml is YAML");
+    let monitor: serde_json::Value = yaml_serde::from_str(&deploy(
+        "kubernetes/overlays/monitoring/service-monitor.yaml",
+    ))
+    .expect("service-monitor.yaml is YAML");
     assert_eq!(monitor["kind"], "ServiceMonitor");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
 }
