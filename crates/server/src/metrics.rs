@@ -10,7 +10,6 @@
 //! ([`CONTENT_TYPE`]); counters carry the `_total` suffix in their `# HELP`
 //! and `# TYPE` lines as in their samples.
 
-mod latency;
 mod process;
 
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
@@ -59,7 +59,7 @@ pub struct Metrics {
     commit_failures: Counter,
     committed_records: Counter,
     commit_seconds: Counter<f64, AtomicU64>,
-    ack_latency: latency::LatencyHistogram,
+    ack_latency: Histogram,
     remediation: Remediation,
     security: Security,
     registry: Registry,
@@ -327,7 +327,7 @@ impl Default for Metrics {
             commit_failures: Counter::default(),
             committed_records: Counter::default(),
             commit_seconds: Counter::default(),
-            ack_latency: latency::LatencyHistogram::new(&ACK_BUCKETS),
+            ack_latency: Histogram::new(ACK_BUCKETS),
             remediation: Remediation::default(),
             security: Security {
                 cert_not_after: Arc::new(AtomicI64::new(ExpiresIn::NONE)),
@@ -725,7 +725,7 @@ impl Metrics {
 
     /// Records the time from receiving a batch to acknowledging it.
     pub fn observe_ack(&self, d: Duration) {
-        self.ack_latency.observe(d);
+        self.ack_latency.observe(d.as_secs_f64());
     }
 
     /// Records one group commit of `records` records.
