@@ -42,6 +42,9 @@ const FAULTY_SHOWN: usize = 50;
 /// The shortest time between two live-update events of one page.
 const COALESCE: Duration = Duration::from_millis(500);
 
+/// How often an idle event stream says something.
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
 const LIVE_JS: &str = include_str!("live.js");
 
 /// What the handlers share.
@@ -378,8 +381,11 @@ async fn events(State(web): State<Web>) -> Response {
     if web.secured {
         return refused();
     }
+    // A comment every few seconds: the HTTP port closes connections that
+    // carry nothing for --handshake-timeout (10 s by default); a browser's
+    // EventSource reconnects by itself if one is closed all the same.
     Sse::new(changes(web))
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }
 
