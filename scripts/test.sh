@@ -7,10 +7,19 @@
 #
 # Needs the Rust toolchain and Python 3 (3.9 or later) with venv; the Python
 # dependencies (grpcio, protobuf, pytest, grpcio-tools for the stubs check)
-# come from PyPI the first time.
+# come from PyPI the first time, and Debian's chromium and chromium-driver
+# (for the web view's browser tests) are installed when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The web view's tests drive a real headless Chromium over WebDriver:
+# Debian's chromium and chromium-driver (installed here when missing).
+if ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+  echo "== installing chromium and chromium-driver for the browser tests"
+  $apt_get update -qq
+  DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
 cargo test --workspace
 # The Python tests start target/debug/fleet-health-server and fleet-health
 # (built by the cargo test above).

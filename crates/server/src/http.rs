@@ -15,8 +15,14 @@ use crate::registry::Registry;
 use crate::shutdown::Stop;
 
 /// The endpoint's routes over `registry`, answering readiness from
-/// `readiness`.
-pub fn router(registry: Registry, readiness: Arc<Readiness>) -> axum::Router {
+/// `readiness`, with the web view (off when `secured`: see [`crate::web`]).
+pub fn router(
+    registry: Registry,
+    readiness: Arc<Readiness>,
+    secured: bool,
+    stop: Stop,
+) -> axum::Router {
+    let web = crate::web::router(registry.clone(), secured, stop);
     axum::Router::new()
         .route(
             "/metrics",
@@ -53,6 +59,7 @@ pub fn router(registry: Registry, readiness: Arc<Readiness>) -> axum::Router {
                 }
             }),
         )
+        .merge(web)
 }
 
 /// Serves the endpoint on `acceptor` until `stop` is given and the requests
@@ -61,9 +68,10 @@ pub async fn serve(
     acceptor: HttpAcceptor,
     registry: Registry,
     readiness: Arc<Readiness>,
+    secured: bool,
     stop: Stop,
 ) -> std::io::Result<()> {
-    axum::serve(acceptor, router(registry, readiness))
+    axum::serve(acceptor, router(registry, readiness, secured, stop.clone()))
         .with_graceful_shutdown(async move { stop.given().await })
         .await
 }
@@ -106,6 +114,7 @@ mod tests {
             Acceptor::new(listener, Connections::new()).http(Duration::from_secs(10)),
             server.registry().clone(),
             Arc::new(Readiness::new()),
+            false,
             stop.clone(),
         ));
 
@@ -152,6 +161,7 @@ mod tests {
             Acceptor::new(listener, connections.clone()).http(Duration::from_millis(200)),
             server.registry().clone(),
             Arc::new(Readiness::new()),
+            false,
             stop.clone(),
         ));
 

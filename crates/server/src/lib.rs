@@ -53,6 +53,7 @@ pub mod telemetry;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod web;
 
 pub use config::{Config, Shutdown, Storage, Transport};
 pub use net::bind;

@@ -237,6 +237,7 @@ impl Server {
                     Acceptor::new(listener, connections.clone()).http(t.handshake_timeout),
                     registry.clone(),
                     readiness.clone(),
+                    security.enabled(),
                     stop.clone(),
                 )))
             }

@@ -13,3 +13,4 @@ mod reporter;
 mod simulate;
 mod tls;
 mod watch;
+mod web;

@@ -1,0 +1,294 @@
+//! What the templates show: plain strings made from registry views, so that
+//! the templates hold no logic beyond loops and conditions.
+
+use std::time::{Duration, SystemTime};
+
+use askama::Template;
+use fleet_health_sensor::Time;
+
+use crate::registry::{ActivityRecord, AgentView, Transition};
+
+/// A time as RFC 3339 in UTC, to the second.
+pub(super) fn rfc3339(t: Time) -> String {
+    let (secs, nanos) = t.as_unix();
+    let at = if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::new(secs.unsigned_abs(), nanos)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0)
+    };
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// How long from `then` to `now`, for people: `2h 13m`.
+fn span(then: Time, now: Time) -> String {
+    let secs = now.since(then).as_secs();
+    let rounded = if secs >= 3600 { secs - secs % 60 } else { secs };
+    humantime::format_duration(Duration::from_secs(rounded)).to_string()
+}
+
+/// `12s ago`, `in 3m`, or `never` for the epoch.
+fn relative(t: Time, now: Time) -> String {
+    if t == Time::ZERO {
+        "never".into()
+    } else if t <= now {
+        format!("{} ago", span(t, now))
+    } else {
+        format!("in {}", span(now, t))
+    }
+}
+
+/// A time, exact and humanised.
+fn both(t: Time, now: Time) -> String {
+    if t == Time::ZERO {
+        "never".into()
+    } else {
+        format!("{} ({})", rfc3339(t), relative(t, now))
+    }
+}
+
+/// One agent in a table.
+pub(super) struct Row {
+    pub id: String,
+    pub state: &'static str,
+    pub why: &'static str,
+    pub for_how_long: String,
+    pub last_heard: String,
+    pub labels: String,
+    pub marks: Vec<&'static str>,
+}
+
+fn labels(a: &AgentView) -> String {
+    a.labels.as_deref().map_or_else(
+        || "-".to_owned(),
+        |l| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    )
+}
+
+pub(super) fn row(a: &AgentView, now: Time) -> Row {
+    let mut marks = Vec::new();
+    if a.maintenance.is_some() {
+        marks.push("maintenance");
+    }
+    if a.given_up.is_some() {
+        marks.push("given up");
+    }
+    if a.claim.is_some() {
+        marks.push("claimed");
+    }
+    Row {
+        id: a.id.to_string(),
+        state: a.state().as_str(),
+        why: a.why.as_str(),
+        for_how_long: span(a.since, now),
+        last_heard: relative(a.last_heard, now),
+        labels: labels(a),
+        marks,
+    }
+}
+
+/// One reason's count.
+pub(super) struct WhyRow {
+    pub name: &'static str,
+    pub text: &'static str,
+    pub state: &'static str,
+    pub count: u64,
+    pub percent: String,
+}
+
+/// The overview's main part (also served alone, for live updates).
+#[derive(Template)]
+#[template(path = "overview_main.html")]
+pub(super) struct OverviewMain {
+    pub evaluated_at: String,
+    pub storm: bool,
+    pub storm_text: String,
+    pub total: u64,
+    pub faulty: u64,
+    pub healthy: u64,
+    pub inactive: u64,
+    pub connected: u64,
+    pub maintenance: u64,
+    pub state_bar: Vec<(&'static str, String)>,
+    pub by_why: Vec<WhyRow>,
+    pub faulty_agents: Vec<Row>,
+    pub faulty_more: bool,
+}
+
+/// The overview page.
+#[derive(Template)]
+#[template(path = "overview.html")]
+pub(super) struct OverviewPage {
+    /// The main part, rendered.
+    pub main: String,
+}
+
+/// The agents page.
+#[derive(Template)]
+#[template(path = "agents.html")]
+pub(super) struct AgentsPage {
+    pub evaluated_at: String,
+    pub states: Vec<(&'static str, bool)>,
+    pub whys: Vec<(&'static str, bool)>,
+    pub label: String,
+    pub q: String,
+    pub at: String,
+    pub error: Option<String>,
+    pub agents: Vec<Row>,
+    pub next_page: Option<String>,
+}
+
+/// One transition.
+pub(super) struct TransitionRow {
+    pub at: String,
+    pub from: String,
+    pub to: String,
+    pub to_state: &'static str,
+}
+
+/// One agent's page.
+#[derive(Template)]
+#[template(path = "agent.html")]
+pub(super) struct AgentPage {
+    pub id: String,
+    pub state: &'static str,
+    pub why: &'static str,
+    pub since: String,
+    pub last_heard: String,
+    pub connection: &'static str,
+    pub next_change: String,
+    pub labels: String,
+    pub incarnation: u64,
+    pub last_seq: u64,
+    pub first_seen: String,
+    pub sensor: Vec<(&'static str, String)>,
+    pub marks: Vec<(&'static str, String)>,
+    pub history: Vec<TransitionRow>,
+    pub activity: Vec<(String, String)>,
+}
+
+impl AgentPage {
+    pub(super) fn new(
+        a: &AgentView,
+        history: &[Transition],
+        activity: &[ActivityRecord],
+    ) -> AgentPage {
+        let now = a.evaluated_at;
+        let s = &a.sensor;
+        let micros =
+            |m: i64| Time::from_micros(m).map_or_else(|_| "-".to_owned(), |t| both(t, now));
+        let mut marks = Vec::new();
+        if let Some(m) = &a.maintenance {
+            marks.push((
+                "Maintenance",
+                format!(
+                    "{} (by {}, until {})",
+                    m.reason,
+                    if m.by.is_empty() { "-" } else { &m.by },
+                    micros(m.until)
+                ),
+            ));
+        }
+        if let Some(c) = &a.claim {
+            marks.push((
+                "Claimed",
+                format!("by {} until {}", c.holder, micros(c.until)),
+            ));
+        }
+        if let Some(g) = &a.given_up {
+            marks.push((
+                "Given up",
+                format!("{} (by {}, {})", g.reason, g.holder, micros(g.at)),
+            ));
+        }
+        let kind = |k: i32| {
+            use fleet_health_proto::v1::ActivityKind as K;
+            match K::try_from(k) {
+                Ok(K::MaintenanceSet) => "maintenance set",
+                Ok(K::MaintenanceCleared) => "maintenance cleared",
+                Ok(K::MaintenanceExpired) => "maintenance ended",
+                Ok(K::Remediated) => "remediated",
+                Ok(K::GaveUp) => "gave up",
+                Ok(K::GivenUpCleared) => "given up cleared",
+                _ => "-",
+            }
+        };
+        AgentPage {
+            id: a.id.to_string(),
+            state: a.state().as_str(),
+            why: a.why.as_str(),
+            since: both(a.since, now),
+            last_heard: both(a.last_heard, now),
+            connection: if a.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            next_change: a
+                .next_change
+                .map_or_else(|| "none due".to_owned(), |t| both(t, now)),
+            labels: labels(a),
+            incarnation: a.incarnation,
+            last_seq: a.last_seq,
+            first_seen: both(a.first_seen, now),
+            sensor: vec![
+                ("Started", both(s.started_at(), now)),
+                ("Last sent", both(s.last_sent(), now)),
+                ("Last received", both(s.last_received(), now)),
+                (
+                    "Shutdown",
+                    if s.shutdown_recorded() {
+                        both(s.shutdown_at(), now)
+                    } else {
+                        "none".into()
+                    },
+                ),
+                (
+                    "Registered",
+                    if s.is_registered() { "yes" } else { "no" }.into(),
+                ),
+            ],
+            marks,
+            history: history
+                .iter()
+                .rev()
+                .map(|t| TransitionRow {
+                    at: rfc3339(t.at),
+                    from: t
+                        .from
+                        .map_or_else(|| "(new)".to_owned(), |w| w.as_str().to_owned()),
+                    to: t.to.as_str().to_owned(),
+                    to_state: t.to.state().as_str(),
+                })
+                .collect(),
+            activity: activity
+                .iter()
+                .rev()
+                .map(|e| {
+                    let at = Time::from_micros(e.at).map_or_else(|_| "-".to_owned(), rfc3339);
+                    let mut what = kind(e.kind).to_owned();
+                    if !e.reason.is_empty() {
+                        what.push_str(&format!(": {}", e.reason));
+                    }
+                    if let Some(r) = &e.remediation {
+                        what.push_str(&format!(
+                            ": {} (exit {})",
+                            r.program,
+                            r.exit_code.map_or("-".into(), |c| c.to_string())
+                        ));
+                    }
+                    if !e.holder.is_empty() {
+                        what.push_str(&format!(" (by {})", e.holder));
+                    } else if !e.by.is_empty() {
+                        what.push_str(&format!(" (by {})", e.by));
+                    }
+                    (at, what)
+                })
+                .collect(),
+        }
+    }
+}
