@@ -57,7 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = fleet_health_server::http::router(reg, Arc::new(Readiness::new()), false, Stop::new());
+    let app =
+        fleet_health_server::http::router(reg, Arc::new(Readiness::new()), false, Stop::new());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let get = |path: &str| {
         let url = format!("http://{addr}{path}");
@@ -68,7 +69,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let mut first_load = 0;
-    for path in ["/", "/agents?state=faulty", "/agents?state=all", "/agents/host-0000100.example.com"] {
+    for path in [
+        "/",
+        "/agents?state=faulty",
+        "/agents?state=all",
+        "/agents/host-0000100.example.com",
+    ] {
         for _ in 0..5 {
             get(path).await;
         }
