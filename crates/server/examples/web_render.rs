@@ -12,6 +12,11 @@
 //! server's. Prints one JSON line per page: p50 and p99 in milliseconds and
 //! the body's bytes, and the bytes of a first load of the overview (the page
 //! and its script: the styles are inline, there is nothing else).
+//!
+//! Then the live updates' lag: while a background task makes 10 000
+//! transitions a minute, it holds `/events` open and, 50 times, makes one
+//! more agent turn faulty and times until the next "change" event arrives
+//! (what an open page waits before it fetches its new counts).
 
 #[path = "support/fleet.rs"]
 mod fleet;
@@ -44,7 +49,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reg = Registry::new(
         FleetRules::default(),
         Limits {
-            max_agents: n + 1,
+            // Room for the live-update run's new agents.
+            max_agents: n + 100_000,
             ..Limits::default()
         },
         Arc::new(ManualClock::new(t(T0))),
@@ -57,8 +63,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app =
-        fleet_health_server::http::router(reg, Arc::new(Readiness::new()), false, Stop::new());
+    let app = fleet_health_server::http::router(
+        reg.clone(),
+        Arc::new(Readiness::new()),
+        false,
+        Stop::new(),
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     let get = |path: &str| {
         let url = format!("http://{addr}{path}");
@@ -96,5 +106,70 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("{{\"agents\": {n}, \"first_load_bytes\": {first_load}}}");
+    live_lag(&reg, addr, n).await?;
+    Ok(())
+}
+
+/// Times from an agent turning faulty to the next "change" event, under a
+/// background of 10 000 transitions a minute.
+async fn live_lag(
+    reg: &Registry,
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use http_body_util::BodyExt;
+    // The background: every 12 ms a new agent says hello and starts, long
+    // ago, never having sent: 2 transitions (new, then "no data sent to
+    // server"), so 10 000 a minute.
+    let background = reg.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(12));
+        let mut i = 0usize;
+        loop {
+            tick.tick().await;
+            let s = fleet::add_agent(
+                &background,
+                n + 1000 + i,
+                t(T0 - 7 * 3600),
+                t(T0 - 7 * 3600),
+            );
+            background.disconnect(&s);
+            i += 1;
+        }
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/events")
+        .header(hyper::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+    let mut body = sender.send_request(request).await?.into_body();
+    let mut lags = Vec::with_capacity(50);
+    for k in 0..50 {
+        // Let a window pass, so that the next event is this change's.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), body.frame()).await {
+        }
+        let started = Instant::now();
+        let s = fleet::add_agent(reg, n + 10 + k, t(T0 - 7 * 3600), t(T0 - 7 * 3600));
+        reg.disconnect(&s);
+        loop {
+            let frame = body.frame().await.ok_or("the stream ended")??;
+            if frame
+                .data_ref()
+                .is_some_and(|d| d.windows(12).any(|w| w == b"event: chang"))
+            {
+                break;
+            }
+        }
+        lags.push(started.elapsed());
+    }
+    lags.sort_unstable();
+    println!(
+        "{{\"agents\": {n}, \"live_update_lag_p50_ms\": {:.1}, \"live_update_lag_p99_ms\": {:.1}, \"background_transitions_per_min\": 10000}}",
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+    );
     Ok(())
 }
