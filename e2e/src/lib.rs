@@ -121,6 +121,16 @@ impl Server {
         format!("https://{}", self.addr)
     }
 
+    /// The HTTP (metrics) address the server logged at start, for a server
+    /// started with `--metrics-listen`.
+    pub fn http_addr(&self) -> String {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v["fields"]["metrics"].as_str().map(str::to_owned))
+            .expect("the server logs its HTTP address (started with --metrics-listen?)")
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()

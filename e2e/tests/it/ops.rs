@@ -7,16 +7,6 @@ use std::time::Duration;
 use fleet_health_e2e::{Server, binary};
 use tokio::net::UnixDatagram;
 
-/// The metrics address the server logged at start.
-fn metrics_addr(server: &Server) -> String {
-    server
-        .logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| v["fields"]["metrics"].as_str().map(str::to_owned))
-        .expect("the server logs its metrics address")
-}
-
 async fn probe(url: &str) -> std::process::Output {
     tokio::process::Command::new(binary("fleet-health-server"))
         .args(["probe", url])
@@ -53,7 +43,7 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping_and_the_probe_answers()
     }
     assert_eq!(heard[0], "READY=1", "{heard:?}");
 
-    let metrics = metrics_addr(&server);
+    let metrics = server.http_addr();
     let ready = probe(&format!("http://{metrics}/readyz")).await;
     assert!(ready.status.success(), "{ready:?}");
     assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n");

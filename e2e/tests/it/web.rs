@@ -14,16 +14,6 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use fleet_health_e2e::{Server, eventually};
 use serde_json::json;
 
-/// The metrics (HTTP) address the server logged at start.
-fn http_addr(server: &Server) -> String {
-    server
-        .logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| v["fields"]["metrics"].as_str().map(str::to_owned))
-        .expect("the server logs its HTTP address")
-}
-
 /// chromedriver on a free loopback port, killed when dropped.
 async fn chromedriver() -> (tokio::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -119,7 +109,7 @@ async fn the_web_view_in_a_real_browser() {
             ("db-1", &["heartbeat --label site=us"]),
         ])
         .await;
-    let base = format!("http://{}", http_addr(&server));
+    let base = format!("http://{}", server.http_addr());
     let (_driver, driver_url) = chromedriver().await;
     let profile = tempfile::tempdir().expect("profile");
     let c = browser(&driver_url, profile.path()).await;
