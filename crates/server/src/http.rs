@@ -143,6 +143,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_security_on_the_web_view_is_not_served_and_metrics_are() {
+        let clock = ManualClock::new(Time::from_micros(1_700_000_000_000_000).expect("in range"));
+        let server = Server::in_memory(Config::default(), Arc::new(clock));
+        let listener = crate::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Stop::new();
+        let task = tokio::spawn(serve(
+            Acceptor::new(listener, Connections::new()).http(Duration::from_secs(10)),
+            server.registry().clone(),
+            Arc::new(Readiness::new()),
+            true,
+            stop.clone(),
+        ));
+        for path in ["/", "/agents", "/agents/web-1", "/events", "/?part=main"] {
+            let answer = get(addr, path).await;
+            assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+            assert!(answer.contains("security is on"), "{path}: {answer}");
+        }
+        assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        stop.begin();
+        task.await.expect("ends").expect("serves cleanly");
+    }
+
+    #[tokio::test]
     async fn a_silent_connection_is_closed_and_counted_and_capped_with_the_rest() {
         let clock = ManualClock::new(Time::from_micros(1_700_000_000_000_000).expect("in range"));
         let server = Server::in_memory(Config::default(), Arc::new(clock));
