@@ -307,6 +307,23 @@ impl Registry {
         Ok(keys)
     }
 
+    /// Tells watchers that what is shown of agent `key` changed (a claim
+    /// granted or ended, "given up" set or cleared): its reason and its mark
+    /// are as they were. Called under the agent's entry.
+    fn ops_shown(&self, key: &Arc<str>, a: &Agent) {
+        if self.inner.changes.receiver_count() == 0 {
+            return;
+        }
+        let at = self.inner.settings.clock.now().max(a.evaluated);
+        let view = Arc::new(self.view_of(key, a, at, false));
+        let was_maintained = view.maintenance.is_some();
+        let _ = self.inner.changes.send(Change::Status {
+            view,
+            before: Some(a.why),
+            was_maintained,
+        });
+    }
+
     /// The fan-out of a mark set or ended on agent `key`: the tally, the
     /// journal, watchers, the storm guard. Called under the agent's entry;
     /// returns the commit that holds the change.
@@ -568,6 +585,7 @@ impl Registry {
             (refusal, claim, recent)
         });
         let commit = if refusal.is_none() {
+            self.ops_shown(key, &a);
             self.inner.journal.changed(key, &mut a)
         } else {
             0
@@ -606,6 +624,7 @@ impl Registry {
             mine
         });
         let commit = if released {
+            self.ops_shown(key, &a);
             self.inner.journal.changed(key, &mut a)
         } else {
             0
@@ -666,6 +685,7 @@ impl Registry {
             }
         });
         if give_up.is_some() {
+            self.ops_shown(key, &a);
             self.inner.metrics.count_gave_up();
             tracing::warn!(agent_id = %id, holder, reason = give_up, "a remediator gave up on the agent");
         }
@@ -694,6 +714,7 @@ impl Registry {
             had
         });
         let commit = if cleared {
+            self.ops_shown(key, &a);
             self.inner.journal.changed(key, &mut a)
         } else {
             0

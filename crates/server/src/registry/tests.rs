@@ -868,3 +868,24 @@ fn marks_claims_and_activity_survive_a_restart() {
     back.forget(&fleet[1]).unwrap();
     assert_eq!(back.summary(None).claimed, 0);
 }
+
+#[test]
+fn watchers_see_claims_come_and_go() {
+    let (reg, _) = setup();
+    let fleet = faulty_fleet(&reg, 1);
+    let mut feed = reg.subscribe();
+    let lease = Duration::from_secs(60);
+    reg.claim(&fleet[0], "r1", lease, "").unwrap();
+    let claimed = |feed: &mut tokio::sync::broadcast::Receiver<Change>| match feed.try_recv() {
+        Ok(Change::Status { view, .. }) => view.claim.as_ref().map(|c| c.holder.clone()),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(claimed(&mut feed).as_deref(), Some("r1"));
+    assert!(reg.release(&fleet[0], "r1").unwrap().0);
+    assert_eq!(claimed(&mut feed), None);
+    // A refused claim changes nothing, and says nothing.
+    reg.claim(&fleet[0], "r2", lease, "").unwrap();
+    claimed(&mut feed);
+    reg.claim(&fleet[0], "r3", lease, "").unwrap();
+    assert!(feed.try_recv().is_err());
+}
