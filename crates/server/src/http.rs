@@ -101,8 +101,15 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn serves_metrics_and_healthz_until_stopped() {
+    /// The endpoint of a server in memory on a loopback port (the web view
+    /// off when `secured`), with its stop signal and task.
+    async fn serving(
+        secured: bool,
+    ) -> (
+        std::net::SocketAddr,
+        Stop,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let clock = ManualClock::new(Time::from_micros(1_700_000_000_000_000).expect("in range"));
         let server = Server::in_memory(Config::default(), Arc::new(clock));
         let listener = crate::bind("127.0.0.1:0".parse().expect("addr"))
@@ -114,9 +121,15 @@ mod tests {
             Acceptor::new(listener, Connections::new()).http(Duration::from_secs(10)),
             server.registry().clone(),
             Arc::new(Readiness::new()),
-            false,
+            secured,
             stop.clone(),
         ));
+        (addr, stop, task)
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_healthz_until_stopped() {
+        let (addr, stop, task) = serving(false).await;
 
         let health = get(addr, "/healthz").await;
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");
@@ -144,20 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_security_on_the_web_view_is_not_served_and_metrics_are() {
-        let clock = ManualClock::new(Time::from_micros(1_700_000_000_000_000).expect("in range"));
-        let server = Server::in_memory(Config::default(), Arc::new(clock));
-        let listener = crate::bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("binds");
-        let addr = listener.local_addr().expect("addr");
-        let stop = Stop::new();
-        let task = tokio::spawn(serve(
-            Acceptor::new(listener, Connections::new()).http(Duration::from_secs(10)),
-            server.registry().clone(),
-            Arc::new(Readiness::new()),
-            true,
-            stop.clone(),
-        ));
+        let (addr, stop, task) = serving(true).await;
         for path in ["/", "/agents", "/agents/web-1", "/events", "/?part=main"] {
             let answer = get(addr, path).await;
             assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");

@@ -176,6 +176,21 @@ fn with_token<T>(msg: T, secret: &str) -> Request<T> {
     req
 }
 
+/// Waits until `secret` lets a reader list agents: the server reloads the
+/// tokens file within a second or two of a change.
+async fn until_token_works(fleet: &mut FleetServiceClient<Channel>, secret: &str) {
+    soon(async {
+        while fleet
+            .list_agents(with_token(pb::ListAgentsRequest::default(), secret))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
@@ -475,16 +490,7 @@ async fn tokens_wrong_expired_and_removed_while_a_watch_is_open() {
     // The server reloads the tokens file within a second or two.
     let ch = channel(&server, pki.tls(None)).await.expect("connects");
     let mut fleet = FleetServiceClient::new(ch);
-    soon(async {
-        while fleet
-            .list_agents(with_token(pb::ListAgentsRequest::default(), &reader))
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    until_token_works(&mut fleet, &reader).await;
 
     let err = fleet
         .list_agents(with_token(pb::ListAgentsRequest::default(), "fht_wrong"))
@@ -584,17 +590,7 @@ async fn a_token_whose_role_is_edited_loses_its_open_watch_and_keeps_the_new_rol
     let ops = pki.token("ops", Role::Admin, None);
     let ch = channel(&server, pki.tls(None)).await.expect("connects");
     let mut fleet = FleetServiceClient::new(ch);
-    // The server reloads the tokens file within a second or two.
-    soon(async {
-        while fleet
-            .list_agents(with_token(pb::ListAgentsRequest::default(), &ops))
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    until_token_works(&mut fleet, &ops).await;
     let mut watch = fleet
         .watch_agents(with_token(pb::WatchAgentsRequest::default(), &ops))
         .await
@@ -705,16 +701,7 @@ async fn a_broken_file_on_reload_keeps_the_old_configuration() {
     let secret = pki.token("ops", Role::Reader, None);
     let ch = channel(&server, pki.tls(None)).await.expect("connects");
     let mut fleet = FleetServiceClient::new(ch);
-    soon(async {
-        while fleet
-            .list_agents(with_token(pb::ListAgentsRequest::default(), &secret))
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    until_token_works(&mut fleet, &secret).await;
     write_atomically(&pki.path("tokens.toml"), "[[token]]\nname = broken");
     write_atomically(&pki.path("server.pem"), "not a certificate");
     let line = pki.audited("reload", "result", "failed").await;
@@ -857,17 +844,7 @@ async fn only_orchestrators_claim_and_operators_mark_with_their_names_recorded()
     let admin = pki.token("ana", Role::Admin, None);
     let ch = channel(&server, pki.tls(None)).await.expect("connects");
     let mut fleet = FleetServiceClient::new(ch);
-    // The server reloads the tokens file within a second or two.
-    soon(async {
-        while fleet
-            .list_agents(with_token(pb::ListAgentsRequest::default(), &admin))
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    until_token_works(&mut fleet, &admin).await;
     let _agent = server.agent("web-1", 1).await; // faulty until it starts
     let claim = || pb::ClaimAgentRequest {
         agent_id: "web-1".into(),
