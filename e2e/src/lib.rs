@@ -121,6 +121,17 @@ impl Server {
         format!("https://{}", self.addr)
     }
 
+    /// The web view's own address the server logged at start, for a server
+    /// started with `--web-listen`.
+    pub fn web_addr(&self) -> String {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v["fields"]["web"].as_str().map(str::to_owned))
+            .filter(|a| a != "off")
+            .expect("the server logs its web address (started with --web-listen?)")
+    }
+
     /// The HTTP (metrics) address the server logged at start, for a server
     /// started with `--metrics-listen`.
     pub fn http_addr(&self) -> String {

@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = fleet_health_server::http::router(
         reg.clone(),
         Arc::new(Readiness::new()),
-        false,
+        fleet_health_server::web::Gate::Open,
         Stop::new(),
     );
     tokio::spawn(async move { axum::serve(listener, app).await });

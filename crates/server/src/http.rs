@@ -13,16 +13,17 @@ use crate::net::HttpAcceptor;
 use crate::readiness::Readiness;
 use crate::registry::Registry;
 use crate::shutdown::Stop;
+use crate::web::Gate;
 
 /// The endpoint's routes over `registry`, answering readiness from
-/// `readiness`, with the web view (off when `secured`: see [`crate::web`]).
+/// `readiness`, with the web view behind `gate` (see [`crate::web`]).
 pub fn router(
     registry: Registry,
     readiness: Arc<Readiness>,
-    secured: bool,
+    gate: Gate,
     stop: Stop,
 ) -> axum::Router {
-    let web = crate::web::router(registry.clone(), secured, stop);
+    let web = crate::web::router(registry.clone(), gate, stop);
     axum::Router::new()
         .route(
             "/metrics",
@@ -68,12 +69,41 @@ pub async fn serve(
     acceptor: HttpAcceptor,
     registry: Registry,
     readiness: Arc<Readiness>,
-    secured: bool,
+    gate: Gate,
     stop: Stop,
 ) -> std::io::Result<()> {
-    axum::serve(acceptor, router(registry, readiness, secured, stop.clone()))
+    let app = router(registry, readiness, gate, stop.clone())
+        .into_make_service_with_connect_info::<crate::net::ConnInfo>();
+    axum::serve(acceptor, app)
         .with_graceful_shutdown(async move { stop.given().await })
         .await
+}
+
+/// Serves the web view alone (and `/healthz`, for load balancers) on its
+/// own port, `--web-listen`: over TLS behind [`Gate::Signed`] with security
+/// on, plaintext and open without.
+pub async fn serve_web(
+    acceptor: WebAcceptor,
+    registry: Registry,
+    gate: Gate,
+    stop: Stop,
+) -> std::io::Result<()> {
+    let app = crate::web::router(registry, gate, stop.clone())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .into_make_service_with_connect_info::<crate::net::ConnInfo>();
+    let stopped = async move { stop.given().await };
+    match acceptor {
+        WebAcceptor::Plain(a) => axum::serve(a, app).with_graceful_shutdown(stopped).await,
+        WebAcceptor::Tls(a) => axum::serve(a, app).with_graceful_shutdown(stopped).await,
+    }
+}
+
+/// The web port's listener: TLS with security on, plaintext without.
+pub enum WebAcceptor {
+    /// Plaintext (security off).
+    Plain(HttpAcceptor),
+    /// TLS (security on).
+    Tls(crate::net::TlsHttpAcceptor),
 }
 
 #[cfg(test)]
@@ -121,7 +151,7 @@ mod tests {
             Acceptor::new(listener, Connections::new()).http(Duration::from_secs(10)),
             server.registry().clone(),
             Arc::new(Readiness::new()),
-            secured,
+            Gate::http_port(secured, None),
             stop.clone(),
         ));
         (addr, stop, task)
@@ -162,6 +192,7 @@ mod tests {
             let answer = get(addr, path).await;
             assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
             assert!(answer.contains("security is on"), "{path}: {answer}");
+            assert!(answer.contains("--web-listen"), "{path}: {answer}");
         }
         assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
@@ -188,7 +219,7 @@ mod tests {
             Acceptor::new(listener, connections.clone()).http(Duration::from_millis(200)),
             server.registry().clone(),
             Arc::new(Readiness::new()),
-            false,
+            Gate::Open,
             stop.clone(),
         ));
 

@@ -57,6 +57,6 @@ pub mod web;
 
 pub use config::{Config, Shutdown, Storage, Transport};
 pub use net::bind;
-pub use server::{ServeError, Server};
+pub use server::{Listeners, ServeError, Server};
 
 pub(crate) use shutdown::stopped;

@@ -17,7 +17,7 @@ use fleet_health_server::config::{
     StreamLimits, TlsFiles, Transport, WatchLimits,
 };
 use fleet_health_server::telemetry::{Telemetry, TelemetryConfig};
-use fleet_health_server::{Server, bind};
+use fleet_health_server::{Listeners, Server, bind};
 
 /// The fleet-health aggregator: agents stream their lifecycle events here; it
 /// knows at every moment which agents are faulty and why.
@@ -45,6 +45,13 @@ struct Args {
         default_value = "127.0.0.1:9464"
     )]
     metrics_listen: MetricsAddr,
+
+    /// Address for the web view on a port of its own. With security on,
+    /// the view is served only here, over TLS (the gRPC port's certificate),
+    /// to a reader identity: a token entered once, or a client certificate.
+    /// Without security, the view is also on the metrics port.
+    #[arg(long, env = "FLEET_HEALTH_WEB_LISTEN")]
+    web_listen: Option<SocketAddr>,
 
     /// Directory of the durable store [default: $XDG_STATE_HOME/fleet-health,
     /// or ~/.local/state/fleet-health, or ./fleet-health-data].
@@ -524,14 +531,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         MetricsAddr::At(addr) => Some(bind(addr).await?),
     };
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
+    let web = args.web_listen.map(bind);
+    let web = match web {
+        Some(b) => Some(b.await?),
+        None => None,
+    };
     let server = Server::open(config, Arc::new(SystemClock))?;
     fleet_health_server::reload::install_sighup();
     tracing::info!(
         grpc = %grpc.local_addr()?,
         metrics = %metrics_addr.map_or("off".to_string(), |a| a.to_string()),
+        web = %web
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or("off".to_string(), |a| a.to_string()),
         "listening"
     );
-    server.run(grpc, metrics, shutdown_signal()).await?;
+    server
+        .run_all(Listeners { grpc, metrics, web }, shutdown_signal())
+        .await?;
     Ok(())
 }
 

@@ -264,6 +264,9 @@ pub struct Admission {
     /// Where failed TLS handshakes are written (a certificate refused, no
     /// TLS at all); timeouts and caps are only counted.
     pub audit: crate::security::Audit,
+    /// For the web view: TLS offers HTTP/1.1 beside HTTP/2, and a plaintext
+    /// HTTP/1 request is answered with a plain word to use `https://`.
+    pub web: bool,
 }
 
 /// The client preface that opens every HTTP/2 connection (RFC 9113, 3.4).
@@ -351,12 +354,22 @@ async fn prove(mut conn: Conn, admission: &Admission) -> Result<Io, Unproved> {
     match &admission.tls {
         Some(tls) => {
             // A plaintext HTTP/2 client on the TLS port is told so in its
-            // own protocol, rather than left to guess from a broken pipe.
+            // own protocol, rather than left to guess from a broken pipe;
+            // so is a browser asking for http:// on the web port.
             let mut first = [0u8; 1];
-            if conn.socket().peek(&mut first).await? == 1 && first[0] == PREFACE[0] {
-                return Err(refuse_plaintext(conn).await.into());
+            if conn.socket().peek(&mut first).await? == 1 {
+                if admission.web && first[0].is_ascii_alphabetic() {
+                    return Err(refuse_plain_http(conn).await.into());
+                }
+                if first[0] == PREFACE[0] {
+                    return Err(refuse_plaintext(conn).await.into());
+                }
             }
-            let config = tls.current().server_config.clone();
+            let config = if admission.web {
+                tls.current().web_config.clone()
+            } else {
+                tls.current().server_config.clone()
+            };
             // In TLS 1.3 a client sends its certificate and, without waiting,
             // its first request: a refused certificate's alert would be lost
             // to the reset that closing on that unread request causes, and
@@ -422,6 +435,24 @@ async fn refuse_plaintext(mut conn: Conn) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         "plaintext HTTP/2 on the TLS port (told to use https://)",
+    )
+}
+
+/// Answers a plaintext HTTP/1 request on the TLS web port with a 400 that
+/// says to use `https://`, and closes.
+async fn refuse_plain_http(mut conn: Conn) -> io::Error {
+    use tokio::io::AsyncWriteExt;
+    let body = "This port speaks HTTPS only: open the same address with https://\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if conn.write_all(answer.as_bytes()).await.is_ok() {
+        linger(&mut conn).await;
+    }
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "plaintext HTTP on the TLS web port (told to use https://)",
     )
 }
 
@@ -594,6 +625,21 @@ impl AsyncWrite for Io {
     }
 }
 
+impl AsRef<Conn> for Io {
+    fn as_ref(&self) -> &Conn {
+        match self {
+            Io::Plain(c, _) => c,
+            Io::Tls(s, _) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsRef<Conn> for Conn {
+    fn as_ref(&self) -> &Conn {
+        self
+    }
+}
+
 impl tonic::transport::server::Connected for Io {
     type ConnectInfo = ConnInfo;
 
@@ -650,12 +696,12 @@ impl Acceptor {
 }
 
 impl axum::serve::Listener for HttpAcceptor {
-    type Io = Idle;
+    type Io = Idle<Conn>;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Idle, SocketAddr) {
+    async fn accept(&mut self) -> (Idle<Conn>, SocketAddr) {
         let (conn, peer) = self.acceptor.accept().await;
-        (Idle::new(conn, self.timeout), peer)
+        (Idle::new(conn, self.timeout, false), peer)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -663,24 +709,97 @@ impl axum::serve::Listener for HttpAcceptor {
     }
 }
 
+/// The listener of the web view over TLS: connections prove themselves as
+/// gRPC's do ([`Acceptor::admit`], handshakes in tasks of their own, within
+/// the handshake timeout and its cap), with HTTP/1.1 offered beside HTTP/2;
+/// then each is closed when idle for the timeout, as on [`HttpAcceptor`].
+/// Each connection's [`ConnInfo`] (its client certificate) is its address.
+pub struct TlsHttpAcceptor {
+    incoming: Incoming,
+    local: SocketAddr,
+    timeout: Duration,
+}
+
+impl Acceptor {
+    /// This acceptor for the web view over TLS (see [`TlsHttpAcceptor`]);
+    /// `admission.web` is set here.
+    pub fn https(self, mut admission: Admission, idle: Duration) -> io::Result<TlsHttpAcceptor> {
+        let local = self.listener.local_addr()?;
+        admission.web = true;
+        Ok(TlsHttpAcceptor {
+            incoming: self.admit(admission),
+            local,
+            timeout: idle,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsHttpAcceptor {
+    type Io = Idle<Io>;
+    type Addr = ConnInfo;
+
+    async fn accept(&mut self) -> (Idle<Io>, ConnInfo) {
+        use futures_util::StreamExt;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(io)) => {
+                    let info = tonic::transport::server::Connected::connect_info(&io);
+                    return (Idle::new(io, self.timeout, true), info);
+                }
+                Some(Err(_)) => {}
+                // The admitting task has ended: accept nothing more.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<ConnInfo> {
+        Ok(ConnInfo {
+            remote: self.local,
+            certificate: None,
+        })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsHttpAcceptor>>
+    for ConnInfo
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsHttpAcceptor>) -> ConnInfo {
+        stream.remote_addr().clone()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpAcceptor>>
+    for ConnInfo
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpAcceptor>) -> ConnInfo {
+        ConnInfo {
+            remote: *stream.remote_addr(),
+            certificate: None,
+        }
+    }
+}
+
 /// A connection closed when it neither sends nor takes anything for its
 /// timeout (see [`HttpAcceptor`]).
 #[derive(Debug)]
-pub struct Idle {
-    conn: Conn,
+pub struct Idle<T = Conn> {
+    conn: T,
     timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// Whether the peer has sent anything yet (it has proved itself).
     spoke: bool,
 }
 
-impl Idle {
-    fn new(conn: Conn, timeout: Duration) -> Idle {
+impl<T: AsRef<Conn>> Idle<T> {
+    /// `spoke`: whether the peer has proved itself already (a TLS
+    /// handshake), so that its going silent is no refused connection.
+    fn new(conn: T, timeout: Duration, spoke: bool) -> Idle<T> {
         Idle {
             conn,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
-            spoke: false,
+            spoke,
         }
     }
 
@@ -696,9 +815,9 @@ impl Idle {
             return None;
         }
         if !self.spoke {
-            self.conn.connections.count(ConnRejected::Timeout);
+            self.conn.as_ref().connections.count(ConnRejected::Timeout);
         }
-        tracing::debug!(peer = %self.conn.peer, "idle HTTP connection closed");
+        tracing::debug!(peer = %self.conn.as_ref().peer, "idle HTTP connection closed");
         Some(io::Error::new(
             io::ErrorKind::TimedOut,
             "the connection was idle for too long",
@@ -706,7 +825,7 @@ impl Idle {
     }
 }
 
-impl AsyncRead for Idle {
+impl<T: AsRef<Conn> + AsyncRead + Unpin> AsyncRead for Idle<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -731,7 +850,7 @@ impl AsyncRead for Idle {
     }
 }
 
-impl AsyncWrite for Idle {
+impl<T: AsRef<Conn> + AsyncWrite + Unpin> AsyncWrite for Idle<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -973,6 +1092,7 @@ mod tests {
             timeout,
             max_in_progress,
             audit: crate::security::Audit::off(),
+            web: false,
         });
         (addr, incoming, metrics)
     }
@@ -1154,6 +1274,7 @@ mod tests {
             timeout,
             max_in_progress: 16,
             audit: crate::security::Audit::off(),
+            web: false,
         });
         (addr, incoming, metrics, tls)
     }

@@ -24,6 +24,7 @@ use crate::security::Security;
 use crate::security::layer::AuthLayer;
 use crate::shutdown::{Stop, enforce_deadline};
 use crate::store::{AgentStore, RedbStore, StoreError, StoreOptions};
+use crate::web::Gate;
 use crate::{committer, http};
 
 /// The largest message the fleet service sends (a page of agents).
@@ -47,6 +48,18 @@ pub enum ServeError {
     /// TLS, the tokens file or the audit log could not be set up.
     #[error("{0}")]
     Security(String),
+}
+
+/// Where a server listens.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: agents, the CLI, orchestrators.
+    pub grpc: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz`, and the web view without security.
+    pub metrics: Option<TcpListener>,
+    /// The web view on its own port (`--web-listen`): over TLS, with
+    /// sign-in, when security is on.
+    pub web: Option<TcpListener>,
 }
 
 /// A server: its registry, its store (if durable) and its settings.
@@ -139,6 +152,25 @@ impl Server {
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        self.run_all(
+            Listeners {
+                grpc,
+                metrics,
+                web: None,
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    /// As [`Server::run`], on every listener of `listeners` (the web view's
+    /// own port too).
+    pub async fn run_all(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Listeners { grpc, metrics, web } = listeners;
         let Server {
             registry,
             store,
@@ -157,6 +189,11 @@ impl Server {
             )
             .map_err(ServeError::Security)?,
         );
+        if web.is_some() && security.enabled() && security.tls().is_none() {
+            return Err(ServeError::Security(
+                "--web-listen with security on needs TLS (--tls-cert, --tls-key): the web view's sign-in is kept in a cookie sent over TLS only".into(),
+            ));
+        }
         if config.security.insecure {
             tracing::warn!(
                 "INSECURE: gRPC is plaintext on a non-loopback address (--insecure): anyone on the network can read it and report for any agent"
@@ -229,15 +266,55 @@ impl Server {
             tokio::spawn(async move { registry.run_maintenance_expiry(stop.given()).await })
         };
 
+        let web_addr = web.as_ref().map(TcpListener::local_addr).transpose()?;
+        let web_task = match web {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let acceptor = Acceptor::new(listener, connections.clone());
+                let (acceptor, gate) = match security.tls() {
+                    Some(tls) => {
+                        tracing::info!(%addr, "web view at https://{addr}/ (sign-in needed)");
+                        let admission = Admission {
+                            tls: Some(tls.clone()),
+                            timeout: t.handshake_timeout,
+                            max_in_progress: t.max_handshakes,
+                            audit: security.audit().clone(),
+                            web: true,
+                        };
+                        (
+                            http::WebAcceptor::Tls(acceptor.https(admission, t.handshake_timeout)?),
+                            Gate::Signed(security.clone()),
+                        )
+                    }
+                    None => {
+                        tracing::info!(%addr, "web view at http://{addr}/");
+                        (
+                            http::WebAcceptor::Plain(acceptor.http(t.handshake_timeout)),
+                            Gate::Open,
+                        )
+                    }
+                };
+                Some(tokio::spawn(http::serve_web(
+                    acceptor,
+                    registry.clone(),
+                    gate,
+                    stop.clone(),
+                )))
+            }
+            None => None,
+        };
         let metrics_task = match metrics {
             Some(listener) => {
                 let addr = listener.local_addr()?;
                 tracing::info!(%addr, "metrics at http://{addr}/metrics");
+                if !security.enabled() {
+                    tracing::info!(%addr, "web view at http://{addr}/");
+                }
                 Some(tokio::spawn(http::serve(
                     Acceptor::new(listener, connections.clone()).http(t.handshake_timeout),
                     registry.clone(),
                     readiness.clone(),
-                    security.enabled(),
+                    Gate::http_port(security.enabled(), web_addr),
                     stop.clone(),
                 )))
             }
@@ -285,6 +362,7 @@ impl Server {
             timeout: t.handshake_timeout,
             max_in_progress: t.max_handshakes,
             audit: security.audit().clone(),
+            web: false,
         });
         readiness.set_serving();
         crate::systemd::ready();
@@ -314,6 +392,11 @@ impl Server {
             && let Ok(Err(e)) = task.await
         {
             tracing::warn!(error = %e, "metrics endpoint failed");
+        }
+        if let Some(task) = web_task
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::warn!(error = %e, "web view endpoint failed");
         }
         deadline.abort();
         if let Some(committer) = committer {

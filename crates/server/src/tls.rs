@@ -42,8 +42,10 @@ pub struct TlsFiles {
 
 /// TLS as loaded from [`TlsFiles`].
 pub struct TlsMaterial {
-    /// For new handshakes.
+    /// For new handshakes on the gRPC port (ALPN: h2).
     pub server_config: Arc<rustls::ServerConfig>,
+    /// For new handshakes on the web port (ALPN: h2, http/1.1).
+    pub web_config: Arc<rustls::ServerConfig>,
     /// The client-certificate verifier, when there is a trust bundle.
     pub verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// When the server's certificate expires.
@@ -151,9 +153,12 @@ impl TlsFiles {
                 self.key.display()
             )
         })?;
+        let mut web = config.clone();
+        web.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(TlsMaterial {
             server_config: Arc::new(config),
+            web_config: Arc::new(web),
             verifier,
             not_after,
         })

@@ -49,6 +49,8 @@ async fn browser(driver: &str, profile: &std::path::Path) -> Client {
             "binary": "/usr/bin/chromium",
             "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                // The secured test's server has a certificate from its own CA.
+                "--ignore-certificate-errors",
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync",
                 "--window-size=1200,900",
@@ -209,5 +211,316 @@ async fn the_web_view_in_a_real_browser() {
     server.report_all(&agents).await;
     c.goto(&format!("{base}/")).await.expect("opens");
     assert!(text(&c, "#storm").await.starts_with("STORM:"));
+    c.close().await.expect("closes");
+}
+
+/// A file in the test's CA folder.
+fn p(dir: &std::path::Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// One HTTP/1.1 GET over TLS to `addr`, trusting the CA in `dir`, with the
+/// client certificate `DIR/WHO.pem` if `who` is given: the whole answer.
+async fn https_get(addr: &str, dir: &std::path::Path, who: Option<&str>, path: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("a CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS")
+        .with_root_certificates(roots);
+    let config = match who {
+        Some(who) => {
+            let chain = CertificateDer::pem_file_iter(dir.join(format!("{who}.pem")))
+                .expect("cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("certs");
+            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{who}.key"))).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("a TLS handshake");
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("writes");
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One plaintext HTTP/1.1 GET: the whole answer.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("writes");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The browser's path now.
+async fn path_now(c: &Client) -> String {
+    c.current_url().await.expect("url").path().to_owned()
+}
+
+/// Clicks the button with ID `id` and waits for the page it leads to.
+async fn submit(c: &Client, id: &str) {
+    c.execute("window.__old = true;", vec![])
+        .await
+        .expect("marks the page");
+    c.find(Locator::Id(id))
+        .await
+        .expect("the button")
+        .click()
+        .await
+        .expect("clicks");
+    eventually("the next page", Duration::from_secs(10), || async {
+        let done = c
+            .execute(
+                "return window.__old === undefined && document.readyState === 'complete';",
+                vec![],
+            )
+            .await
+            .ok()?;
+        (done == json!(true)).then_some(())
+    })
+    .await;
+}
+
+/// Signs in on the form in front of the browser with `token`.
+async fn sign_in(c: &Client, token: &str) {
+    c.find(Locator::Id("token"))
+        .await
+        .expect("the token field")
+        .send_keys(token)
+        .await
+        .expect("types");
+    submit(c, "sign-in").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_security_on_the_web_view_needs_a_reader() {
+    use fleet_health_e2e::cli;
+
+    let pki = tempfile::tempdir().expect("dir");
+    let d = pki.path();
+    let dir = d.display().to_string();
+    cli(&["pki", "init", &dir]).await.expect_code(0);
+    for args in [
+        &[
+            "pki", "issue", "operator", "alice", "--role", "reader", "--dir", &dir,
+        ][..],
+        &[
+            "pki", "issue", "operator", "root", "--role", "admin", "--dir", &dir,
+        ][..],
+        &["pki", "issue", "agent", "web-1", "--dir", &dir][..],
+    ] {
+        cli(args).await.expect_code(0);
+    }
+    let tokens = p(d, "tokens.toml");
+    let mut secrets = Vec::new();
+    for (name, role) in [("ops", "reader"), ("night", "reader"), ("edge", "relay")] {
+        let mut args = vec![
+            "token",
+            "create",
+            name,
+            "--role",
+            role,
+            "--tokens-file",
+            &tokens,
+        ];
+        if role == "relay" {
+            args.extend(["--agents", "edge-*"]);
+        }
+        let made = cli(&args).await;
+        made.expect_code(0);
+        secrets.push(made.stdout.trim().to_owned());
+    }
+    let (ops, night, edge) = (&secrets[0], &secrets[1], &secrets[2]);
+    let server = Server::start(&[
+        "--tls-cert",
+        &p(d, "server.pem"),
+        "--tls-key",
+        &p(d, "server.key"),
+        "--client-ca",
+        &p(d, "ca.pem"),
+        "--tokens",
+        &tokens,
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--web-listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let url = server.https_url();
+    let admin = |args: &[&str]| -> Vec<String> {
+        let mut all: Vec<String> = [
+            "--server",
+            &url,
+            "--ca",
+            &p(d, "ca.pem"),
+            "--cert",
+            &p(d, "admin-root.pem"),
+            "--key",
+            &p(d, "admin-root.key"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        all.extend(args.iter().map(|s| s.to_string()));
+        all
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&refs).await
+    };
+    run(admin(&["report", "--agent", "web-1", "starting"]))
+        .await
+        .expect_code(0);
+    let web = server.web_addr();
+
+    // Without credentials: nothing of the fleet, a way to sign in.
+    let bare = https_get(&web, d, None, "/agents").await;
+    assert!(bare.starts_with("HTTP/1.1 303"), "{bare}");
+    assert!(
+        bare.to_ascii_lowercase()
+            .contains("\r\nlocation: /login?next=%2fagents\r\n"),
+        "{bare}"
+    );
+    assert!(!bare.contains("web-1"), "{bare}");
+    let events = https_get(&web, d, None, "/events").await;
+    assert!(events.starts_with("HTTP/1.1 401"), "{events}");
+    let live = https_get(&web, d, None, "/?part=main").await;
+    assert!(live.starts_with("HTTP/1.1 401"), "{live}");
+    // A reader's certificate is enough; an agent's is refused.
+    let by_cert = https_get(&web, d, Some("reader-alice"), "/agents/web-1").await;
+    assert!(by_cert.starts_with("HTTP/1.1 200"), "{by_cert}");
+    assert!(by_cert.contains("reader/alice (certificate)"), "{by_cert}");
+    assert!(
+        by_cert
+            .to_ascii_lowercase()
+            .contains("\r\nstrict-transport-security:"),
+        "{by_cert}"
+    );
+    let by_agent = https_get(&web, d, Some("agent-web-1"), "/").await;
+    assert!(by_agent.starts_with("HTTP/1.1 403"), "{by_agent}");
+    assert!(by_agent.contains("needs a reader"), "{by_agent}");
+    // Plaintext: the web port says to use https, the metrics port where the
+    // view is, and neither shows the fleet.
+    let plain = http_get(&web, "/").await;
+    assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
+    assert!(plain.contains("https://"), "{plain}");
+    let metrics_port = http_get(&server.http_addr(), "/agents").await;
+    assert!(metrics_port.starts_with("HTTP/1.1 403"), "{metrics_port}");
+    assert!(
+        metrics_port.contains(&format!("https://{web}/")),
+        "{metrics_port}"
+    );
+
+    // In the browser: the sign-in form, a wrong token, a relay's, a reader's.
+    let (_driver, driver_url) = chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile");
+    let c = browser(&driver_url, profile.path()).await;
+    let base = format!("https://{web}");
+    c.goto(&format!("{base}/agents?state=all"))
+        .await
+        .expect("opens");
+    assert_eq!(path_now(&c).await, "/login");
+    std::fs::write(
+        shots().join("login.png"),
+        c.screenshot().await.expect("png"),
+    )
+    .expect("saved");
+    no_script_errors(&c).await;
+    sign_in(&c, "fht_not-a-token").await;
+    let refused = text(&c, "#error").await;
+    assert!(refused.contains("not known"), "a wrong token: {refused}");
+    sign_in(&c, edge).await;
+    let refused = text(&c, "#error").await;
+    assert!(refused.contains("relay/edge"), "a relay's token: {refused}");
+    sign_in(&c, ops).await;
+    assert_eq!(
+        path_now(&c).await,
+        "/agents",
+        "back where the reader was going"
+    );
+    assert_eq!(text(&c, "#who").await, "reader/ops (token)");
+    assert!(text(&c, "#agents").await.contains("web-1"));
+    no_script_errors(&c).await;
+    // The cookie: the token, for scripts unreadable, over TLS only, never
+    // sent along by another site.
+    let cookies = c.get_all_cookies().await.expect("cookies");
+    let kept = cookies
+        .iter()
+        .find(|k| k.name() == "fleet_health_token")
+        .expect("the sign-in cookie");
+    assert_eq!(kept.http_only(), Some(true));
+    assert_eq!(kept.secure(), Some(true));
+    assert_eq!(kept.same_site(), Some(cookie::SameSite::Strict));
+    let visible = c
+        .execute("return document.cookie;", vec![])
+        .await
+        .expect("runs");
+    assert!(!visible.to_string().contains("fht_"), "{visible}");
+
+    // Live over TLS: an agent turning faulty appears without a reload.
+    c.goto(&format!("{base}/")).await.expect("opens");
+    run(admin(&["report", "--agent", "cache-9", "heartbeat"]))
+        .await
+        .expect_code(0);
+    let appeared = tokio::time::timeout(Duration::from_secs(2), async {
+        while c
+            .find(Locator::Css("#faulty-agents a[href='/agents/cache-9']"))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(appeared.is_ok(), "cache-9 appeared within 2 s");
+
+    // The token revoked: the open page goes to the sign-in form by itself.
+    cli(&["token", "revoke", "ops", "--tokens-file", &tokens])
+        .await
+        .expect_code(0);
+    eventually(
+        "the page leaves for sign-in",
+        Duration::from_secs(10),
+        || async { (path_now(&c).await == "/login").then_some(()) },
+    )
+    .await;
+    no_script_errors(&c).await;
+
+    // Another reader signs in, then out; the view is closed again.
+    sign_in(&c, night).await;
+    assert_eq!(text(&c, "#who").await, "reader/night (token)");
+    submit(&c, "sign-out").await;
+    assert_eq!(path_now(&c).await, "/login");
+    c.goto(&format!("{base}/")).await.expect("opens");
+    assert_eq!(path_now(&c).await, "/login");
     c.close().await.expect("closes");
 }

@@ -12,28 +12,37 @@
 //! - `/agents/{id}`: one agent: status, sensor times, labels, history,
 //!   activity (maintenance marks and remediations).
 //!
-//! With security on, the view is not served (403): it would need a reader
-//! identity over TLS, which this port does not have yet.
+//! Where it is served ([`Gate`]): without security, on the HTTP port (and
+//! on `--web-listen`, if given), open to all, as the rest of a loopback
+//! quick start is. With security on, only on `--web-listen`, over TLS, to a
+//! reader identity ([`auth`]); the plaintext HTTP port then says where the
+//! view is. The view only reads: forgetting agents and marking maintenance
+//! stay with the CLI, where each call is checked and audited as the
+//! operator's own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use askama::Template;
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use fleet_health_sensor::Time;
 use futures_util::Stream;
 use serde::Deserialize;
 
 use crate::model::{AgentId, Labels, MaintenanceFilter, State as AgentState, StateFilter, Why};
 use crate::registry::{AgentView, Registry, Selector};
+use crate::security::{Caller, Security};
 use crate::shutdown::Stop;
 
+mod auth;
 mod views;
 
-use views::{AgentPage, AgentsPage, OverviewMain, OverviewPage};
+use views::{AgentPage, AgentsPage, OverviewMain, OverviewPage, Viewer};
 
 /// Agents in one page of `/agents`.
 const PAGE: usize = 100;
@@ -45,41 +54,73 @@ const COALESCE: Duration = Duration::from_millis(500);
 /// How often an idle event stream says something.
 const KEEP_ALIVE: Duration = Duration::from_secs(3);
 
+/// How often an open live stream checks that its reader's credential still
+/// holds.
+const RECHECK: Duration = Duration::from_secs(1);
+
 const LIVE_JS: &str = include_str!("live.js");
+
+/// Who may see the view where it is served.
+#[derive(Clone)]
+pub enum Gate {
+    /// Everyone: security is off.
+    Open,
+    /// A reader identity, from a signed-in token or a client certificate.
+    Signed(Arc<Security>),
+    /// Not here: every page answers 403 with this message (where the view
+    /// is instead).
+    Elsewhere(String),
+}
+
+impl Gate {
+    /// The gate of the plaintext HTTP port: open without security; with
+    /// it, a word on where the view is (`web`: the `--web-listen` address).
+    pub fn http_port(secured: bool, web: Option<std::net::SocketAddr>) -> Gate {
+        match (secured, web) {
+            (false, _) => Gate::Open,
+            (true, Some(addr)) => Gate::Elsewhere(format!(
+                "The web view is served over TLS, with sign-in, while security is on: open https://{addr}/ (--web-listen)."
+            )),
+            (true, None) => Gate::Elsewhere(
+                "The web view is off on this plaintext port while security is on: start the server with --web-listen ADDR to serve it over TLS, with sign-in. Meanwhile use `fleet-health` (list, summary, watch).".into(),
+            ),
+        }
+    }
+}
 
 /// What the handlers share.
 #[derive(Clone)]
 struct Web {
     registry: Registry,
-    secured: bool,
+    gate: Gate,
     stop: Stop,
 }
 
-/// The web view's routes; with `secured`, each answers 403.
-pub fn router(registry: Registry, secured: bool, stop: Stop) -> axum::Router {
-    axum::Router::new()
+/// The web view's routes, behind `gate`.
+pub fn router(registry: Registry, gate: Gate, stop: Stop) -> axum::Router {
+    let web = Web {
+        registry,
+        gate,
+        stop,
+    };
+    let pages = axum::Router::new()
         .route("/", get(overview))
         .route("/agents", get(agents))
         .route("/agents/{id}", get(agent))
         .route("/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            web.clone(),
+            auth::gate,
+        ));
+    axum::Router::new()
+        .merge(pages)
+        .route("/login", get(auth::login_form).post(auth::login))
+        .route("/logout", post(auth::logout))
         .route("/static/live.js", get(live_js))
-        .with_state(Web {
-            registry,
-            secured,
-            stop,
-        })
+        .with_state(web)
 }
 
-fn refused() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        "The web view is off while security is on: it needs a reader identity over TLS, which \
-         the HTTP port does not offer yet. Use `fleet-health` (list, summary, watch) meanwhile.\n",
-    )
-        .into_response()
-}
-
-fn html(t: &impl Template) -> Response {
+pub(crate) fn html(t: &impl Template) -> Response {
     match t.render() {
         Ok(body) => Html(body).into_response(),
         Err(e) => (
@@ -95,16 +136,17 @@ struct Part {
     part: Option<String>,
 }
 
-async fn overview(State(web): State<Web>, Query(part): Query<Part>) -> Response {
-    if web.secured {
-        return refused();
-    }
+async fn overview(
+    State(web): State<Web>,
+    Extension(viewer): Extension<Viewer>,
+    Query(part): Query<Part>,
+) -> Response {
     let main = overview_main(&web.registry);
     if part.part.as_deref() == Some("main") {
         return html(&main);
     }
     match main.render() {
-        Ok(main) => html(&OverviewPage { main }),
+        Ok(main) => html(&OverviewPage { main, viewer }),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("rendering failed: {e}\n"),
@@ -192,13 +234,14 @@ struct Filters {
     after: Option<String>,
 }
 
-async fn agents(State(web): State<Web>, Query(f): Query<Filters>) -> Response {
-    if web.secured {
-        return refused();
-    }
+async fn agents(
+    State(web): State<Web>,
+    Extension(viewer): Extension<Viewer>,
+    Query(f): Query<Filters>,
+) -> Response {
     let registry = web.registry.clone();
     // A page may walk much of the index: off the async workers.
-    match tokio::task::spawn_blocking(move || agents_page(&registry, f)).await {
+    match tokio::task::spawn_blocking(move || agents_page(&registry, f, viewer)).await {
         Ok(page) => html(&page),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
@@ -240,7 +283,7 @@ fn parse_at(s: &str, now: Time) -> Result<Option<Time>, String> {
     Time::try_from(t).map(Some).map_err(|e| format!("at: {e}"))
 }
 
-fn agents_page(registry: &Registry, f: Filters) -> AgentsPage {
+fn agents_page(registry: &Registry, f: Filters, viewer: Viewer) -> AgentsPage {
     let now = registry.clock().now();
     let mut error = None;
     let state = f.state.as_deref().and_then(parse_state).unwrap_or_default();
@@ -348,13 +391,15 @@ fn agents_page(registry: &Registry, f: Filters) -> AgentsPage {
             .map(|a| views::row(a, evaluated))
             .collect(),
         next_page,
+        viewer,
     }
 }
 
-async fn agent(State(web): State<Web>, Path(id): Path<String>) -> Response {
-    if web.secured {
-        return refused();
-    }
+async fn agent(
+    State(web): State<Web>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> Response {
     let Ok(id) = AgentId::parse(&id) else {
         return (StatusCode::BAD_REQUEST, "not an agent ID\n").into_response();
     };
@@ -366,7 +411,7 @@ async fn agent(State(web): State<Web>, Path(id): Path<String>) -> Response {
     ) else {
         return (StatusCode::NOT_FOUND, format!("agent {id} is not known\n")).into_response();
     };
-    html(&AgentPage::new(&view, &history, &activity))
+    html(&AgentPage::new(&view, &history, &activity, viewer))
 }
 
 async fn live_js() -> Response {
@@ -377,27 +422,47 @@ async fn live_js() -> Response {
         .into_response()
 }
 
-async fn events(State(web): State<Web>) -> Response {
-    if web.secured {
-        return refused();
-    }
+async fn events(State(web): State<Web>, caller: Option<Extension<Caller>>) -> Response {
+    let holder = match (&web.gate, caller) {
+        (Gate::Signed(security), Some(Extension(caller))) => Some((security.clone(), caller)),
+        _ => None,
+    };
     // A comment every few seconds: the HTTP port closes connections that
     // carry nothing for --handshake-timeout (10 s by default); a browser's
     // EventSource reconnects by itself if one is closed all the same.
-    Sse::new(changes(web))
+    Sse::new(changes(web, holder))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }
 
 /// "change" whenever the fleet changed, at most once per [`COALESCE`],
-/// until the server stops.
-fn changes(web: Web) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
+/// until the server stops or, with security on, until the credential of
+/// `holder` no longer holds (checked every [`RECHECK`]).
+fn changes(
+    web: Web,
+    holder: Option<(Arc<Security>, Caller)>,
+) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
     let feed = web.registry.subscribe();
-    futures_util::stream::unfold((feed, web.stop), |(mut feed, stop)| async move {
+    let state = (feed, web.stop, holder);
+    futures_util::stream::unfold(state, |(mut feed, stop, holder)| async move {
         use tokio::sync::broadcast::error::RecvError;
-        tokio::select! {
-            () = stop.given() => return None,
-            r = feed.recv() => if matches!(r, Err(RecvError::Closed)) { return None },
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.given() => return None,
+                r = feed.recv() => {
+                    if matches!(r, Err(RecvError::Closed)) { return None }
+                    break;
+                }
+                _ = recheck.tick() => {
+                    if let Some((security, caller)) = &holder
+                        && !auth::still_holds(security, caller)
+                    {
+                        return None;
+                    }
+                }
+            }
         }
         // Coalesce what follows within the window into this one event.
         tokio::select! {
@@ -409,7 +474,7 @@ fn changes(web: Web) -> impl Stream<Item = Result<Event, std::convert::Infallibl
         {}
         Some((
             Ok(Event::default().event("change").data("fleet")),
-            (feed, stop),
+            (feed, stop, holder),
         ))
     })
 }

@@ -119,12 +119,75 @@ pub(super) struct OverviewMain {
     pub faulty_more: bool,
 }
 
+/// Who is looking, as the page header shows it.
+#[derive(Clone, Debug)]
+pub(super) struct Viewer {
+    /// Their identity (`reader/alice`), with security on.
+    pub who: Option<String>,
+    /// What they proved it with: `token` or `certificate`.
+    pub by: Option<&'static str>,
+    /// The CSRF value the page's forms carry.
+    pub csrf: String,
+    /// Whether signing out means anything (signed in with a token; a
+    /// certificate is the browser's to stop presenting).
+    pub sign_out: bool,
+}
+
+impl Viewer {
+    /// Anyone, security off.
+    pub(super) fn open() -> Viewer {
+        Viewer {
+            who: None,
+            by: None,
+            csrf: String::new(),
+            sign_out: false,
+        }
+    }
+}
+
 /// The overview page.
 #[derive(Template)]
 #[template(path = "overview.html")]
 pub(super) struct OverviewPage {
     /// The main part, rendered.
     pub main: String,
+    pub viewer: Viewer,
+}
+
+/// The sign-in form, or the word that an identity may not read the fleet.
+#[derive(Template)]
+#[template(path = "login.html")]
+pub(super) struct LoginPage {
+    /// Where to go once signed in (a path on this server).
+    pub next: String,
+    pub csrf: String,
+    /// Why the form is shown again (a refused token, a removed one).
+    pub error: Option<String>,
+    /// Whether the form is shown (not when an identity was refused).
+    pub form: bool,
+    pub viewer: Viewer,
+}
+
+impl LoginPage {
+    pub(super) fn form(next: String, csrf: String, error: Option<String>) -> LoginPage {
+        LoginPage {
+            next,
+            csrf,
+            error,
+            form: true,
+            viewer: Viewer::open(),
+        }
+    }
+
+    pub(super) fn refused(why: &str) -> LoginPage {
+        LoginPage {
+            next: "/".into(),
+            csrf: String::new(),
+            error: Some(why.to_owned()),
+            form: false,
+            viewer: Viewer::open(),
+        }
+    }
 }
 
 /// The agents page.
@@ -140,6 +203,7 @@ pub(super) struct AgentsPage {
     pub error: Option<String>,
     pub agents: Vec<Row>,
     pub next_page: Option<String>,
+    pub viewer: Viewer,
 }
 
 /// One transition.
@@ -169,6 +233,7 @@ pub(super) struct AgentPage {
     pub marks: Vec<(&'static str, String)>,
     pub history: Vec<TransitionRow>,
     pub activity: Vec<(String, String)>,
+    pub viewer: Viewer,
 }
 
 impl AgentPage {
@@ -176,6 +241,7 @@ impl AgentPage {
         a: &AgentView,
         history: &[Transition],
         activity: &[ActivityRecord],
+        viewer: Viewer,
     ) -> AgentPage {
         let now = a.evaluated_at;
         let s = &a.sensor;
@@ -289,6 +355,7 @@ impl AgentPage {
                     (at, what)
                 })
                 .collect(),
+            viewer,
         }
     }
 }
