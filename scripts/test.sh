@@ -8,7 +8,8 @@
 # Needs the Rust toolchain and Python 3 (3.9 or later) with venv; the Python
 # dependencies (grpcio, protobuf, pytest, grpcio-tools for the stubs check)
 # come from PyPI the first time, and Debian's chromium and chromium-driver
-# (for the web view's browser tests) are installed when missing.
+# (for the web view's browser tests) and postgresql (for the cluster's tests)
+# are installed when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,16 @@ if ! command -v chromedriver >/dev/null; then
   echo "== installing chromium and chromium-driver for the browser tests"
   $apt_get update -qq
   DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+# The cluster's tests start a real PostgreSQL in a temporary directory
+# (initdb, pg_ctl): Debian's postgresql, installed here when missing. The
+# package's own cluster is not used.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null \
+    && [ -z "${FLEET_HEALTH_PG_BIN:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+  echo "== installing postgresql for the cluster's tests"
+  $apt_get update -qq
+  DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
 cargo test --workspace
 # The Python tests start target/debug/fleet-health-server and fleet-health

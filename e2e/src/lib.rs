@@ -10,9 +10,13 @@
 //!   can cut connections, hold back the server's answers, and point agents at
 //!   a restarted server (whose port changed) without them knowing.
 //! - [`eventually`]: polls a condition until a bounded deadline.
+//! - [`postgres::Postgres`]: a real PostgreSQL server in a temporary
+//!   directory, for the cluster's tests.
 //!
 //! The binaries are looked up next to the test executable (see [`binary`]);
 //! `cargo test --workspace` builds them before running any test.
+
+pub mod postgres;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -29,6 +29,7 @@ pub mod admin_service;
 pub mod agent_service;
 pub mod backup;
 pub mod clock;
+pub mod cluster;
 pub mod commit_gate;
 pub mod committer;
 pub mod config;

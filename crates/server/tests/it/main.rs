@@ -3,6 +3,7 @@
 //! and the generated tonic clients. `common` holds the harness.
 
 mod agents;
+mod cluster;
 mod common;
 mod durable;
 mod fleet;

@@ -1,0 +1,14 @@
+//! Many servers over one PostgreSQL database: the agents are split into
+//! shards, each owned by one node at a time, fenced by an epoch in the
+//! database (see `docs/cluster.md`).
+//!
+//! - [`shard`]: an agent's shard; which node should own a shard
+//!   (rendezvous hashing over the live nodes).
+//! - [`db`]: the tables, leases, and the fenced write of agent records.
+//! - [`membership`]: a node's loop: say it is alive, renew its leases, take
+//!   the shards it should own, hand over those it should not, and stop
+//!   serving a shard on its own clock before its lease can expire.
+
+pub mod db;
+pub mod membership;
+pub mod shard;

@@ -1,0 +1,311 @@
+//! The cluster's shard ownership against a real PostgreSQL (started by the
+//! test in a temporary directory, on a loopback port): fencing, hand-over,
+//! takeover after a node's death, and a node cut off from the database
+//! stopping before its lease can end.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_health_e2e::postgres::Postgres;
+use fleet_health_e2e::{Proxy, eventually};
+use fleet_health_server::cluster::db::{CommitError, Db, Held};
+use fleet_health_server::cluster::membership::{self, Event, Ownership, Settings};
+use tokio::sync::mpsc;
+
+const SHARDS: u32 = 16;
+
+async fn db(pg: &Postgres) -> Db {
+    let mut db = Db::connect(&pg.url()).await.expect("connects");
+    assert_eq!(db.migrate(SHARDS).await.expect("migrates"), SHARDS);
+    db
+}
+
+fn shards(held: &[Held]) -> BTreeSet<u32> {
+    held.iter().map(|h| h.shard).collect()
+}
+
+#[tokio::test]
+async fn the_shard_count_is_fixed_at_the_first_migration() {
+    let pg = Postgres::start();
+    let mut a = db(&pg).await;
+    // A node configured otherwise gets the cluster's count.
+    let mut b = Db::connect(&pg.url()).await.expect("connects");
+    assert_eq!(b.migrate(1024).await.expect("migrates"), SHARDS);
+    assert_eq!(a.migrate(SHARDS).await.expect("again"), SHARDS);
+    assert_eq!(a.shards().await.expect("rows").len(), SHARDS as usize);
+}
+
+#[tokio::test]
+async fn a_stale_owners_write_is_refused_and_writes_nothing() {
+    let pg = Postgres::start();
+    let mut a = db(&pg).await;
+    let mut b = db(&pg).await;
+    let lease = Duration::from_secs(30);
+
+    let held = a.acquire("a", &[1, 2], lease).await.expect("takes");
+    assert_eq!(shards(&held), BTreeSet::from([1, 2]));
+    // Held shards cannot be taken by another node while the lease runs.
+    assert!(
+        b.acquire("b", &[1, 2], lease)
+            .await
+            .expect("asks")
+            .is_empty()
+    );
+    a.commit(
+        "a",
+        &held,
+        &[(1, "web-1", b"one"), (2, "web-2", b"two")],
+        &[],
+    )
+    .await
+    .expect("the owner writes");
+
+    // Shard 1's lease runs out (by the database's clock) and b takes it.
+    pg_expire(&pg, 1).await;
+    let taken = b.acquire("b", &[1], lease).await.expect("takes");
+    assert_eq!(taken.len(), 1);
+    assert!(taken[0].epoch > held[0].epoch, "the epoch went up");
+
+    // a's write for shards 1 and 2 is refused whole: nothing of it lands.
+    let stale = a
+        .commit(
+            "a",
+            &held,
+            &[(1, "web-1", b"stale"), (2, "web-2", b"stale")],
+            &[],
+        )
+        .await;
+    assert!(
+        matches!(&stale, Err(CommitError::Lost(l)) if l == &[1]),
+        "{stale:?}"
+    );
+    let rows = a.load(&[1, 2]).await.expect("loads");
+    assert!(rows.iter().all(|r| r.2 != b"stale"), "{rows:?}");
+    // ...and it never writes for shard 1 again, nor renews it.
+    assert!(
+        a.commit("a", &held, &[(1, "web-1", b"x")], &[])
+            .await
+            .is_err()
+    );
+    let renewed = a.renew("a", &held, lease).await.expect("renews");
+    assert_eq!(renewed, [2].into_iter().collect());
+    // A write for a shard it never held is refused before the database.
+    assert!(matches!(
+        a.commit("a", &held, &[(3, "web-3", b"x")], &[]).await,
+        Err(CommitError::Lost(l)) if l == [3]
+    ));
+    // The new owner writes and deletes.
+    b.commit("b", &taken, &[(1, "web-9", b"nine")], &[(1, "web-1")])
+        .await
+        .expect("b writes");
+    let rows = b.load(&[1]).await.expect("loads");
+    assert_eq!(rows, vec![(1, "web-9".to_owned(), b"nine".to_vec())]);
+}
+
+/// Ends shard `shard`'s lease now, as time passing would.
+async fn pg_expire(pg: &Postgres, shard: i32) {
+    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(conn);
+    client
+        .execute(
+            "UPDATE fh_shards SET lease_until = now() - interval '1 second' WHERE shard = $1",
+            &[&shard],
+        )
+        .await
+        .expect("expires");
+}
+
+/// One node's loop, answering its events at once and keeping them.
+struct Node {
+    ownership: Arc<Ownership>,
+    events: Arc<Mutex<Vec<String>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    async fn start(url: String, name: &str, lease: Duration) -> Node {
+        let mut db = Db::connect(&url).await.expect("connects");
+        db.migrate(SHARDS).await.expect("migrates");
+        let ownership = Arc::new(Ownership::default());
+        let (tx, mut rx) = mpsc::channel(16);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let kept = events.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                let line = match e {
+                    Event::Taken { shards, done } => {
+                        let _ = done.send(());
+                        format!("taken {}", shards.len())
+                    }
+                    Event::HandOver { shards, done } => {
+                        let _ = done.send(());
+                        format!("handed over {}", shards.len())
+                    }
+                    Event::Lost { shards } => format!("lost {}", shards.len()),
+                };
+                kept.lock().expect("lock").push(line);
+            }
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let settings = Settings {
+            tick: Duration::from_millis(100),
+            ..Settings::new(name, format!("{name}:50051"), lease)
+        };
+        let task = tokio::spawn(membership::run(
+            db,
+            url,
+            settings,
+            SHARDS,
+            ownership.clone(),
+            tx,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Node {
+            ownership,
+            events,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn held(&self) -> BTreeSet<u32> {
+        shards(&self.ownership.held())
+    }
+
+    fn said(&self, what: &str) -> bool {
+        self.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|e| e.starts_with(what))
+    }
+
+    /// Stops gracefully: hands everything over and leaves.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("ends");
+    }
+}
+
+#[tokio::test]
+async fn nodes_share_the_shards_and_hand_them_over_when_one_stops() {
+    let pg = Postgres::start();
+    let lease = Duration::from_secs(3);
+    let a = Node::start(pg.url(), "a", lease).await;
+    eventually("a holds every shard", Duration::from_secs(10), || async {
+        (a.held().len() == SHARDS as usize).then_some(())
+    })
+    .await;
+
+    // b joins: a hands b its share, and the two never overlap.
+    let b = Node::start(pg.url(), "b", lease).await;
+    eventually(
+        "a and b share the shards",
+        Duration::from_secs(10),
+        || async {
+            let (ha, hb) = (a.held(), b.held());
+            (ha.len() + hb.len() == SHARDS as usize && !ha.is_empty() && !hb.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(a.held().is_disjoint(&b.held()));
+    assert!(a.said("handed over"));
+
+    // b stops: its shards come back to a at once, not after a lease.
+    let started = std::time::Instant::now();
+    b.stop().await;
+    eventually(
+        "a holds every shard again",
+        Duration::from_secs(10),
+        || async { (a.held().len() == SHARDS as usize).then_some(()) },
+    )
+    .await;
+    assert!(started.elapsed() < lease, "{:?}", started.elapsed());
+    let db = db(&pg).await;
+    let nodes = db.nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1, "b left: {nodes:?}");
+    a.stop().await;
+    assert!(
+        db.shards()
+            .await
+            .expect("rows")
+            .iter()
+            .all(|s| s.owner.is_none()),
+        "everything released"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_nodes_shards_are_taken_when_its_lease_ends() {
+    let pg = Postgres::start();
+    let lease = Duration::from_secs(2);
+    let a = Node::start(pg.url(), "a", lease).await;
+    let b = Node::start(pg.url(), "b", lease).await;
+    eventually(
+        "a and b share the shards",
+        Duration::from_secs(10),
+        || async {
+            let (ha, hb) = (a.held(), b.held());
+            (ha.len() + hb.len() == SHARDS as usize && !ha.is_empty() && !hb.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    // a dies without a word.
+    a.task.abort();
+    let died = std::time::Instant::now();
+    eventually("b holds every shard", Duration::from_secs(15), || async {
+        (b.held().len() == SHARDS as usize).then_some(())
+    })
+    .await;
+    // Not before the lease could end, and not long after: a is judged
+    // dead after one lease without a heartbeat, its leases end within one
+    // more.
+    let took = died.elapsed();
+    assert!(took < lease * 3, "{took:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_the_database_stops_serving_before_its_lease_ends() {
+    let pg = Postgres::start();
+    let proxy = Proxy::start(format!("127.0.0.1:{}", pg.port()).parse().expect("addr")).await;
+    let through = format!(
+        "postgres://fleet@{}/postgres",
+        proxy.url().trim_start_matches("http://")
+    );
+    let lease = Duration::from_secs(3);
+    let a = Node::start(through, "a", lease).await;
+    eventually("a holds every shard", Duration::from_secs(10), || async {
+        (a.held().len() == SHARDS as usize).then_some(())
+    })
+    .await;
+
+    proxy.set_target(None);
+    proxy.cut();
+    eventually("a stops serving", Duration::from_secs(10), || async {
+        a.held().is_empty().then_some(())
+    })
+    .await;
+    // The database still has a's leases running: a stopped first.
+    let db = db(&pg).await;
+    let rows = db.shards().await.expect("rows");
+    assert!(
+        rows.iter()
+            .all(|s| s.owner.as_deref() == Some("a") && !s.expired),
+        "{rows:?}"
+    );
+    eventually("a says so", Duration::from_secs(5), || async {
+        a.said("lost").then_some(())
+    })
+    .await;
+}
