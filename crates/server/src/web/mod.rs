@@ -278,6 +278,7 @@ fn agents_page(registry: &Registry, f: Filters) -> AgentsPage {
         whys: why.into_iter().collect(),
         labels,
         maintenance: MaintenanceFilter::Default,
+        id_contains: None,
     };
     // An ID prefix starts the walk just before the first ID that has it.
     let start = f
