@@ -222,6 +222,7 @@ fn selector(
             .map(|w| Why::try_from(*w))
             .collect::<Result<_, _>>()?,
         labels: wire::labels(labels)?,
+        id_contains: None,
     })
 }
 

@@ -12,8 +12,8 @@
 //! - [`journal`]: changes waiting for the committer;
 //! - `update`: what agents and operators change (hello, events, goodbye,
 //!   forget, restore);
-//! - `queries`: what is read (get, list, as-of, summary, history); reads do
-//!   not write, and a read at time T evaluates T;
+//! - `queries`: what is read (get, list, sorted lists, as-of, summary,
+//!   history); reads do not write, and a read at time T evaluates T;
 //! - [`ops`]: what operators and remediators set on agents (maintenance
 //!   marks, claims, "given up") and each agent's activity, beside the
 //!   records.
@@ -62,8 +62,8 @@ pub use self::record::{
     RecordProblem, RemediationRecord, TransitionRecord,
 };
 pub use self::types::{
-    AgentView, Applied, Change, Connected, Limits, Page, RegistryError, Selector, Session,
-    StateFilter, StormView, Summary, Transition,
+    AgentView, Applied, Change, Connected, Limits, Order, Page, RegistryError, Selector, Session,
+    SortCursor, StateFilter, StormView, Summary, Transition,
 };
 
 /// The fleet registry: a cheap, cloneable handle.

@@ -8,19 +8,27 @@
 //! as not reporting or inactive). A query evaluates those few and takes the
 //! rest from the tally's index. A query about the past evaluates every agent.
 //!
+//! A list sorted by time in state (rather than by ID) evaluates every agent
+//! once and keeps only the best of a page in a bounded heap: the fleet is
+//! never collected or sorted whole.
+//!
 //! Locks: a query copies keys out of the tally or the timer queue, releases
 //! that lock, then reads agents one map entry at a time.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fleet_health_sensor::Time;
 
-use crate::model::{AgentId, ByWhy, MaintenanceFilter, Why};
+use crate::model::{AgentId, ByWhy, Eval, MaintenanceFilter, Why};
 
 use super::Registry;
 use super::agent::Agent;
-use super::types::{AgentView, Page, RegistryError, Selector, StormView, Summary, Transition};
+use super::types::{
+    AgentView, Order, Page, RegistryError, Selector, SortCursor, StormView, Summary, Transition,
+};
 
 /// How many keys a list takes from the index at a time.
 #[cfg(not(test))]
@@ -58,6 +66,84 @@ struct Unsettled {
 struct Counts {
     all: ByWhy<u64>,
     maintained: ByWhy<u64>,
+}
+
+/// The agent's reason at `at`, and since when it has had it, without the
+/// rest of its view. Called under the agent's entry.
+fn status_at(a: &Agent, at: Time, e: &Eval<'_>) -> (Why, Time) {
+    let why = if at == a.evaluated {
+        a.why
+    } else {
+        a.facts().why_at(at, e)
+    };
+    (why, since_at(a, why, at, e))
+}
+
+/// Since when the agent has had `why`, its reason at `at`. Called under the
+/// agent's entry.
+fn since_at(a: &Agent, why: Why, at: Time, e: &Eval<'_>) -> Time {
+    if at == a.evaluated || (why == a.why && at >= a.since) {
+        a.since
+    } else if at > a.evaluated {
+        // Walk the changes between the last settlement and `at`.
+        let facts = a.facts();
+        let mut t = a.evaluated;
+        let mut since = at;
+        while let Some(c) = facts.next_change(t, e) {
+            if c > at {
+                break;
+            }
+            since = c;
+            t = c;
+        }
+        since
+    } else {
+        // Before its last settlement, and in another state than then: the
+        // record keeps no earlier start.
+        at
+    }
+}
+
+/// The best `keep` agents of a list sorted by `rank` (smallest first),
+/// gathered one at a time: the heap holds at most `keep`, its worst on top.
+struct Best<K> {
+    keep: usize,
+    heap: BinaryHeap<(K, Arc<str>)>,
+}
+
+impl<K: Ord> Best<K> {
+    fn new(keep: usize) -> Best<K> {
+        Best {
+            keep,
+            heap: BinaryHeap::with_capacity(keep.min(1024)),
+        }
+    }
+
+    /// Takes the agent `key` ranked `rank` if it is among the best so far.
+    fn offer(&mut self, rank: K, key: &Arc<str>) {
+        if self.keep == 0 {
+            return;
+        }
+        if self.heap.len() == self.keep {
+            match self.heap.peek() {
+                // Ties of rank go by ID: compare both.
+                Some((worst, worst_key)) if (&rank, key) >= (worst, worst_key) => return,
+                _ => {
+                    self.heap.pop();
+                }
+            }
+        }
+        self.heap.push((rank, key.clone()));
+    }
+
+    /// The agents kept, best first.
+    fn into_keys(self) -> Vec<Arc<str>> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect()
+    }
 }
 
 impl Registry {
@@ -176,29 +262,7 @@ impl Registry {
     pub(super) fn view_of(&self, key: &Arc<str>, a: &Agent, at: Time, forecast: bool) -> AgentView {
         let facts = a.facts();
         let e = self.eval(forecast);
-        let (why, since) = if at == a.evaluated {
-            (a.why, a.since)
-        } else {
-            let why = facts.why_at(at, &e);
-            let since = if why == a.why && at >= a.since {
-                a.since
-            } else if at > a.evaluated {
-                // Walk the changes between the last settlement and `at`.
-                let mut t = a.evaluated;
-                let mut since = at;
-                while let Some(c) = facts.next_change(t, &e) {
-                    if c > at {
-                        break;
-                    }
-                    since = c;
-                    t = c;
-                }
-                since
-            } else {
-                at
-            };
-            (why, since)
-        };
+        let (why, since) = status_at(a, at, &e);
         let (maintenance, claim, given_up) = self.ops_at(key, at);
         AgentView {
             maintenance,
@@ -275,6 +339,9 @@ impl Registry {
             }
             keys.sort_unstable();
             for key in keys {
+                if !sel.takes_id(&key) {
+                    continue;
+                }
                 let Some(a) = self.inner.agents.get(&key) else {
                     continue;
                 };
@@ -321,11 +388,14 @@ impl Registry {
         let mut keys: Vec<Arc<str>> = Vec::new();
         let counts = if sel.maintenance == MaintenanceFilter::Only && at >= self.clock().now() {
             for key in &marks {
+                if after.is_some_and(|x| &**key <= x) || !sel.takes_id(key) {
+                    continue;
+                }
                 let Some(a) = self.inner.agents.get(key) else {
                     continue;
                 };
                 let why = a.facts().why_at(at, &e);
-                if after.is_none_or(|x| &**key > x) && sel.matches(why, a.labels.as_deref(), true) {
+                if sel.matches(why, a.labels.as_deref(), true) {
                     keys.push(key.clone());
                 }
             }
@@ -343,7 +413,7 @@ impl Registry {
                 if maintained {
                     counts.maintained[why] += 1;
                 }
-                if after.is_some_and(|x| &**entry.key() <= x) {
+                if after.is_some_and(|x| &**entry.key() <= x) || !sel.takes_id(entry.key()) {
                     continue;
                 }
                 if sel.matches(why, a.labels.as_deref(), maintained) {
@@ -353,6 +423,105 @@ impl Registry {
             counts
         };
         keys.sort_unstable();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let agents = keys
+            .into_iter()
+            .filter_map(|key| {
+                let a = self.inner.agents.get(&key)?;
+                Some(self.view_of(&key, &a, at, forecast))
+            })
+            .collect();
+        Page {
+            agents,
+            more,
+            storm: self.inner.tally.storm_of(&counts.all, &counts.maintained),
+            evaluated_at: at,
+        }
+    }
+
+    /// The agents that `sel` selects, in `order`, strictly after `after` in
+    /// that order, at most `limit`, evaluated now or at another time. By ID,
+    /// this is [`Registry::list`] (after the cursor's ID); by time in state,
+    /// each agent's reason and the time it entered it are those evaluated at
+    /// the query's time, as its view shows them, and ties go by ID.
+    ///
+    /// A sorted list evaluates every agent once and keeps only the best
+    /// `limit + 1` (to tell whether more follow); views are built for the
+    /// page only.
+    pub fn list_sorted(
+        &self,
+        sel: &Selector,
+        at: Option<Time>,
+        order: Order,
+        after: Option<&SortCursor>,
+        limit: usize,
+    ) -> Page {
+        match order {
+            Order::Id => self.list(sel, at, after.map(|c| c.id.as_str()), limit),
+            Order::LongestFirst => self.list_ranked(sel, at, after, limit, |since| since),
+            Order::NewestFirst => self.list_ranked(sel, at, after, limit, Reverse),
+        }
+    }
+
+    /// A page of the agents that `sel` selects, in the order of `rank` of
+    /// the time each entered its state, then of ID: one pass over the fleet,
+    /// with the best `limit + 1` kept in a bounded heap.
+    fn list_ranked<K: Ord>(
+        &self,
+        sel: &Selector,
+        at: Option<Time>,
+        after: Option<&SortCursor>,
+        limit: usize,
+        rank: impl Fn(Time) -> K,
+    ) -> Page {
+        let (at, when) = self.query_time(at);
+        let forecast = when.forecast();
+        let past = when == When::Past;
+        let e = self.eval(forecast);
+        let marks = self.marks_at(at);
+        let after = after.map(|c| (rank(c.since), c.id.as_str()));
+        let mut best = Best::new(limit.saturating_add(1));
+        // About the past, every agent is evaluated anyway: count them then.
+        // Otherwise the counts come from the index, and the pass evaluates
+        // only the agents whose ID may be taken.
+        let mut counts = Counts {
+            all: ByWhy::default(),
+            maintained: ByWhy::default(),
+        };
+        for entry in self.inner.agents.iter() {
+            let (key, a) = (entry.key(), entry.value());
+            let maintained = marks.contains(key);
+            let why = if past {
+                let why = a.facts().why_at(at, &e);
+                counts.all[why] += 1;
+                if maintained {
+                    counts.maintained[why] += 1;
+                }
+                Some(why)
+            } else {
+                None
+            };
+            if !sel.takes_id(key) {
+                continue;
+            }
+            let why = why.unwrap_or_else(|| a.facts().why_at(at, &e));
+            if !sel.matches(why, a.labels.as_deref(), maintained) {
+                continue;
+            }
+            let r = rank(since_at(a, why, at, &e));
+            if after
+                .as_ref()
+                .is_some_and(|(r0, id0)| (&r, &**key) <= (r0, *id0))
+            {
+                continue;
+            }
+            best.offer(r, key);
+        }
+        if !past {
+            counts = self.counts_at(at, forecast).0;
+        }
+        let mut keys = best.into_keys();
         let more = keys.len() > limit;
         keys.truncate(limit);
         let agents = keys

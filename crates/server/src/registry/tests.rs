@@ -400,12 +400,15 @@ fn selectors() -> Vec<Selector> {
         for whys in [vec![], vec![Why::NotReporting, Why::AllIsOk]] {
             for labels in [Labels::new(), [("site".into(), "eu".into())].into()] {
                 for maintenance in [MaintenanceFilter::Default, MaintenanceFilter::Exclude] {
-                    out.push(Selector {
-                        filter,
-                        whys: whys.clone(),
-                        labels: labels.clone(),
-                        maintenance,
-                    });
+                    for id_contains in [None, Some("1".to_string())] {
+                        out.push(Selector {
+                            filter,
+                            whys: whys.clone(),
+                            labels: labels.clone(),
+                            maintenance,
+                            id_contains,
+                        });
+                    }
                 }
             }
         }
@@ -888,4 +891,258 @@ fn watchers_see_claims_come_and_go() {
     claimed(&mut feed);
     reg.claim(&fleet[0], "r3", lease, "").unwrap();
     assert!(feed.try_recv().is_err());
+}
+
+/// Pages through `sel` with `list`, at most `limit` a page, and checks that
+/// each page but the last is full and says more follow.
+fn walk_by_id(reg: &Registry, sel: &Selector, at: Option<Time>, limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = reg.list(sel, at, after.as_deref(), limit);
+        out.extend(ids_of(&page));
+        if !page.more {
+            return out;
+        }
+        assert_eq!(page.agents.len(), limit);
+        after = page.agents.last().map(|v| v.id.to_string());
+    }
+}
+
+#[test]
+fn lists_take_only_the_ids_that_contain_the_text() {
+    let (reg, clock) = mixed_fleet();
+    let now = clock.now();
+    let contains = |text: &str, filter: StateFilter| Selector {
+        filter,
+        id_contains: Some(text.to_string()),
+        ..Selector::default()
+    };
+    let threes: Vec<String> = (0..40)
+        .map(|i| format!("agent-{i:02}"))
+        .filter(|n| n.contains('3'))
+        .collect();
+    assert_eq!(threes.len(), 13);
+    let all_threes = contains("3", StateFilter::All);
+    // Now (the index walk, over several chunks), and in the past (a scan).
+    assert_eq!(walk_by_id(&reg, &all_threes, None, 4), threes);
+    assert_eq!(walk_by_id(&reg, &all_threes, Some(t(T0 - 600)), 4), threes);
+    // With a state filter: the faulty list, narrowed to the IDs.
+    for at in [None, Some(t(T0 - 600)), Some(now)] {
+        let everyone = Selector {
+            filter: StateFilter::Faulty,
+            ..Selector::default()
+        };
+        let expected: Vec<String> = walk_by_id(&reg, &everyone, at, 100)
+            .into_iter()
+            .filter(|n| n.contains("-1"))
+            .collect();
+        assert!(!expected.is_empty(), "at {at:?}");
+        let faulty_ones = contains("-1", StateFilter::Faulty);
+        assert_eq!(walk_by_id(&reg, &faulty_ones, at, 3), expected, "at {at:?}");
+    }
+    // Case-sensitive, and text no ID has: nothing.
+    assert!(walk_by_id(&reg, &contains("AGENT", StateFilter::All), None, 10).is_empty());
+    assert!(walk_by_id(&reg, &contains("-4", StateFilter::All), None, 10).is_empty());
+    // The list of agents under maintenance walks the marks: narrowed too.
+    let evens: Vec<AgentId> = (0..40)
+        .step_by(2)
+        .map(|i| id(&format!("agent-{i:02}")))
+        .collect();
+    reg.set_maintenance(&Targets::Ids(evens), "m", Duration::from_secs(600), "")
+        .expect("marks");
+    let only = Selector {
+        maintenance: MaintenanceFilter::Only,
+        ..contains("2", StateFilter::All)
+    };
+    assert_eq!(
+        walk_by_id(&reg, &only, None, 2),
+        [
+            "agent-02", "agent-12", "agent-20", "agent-22", "agent-24", "agent-26", "agent-28",
+            "agent-32"
+        ]
+    );
+}
+
+/// Three hundred agents that came at different times, three at a time, in
+/// every kind of state: never started, healthy, gone silent (due to be "not
+/// reporting", not yet settled), healthy and stopped.
+fn staggered_fleet() -> (Registry, ManualClock) {
+    let (reg, clock) = setup();
+    for i in 0..300 {
+        let name = format!("node-{i:03}");
+        match i % 4 {
+            0 => {
+                reg.connect(&id(&name), 1, Labels::new()).expect("connects");
+            }
+            1 => {
+                healthy_start(&reg, &name);
+            }
+            2 => {
+                let s = healthy_start(&reg, &name);
+                reg.disconnect(&s);
+            }
+            _ => {
+                let s = healthy_start(&reg, &name);
+                reg.apply(&s, &[ev(4, EventKind::Stopped, None)])
+                    .expect("applies");
+            }
+        }
+        if i % 3 == 2 {
+            clock.advance(Duration::from_secs(37));
+        }
+    }
+    clock.advance(Duration::from_secs(20 * 60));
+    (reg, clock)
+}
+
+/// `views` in `order`: the reference a sorted list must match.
+fn sorted(mut views: Vec<AgentView>, order: Order) -> Vec<AgentView> {
+    views.sort_by(|a, b| match order {
+        Order::Id => a.id.as_str().cmp(b.id.as_str()),
+        Order::LongestFirst => (a.since, a.id.as_str()).cmp(&(b.since, b.id.as_str())),
+        Order::NewestFirst => b
+            .since
+            .cmp(&a.since)
+            .then_with(|| a.id.as_str().cmp(b.id.as_str())),
+    });
+    views
+}
+
+/// Every agent `sel` selects at `when`, in `order`: a scan of the whole
+/// fleet, narrowed to the IDs here rather than by the selector, then sorted.
+fn reference(reg: &Registry, sel: &Selector, when: Time, order: Order) -> Vec<AgentView> {
+    let forecast = when > reg.clock().now();
+    let wide = Selector {
+        id_contains: None,
+        ..sel.clone()
+    };
+    let all = reg.list_by_scan(&wide, when, forecast, None, usize::MAX);
+    let text = sel.id_contains.clone().unwrap_or_default();
+    let views = all
+        .agents
+        .into_iter()
+        .filter(|v| v.id.as_str().contains(&text))
+        .collect();
+    sorted(views, order)
+}
+
+fn status_of(views: &[AgentView]) -> Vec<(String, Why, Time, Option<Time>)> {
+    views
+        .iter()
+        .map(|v| (v.id.to_string(), v.why, v.since, v.next_change))
+        .collect()
+}
+
+#[test]
+fn sorted_lists_page_through_the_fleet_as_a_full_sort_would() {
+    let (reg, clock) = staggered_fleet();
+    let now = clock.now();
+    let selectors = [
+        Selector {
+            filter: StateFilter::All,
+            ..Selector::default()
+        },
+        Selector {
+            filter: StateFilter::Faulty,
+            ..Selector::default()
+        },
+        Selector {
+            filter: StateFilter::All,
+            id_contains: Some("7".into()),
+            ..Selector::default()
+        },
+        Selector {
+            filter: StateFilter::Faulty,
+            id_contains: Some("1".into()),
+            ..Selector::default()
+        },
+    ];
+    let times = [None, Some(t(T0 + 1800)), Some(t(T0 + 8 * 86_400))];
+    for order in [Order::LongestFirst, Order::NewestFirst] {
+        for sel in &selectors {
+            for at in times {
+                let when = at.unwrap_or(now);
+                let expected = reference(&reg, sel, when, order);
+                assert!(expected.len() > 20, "{sel:?} at {when:?}: several pages");
+                let scan = reg.list_by_scan(sel, when, when > now, None, 1);
+                let mut walked = Vec::new();
+                let mut cursor: Option<SortCursor> = None;
+                loop {
+                    let page = reg.list_sorted(sel, at, order, cursor.as_ref(), 17);
+                    assert_eq!(page.evaluated_at, when);
+                    assert_eq!(page.storm, scan.storm, "{sel:?} at {when:?}");
+                    walked.extend(page.agents.iter().cloned());
+                    if !page.more {
+                        break;
+                    }
+                    assert_eq!(page.agents.len(), 17, "{order:?} {sel:?} at {when:?}");
+                    cursor = page.agents.last().map(SortCursor::after);
+                }
+                assert_eq!(
+                    status_of(&walked),
+                    status_of(&expected),
+                    "{order:?} {sel:?} at {when:?}"
+                );
+            }
+        }
+    }
+    // The fleet's since times do vary, with ties, so the order is tested.
+    let all = reference(&reg, &selectors[0], now, Order::LongestFirst);
+    let distinct: std::collections::BTreeSet<Time> = all.iter().map(|v| v.since).collect();
+    assert!(distinct.len() > 50 && distinct.len() < all.len());
+    // In ID order, a sorted list is the plain list.
+    let cursor = SortCursor {
+        since: t(T0),
+        id: "node-100".into(),
+    };
+    assert_eq!(
+        ids_of(&reg.list_sorted(&selectors[1], None, Order::Id, Some(&cursor), 9)),
+        ids_of(&reg.list(&selectors[1], None, Some("node-100"), 9))
+    );
+}
+
+#[test]
+fn a_sorted_list_pages_on_after_its_cursors_agent_is_forgotten() {
+    let sel = Selector {
+        filter: StateFilter::All,
+        ..Selector::default()
+    };
+    for order in [Order::LongestFirst, Order::NewestFirst] {
+        let (reg, _) = staggered_fleet();
+        let first = reg.list_sorted(&sel, None, order, None, 17);
+        assert!(first.more);
+        let last = first.agents.last().expect("a full page");
+        let cursor = SortCursor::after(last);
+        reg.forget(&last.id).expect("known");
+        let next = reg.list_sorted(&sel, None, order, Some(&cursor), 17);
+        // What a full sort of the fleet now puts after the cursor's place.
+        let expected: Vec<AgentView> = reference(&reg, &sel, reg.clock().now(), order)
+            .into_iter()
+            .filter(|v| {
+                let place = (v.since, v.id.as_str());
+                let mark = (cursor.since, cursor.id.as_str());
+                match order {
+                    Order::NewestFirst => {
+                        place.0 < mark.0 || (place.0 == mark.0 && place.1 > mark.1)
+                    }
+                    _ => place > mark,
+                }
+            })
+            .collect();
+        assert_eq!(expected.len(), 300 - 17, "{order:?}");
+        assert_eq!(
+            status_of(&next.agents),
+            status_of(&expected[..17]),
+            "{order:?}"
+        );
+        assert!(next.more);
+        // And the first page's other agents do not come again.
+        let seen: Vec<String> = ids_of(&first);
+        assert!(
+            next.agents
+                .iter()
+                .all(|v| !seen.contains(&v.id.to_string()))
+        );
+    }
 }

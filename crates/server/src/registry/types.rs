@@ -168,11 +168,24 @@ pub struct Selector {
     pub labels: Labels,
     /// Agents under maintenance: by default left out of faulty lists only.
     pub maintenance: MaintenanceFilter,
+    /// Only agents whose ID contains this text (case-sensitive); `None`:
+    /// any ID.
+    pub id_contains: Option<String>,
 }
 
 impl Selector {
+    /// Whether an agent with this ID may be selected (its ID contains the
+    /// text asked for, if any). Cheaper than [`Selector::matches`], which
+    /// does not look at the ID: check this first.
+    pub fn takes_id(&self, id: &str) -> bool {
+        self.id_contains
+            .as_deref()
+            .is_none_or(|text| id.contains(text))
+    }
+
     /// Whether an agent with this reason and these labels, under
-    /// maintenance or not, is selected.
+    /// maintenance or not, is selected (its ID aside: see
+    /// [`Selector::takes_id`]).
     pub fn matches(&self, why: Why, labels: Option<&LabelSet>, maintained: bool) -> bool {
         self.filter.takes(why.state())
             && self.maintenance.takes(self.filter, maintained)
@@ -194,10 +207,46 @@ impl Selector {
     }
 }
 
+/// The order of a list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// By ID.
+    #[default]
+    Id,
+    /// Longest in its current state first: by the time the agent entered
+    /// that state, earliest first; ties by ID.
+    LongestFirst,
+    /// Newest in its current state first: by the time the agent entered
+    /// that state, latest first; ties by ID.
+    NewestFirst,
+}
+
+/// Where a page of a list sorted by time in state ends: the next page starts
+/// strictly after this place in the list's order. It holds values, not a
+/// reference to the agent, so it still works after that agent is forgotten
+/// or changes state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SortCursor {
+    /// The time the last agent of the page entered its state, as listed.
+    pub since: Time,
+    /// The ID of the last agent of the page.
+    pub id: String,
+}
+
+impl SortCursor {
+    /// The place just after this agent, as listed.
+    pub fn after(view: &AgentView) -> SortCursor {
+        SortCursor {
+            since: view.since,
+            id: view.id.to_string(),
+        }
+    }
+}
+
 /// One page of a list.
 #[derive(Clone, Debug)]
 pub struct Page {
-    /// The agents, by ID.
+    /// The agents, in the list's order (by ID unless sorted otherwise).
     pub agents: Vec<AgentView>,
     /// Whether more follow the last one.
     pub more: bool,

@@ -321,6 +321,7 @@ fn agents_page(registry: &Registry, f: Filters, viewer: Viewer) -> AgentsPage {
         whys: why.into_iter().collect(),
         labels,
         maintenance: MaintenanceFilter::Default,
+        id_contains: None,
     };
     // An ID prefix starts the walk just before the first ID that has it.
     let start = f
