@@ -643,6 +643,9 @@ pub struct ListArgs {
     /// state first) or last-heard (silent longest first).
     #[arg(long, value_enum, default_value_t = SortArg::Id, value_name = "FIELD")]
     pub sort_by: SortArg,
+    /// Only agents whose ID contains TEXT (case-sensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub id_contains: Option<String>,
 }
 
 /// `--sort-by`'s values.
@@ -935,6 +938,7 @@ impl Filter {
                 Some(MaintenanceArg::Exclude) => MaintenanceFilter::Exclude,
                 Some(MaintenanceArg::Only) => MaintenanceFilter::Only,
             },
+            id_contains: None,
         }
     }
 }
@@ -1021,7 +1025,10 @@ impl Cli {
         let task = match self.command {
             Command::List(args) => Task::List {
                 format: pick_format("list", out, &[Table, Json, Ndjson, Ids, Yaml, Wide])?,
-                query: args.filter.query(args.at),
+                query: AgentQuery {
+                    id_contains: args.id_contains.filter(|t| !t.is_empty()),
+                    ..args.filter.query(args.at)
+                },
                 sort: args.sort_by.into(),
             },
             Command::Status(args) => Task::Status {

@@ -117,6 +117,8 @@ pub struct AgentQuery {
     pub at: Option<Time>,
     /// Agents under maintenance: by default left out of faulty lists only.
     pub maintenance: MaintenanceFilter,
+    /// Only agents whose ID contains this text (lists only).
+    pub id_contains: Option<String>,
 }
 
 impl AgentQuery {
@@ -253,6 +255,7 @@ impl FleetClient {
             page_size: self.page_size,
             page_token: page_token.unwrap_or_default(),
             maintenance: proto::MaintenanceFilter::from(query.maintenance) as i32,
+            id_contains: query.id_contains.clone().unwrap_or_default(),
         };
         let mut inner = self.inner.clone();
         Ok(self.call(inner.list_agents(request)).await?.try_into()?)

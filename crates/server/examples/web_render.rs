@@ -83,6 +83,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "/",
         "/agents?state=faulty",
         "/agents?state=all",
+        "/agents?state=all&sort=longest",
+        "/agents?state=faulty&sort=newest",
+        "/agents?state=all&q=00100",
         "/agents/host-0000100.example.com",
     ] {
         for _ in 0..5 {

@@ -206,6 +206,8 @@ impl Stream for WatchStream {
 }
 
 const WATCH: &str = "/fleethealth.v1.FleetService/WatchAgents";
+/// The longest text a list may look for in IDs.
+const MAX_ID_CONTAINS: usize = 256;
 const FORGET: &str = "/fleethealth.v1.FleetService/ForgetAgent";
 
 fn selector(
@@ -250,7 +252,14 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let req = request.into_inner();
-        let sel = selector(req.filter, &req.why, &req.labels, req.maintenance)?;
+        let mut sel = selector(req.filter, &req.why, &req.labels, req.maintenance)?;
+        if req.id_contains.len() > MAX_ID_CONTAINS {
+            return Err(Status::invalid_argument(format!(
+                "id_contains is {} bytes; at most {MAX_ID_CONTAINS}",
+                req.id_contains.len()
+            )));
+        }
+        sel.id_contains = (!req.id_contains.is_empty()).then_some(req.id_contains);
         let at = wire::opt_time(req.at.as_ref(), "at")?;
         let size = match req.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,

@@ -211,7 +211,115 @@ async fn the_web_view_in_a_real_browser() {
     server.report_all(&agents).await;
     c.goto(&format!("{base}/")).await.expect("opens");
     assert!(text(&c, "#storm").await.starts_with("STORM:"));
+
+    // A simulate-made fleet of 260 more: every page of the agents view,
+    // followed by its "Next page" links, gives what `list` gives; so do a
+    // search in the IDs and the order by time in state.
+    let sim = server
+        .cli(&[
+            "simulate",
+            "--agents",
+            "260",
+            "--duration",
+            "2s",
+            "--ramp-up",
+            "1s",
+            "-o",
+            "json",
+        ])
+        .await;
+    sim.expect_code(0);
+    for (query, cli_args) in [
+        ("state=all", vec!["list", "--all", "-o", "ids"]),
+        (
+            "state=all&q=sim-healthy-01",
+            vec![
+                "list",
+                "--all",
+                "--id-contains",
+                "sim-healthy-01",
+                "-o",
+                "ids",
+            ],
+        ),
+        (
+            "state=active&sort=longest",
+            vec!["list", "--sort-by", "since", "-o", "ids"],
+        ),
+        (
+            "state=all&q=healthy&sort=newest",
+            vec![
+                "list",
+                "--all",
+                "--id-contains",
+                "healthy",
+                "--sort-by",
+                "since",
+                "-o",
+                "ids",
+            ],
+        ),
+    ] {
+        let mut shown = Vec::new();
+        let mut next = Some(format!("{base}/agents?{query}"));
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            c.goto(&url).await.expect("opens");
+            pages += 1;
+            for a in c
+                .find_all(Locator::Css("#agents tbody tr td:first-child a"))
+                .await
+                .expect("rows")
+            {
+                shown.push(a.text().await.expect("text"));
+            }
+            if let Ok(link) = c.find(Locator::Id("next-page")).await {
+                next = link
+                    .attr("href")
+                    .await
+                    .expect("href")
+                    .map(|h| format!("{base}{h}"));
+            }
+        }
+        let listed = server.cli(&cli_args).await;
+        listed.expect_code(0);
+        let expected: Vec<String> = listed.stdout.lines().map(str::to_owned).collect();
+        if query.ends_with("sort=newest") {
+            // The same agents, latest change first (`list` has no such
+            // order: its times, to the second, never go up down the page).
+            let (mut a, mut b) = (shown.clone(), expected.clone());
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "{query}");
+            let times = since_of(&server, &shown).await;
+            assert!(times.windows(2).all(|w| w[0] >= w[1]), "{query}: {times:?}");
+        } else {
+            assert_eq!(shown, expected, "{query}");
+        }
+        if query == "state=all" {
+            assert!(pages >= 3, "{pages} pages");
+        }
+    }
+    no_script_errors(&c).await;
+
     c.close().await.expect("closes");
+}
+
+/// The `since` of each of `ids` (RFC 3339, to the second), as `list`
+/// gives it.
+async fn since_of(server: &Server, ids: &[String]) -> Vec<String> {
+    let all = server.cli(&["list", "--all", "-o", "json"]).await.json();
+    let agents = all.as_array().expect("a JSON array of agents");
+    ids.iter()
+        .map(|id| {
+            agents
+                .iter()
+                .find(|a| a["agent_id"] == id.as_str())
+                .and_then(|a| a["since"].as_str())
+                .expect("listed, with a since")
+                .to_owned()
+        })
+        .collect()
 }
 
 /// A file in the test's CA folder.

@@ -7,8 +7,10 @@
 //!   longest first; updated live: `/events` (server-sent events) says
 //!   "change" at most twice a second while the fleet changes, and the page
 //!   fetches its main part again (`?part=main`). No polling.
-//! - `/agents`: the fleet with filters in the URL (state, why, label, ID
-//!   prefix, as-of time), in pages of 100 read from the registry's index.
+//! - `/agents`: the fleet with filters in the URL (state, why, label, text
+//!   in the ID, as-of time), sorted by ID (pages read from the registry's
+//!   index) or by time in state (one pass over the fleet per page, keeping
+//!   only the page), in pages of 100 with a cursor.
 //! - `/agents/{id}`: one agent: status, sensor times, labels, history,
 //!   activity (maintenance marks and remediations).
 //!
@@ -35,7 +37,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use crate::model::{AgentId, Labels, MaintenanceFilter, State as AgentState, StateFilter, Why};
-use crate::registry::{AgentView, Registry, Selector};
+use crate::registry::{Order, Registry, Selector, SortCursor};
 use crate::security::{Caller, Security};
 use crate::shutdown::Stop;
 
@@ -231,7 +233,9 @@ struct Filters {
     label: Option<String>,
     q: Option<String>,
     at: Option<String>,
+    sort: Option<String>,
     after: Option<String>,
+    after_since: Option<i64>,
 }
 
 async fn agents(
@@ -315,64 +319,67 @@ fn agents_page(registry: &Registry, f: Filters, viewer: Viewer) -> AgentsPage {
             None
         }
     };
-    let q = f.q.clone().unwrap_or_default();
+    let q = f.q.clone().unwrap_or_default().trim().to_owned();
+    let order = match f.sort.as_deref() {
+        Some("longest") => Order::LongestFirst,
+        Some("newest") => Order::NewestFirst,
+        Some("id") | Some("") | None => Order::Id,
+        Some(other) => {
+            error = Some(format!("sort {other:?}: give id, longest or newest"));
+            Order::Id
+        }
+    };
     let selector = Selector {
         filter: state,
         whys: why.into_iter().collect(),
         labels,
         maintenance: MaintenanceFilter::Default,
-        id_contains: None,
+        id_contains: (!q.is_empty()).then(|| q.clone()),
     };
-    // An ID prefix starts the walk just before the first ID that has it.
-    let start = f
+    // The cursor: the last agent of the previous page (and, sorted by time,
+    // its time).
+    let cursor = f
         .after
-        .clone()
+        .as_deref()
         .filter(|a| AgentId::parse(a).is_ok())
-        .or_else(|| {
-            (!q.is_empty()).then(|| {
-                let mut below: String = q.chars().take(q.chars().count() - 1).collect();
-                let last = q.chars().last().unwrap_or('-');
-                below.push(char::from_u32(u32::from(last).saturating_sub(1)).unwrap_or('-'));
-                below.push('~');
-                below
-            })
+        .map(|id| SortCursor {
+            since: f
+                .after_since
+                .and_then(|m| Time::from_micros(m).ok())
+                .unwrap_or(Time::ZERO),
+            id: id.to_owned(),
         });
-    let page = registry.list(&selector, at, start.as_deref(), PAGE);
+    let page = registry.list_sorted(&selector, at, order, cursor.as_ref(), PAGE);
     let evaluated = page.evaluated_at;
-    let mut shown: Vec<&AgentView> = page
-        .agents
-        .iter()
-        .filter(|a| a.id.as_str().starts_with(&q))
-        .collect();
-    let past_prefix = !q.is_empty()
-        && page
-            .agents
-            .iter()
-            .any(|a| a.id.as_str() > q.as_str() && !a.id.as_str().starts_with(&q));
-    shown.truncate(PAGE);
-    let next_page = (page.more && !past_prefix)
-        .then(|| page.agents.last())
-        .flatten()
-        .map(|last| {
-            let mut pairs: Vec<(&str, String)> = vec![("state", state.as_str().to_owned())];
-            if let Some(w) = why {
-                pairs.push(("why", w.name().to_owned()));
-            }
-            if let Some(l) = &f.label {
-                pairs.push(("label", l.clone()));
-            }
-            if !q.is_empty() {
-                pairs.push(("q", q.clone()));
-            }
-            if let Some(a) = &f.at {
-                pairs.push(("at", a.clone()));
-            }
-            pairs.push(("after", last.id.to_string()));
-            format!(
-                "/agents?{}",
-                serde_urlencoded::to_string(&pairs).unwrap_or_default()
-            )
-        });
+    let sort_name = match order {
+        Order::Id => "id",
+        Order::LongestFirst => "longest",
+        Order::NewestFirst => "newest",
+    };
+    let next_page = page.more.then(|| page.agents.last()).flatten().map(|last| {
+        let mut pairs: Vec<(&str, String)> = vec![("state", state.as_str().to_owned())];
+        if let Some(w) = why {
+            pairs.push(("why", w.name().to_owned()));
+        }
+        if let Some(l) = &f.label {
+            pairs.push(("label", l.clone()));
+        }
+        if !q.is_empty() {
+            pairs.push(("q", q.clone()));
+        }
+        if let Some(a) = &f.at {
+            pairs.push(("at", a.clone()));
+        }
+        if order != Order::Id {
+            pairs.push(("sort", sort_name.to_owned()));
+            pairs.push(("after_since", last.since.as_micros().to_string()));
+        }
+        pairs.push(("after", last.id.to_string()));
+        format!(
+            "/agents?{}",
+            serde_urlencoded::to_string(&pairs).unwrap_or_default()
+        )
+    });
     AgentsPage {
         evaluated_at: views::rfc3339(evaluated),
         states: ["active", "faulty", "healthy", "inactive", "all"]
@@ -386,9 +393,18 @@ fn agents_page(registry: &Registry, f: Filters, viewer: Viewer) -> AgentsPage {
         label: f.label.unwrap_or_default(),
         q,
         at: f.at.unwrap_or_default(),
+        sorts: [
+            ("id", "ID"),
+            ("longest", "longest in state first"),
+            ("newest", "latest change first"),
+        ]
+        .into_iter()
+        .map(|(v, text)| (v, text, v == sort_name))
+        .collect(),
         error,
-        agents: shown
-            .into_iter()
+        agents: page
+            .agents
+            .iter()
             .map(|a| views::row(a, evaluated))
             .collect(),
         next_page,

@@ -200,6 +200,8 @@ pub(super) struct AgentsPage {
     pub label: String,
     pub q: String,
     pub at: String,
+    /// The orders offered: value, words, chosen.
+    pub sorts: Vec<(&'static str, &'static str, bool)>,
     pub error: Option<String>,
     pub agents: Vec<Row>,
     pub next_page: Option<String>,

@@ -363,7 +363,23 @@ async fn lists_page_filter_by_why_and_label() {
         by_label.agents[0].labels.get("site").map(String::as_str),
         Some("eu")
     );
+    let by_text = s
+        .fleet()
+        .list_agents(pb::ListAgentsRequest {
+            filter: pb::StateFilter::All as i32,
+            id_contains: "/host".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("lists")
+        .into_inner();
+    let ids: Vec<&str> = by_text.agents.iter().map(|a| a.agent_id.as_str()).collect();
+    assert_eq!(ids, ["eu/host-1"]);
     for bad in [
+        pb::ListAgentsRequest {
+            id_contains: "x".repeat(257),
+            ..Default::default()
+        },
         pb::ListAgentsRequest {
             filter: 42,
             ..Default::default()
