@@ -489,37 +489,86 @@ impl Registry {
             all: ByWhy::default(),
             maintained: ByWhy::default(),
         };
-        for entry in self.inner.agents.iter() {
-            let (key, a) = (entry.key(), entry.value());
-            let maintained = marks.contains(key);
-            let why = if past {
-                let why = a.facts().why_at(at, &e);
-                counts.all[why] += 1;
-                if maintained {
-                    counts.maintained[why] += 1;
+        let whys = sel.whys();
+        if !past && whys.len() < Why::ALL.len() {
+            // Now or ahead, for some reasons only: the index has the agents
+            // by reason as settled; those whose reason at `at` differs are
+            // `changed`. Only the selected reasons' agents are evaluated.
+            let (now_counts, changed) = self.counts_at(at, forecast);
+            counts = now_counts;
+            let mut candidates: Vec<(Arc<str>, Option<Why>)> = changed
+                .iter()
+                .filter(|c| whys.contains(&c.at))
+                .map(|c| (c.key.clone(), Some(c.at)))
+                .collect();
+            let mut cursor: Option<Arc<str>> = None;
+            loop {
+                let chunk = self.inner.tally.keys(&whys, cursor.as_deref(), INDEX_CHUNK);
+                let next = (chunk.len() == INDEX_CHUNK).then(|| chunk[INDEX_CHUNK - 1].clone());
+                candidates.extend(
+                    chunk
+                        .into_iter()
+                        .filter(|k| changed.binary_search_by(|c| c.key.cmp(k)).is_err())
+                        .map(|k| (k, None)),
+                );
+                match next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
                 }
-                Some(why)
-            } else {
-                None
-            };
-            if !sel.takes_id(key) {
-                continue;
             }
-            let why = why.unwrap_or_else(|| a.facts().why_at(at, &e));
-            if !sel.matches(why, a.labels.as_deref(), maintained) {
-                continue;
+            for (key, why) in candidates {
+                if !sel.takes_id(&key) {
+                    continue;
+                }
+                let Some(a) = self.inner.agents.get(&key) else {
+                    continue;
+                };
+                let why = why.unwrap_or(a.why);
+                if !sel.matches(why, a.labels.as_deref(), marks.contains(&key)) {
+                    continue;
+                }
+                let r = rank(since_at(&a, why, at, &e));
+                if after
+                    .as_ref()
+                    .is_some_and(|(r0, id0)| (&r, &*key) <= (r0, *id0))
+                {
+                    continue;
+                }
+                best.offer(r, &key);
             }
-            let r = rank(since_at(a, why, at, &e));
-            if after
-                .as_ref()
-                .is_some_and(|(r0, id0)| (&r, &**key) <= (r0, *id0))
-            {
-                continue;
+        } else {
+            for entry in self.inner.agents.iter() {
+                let (key, a) = (entry.key(), entry.value());
+                let maintained = marks.contains(key);
+                let why = if past {
+                    let why = a.facts().why_at(at, &e);
+                    counts.all[why] += 1;
+                    if maintained {
+                        counts.maintained[why] += 1;
+                    }
+                    Some(why)
+                } else {
+                    None
+                };
+                if !sel.takes_id(key) {
+                    continue;
+                }
+                let why = why.unwrap_or_else(|| a.facts().why_at(at, &e));
+                if !sel.matches(why, a.labels.as_deref(), maintained) {
+                    continue;
+                }
+                let r = rank(since_at(a, why, at, &e));
+                if after
+                    .as_ref()
+                    .is_some_and(|(r0, id0)| (&r, &**key) <= (r0, *id0))
+                {
+                    continue;
+                }
+                best.offer(r, key);
             }
-            best.offer(r, key);
-        }
-        if !past {
-            counts = self.counts_at(at, forecast).0;
+            if !past {
+                counts = self.counts_at(at, forecast).0;
+            }
         }
         let mut keys = best.into_keys();
         let more = keys.len() > limit;
