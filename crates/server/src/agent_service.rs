@@ -22,9 +22,11 @@ use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::cluster::node::ClusterNode;
 use crate::commit_gate::CommitGate;
 use crate::convert;
 use crate::metrics::Rejected;
+use crate::model::AgentId;
 use crate::open_streams::{self, EndSignal, OpenStreams, shutting_down};
 use crate::registry::{Registry, Session};
 use crate::security::limits::Permit;
@@ -76,9 +78,17 @@ pub struct AgentService {
     streams: OpenStreams,
     shutdown: watch::Receiver<bool>,
     security: Arc<Security>,
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 impl AgentService {
+    /// This service on a cluster node: a stream is served only for an agent
+    /// whose shard the node holds.
+    pub fn in_cluster(mut self, node: Arc<ClusterNode>) -> AgentService {
+        self.cluster = Some(node);
+        self
+    }
+
     /// A service over `registry`. `streams` is the table of open streams it
     /// shares with the [`FleetService`](crate::fleet_service::FleetService),
     /// whose forget ends an agent's stream; the server ends them all with
@@ -100,6 +110,7 @@ impl AgentService {
             streams,
             shutdown,
             security,
+            cluster: None,
         }
     }
 }
@@ -135,6 +146,14 @@ impl Drop for Connection {
 }
 
 type Reply = Result<pb::ReportResponse, Status>;
+
+/// The status for an agent whose shard this node does not serve.
+fn not_served(node: &ClusterNode, id: &AgentId) -> Status {
+    Status::unavailable(format!(
+        "agent {id} (shard {}) is served by another server of the cluster, or its shard is changing hands; reconnect",
+        node.shard_of(id.as_str())
+    ))
+}
 
 #[tonic::async_trait]
 impl AgentServiceApi for AgentService {
@@ -181,6 +200,7 @@ impl AgentServiceApi for AgentService {
             }),
             registry: self.registry.clone(),
             streams: self.streams.clone(),
+            cluster: self.cluster.clone(),
             bucket: TokenBucket::new(self.limits.max_events_per_sec),
             limits: self.limits.clone(),
             inbound: request.into_inner(),
@@ -219,6 +239,8 @@ struct ReportStream {
     slot: Option<StreamSlot>,
     registry: Registry,
     streams: OpenStreams,
+    /// On a cluster node: which agents it serves.
+    cluster: Option<Arc<ClusterNode>>,
     /// Shared by every stream: one pointer each.
     limits: Arc<StreamLimits>,
     bucket: TokenBucket,
@@ -346,6 +368,11 @@ impl ReportStream {
         self.security
             .check_report(self.caller.as_ref(), id.as_str())
             .map_err(End::Status)?;
+        if let Some(node) = &self.cluster
+            && !node.serves(id.as_str())
+        {
+            return Err(End::Status(not_served(node, &id)));
+        }
         if hello.incarnation == 0 {
             return Err(End::Status(Status::invalid_argument(
                 "incarnation must be non-zero (a random number picked once per process life)",
@@ -366,6 +393,15 @@ impl ReportStream {
                 return Err(End::Status(why.status(&id)));
             }
         };
+        // The shard may have moved while the agent connected: then the
+        // stream ends here, and nothing of it is acknowledged.
+        if let Some(node) = &self.cluster
+            && !node.serves(id.as_str())
+        {
+            self.streams.close(&connected.session);
+            self.registry.disconnect(&connected.session);
+            return Err(End::Status(not_served(node, &id)));
+        }
         let connection = Connection {
             registry: self.registry.clone(),
             streams: self.streams.clone(),
@@ -396,6 +432,14 @@ impl ReportStream {
     /// Reads and applies messages until an acknowledgement can go out.
     async fn next_ack(&mut self) -> Result<pb::ReportResponse, End> {
         loop {
+            // An ended stream acknowledges nothing more: its agent's changes
+            // may have been left out of the commit that is marked done (its
+            // shard moved to another server).
+            if let Some(connection) = &self.connection
+                && let Some(why) = connection.ended.is_ended()
+            {
+                return Err(End::Status(why.status(&connection.session.id)));
+            }
             if let Some((ack, received)) = self.ready_ack() {
                 self.registry.metrics().observe_ack(received.elapsed());
                 return Ok(pb::ReportResponse {

@@ -14,6 +14,16 @@ use crate::store::AgentStore;
 /// The longest pause between two attempts at a failing commit.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// What a cluster node does when a write is refused because shards are
+/// now another node's (see [`crate::cluster`]).
+pub trait Fenced: Send + Sync {
+    /// Lets `shards` go: their agents' streams end (before anything more is
+    /// acknowledged) and their agents leave the registry.
+    fn lost(&self, shards: &[u32]);
+    /// Whether agent `key` belongs to one of `shards`.
+    fn in_shards(&self, key: &str, shards: &[u32]) -> bool;
+}
+
 /// Writes what the registry marks dirty, in group commits, until `stop`
 /// turns true; then writes what is left. A failed commit is retried with
 /// backoff (nothing is acknowledged meanwhile): a full disk stalls
@@ -24,6 +34,7 @@ pub async fn run(
     store: Arc<dyn AgentStore>,
     readiness: Arc<Readiness>,
     mut stop: watch::Receiver<bool>,
+    fenced: Option<Arc<dyn Fenced>>,
 ) {
     loop {
         let last = tokio::select! {
@@ -32,7 +43,7 @@ pub async fn run(
         };
         // Shared with the blocking task: a retry writes the same batch again
         // without copying it.
-        let batch = Arc::new(registry.take_dirty());
+        let mut batch = Arc::new(registry.take_dirty());
         let mut backoff = Duration::from_millis(50);
         loop {
             if batch.upserts.is_empty() && batch.deletes.is_empty() {
@@ -52,6 +63,25 @@ pub async fn run(
                     );
                     readiness.set_commit_failing(false);
                     break;
+                }
+                Ok(Err(crate::store::StoreError::Lost(shards))) if fenced.is_some() => {
+                    // Not ours any more: let them go (their streams end
+                    // before this commit is marked done) and write the rest.
+                    let fenced = fenced.as_ref().expect("checked");
+                    tracing::warn!(shards = ?shards, "a write was refused: these shards are now another server's");
+                    fenced.lost(&shards);
+                    let keep = |k: &Arc<str>| !fenced.in_shards(k, &shards);
+                    batch = Arc::new(crate::registry::DirtyBatch {
+                        epoch: batch.epoch,
+                        upserts: batch
+                            .upserts
+                            .iter()
+                            .filter(|(k, _)| keep(k))
+                            .cloned()
+                            .collect(),
+                        deletes: batch.deletes.iter().filter(|k| keep(k)).cloned().collect(),
+                    });
+                    continue;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "commit failed")

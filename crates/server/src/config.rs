@@ -198,6 +198,33 @@ pub enum Storage {
         /// The most memory the store's page cache may take, in bytes.
         cache_bytes: usize,
     },
+    /// In a PostgreSQL database shared by the nodes of a cluster (see
+    /// [`crate::cluster`]).
+    Cluster(ClusterConfig),
+}
+
+/// How a node joins a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The database: `postgres://USER[:PASSWORD]@HOST:PORT/DB`.
+    pub url: String,
+    /// This node's ID, unique in the cluster and stable across restarts.
+    pub node: String,
+    /// The address other nodes reach this node's gRPC port on.
+    pub address: String,
+    /// How long a shard's lease lasts: a dead node's shards move within
+    /// about two leases.
+    pub lease: Duration,
+    /// The shard count, when this node makes the cluster (the cluster's own
+    /// count wins afterwards).
+    pub shards: u32,
+}
+
+impl ClusterConfig {
+    /// The default lease.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+    /// The default shard count.
+    pub const DEFAULT_SHARDS: u32 = 1024;
 }
 
 impl Storage {

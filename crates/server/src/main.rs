@@ -705,7 +705,7 @@ mod tests {
                 assert_eq!(dir, default_data_dir());
                 assert_eq!(cache_bytes, Storage::DEFAULT_CACHE_BYTES);
             }
-            Storage::InMemory => panic!("durable by default"),
+            Storage::InMemory | Storage::Cluster(_) => panic!("durable by default"),
         }
     }
 

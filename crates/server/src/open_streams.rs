@@ -36,6 +36,9 @@ pub enum Ended {
     ShuttingDown,
     /// The stream's credential was revoked, removed or expired.
     Revoked,
+    /// The agent's shard is now another server's (many servers over one
+    /// database): the agent reconnects, and reaches the new owner.
+    Moved,
 }
 
 impl Ended {
@@ -48,8 +51,14 @@ impl Ended {
             Ended::Forgotten => RegistryError::Forgotten(id.to_string()).into(),
             Ended::ShuttingDown => shutting_down(),
             Ended::Revoked => revoked(),
+            Ended::Moved => moved(),
         }
     }
+}
+
+/// The status of a stream whose agent's shard moved to another server.
+pub fn moved() -> Status {
+    Status::unavailable("this agent is now served by another server of the cluster; reconnect")
 }
 
 /// The status of a stream whose credential no longer holds.
@@ -78,6 +87,7 @@ impl EndSignal {
     const FORGOTTEN: u8 = 2;
     const SHUTTING_DOWN: u8 = 3;
     const REVOKED: u8 = 4;
+    const MOVED: u8 = 5;
 
     /// Ends the stream with `why` (the first reason given stands).
     pub fn end(&self, why: Ended) {
@@ -86,6 +96,7 @@ impl EndSignal {
             Ended::Forgotten => EndSignal::FORGOTTEN,
             Ended::ShuttingDown => EndSignal::SHUTTING_DOWN,
             Ended::Revoked => EndSignal::REVOKED,
+            Ended::Moved => EndSignal::MOVED,
         };
         // The first reason stands.
         let _ = self
@@ -100,8 +111,14 @@ impl EndSignal {
             EndSignal::FORGOTTEN => Some(Ended::Forgotten),
             EndSignal::SHUTTING_DOWN => Some(Ended::ShuttingDown),
             EndSignal::REVOKED => Some(Ended::Revoked),
+            EndSignal::MOVED => Some(Ended::Moved),
             _ => None,
         }
+    }
+
+    /// Whether the stream has been ended (and why), without waiting.
+    pub fn is_ended(&self) -> Option<Ended> {
+        self.get()
     }
 
     /// Ready with the reason once the stream has been ended.
@@ -201,6 +218,24 @@ impl OpenStreams {
         {
             open.signal.end(Ended::Forgotten);
         }
+    }
+
+    /// The agents for which `moved` holds now belong to another server:
+    /// ends their streams. Called before their records leave the registry,
+    /// and before any commit that leaves their changes out is marked done,
+    /// so that no acknowledgement goes out for what was not committed here.
+    pub fn moved(&self, moved: impl Fn(&str) -> bool) -> usize {
+        let mut n = 0;
+        self.inner.table.retain(|key, open| {
+            if moved(key) {
+                open.signal.end(Ended::Moved);
+                n += 1;
+                false
+            } else {
+                true
+            }
+        });
+        n
     }
 
     /// The server is shutting down: ends every registered stream, and

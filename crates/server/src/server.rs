@@ -13,7 +13,11 @@ use tokio::sync::watch;
 use crate::admin_service::AdminService;
 use crate::agent_service::AgentService;
 use crate::clock::Clock;
-use crate::config::{Config, Storage};
+use crate::cluster::db::Db;
+use crate::cluster::membership::Ownership;
+use crate::cluster::node::ClusterNode;
+use crate::cluster::store::ClusterStore;
+use crate::config::{ClusterConfig, Config, Storage};
 use crate::fleet_service::FleetService;
 use crate::metrics::Metrics;
 use crate::net::{Acceptor, Admission, Connections};
@@ -67,6 +71,18 @@ pub struct Server {
     registry: Registry,
     store: Option<Arc<dyn AgentStore>>,
     config: Config,
+    cluster: Option<ClusterParts>,
+}
+
+/// What a cluster node brings to [`Server::run_all`].
+struct ClusterParts {
+    config: ClusterConfig,
+    shards: u32,
+    ownership: Arc<Ownership>,
+    /// For the membership loop.
+    rounds: Db,
+    /// For loading the shards taken.
+    loads: Db,
 }
 
 impl Server {
@@ -88,7 +104,54 @@ impl Server {
                 let store = RedbStore::open_with(&dir, options)?;
                 Server::durable(config, clock, store)
             }
+            Storage::Cluster(_) => Err(StoreError::Db(
+                "a cluster node is opened with Server::cluster".into(),
+            )),
         }
+    }
+
+    /// A node of the cluster `config.storage` names: connects to its
+    /// database, makes its tables if they are missing, and starts with no
+    /// agent (it loads each shard's agents when it takes the shard, in
+    /// [`Server::run_all`]).
+    pub async fn cluster(config: Config, clock: Arc<dyn Clock>) -> Result<Server, StoreError> {
+        let Storage::Cluster(cluster) = config.storage.clone() else {
+            return Err(StoreError::Db("not a cluster's configuration".into()));
+        };
+        let where_ = crate::cluster::store::redact(&cluster.url);
+        let fail = |e: crate::cluster::db::DbError| StoreError::Db(format!("{where_}: {e}"));
+        let mut rounds = Db::connect(&cluster.url).await.map_err(fail)?;
+        let shards = rounds.migrate(cluster.shards).await.map_err(fail)?;
+        let loads = Db::connect(&cluster.url).await.map_err(fail)?;
+        let writes = Db::connect(&cluster.url).await.map_err(fail)?;
+        let ownership = Arc::new(Ownership::default());
+        let store = ClusterStore::new(
+            writes,
+            cluster.url.clone(),
+            cluster.node.clone(),
+            shards,
+            ownership.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        tracing::info!(node = %cluster.node, database = %where_, shards, "cluster node");
+        let registry = Registry::durable(
+            config.rules.clone(),
+            config.limits.clone(),
+            clock,
+            Arc::new(Metrics::default()),
+        );
+        Ok(Server {
+            registry,
+            store: Some(Arc::new(store)),
+            config,
+            cluster: Some(ClusterParts {
+                config: cluster,
+                shards,
+                ownership,
+                rounds,
+                loads,
+            }),
+        })
     }
 
     /// A server that keeps its state in memory only: a restart forgets the fleet.
@@ -103,6 +166,7 @@ impl Server {
             registry,
             store: None,
             config,
+            cluster: None,
         }
     }
 
@@ -134,6 +198,7 @@ impl Server {
             registry,
             store: Some(Arc::new(store)),
             config,
+            cluster: None,
         })
     }
 
@@ -175,6 +240,7 @@ impl Server {
             registry,
             store,
             config,
+            cluster,
         } = self;
         let stop = Stop::new();
         let readiness = Arc::new(Readiness::new());
@@ -237,14 +303,56 @@ impl Server {
 
         let t = &config.transport;
         let open_streams = OpenStreams::new();
-        let agents = AgentServiceServer::new(AgentService::new(
+        // A cluster node: its membership rounds, and what it does when
+        // shards change hands.
+        let (node, membership_task, node_task) = match cluster {
+            Some(parts) => {
+                let node = Arc::new(ClusterNode::new(
+                    registry.clone(),
+                    open_streams.clone(),
+                    parts.ownership.clone(),
+                    parts.shards,
+                ));
+                let (events_tx, events_rx) = tokio::sync::mpsc::channel(16);
+                let node_task = tokio::spawn(node.clone().run(
+                    parts.loads,
+                    parts.config.url.clone(),
+                    events_rx,
+                ));
+                let settings = crate::cluster::membership::Settings::new(
+                    parts.config.node.clone(),
+                    parts.config.address.clone(),
+                    parts.config.lease,
+                );
+                let membership_task = tokio::spawn(crate::cluster::membership::run(
+                    parts.rounds,
+                    parts.config.url.clone(),
+                    settings,
+                    parts.shards,
+                    parts.ownership.clone(),
+                    events_tx,
+                    {
+                        let stop = stop.clone();
+                        async move { stop.given().await }
+                    },
+                ));
+                (Some(node), Some(membership_task), Some(node_task))
+            }
+            None => (None, None, None),
+        };
+        let agent_service = AgentService::new(
             registry.clone(),
             config.streams.clone(),
             open_streams.clone(),
             stop.subscribe(),
             security.clone(),
-        ))
-        .max_decoding_message_size(t.max_message_bytes);
+        );
+        let agent_service = match &node {
+            Some(node) => agent_service.in_cluster(node.clone()),
+            None => agent_service,
+        };
+        let agents =
+            AgentServiceServer::new(agent_service).max_decoding_message_size(t.max_message_bytes);
         let fleet = FleetServiceServer::new(FleetService::new(
             registry.clone(),
             open_streams.clone(),
@@ -331,6 +439,7 @@ impl Server {
                 store,
                 readiness,
                 committer_rx,
+                node.clone().map(|n| n as Arc<dyn committer::Fenced>),
             ))
         });
 
@@ -383,6 +492,14 @@ impl Server {
             .await;
         // Also when the transport failed before any signal: every part stops.
         stop.begin();
+        // A cluster node hands its shards over (their last writes go
+        // through the committer, still running) before it stops.
+        if let Some(task) = membership_task {
+            let _ = task.await;
+        }
+        if let Some(task) = node_task {
+            let _ = task.await;
+        }
         let _ = scheduler.await;
         let _ = expiry.await;
         let _ = watchdog.await;

@@ -114,6 +114,10 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("{0}")]
     Db(String),
+    /// A cluster's write was refused whole: these shards are now another
+    /// server's (see [`crate::cluster`]).
+    #[error("shards {0:?} are now another server's")]
+    Lost(Vec<u32>),
 }
 
 impl StoreError {

@@ -96,6 +96,15 @@ impl Ownership {
         self.len() == 0
     }
 
+    /// Stops serving `shards` (a write for them was refused: another node
+    /// holds them now).
+    pub fn give_up(&self, shards: &[u32]) {
+        let mut map = self.lock();
+        for s in shards {
+            map.remove(s);
+        }
+    }
+
     fn insert(&self, held: Held, until: Instant) {
         self.lock().insert(held.shard, (held.epoch, until));
     }

@@ -8,7 +8,13 @@
 //! - [`membership`]: a node's loop: say it is alive, renew its leases, take
 //!   the shards it should own, hand over those it should not, and stop
 //!   serving a shard on its own clock before its lease can expire.
+//! - [`store`]: the committer's store on a node: fenced writes of records.
+//! - [`node`]: what a node does when it takes, hands over or loses shards:
+//!   loads their agents, or ends their streams, writes what is left and lets
+//!   them go.
 
 pub mod db;
 pub mod membership;
+pub mod node;
 pub mod shard;
+pub mod store;

@@ -94,7 +94,24 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Drops the queued changes of the agents for which `gone` holds.
+    pub(super) fn discard(&self, gone: &dyn Fn(&str) -> bool) {
+        lock(&self.pending).keys.retain(|k| !gone(k));
+    }
+}
+
 impl Registry {
+    /// Asks the committer to write what is queued now, and returns the
+    /// commit that will hold it: once the commit gate has passed it,
+    /// everything changed before this call is in the store.
+    pub fn flush(&self) -> u64 {
+        let journal = &self.inner.journal;
+        let epoch = lock(&journal.pending).epoch;
+        journal.wake.notify_one();
+        epoch
+    }
+
     /// Waits until something is queued for the committer (forever, for a
     /// registry that journals nothing).
     pub async fn dirty(&self) {

@@ -168,6 +168,34 @@ impl Registry {
         Ok(Arc::unwrap_or_clone(last))
     }
 
+    /// Lets go of the agents for which `gone` holds, as if they had never
+    /// been here: their shard is now another server's, which loads them from
+    /// the database. No delete is written and nothing is recorded in their
+    /// history; their changes not yet taken by the committer are dropped.
+    /// Returns how many left.
+    pub fn let_go(&self, gone: &dyn Fn(&str) -> bool) -> usize {
+        let inner = &*self.inner;
+        let keys: Vec<Arc<str>> = inner
+            .agents
+            .iter()
+            .filter(|e| gone(e.key()))
+            .map(|e| e.key().clone())
+            .collect();
+        for key in &keys {
+            if let Some((key, a)) = inner.agents.remove(key) {
+                inner.population.known.fetch_sub(1, Ordering::Relaxed);
+                if a.connected() {
+                    inner.population.connected.fetch_sub(1, Ordering::Relaxed);
+                }
+                inner.tally.moved(&key, Some(a.why), None);
+                self.ops_forgotten(&key);
+            }
+        }
+        inner.journal.discard(gone);
+        self.check_storm();
+        keys.len()
+    }
+
     /// Loads agents from their stored records (at start-up, into an empty
     /// registry): each is a key and the bytes the committer wrote. Agents are
     /// not connected; changes that fell due while the server was down are

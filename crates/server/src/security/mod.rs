@@ -435,7 +435,9 @@ impl Security {
                         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                     audit::AuditSink::File(dir.join("audit.log"))
                 }
-                (None, crate::config::Storage::InMemory) => audit::AuditSink::Log,
+                (None, crate::config::Storage::InMemory | crate::config::Storage::Cluster(_)) => {
+                    audit::AuditSink::Log
+                }
             };
             Audit::start(sink, metrics.clone()).map_err(|e| e.to_string())?
         } else {

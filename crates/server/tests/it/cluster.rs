@@ -309,3 +309,190 @@ async fn a_node_cut_off_from_the_database_stops_serving_before_its_lease_ends() 
     })
     .await;
 }
+
+mod nodes {
+    //! Server nodes over the same database: acknowledgements after
+    //! PostgreSQL's commit, a restart that resumes, shards handed over with
+    //! their agents.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use fleet_health_e2e::eventually;
+    use fleet_health_e2e::postgres::Postgres;
+    use fleet_health_proto::v1 as pb;
+    use fleet_health_server::clock::ManualClock;
+    use fleet_health_server::cluster::db::Db;
+    use fleet_health_server::cluster::shard::shard_of;
+    use fleet_health_server::config::{ClusterConfig, Storage};
+    use fleet_health_server::{Config, Server};
+    use tonic::Code;
+    use tonic::transport::Channel;
+
+    use super::SHARDS;
+    use crate::common::{Agent, T0, TestServer, t};
+
+    async fn node(pg: &Postgres, name: &str, clock: &ManualClock) -> TestServer {
+        let config = Config {
+            storage: Storage::Cluster(ClusterConfig {
+                url: pg.url(),
+                node: name.into(),
+                address: format!("{name}.invalid:50051"),
+                lease: Duration::from_secs(2),
+                shards: SHARDS,
+            }),
+            ..Config::default()
+        };
+        let server = Server::cluster(config, Arc::new(clock.clone()))
+            .await
+            .expect("joins");
+        TestServer::serve(server, clock.clone(), |addr| {
+            Channel::from_shared(format!("http://{addr}")).expect("uri")
+        })
+        .await
+    }
+
+    /// The shards `name` holds, as the database says.
+    async fn held(pg: &Postgres, name: &str) -> usize {
+        let db = Db::connect(&pg.url()).await.expect("connects");
+        db.shards()
+            .await
+            .expect("rows")
+            .iter()
+            .filter(|s| s.owner.as_deref() == Some(name))
+            .count()
+    }
+
+    /// An agent stream on `s` for `id`, once `s` serves the agent's shard.
+    async fn agent(s: &TestServer, id: &str, incarnation: u64) -> Agent {
+        eventually(
+            "the node serves the agent",
+            Duration::from_secs(15),
+            || async {
+                let mut a = Agent::open(&s.channel).await.ok()?;
+                let welcome = a.hello_with(id, incarnation, &[]).await.ok()?;
+                a.welcome = welcome;
+                Some(a)
+            },
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_node_acknowledges_after_postgres_commits_and_a_restart_resumes() {
+        let pg = Postgres::start();
+        let clock = ManualClock::new(t(T0));
+        let a = node(&pg, "a", &clock).await;
+        let mut web = agent(&a, "web-1", 7).await;
+        assert_eq!(web.welcome.last_applied_seq, 0);
+        let ack = web.start_healthy(1).await;
+        assert_eq!(ack.applied_through, 3);
+        // Acknowledged: in PostgreSQL.
+        let db = Db::connect(&pg.url()).await.expect("connects");
+        let rows = db.load(&[shard_of("web-1", SHARDS)]).await.expect("loads");
+        assert!(rows.iter().any(|r| r.1 == "web-1"), "{rows:?}");
+        drop(web);
+        a.stop().await;
+        assert_eq!(
+            held(&pg, "a").await,
+            0,
+            "a released its shards as it stopped"
+        );
+
+        // A new node on the same database resumes: the agent's status, and
+        // its sequence numbers (nothing applied twice).
+        let b = node(&pg, "b", &clock).await;
+        let mut web = agent(&b, "web-1", 7).await;
+        assert_eq!(web.welcome.last_applied_seq, 3);
+        assert_eq!(b.get("web-1").await.why, pb::Why::AllIsOk as i32);
+        let ack = web
+            .events(vec![crate::common::event(
+                4,
+                pb::EventKind::ServerDataSent,
+                None,
+            )])
+            .await
+            .expect("applied");
+        assert_eq!(ack.applied_through, 4);
+        b.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_joining_takes_its_shards_with_their_agents() {
+        let pg = Postgres::start();
+        let clock = ManualClock::new(t(T0));
+        let a = node(&pg, "a", &clock).await;
+        let ids: Vec<String> = (0..24).map(|i| format!("host-{i:02}")).collect();
+        let mut streams = Vec::new();
+        for id in &ids {
+            let mut s = agent(&a, id, 1).await;
+            s.start_healthy(1).await;
+            streams.push(s);
+        }
+        eventually("a holds every shard", Duration::from_secs(10), || async {
+            (held(&pg, "a").await == SHARDS as usize).then_some(())
+        })
+        .await;
+
+        // b joins: a hands b its share. The agents of the moved shards see
+        // their streams end (UNAVAILABLE: reconnect); the others stay.
+        let b = node(&pg, "b", &clock).await;
+        eventually("b holds its share", Duration::from_secs(15), || async {
+            let (ha, hb) = (held(&pg, "a").await, held(&pg, "b").await);
+            (hb > 0 && ha + hb == SHARDS as usize).then_some(())
+        })
+        .await;
+        let mut moved_ids = Vec::new();
+        for (id, mut s) in ids.iter().zip(streams) {
+            let sent =
+                s.tx.send(pb::ReportRequest {
+                    body: Some(pb::report_request::Body::Events(pb::EventBatch {
+                        events: vec![crate::common::event(4, pb::EventKind::Heartbeat, None)],
+                    })),
+                })
+                .await;
+            let on_a = match sent {
+                Ok(()) => tokio::time::timeout(Duration::from_secs(5), s.ack()).await,
+                // The stream has ended already: its status says why.
+                Err(_) => Ok(Err(s.end().await)),
+            };
+            match on_a {
+                Ok(Ok(ack)) => assert_eq!(ack.applied_through, 4, "{id} stays on a"),
+                Ok(Err(status)) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{id}: {status:?}");
+                    assert!(status.message().contains("another server"), "{status:?}");
+                    // On b: the agent resumes after what a acknowledged.
+                    let mut again = agent(&b, id, 1).await;
+                    assert_eq!(again.welcome.last_applied_seq, 3, "{id}");
+                    assert_eq!(b.get(id).await.why, pb::Why::AllIsOk as i32);
+                    again
+                        .events(vec![crate::common::event(
+                            4,
+                            pb::EventKind::Heartbeat,
+                            None,
+                        )])
+                        .await
+                        .expect("b applies");
+                    moved_ids.push(id.clone());
+                }
+                Err(_) => panic!("{id}: no answer from a"),
+            }
+        }
+        let moved = moved_ids.len();
+        assert!(
+            moved > 0 && moved < ids.len(),
+            "{moved} of {} moved",
+            ids.len()
+        );
+        // a no longer takes streams for b's agents.
+        let first = &moved_ids[0];
+        let mut refused = Agent::open(&a.channel).await.expect("opens");
+        let status = refused
+            .hello_with(first, 1, &[])
+            .await
+            .expect_err("not a's agent any more");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        b.stop().await;
+        a.stop().await;
+    }
+}

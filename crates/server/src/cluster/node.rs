@@ -1,0 +1,167 @@
+//! What a cluster node does when its shards change hands: the server's
+//! side of the [`membership`](super::membership) loop's events, and of a
+//! write refused by the fence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::db::Db;
+use super::membership::{Event, Ownership};
+use super::shard::shard_of;
+use crate::open_streams::OpenStreams;
+use crate::registry::Registry;
+
+/// The longest a hand-over waits for its last writes.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node's registry, streams and shards, as the cluster moves them.
+pub struct ClusterNode {
+    registry: Registry,
+    streams: OpenStreams,
+    ownership: Arc<Ownership>,
+    shards: u32,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterNode {
+    /// The node over `registry` and `streams`, holding what `ownership`
+    /// says, in a cluster of `shards` shards.
+    pub fn new(
+        registry: Registry,
+        streams: OpenStreams,
+        ownership: Arc<Ownership>,
+        shards: u32,
+    ) -> ClusterNode {
+        ClusterNode {
+            registry,
+            streams,
+            ownership,
+            shards,
+        }
+    }
+
+    /// The shard of agent `id`.
+    pub fn shard_of(&self, id: &str) -> u32 {
+        shard_of(id, self.shards)
+    }
+
+    /// Whether this node serves agent `id` now.
+    pub fn serves(&self, id: &str) -> bool {
+        self.ownership.serves(self.shard_of(id))
+    }
+
+    /// What this node holds.
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
+    }
+
+    /// Ends the streams of the agents of `shards` and lets them go from the
+    /// registry (their changes not yet written are dropped: they were not
+    /// acknowledged, and the agents send them again to the new owner).
+    pub fn let_go(&self, shards: &[u32]) {
+        let n = self.shards;
+        let gone = |k: &str| shards.contains(&shard_of(k, n));
+        self.streams.moved(gone);
+        let left = self.registry.let_go(&gone);
+        // A stream that registered meanwhile ends too.
+        self.streams.moved(gone);
+        tracing::info!(shards = shards.len(), agents = left, "shards let go");
+    }
+
+    /// A write was refused because `shards` are now another node's.
+    pub fn lost(&self, shards: &[u32]) {
+        self.ownership.give_up(shards);
+        self.let_go(shards);
+    }
+
+    /// Whether agent `key` belongs to one of `shards`.
+    pub fn in_shards(&self, key: &str, shards: &[u32]) -> bool {
+        shards.contains(&shard_of(key, self.shards))
+    }
+
+    /// Answers the membership loop's events until it ends: loads the agents
+    /// of shards taken (from `db`), hands shards over after their last
+    /// writes, lets lost shards go.
+    pub async fn run(self: Arc<Self>, db: Db, url: String, mut events: mpsc::Receiver<Event>) {
+        let mut db = db;
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Taken { shards, done } => {
+                    let numbers: Vec<u32> = shards.iter().map(|h| h.shard).collect();
+                    loop {
+                        if db.is_closed() {
+                            match Db::connect(&url).await {
+                                Ok(fresh) => db = fresh,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot reach the cluster database to load shards");
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        match db.load(&numbers).await {
+                            Ok(rows) => {
+                                let records = rows.into_iter().map(|(_, id, r)| (id, r)).collect();
+                                match self.registry.restore(records) {
+                                    Ok(n) => tracing::info!(
+                                        shards = numbers.len(),
+                                        agents = n,
+                                        "shards loaded"
+                                    ),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "a stored record of a taken shard is damaged")
+                                    }
+                                }
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "loading taken shards failed; retrying");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    }
+                    let _ = done.send(());
+                }
+                Event::HandOver { shards, done } => {
+                    let numbers: Vec<u32> = shards.iter().map(|h| h.shard).collect();
+                    let n = self.shards;
+                    // No more events for them here, then their last writes.
+                    self.streams.moved(|k| numbers.contains(&shard_of(k, n)));
+                    if let Some(gate) = self.registry.commits() {
+                        let epoch = self.registry.flush();
+                        if tokio::time::timeout(FLUSH_TIMEOUT, gate.committed_through(epoch))
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(
+                                "the last writes of shards handed over did not finish in time; their agents send again what was not acknowledged"
+                            );
+                        }
+                    }
+                    self.let_go(&numbers);
+                    let _ = done.send(());
+                }
+                Event::Lost { shards } => self.let_go(&shards),
+            }
+        }
+    }
+}
+
+impl crate::committer::Fenced for ClusterNode {
+    fn lost(&self, shards: &[u32]) {
+        ClusterNode::lost(self, shards);
+    }
+
+    fn in_shards(&self, key: &str, shards: &[u32]) -> bool {
+        ClusterNode::in_shards(self, key, shards)
+    }
+}
