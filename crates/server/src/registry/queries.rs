@@ -537,6 +537,15 @@ impl Registry {
                 best.offer(r, &key);
             }
         } else {
+            // Now or ahead, each agent's reason is its settled one unless
+            // `changed` says otherwise: no agent is evaluated again.
+            let changed = if past {
+                Vec::new()
+            } else {
+                let (now_counts, changed) = self.counts_at(at, forecast);
+                counts = now_counts;
+                changed
+            };
             for entry in self.inner.agents.iter() {
                 let (key, a) = (entry.key(), entry.value());
                 let maintained = marks.contains(key);
@@ -553,7 +562,11 @@ impl Registry {
                 if !sel.takes_id(key) {
                     continue;
                 }
-                let why = why.unwrap_or_else(|| a.facts().why_at(at, &e));
+                let why =
+                    why.unwrap_or_else(|| match changed.binary_search_by(|c| c.key.cmp(key)) {
+                        Ok(i) => changed[i].at,
+                        Err(_) => a.why,
+                    });
                 if !sel.matches(why, a.labels.as_deref(), maintained) {
                     continue;
                 }
@@ -565,9 +578,6 @@ impl Registry {
                     continue;
                 }
                 best.offer(r, key);
-            }
-            if !past {
-                counts = self.counts_at(at, forecast).0;
             }
         }
         let mut keys = best.into_keys();
