@@ -147,6 +147,31 @@ impl Drop for Connection {
 
 type Reply = Result<pb::ReportResponse, Status>;
 
+/// The metadata key of a Report stream one node passes on to another.
+const FORWARDED: &str = "fleet-health-forwarded";
+
+/// A stream passed on to the node that serves its agent: what the agent
+/// sends goes there, what that node answers comes back.
+struct Forward {
+    /// Where the agent's messages go; `None` once the agent is done sending.
+    to_owner: Option<tokio::sync::mpsc::Sender<pb::ReportRequest>>,
+    from_owner: Streaming<pb::ReportResponse>,
+}
+
+/// A status from the node a stream was passed on to, as the agent sees it:
+/// the node's own words, except that failing to reach it is UNAVAILABLE.
+fn passed_on(status: Status) -> Status {
+    match status.code() {
+        Code::Unknown | Code::Internal if status.message().contains("transport") => {
+            Status::unavailable(format!(
+                "the server that serves this agent cannot be reached now: {}; reconnect",
+                status.message()
+            ))
+        }
+        _ => status,
+    }
+}
+
 /// The status for an agent whose shard this node does not serve.
 fn not_served(node: &ClusterNode, id: &AgentId) -> Status {
     Status::unavailable(format!(
@@ -178,6 +203,7 @@ impl AgentServiceApi for AgentService {
         self.registry.metrics().streams(1);
         let opened = Instant::now();
         let caller = request.extensions().get::<Caller>().cloned();
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let permit = match self.security.admit(caller.as_ref(), Place::Stream, REPORT) {
             Ok(p) => p,
             Err(status) => {
@@ -201,6 +227,8 @@ impl AgentServiceApi for AgentService {
             registry: self.registry.clone(),
             streams: self.streams.clone(),
             cluster: self.cluster.clone(),
+            forwarded,
+            forward: None,
             bucket: TokenBucket::new(self.limits.max_events_per_sec),
             limits: self.limits.clone(),
             inbound: request.into_inner(),
@@ -241,6 +269,12 @@ struct ReportStream {
     streams: OpenStreams,
     /// On a cluster node: which agents it serves.
     cluster: Option<Arc<ClusterNode>>,
+    /// Whether another node passed this stream on (it is not passed on
+    /// again).
+    forwarded: bool,
+    /// The stream passed on to the agent's owner, once the hello named an
+    /// agent that another node serves.
+    forward: Option<Box<Forward>>,
     /// Shared by every stream: one pointer each.
     limits: Arc<StreamLimits>,
     bucket: TokenBucket,
@@ -285,6 +319,9 @@ impl ReportStream {
         if self.done {
             return None;
         }
+        if self.forward.is_some() {
+            return self.relay().await;
+        }
         let next = match &self.connection {
             // Boxed: the hello's state is large and needed once; the stream
             // keeps only the (smaller) state of the event loop.
@@ -315,6 +352,94 @@ impl ReportStream {
                 }
             }
         }
+    }
+
+    /// A stream passed on: the next answer of the owner, passing on what
+    /// the agent sends meanwhile.
+    async fn relay(&mut self) -> Option<Reply> {
+        let forward = self.forward.as_mut()?;
+        loop {
+            tokio::select! {
+                biased;
+                () = crate::stopped(&mut self.shutdown) => {
+                    self.done = true;
+                    return Some(Err(shutting_down()));
+                }
+                answer = forward.from_owner.message() => {
+                    return match answer {
+                        Ok(Some(m)) => Some(Ok(m)),
+                        Ok(None) => {
+                            self.done = true;
+                            None
+                        }
+                        Err(status) => {
+                            self.done = true;
+                            Some(Err(status))
+                        }
+                    };
+                }
+                msg = self.inbound.message(), if forward.to_owner.is_some() => match msg {
+                    Ok(Some(m)) => {
+                        let gone = match &forward.to_owner {
+                            Some(tx) => tx.send(m).await.is_err(),
+                            None => false,
+                        };
+                        if gone {
+                            forward.to_owner = None;
+                        }
+                    }
+                    // The agent is done sending: so is the stream passed on.
+                    Ok(None) => forward.to_owner = None,
+                    Err(status) => {
+                        self.done = true;
+                        return match unreadable(status) {
+                            End::Status(status) => Some(Err(status)),
+                            End::Closed => None,
+                        };
+                    }
+                },
+            }
+        }
+    }
+
+    /// Passes the stream, whose hello is `hello`, on to the node at
+    /// `address` that serves its agent.
+    async fn pass_on(
+        &mut self,
+        node: &ClusterNode,
+        address: &str,
+        hello: pb::Hello,
+    ) -> Result<pb::ReportResponse, End> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let _ = tx
+            .send(pb::ReportRequest {
+                body: Some(In::Hello(hello)),
+            })
+            .await;
+        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Ok(value) = node.id().parse() {
+            request.metadata_mut().insert(FORWARDED, value);
+        }
+        let mut client = fleet_health_proto::v1::agent_service_client::AgentServiceClient::new(
+            node.channel(address),
+        );
+        let mut from_owner = client
+            .report(request)
+            .await
+            .map_err(|s| End::Status(passed_on(s)))?
+            .into_inner();
+        // The owner's first answer (its welcome, or why not) is this
+        // stream's.
+        let first = match from_owner.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(End::Closed),
+            Err(status) => return Err(End::Status(passed_on(status))),
+        };
+        self.forward = Some(Box::new(Forward {
+            to_owner: Some(tx),
+            from_owner,
+        }));
+        Ok(first)
     }
 
     /// How long the agent may be silent now.
@@ -368,10 +493,15 @@ impl ReportStream {
         self.security
             .check_report(self.caller.as_ref(), id.as_str())
             .map_err(End::Status)?;
-        if let Some(node) = &self.cluster
+        if let Some(node) = self.cluster.clone()
             && !node.serves(id.as_str())
         {
-            return Err(End::Status(not_served(node, &id)));
+            // Another node serves the agent: the stream goes there, unless
+            // it came from another node already (its route was stale).
+            return match node.route_of(id.as_str()) {
+                Some(address) if !self.forwarded => self.pass_on(&node, &address, hello).await,
+                _ => Err(End::Status(not_served(&node, &id))),
+            };
         }
         if hello.incarnation == 0 {
             return Err(End::Status(Status::invalid_argument(

@@ -308,6 +308,7 @@ impl Server {
         let (node, membership_task, node_task) = match cluster {
             Some(parts) => {
                 let node = Arc::new(ClusterNode::new(
+                    parts.config.node.clone(),
                     registry.clone(),
                     open_streams.clone(),
                     parts.ownership.clone(),

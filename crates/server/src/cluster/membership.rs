@@ -58,6 +58,9 @@ impl Settings {
 #[derive(Debug, Default)]
 pub struct Ownership {
     held: Mutex<BTreeMap<u32, (i64, Instant)>>,
+    /// Each shard's owner (node, address) as last read from the database;
+    /// `None` for a shard without a live owner (in takeover).
+    routes: Mutex<Vec<Option<(Arc<str>, Arc<str>)>>>,
 }
 
 impl Ownership {
@@ -94,6 +97,31 @@ impl Ownership {
     /// Whether no shard is served.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The owner of `shard` (its node ID and address) as last read, if it
+    /// has a live one.
+    pub fn route(&self, shard: u32) -> Option<(Arc<str>, Arc<str>)> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(shard as usize)
+            .cloned()
+            .flatten()
+    }
+
+    /// How many shards have no live owner, as last read.
+    pub fn unowned(&self) -> usize {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| r.is_none())
+            .count()
+    }
+
+    fn set_routes(&self, routes: Vec<Option<(Arc<str>, Arc<str>)>>) {
+        *self.routes.lock().unwrap_or_else(|e| e.into_inner()) = routes;
     }
 
     /// Stops serving `shards` (a write for them was refused: another node
@@ -254,12 +282,11 @@ async fn tick(
     }
 
     // Which shards this node should own, with the nodes alive now.
-    let live: Vec<String> = db
-        .nodes()
-        .await?
-        .into_iter()
+    let nodes = db.nodes().await?;
+    let live: Vec<String> = nodes
+        .iter()
         .filter(|n| !n.draining && n.seen_ago < settings.lease)
-        .map(|n| n.node)
+        .map(|n| n.node.clone())
         .filter(|n| !(draining && *n == settings.node))
         .collect();
     let wanted: HashSet<u32> = if draining || !live.contains(&settings.node) {
@@ -336,5 +363,24 @@ async fn tick(
             tracing::info!(shards = taken.len(), "shards taken");
         }
     }
+
+    // Where each shard is served now, for the streams and calls this node
+    // passes on.
+    let addresses: std::collections::HashMap<&str, Arc<str>> = nodes
+        .iter()
+        .filter(|n| n.seen_ago < settings.lease)
+        .map(|n| (n.node.as_str(), Arc::from(n.address.as_str())))
+        .collect();
+    let routes = db
+        .shards()
+        .await?
+        .into_iter()
+        .map(|s| {
+            let owner = s.owner.filter(|_| !s.expired)?;
+            let address = addresses.get(owner.as_str())?.clone();
+            Some((Arc::from(owner.as_str()), address))
+        })
+        .collect();
+    ownership.set_routes(routes);
     Ok(())
 }

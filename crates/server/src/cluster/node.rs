@@ -18,10 +18,14 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A node's registry, streams and shards, as the cluster moves them.
 pub struct ClusterNode {
+    id: String,
     registry: Registry,
     streams: OpenStreams,
     ownership: Arc<Ownership>,
     shards: u32,
+    /// One HTTP/2 connection to each other node, made on first use: the
+    /// streams and calls passed on share it.
+    channels: dashmap::DashMap<Arc<str>, tonic::transport::Channel>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -36,17 +40,51 @@ impl ClusterNode {
     /// The node over `registry` and `streams`, holding what `ownership`
     /// says, in a cluster of `shards` shards.
     pub fn new(
+        id: String,
         registry: Registry,
         streams: OpenStreams,
         ownership: Arc<Ownership>,
         shards: u32,
     ) -> ClusterNode {
         ClusterNode {
+            id,
             registry,
             streams,
             ownership,
             shards,
+            channels: dashmap::DashMap::new(),
         }
+    }
+
+    /// This node's ID.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The address of the node that serves agent `id` now, if another live
+    /// node does.
+    pub fn route_of(&self, id: &str) -> Option<Arc<str>> {
+        self.ownership
+            .route(self.shard_of(id))
+            .filter(|(node, _)| **node != *self.id)
+            .map(|(_, address)| address)
+    }
+
+    /// The connection to the node at `address` (made lazily, reconnecting
+    /// by itself).
+    pub fn channel(&self, address: &str) -> tonic::transport::Channel {
+        if let Some(c) = self.channels.get(address) {
+            return c.clone();
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap_or_else(|_| tonic::transport::Endpoint::from_static("http://invalid.invalid"))
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        self.channels.insert(Arc::from(address), channel.clone());
+        channel
     }
 
     /// The shard of agent `id`.

@@ -333,11 +333,14 @@ mod nodes {
     use crate::common::{Agent, T0, TestServer, t};
 
     async fn node(pg: &Postgres, name: &str, clock: &ManualClock) -> TestServer {
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let config = Config {
             storage: Storage::Cluster(ClusterConfig {
                 url: pg.url(),
                 node: name.into(),
-                address: format!("{name}.invalid:50051"),
+                address: grpc.local_addr().expect("addr").to_string(),
                 lease: Duration::from_secs(2),
                 shards: SHARDS,
             }),
@@ -346,7 +349,7 @@ mod nodes {
         let server = Server::cluster(config, Arc::new(clock.clone()))
             .await
             .expect("joins");
-        TestServer::serve(server, clock.clone(), |addr| {
+        TestServer::serve_on(server, clock.clone(), grpc, |addr| {
             Channel::from_shared(format!("http://{addr}")).expect("uri")
         })
         .await
@@ -484,14 +487,23 @@ mod nodes {
             "{moved} of {} moved",
             ids.len()
         );
-        // a no longer takes streams for b's agents.
+        // An agent of b's that reaches a is passed on to b: same stream,
+        // same sequence numbers, applied on b.
         let first = &moved_ids[0];
-        let mut refused = Agent::open(&a.channel).await.expect("opens");
-        let status = refused
-            .hello_with(first, 1, &[])
+        let mut via_a = agent(&a, first, 1).await;
+        assert_eq!(via_a.welcome.last_applied_seq, 4, "b's, through a");
+        let ack = via_a
+            .events(vec![crate::common::event(
+                5,
+                pb::EventKind::Heartbeat,
+                None,
+            )])
             .await
-            .expect_err("not a's agent any more");
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            .expect("b applies, through a");
+        assert_eq!(ack.applied_through, 5);
+        let on_b = b.get(first).await;
+        assert_eq!(on_b.last_seq, 5, "{on_b:?}");
+        drop(via_a);
         b.stop().await;
         a.stop().await;
     }

@@ -102,6 +102,16 @@ impl TestServer {
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        TestServer::serve_on(server, clock, grpc, endpoint).await
+    }
+
+    /// [`TestServer::serve`] with gRPC on `grpc`, bound already.
+    pub async fn serve_on(
+        server: Server,
+        clock: ManualClock,
+        grpc: tokio::net::TcpListener,
+        endpoint: impl FnOnce(SocketAddr) -> tonic::transport::Endpoint,
+    ) -> TestServer {
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
