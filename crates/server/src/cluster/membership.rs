@@ -60,8 +60,11 @@ pub struct Ownership {
     held: Mutex<BTreeMap<u32, (i64, Instant)>>,
     /// Each shard's owner (node, address) as last read from the database;
     /// `None` for a shard without a live owner (in takeover).
-    routes: Mutex<Vec<Option<(Arc<str>, Arc<str>)>>>,
+    routes: Mutex<Vec<Option<Route>>>,
 }
+
+/// A shard's owner: its node ID and the address it is reached on.
+pub type Route = (Arc<str>, Arc<str>);
 
 impl Ownership {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, (i64, Instant)>> {
@@ -101,7 +104,7 @@ impl Ownership {
 
     /// The owner of `shard` (its node ID and address) as last read, if it
     /// has a live one.
-    pub fn route(&self, shard: u32) -> Option<(Arc<str>, Arc<str>)> {
+    pub fn route(&self, shard: u32) -> Option<Route> {
         self.routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -120,7 +123,7 @@ impl Ownership {
             .count()
     }
 
-    fn set_routes(&self, routes: Vec<Option<(Arc<str>, Arc<str>)>>) {
+    fn set_routes(&self, routes: Vec<Option<Route>>) {
         *self.routes.lock().unwrap_or_else(|e| e.into_inner()) = routes;
     }
 
