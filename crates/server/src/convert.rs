@@ -257,6 +257,17 @@ impl From<StormView> for pb::Storm {
                 .unwrap_or_default(),
             dominant_count: s.dominant.map_or(0, |(_, n)| n),
             maintenance: s.maintenance,
+            faulty_by_why: s
+                .faulty_by_why
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| pb::WhyCount {
+                    why: pb::Why::from(r) as i32,
+                    why_text: r.as_str().to_owned(),
+                    state: pb::State::from(r.state()) as i32,
+                    count: *n,
+                })
+                .collect(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! snapshot follows). The server holds at most [`WatchLimits::max_watchers`]
 //! watches, and each identity its own limit ([`FleetService::admit_watcher`]).
 
+mod cluster;
 mod ops;
 
 use std::pin::Pin;
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::cluster::node::ClusterNode;
 use crate::metrics::{Metrics, Rejected};
 use crate::model::{MaintenanceFilter, State, StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
@@ -78,9 +80,32 @@ pub struct FleetService {
     watch: WatchLimits,
     watchers: Arc<AtomicUsize>,
     started_at: fleet_health_sensor::Time,
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 impl FleetService {
+    /// This service on a cluster node: answers cover the whole cluster (see
+    /// [`cluster`]).
+    pub fn in_cluster(mut self, node: Arc<ClusterNode>) -> FleetService {
+        self.cluster = Some(node);
+        self
+    }
+
+    /// The cluster node, when a call is to be answered for the whole
+    /// cluster (not a node's own part, asked by another node).
+    fn whole(&self, metadata: &tonic::metadata::MetadataMap) -> Option<&Arc<ClusterNode>> {
+        self.cluster.as_ref().filter(|_| !cluster::here(metadata))
+    }
+
+    /// This node's own answer, marked with the shards it covers when it is
+    /// a cluster node.
+    fn own<T>(&self, message: T) -> Response<T> {
+        match &self.cluster {
+            Some(node) => cluster::mark(Response::new(message), node),
+            None => Response::new(message),
+        }
+    }
+
     /// A service over `registry`; a forget ends the agent's stream in
     /// `streams` (the table the agent service keeps); watches end when
     /// `shutdown` turns true, or when `security` finds their credential
@@ -100,6 +125,7 @@ impl FleetService {
             security,
             watch,
             watchers: Arc::new(AtomicUsize::new(0)),
+            cluster: None,
         }
     }
 }
@@ -237,9 +263,15 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let whole = self.whole(request.metadata()).cloned();
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
         let at = wire::opt_time(req.at.as_ref(), "at")?;
+        if let Some(node) = whole
+            && let Some(owner) = cluster::owner_of(&node, id.as_str())?
+        {
+            return cluster::get(&node, &owner, req).await;
+        }
         let view = self.registry.get(&id, at)?;
         Ok(Response::new(pb::GetAgentResponse {
             agent: Some((&view).into()),
@@ -251,42 +283,21 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let whole = self.whole(request.metadata()).cloned();
         let req = request.into_inner();
-        let mut sel = selector(req.filter, &req.why, &req.labels, req.maintenance)?;
-        if req.id_contains.len() > MAX_ID_CONTAINS {
-            return Err(Status::invalid_argument(format!(
-                "id_contains is {} bytes; at most {MAX_ID_CONTAINS}",
-                req.id_contains.len()
-            )));
+        let own = self.list_here(req.clone())?;
+        match whole {
+            Some(node) => {
+                let size = match req.page_size as usize {
+                    0 => DEFAULT_PAGE_SIZE,
+                    n => n.min(MAX_PAGE_SIZE),
+                };
+                Ok(Response::new(
+                    cluster::list(&node, self.own(own), req, size).await,
+                ))
+            }
+            None => Ok(self.own(own)),
         }
-        sel.id_contains = (!req.id_contains.is_empty()).then_some(req.id_contains);
-        let at = wire::opt_time(req.at.as_ref(), "at")?;
-        let size = match req.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
-        let after =
-            if req.page_token.is_empty() {
-                None
-            } else {
-                // The token is the last agent ID of the previous page.
-                Some(wire::agent_id(&req.page_token).map_err(|_| {
-                    Status::invalid_argument("page_token is not one this server gave")
-                })?)
-            };
-        let page = self
-            .registry
-            .list(&sel, at, after.as_ref().map(|a| a.as_str()), size);
-        let next_page_token = match (page.more, page.agents.last()) {
-            (true, Some(last)) => last.id.to_string(),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListAgentsResponse {
-            agents: page.agents.iter().map(Into::into).collect(),
-            next_page_token,
-            storm: Some(page.storm.into()),
-            evaluated_at: Some(wire::timestamp(page.evaluated_at)),
-        }))
     }
 
     type WatchAgentsStream = WatchStream;
@@ -296,79 +307,36 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
-        let req = request.get_ref();
-        let sel = selector(req.filter, &req.why, &req.labels, req.maintenance)?;
-        let caller = request.extensions().get::<Caller>();
-        let admission = self.admit_watcher(caller)?;
-        let session = caller.map(|c| self.security.sessions().open(c, WATCH));
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        let queue = Arc::new(Queue {
-            rx: Mutex::new(rx),
-            metrics: self.registry.metrics().clone(),
-        });
-        let (end_tx, end_rx) = oneshot::channel();
-        let watcher = Watcher {
-            registry: self.registry.clone(),
-            sel,
-            tx,
-            queue: queue.clone(),
-            shutdown: self.shutdown.clone(),
-            stall_timeout: self.watch.stall_timeout,
-            session,
-            _admission: admission,
-        };
-        tokio::spawn(watcher.run(end_tx));
-        Ok(Response::new(WatchStream {
-            queue,
-            end: Some(end_rx),
-            done: false,
-        }))
+        self.watch_here(request)
     }
 
     async fn get_summary(
         &self,
         request: Request<pb::GetSummaryRequest>,
     ) -> Result<Response<pb::GetSummaryResponse>, Status> {
+        let whole = self.whole(request.metadata()).cloned();
         let req = request.into_inner();
-        let at = wire::opt_time(req.at.as_ref(), "at")?;
-        let s = self.registry.summary(at);
-        let mut by_why: Vec<pb::WhyCount> = crate::model::Why::ALL
-            .iter()
-            .filter(|r| s.by_why[**r] > 0)
-            .map(|r| pb::WhyCount {
-                why: pb::Why::from(*r) as i32,
-                why_text: r.as_str().to_string(),
-                state: pb::State::from(r.state()) as i32,
-                count: s.by_why[*r],
-            })
-            .collect();
-        by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));
-        let maintenance = s.maintained.total();
-        let maintenance_faulty = s.maintained.in_state(State::Faulty);
-        Ok(Response::new(pb::GetSummaryResponse {
-            maintenance,
-            maintenance_faulty,
-            given_up: s.given_up,
-            claimed: s.claimed,
-            total: s.total(),
-            healthy: s.count(State::Healthy),
-            faulty: s.count(State::Faulty),
-            inactive: s.count(State::Inactive),
-            connected: s.connected,
-            by_why,
-            storm: Some(s.storm.into()),
-            evaluated_at: Some(wire::timestamp(s.evaluated_at)),
-            grace_until: s.grace_until.map(wire::timestamp),
-        }))
+        let own = self.summary_here(&req)?;
+        match whole {
+            Some(node) => Ok(Response::new(
+                cluster::summary(&node, self.own(own), req).await,
+            )),
+            None => Ok(self.own(own)),
+        }
     }
-
     #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %request.get_ref().agent_id))]
     async fn get_history(
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
+        let whole = self.whole(request.metadata()).cloned();
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
+        if let Some(node) = whole
+            && let Some(owner) = cluster::owner_of(&node, id.as_str())?
+        {
+            return cluster::history(&node, &owner, req).await;
+        }
         let transitions = self.registry.history(&id)?;
         let activity = self.registry.activity(&id)?;
         Ok(Response::new(pb::GetHistoryResponse {
@@ -384,8 +352,30 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::ForgetAgentRequest>,
     ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
+        let whole = self.whole(request.metadata()).cloned();
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
+        if let Some(node) = whole
+            && let Some(owner) = cluster::owner_of(&node, id.as_str())?
+        {
+            // The owner forgets it (and audits it as a call from this node;
+            // this node audits the caller's).
+            let answer = cluster::forget(&node, &owner, req).await;
+            if let Some(caller) = caller {
+                self.security.audit().record(AuditEvent {
+                    event: "admin",
+                    identity: Some(caller.identity.to_string()),
+                    credential: Some(caller.credential.kind()),
+                    peer: caller.peer,
+                    rpc: Some(FORGET),
+                    agent_id: Some(id.to_string()),
+                    result: if answer.is_ok() { "ok" } else { "failed" },
+                    reason: None,
+                    detail: answer.as_ref().err().map(|s| s.message().to_owned()),
+                });
+            }
+            return answer;
+        }
         let forgotten = self.registry.forget(&id);
         if let Some(caller) = caller {
             self.security.audit().record(AuditEvent {
@@ -466,6 +456,114 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::ClearGivenUpRequest>,
     ) -> Result<Response<pb::ClearGivenUpResponse>, Status> {
         self.clear_given_up_(request).await
+    }
+}
+
+impl FleetService {
+    fn list_here(&self, req: pb::ListAgentsRequest) -> Result<pb::ListAgentsResponse, Status> {
+        let mut sel = selector(req.filter, &req.why, &req.labels, req.maintenance)?;
+        if req.id_contains.len() > MAX_ID_CONTAINS {
+            return Err(Status::invalid_argument(format!(
+                "id_contains is {} bytes; at most {MAX_ID_CONTAINS}",
+                req.id_contains.len()
+            )));
+        }
+        sel.id_contains = (!req.id_contains.is_empty()).then_some(req.id_contains);
+        let at = wire::opt_time(req.at.as_ref(), "at")?;
+        let size = match req.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after =
+            if req.page_token.is_empty() {
+                None
+            } else {
+                // The token is the last agent ID of the previous page.
+                Some(wire::agent_id(&req.page_token).map_err(|_| {
+                    Status::invalid_argument("page_token is not one this server gave")
+                })?)
+            };
+        let page = self
+            .registry
+            .list(&sel, at, after.as_ref().map(|a| a.as_str()), size);
+        let next_page_token = match (page.more, page.agents.last()) {
+            (true, Some(last)) => last.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(pb::ListAgentsResponse {
+            agents: page.agents.iter().map(Into::into).collect(),
+            next_page_token,
+            storm: Some(page.storm.into()),
+            evaluated_at: Some(wire::timestamp(page.evaluated_at)),
+            incomplete: false,
+        })
+    }
+
+    fn watch_here(
+        &self,
+        request: Request<pb::WatchAgentsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let req = request.get_ref();
+        let sel = selector(req.filter, &req.why, &req.labels, req.maintenance)?;
+        let caller = request.extensions().get::<Caller>();
+        let admission = self.admit_watcher(caller)?;
+        let session = caller.map(|c| self.security.sessions().open(c, WATCH));
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let queue = Arc::new(Queue {
+            rx: Mutex::new(rx),
+            metrics: self.registry.metrics().clone(),
+        });
+        let (end_tx, end_rx) = oneshot::channel();
+        let watcher = Watcher {
+            registry: self.registry.clone(),
+            sel,
+            tx,
+            queue: queue.clone(),
+            shutdown: self.shutdown.clone(),
+            stall_timeout: self.watch.stall_timeout,
+            session,
+            _admission: admission,
+        };
+        tokio::spawn(watcher.run(end_tx));
+        Ok(Response::new(WatchStream {
+            queue,
+            end: Some(end_rx),
+            done: false,
+        }))
+    }
+
+    fn summary_here(&self, req: &pb::GetSummaryRequest) -> Result<pb::GetSummaryResponse, Status> {
+        let at = wire::opt_time(req.at.as_ref(), "at")?;
+        let s = self.registry.summary(at);
+        let mut by_why: Vec<pb::WhyCount> = crate::model::Why::ALL
+            .iter()
+            .filter(|r| s.by_why[**r] > 0)
+            .map(|r| pb::WhyCount {
+                why: pb::Why::from(*r) as i32,
+                why_text: r.as_str().to_string(),
+                state: pb::State::from(r.state()) as i32,
+                count: s.by_why[*r],
+            })
+            .collect();
+        by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));
+        let maintenance = s.maintained.total();
+        let maintenance_faulty = s.maintained.in_state(State::Faulty);
+        Ok(pb::GetSummaryResponse {
+            maintenance,
+            maintenance_faulty,
+            given_up: s.given_up,
+            claimed: s.claimed,
+            total: s.total(),
+            healthy: s.count(State::Healthy),
+            faulty: s.count(State::Faulty),
+            inactive: s.count(State::Inactive),
+            connected: s.connected,
+            by_why,
+            storm: Some(s.storm.into()),
+            evaluated_at: Some(wire::timestamp(s.evaluated_at)),
+            grace_until: s.grace_until.map(wire::timestamp),
+            incomplete: false,
+        })
     }
 }
 

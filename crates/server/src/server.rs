@@ -32,7 +32,7 @@ use crate::web::Gate;
 use crate::{committer, http};
 
 /// The largest message the fleet service sends (a page of agents).
-const MAX_ENCODED_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_ENCODED_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -354,15 +354,20 @@ impl Server {
         };
         let agents =
             AgentServiceServer::new(agent_service).max_decoding_message_size(t.max_message_bytes);
-        let fleet = FleetServiceServer::new(FleetService::new(
+        let fleet_service = FleetService::new(
             registry.clone(),
             open_streams.clone(),
             stop.subscribe(),
             security.clone(),
             config.watch,
-        ))
-        .max_decoding_message_size(t.max_message_bytes)
-        .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
+        );
+        let fleet_service = match &node {
+            Some(node) => fleet_service.in_cluster(node.clone()),
+            None => fleet_service,
+        };
+        let fleet = FleetServiceServer::new(fleet_service)
+            .max_decoding_message_size(t.max_message_bytes)
+            .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
         let admin = AdminServiceServer::new(AdminService::new(store.clone()))
             .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
 

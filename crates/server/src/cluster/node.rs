@@ -61,6 +61,23 @@ impl ClusterNode {
         &self.id
     }
 
+    /// The cluster's shard count.
+    pub fn shard_count(&self) -> u32 {
+        self.shards
+    }
+
+    /// The other nodes that serve shards now (node ID, address), as last
+    /// read.
+    pub fn peers(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut peers: Vec<(Arc<str>, Arc<str>)> = (0..self.shards)
+            .filter_map(|s| self.ownership.route(s))
+            .filter(|(node, _)| **node != *self.id)
+            .collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
     /// The address of the node that serves agent `id` now, if another live
     /// node does.
     pub fn route_of(&self, id: &str) -> Option<Arc<str>> {

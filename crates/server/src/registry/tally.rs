@@ -171,6 +171,13 @@ impl Tally {
             min_agents: self.storm_min_agents,
             dominant,
             maintenance: maintained.total(),
+            faulty_by_why: ByWhy::from_fn(|r| {
+                if r.state() == State::Faulty {
+                    counts[r]
+                } else {
+                    0
+                }
+            }),
         }
     }
 }

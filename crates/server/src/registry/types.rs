@@ -121,6 +121,8 @@ pub struct StormView {
     /// Agents under maintenance, counted in neither `faulty` nor
     /// `active_agents`.
     pub maintenance: u64,
+    /// The faulty agents not under maintenance, by reason.
+    pub faulty_by_why: ByWhy<u64>,
 }
 
 impl StormView {

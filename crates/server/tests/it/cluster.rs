@@ -504,6 +504,57 @@ mod nodes {
         let on_b = b.get(first).await;
         assert_eq!(on_b.last_seq, 5, "{on_b:?}");
         drop(via_a);
+
+        // Lists, summaries and single agents: the same answer whichever node
+        // is asked, covering both nodes' shards, in pages by ID.
+        for s in [&a, &b] {
+            let mut seen = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = s
+                    .fleet()
+                    .list_agents(pb::ListAgentsRequest {
+                        filter: pb::StateFilter::All as i32,
+                        page_size: 5,
+                        page_token: token.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("lists")
+                    .into_inner();
+                assert!(!page.incomplete, "every shard is served");
+                seen.extend(page.agents.iter().map(|a| a.agent_id.clone()));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            assert_eq!(seen, ids, "pages by ID over both nodes");
+            let summary = s
+                .fleet()
+                .get_summary(pb::GetSummaryRequest::default())
+                .await
+                .expect("sums")
+                .into_inner();
+            assert!(!summary.incomplete);
+            assert_eq!(summary.total, ids.len() as u64);
+            assert_eq!(summary.healthy, ids.len() as u64);
+            let storm = summary.storm.expect("storm");
+            assert_eq!(storm.active_agents, ids.len() as u64);
+            assert!(!storm.active);
+            for id in [first, &ids[0]] {
+                assert_eq!(s.get(id).await.agent_id, *id);
+                let history = s
+                    .fleet()
+                    .get_history(pb::GetHistoryRequest {
+                        agent_id: id.clone(),
+                    })
+                    .await
+                    .expect("history")
+                    .into_inner();
+                assert!(!history.transitions.is_empty());
+            }
+        }
         b.stop().await;
         a.stop().await;
     }

@@ -1,0 +1,333 @@
+//! The fleet service on a cluster node: the same answer whichever node is
+//! asked.
+//!
+//! - A call about one agent (get, history, forget) goes to the node that
+//!   serves the agent's shard, unless this node does.
+//! - A list or a summary asks every node that serves shards for its part
+//!   (this node's own from its registry) and merges them: pages by agent
+//!   ID, counts added up, the storm guard worked out again over the whole.
+//!   An answer that misses shards (changing hands, or a node that did not
+//!   answer) says so (`incomplete`), and its storm flag is left down: the
+//!   storm guard never fires because part of the fleet is missing.
+//!
+//! A call passed on carries the `fleet-health-scope: node` header: the node
+//! answers from its own registry, and says in the `fleet-health-shards`
+//! header how many shards that covered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_health_proto::v1 as pb;
+use fleet_health_proto::v1::fleet_service_client::FleetServiceClient;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::node::ClusterNode;
+use crate::model::{State, Why};
+
+/// The header of a call one node passes on to another: answer from your
+/// own registry.
+pub(super) const SCOPE: &str = "fleet-health-scope";
+/// The header of a node's own answer: how many shards it covered.
+const SHARDS: &str = "fleet-health-shards";
+/// How long a node waits for another's part of an answer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a call asks for this node's own part only.
+pub(super) fn here(metadata: &MetadataMap) -> bool {
+    metadata.get(SCOPE).is_some_and(|v| v == "node")
+}
+
+/// Marks a node's own answer with how many shards it covered.
+pub(super) fn mark<T>(mut response: Response<T>, node: &ClusterNode) -> Response<T> {
+    if let Ok(v) = node.ownership().len().to_string().parse() {
+        response.metadata_mut().insert(SHARDS, v);
+    }
+    response
+}
+
+fn covered(metadata: &MetadataMap) -> usize {
+    metadata
+        .get(SHARDS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `message` as a call to another node: its own part only.
+fn scoped<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(SCOPE, tonic::metadata::MetadataValue::from_static("node"));
+    request.set_timeout(PEER_TIMEOUT);
+    request
+}
+
+/// The client for the node at `address`.
+fn client(node: &ClusterNode, address: &str) -> FleetServiceClient<tonic::transport::Channel> {
+    FleetServiceClient::new(node.channel(address))
+        .max_decoding_message_size(crate::server::MAX_ENCODED_MESSAGE_BYTES)
+}
+
+/// Where a call about agent `id` goes: `None` when this node serves it;
+/// the owner's address when another node does; UNAVAILABLE when its shard
+/// has no live owner now.
+pub(super) fn owner_of(node: &ClusterNode, id: &str) -> Result<Option<Arc<str>>, Status> {
+    if node.serves(id) {
+        return Ok(None);
+    }
+    match node.route_of(id) {
+        Some(address) => Ok(Some(address)),
+        None => Err(Status::unavailable(format!(
+            "agent {id}'s shard ({}) is changing hands between servers; try again in a few seconds",
+            node.shard_of(id)
+        ))),
+    }
+}
+
+/// Passes a call about one agent on to the node at `address`.
+pub(super) async fn get(
+    node: &ClusterNode,
+    address: &str,
+    req: pb::GetAgentRequest,
+) -> Result<Response<pb::GetAgentResponse>, Status> {
+    client(node, address).get_agent(scoped(req)).await
+}
+
+/// Passes a history call on to the node at `address`.
+pub(super) async fn history(
+    node: &ClusterNode,
+    address: &str,
+    req: pb::GetHistoryRequest,
+) -> Result<Response<pb::GetHistoryResponse>, Status> {
+    client(node, address).get_history(scoped(req)).await
+}
+
+/// Passes a forget on to the node at `address`.
+pub(super) async fn forget(
+    node: &ClusterNode,
+    address: &str,
+    req: pb::ForgetAgentRequest,
+) -> Result<Response<pb::ForgetAgentResponse>, Status> {
+    client(node, address).forget_agent(scoped(req)).await
+}
+
+/// The parts of an answer: this node's own, then each other node's (or
+/// why it is missing), and whether every shard is covered.
+struct Parts<T> {
+    parts: Vec<T>,
+    complete: bool,
+}
+
+/// Asks every node that serves shards for its part: `own` is this node's;
+/// `ask` asks another.
+async fn gather<T, F, Fut>(node: &ClusterNode, own: Response<T>, ask: F) -> Parts<T>
+where
+    F: Fn(FleetServiceClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+{
+    let peers = node.peers();
+    let mut covered_shards = covered(own.metadata());
+    let mut parts = vec![own.into_inner()];
+    let mut complete = node.ownership().unowned() == 0;
+    let answers =
+        futures_util::future::join_all(peers.iter().map(|(_, address)| ask(client(node, address))))
+            .await;
+    for ((peer, _), answer) in peers.iter().zip(answers) {
+        match answer {
+            Ok(response) => {
+                covered_shards += covered(response.metadata());
+                parts.push(response.into_inner());
+            }
+            Err(status) => {
+                tracing::warn!(node = %peer, error = %status, "a node did not give its part of an answer");
+                complete = false;
+            }
+        }
+    }
+    if covered_shards < node.shard_count() as usize {
+        complete = false;
+    }
+    Parts { parts, complete }
+}
+
+/// A list over every node: pages merged by agent ID.
+pub(super) async fn list(
+    node: &ClusterNode,
+    own: Response<pb::ListAgentsResponse>,
+    req: pb::ListAgentsRequest,
+    size: usize,
+) -> pb::ListAgentsResponse {
+    let Parts { parts, complete } = gather(node, own, |mut c| {
+        let req = req.clone();
+        async move { c.list_agents(scoped(req)).await }
+    })
+    .await;
+    let mut more = parts.iter().any(|p| !p.next_page_token.is_empty());
+    let storms: Vec<pb::Storm> = parts.iter().filter_map(|p| p.storm.clone()).collect();
+    let evaluated_at = parts.first().and_then(|p| p.evaluated_at);
+    let mut agents: Vec<pb::AgentStatus> = parts.into_iter().flat_map(|p| p.agents).collect();
+    agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    // A shard that moved while the parts were read may show an agent twice.
+    agents.dedup_by(|a, b| a.agent_id == b.agent_id);
+    if agents.len() > size {
+        agents.truncate(size);
+        more = true;
+    }
+    let next_page_token = match (more, agents.last()) {
+        (true, Some(last)) => last.agent_id.clone(),
+        _ => String::new(),
+    };
+    pb::ListAgentsResponse {
+        agents,
+        next_page_token,
+        storm: Some(merge_storms(&storms, complete)),
+        evaluated_at,
+        incomplete: !complete,
+    }
+}
+
+/// A summary over every node: counts added up.
+pub(super) async fn summary(
+    node: &ClusterNode,
+    own: Response<pb::GetSummaryResponse>,
+    req: pb::GetSummaryRequest,
+) -> pb::GetSummaryResponse {
+    let Parts { parts, complete } = gather(node, own, |mut c| {
+        let req = req.clone();
+        async move { c.get_summary(scoped(req)).await }
+    })
+    .await;
+    let mut total = pb::GetSummaryResponse {
+        evaluated_at: parts.first().and_then(|p| p.evaluated_at),
+        incomplete: !complete,
+        ..pb::GetSummaryResponse::default()
+    };
+    let mut by_why: HashMap<i32, pb::WhyCount> = HashMap::new();
+    let mut storms = Vec::new();
+    for p in parts {
+        total.total += p.total;
+        total.healthy += p.healthy;
+        total.faulty += p.faulty;
+        total.inactive += p.inactive;
+        total.connected += p.connected;
+        total.maintenance += p.maintenance;
+        total.maintenance_faulty += p.maintenance_faulty;
+        total.given_up += p.given_up;
+        total.claimed += p.claimed;
+        for w in p.by_why {
+            by_why
+                .entry(w.why)
+                .and_modify(|x| x.count += w.count)
+                .or_insert(w);
+        }
+        // The latest grace of any node (one that took shards lately).
+        total.grace_until = match (total.grace_until, p.grace_until) {
+            (Some(a), Some(b)) => Some(if (b.seconds, b.nanos) > (a.seconds, a.nanos) {
+                b
+            } else {
+                a
+            }),
+            (a, b) => a.or(b),
+        };
+        storms.extend(p.storm);
+    }
+    let mut by_why: Vec<pb::WhyCount> = by_why.into_values().collect();
+    by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));
+    total.by_why = by_why;
+    total.storm = Some(merge_storms(&storms, complete));
+    total
+}
+
+/// The storm guard over the whole fleet, from each node's reading: the
+/// counts added up, the flag and the dominant reason worked out again. Left
+/// down when the parts do not cover the whole fleet.
+fn merge_storms(storms: &[pb::Storm], complete: bool) -> pb::Storm {
+    let mut merged = pb::Storm {
+        threshold: storms.first().map_or(0.5, |s| s.threshold),
+        min_agents: storms.first().map_or(0, |s| s.min_agents),
+        ..pb::Storm::default()
+    };
+    let mut by_why: HashMap<i32, pb::WhyCount> = HashMap::new();
+    for s in storms {
+        merged.faulty += s.faulty;
+        merged.active_agents += s.active_agents;
+        merged.maintenance += s.maintenance;
+        for w in &s.faulty_by_why {
+            by_why
+                .entry(w.why)
+                .and_modify(|x| x.count += w.count)
+                .or_insert_with(|| w.clone());
+        }
+    }
+    merged.faulty_share = if merged.active_agents == 0 {
+        0.0
+    } else {
+        merged.faulty as f64 / merged.active_agents as f64
+    };
+    merged.active = complete
+        && merged.active_agents >= merged.min_agents
+        && merged.active_agents > 0
+        && merged.faulty as f64 >= merged.threshold * merged.active_agents as f64;
+    if let Some(d) = by_why.values().find(|w| w.count * 2 > merged.faulty) {
+        merged.dominant_why = d.why;
+        merged.dominant_why_text = d.why_text.clone();
+        merged.dominant_count = d.count;
+    }
+    let mut faulty_by_why: Vec<pb::WhyCount> = by_why
+        .into_values()
+        .filter(|w| Why::try_from(w.why).is_ok_and(|w| w.state() == State::Faulty))
+        .collect();
+    faulty_by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));
+    merged.faulty_by_why = faulty_by_why;
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storm(faulty: u64, healthy: u64, whys: &[(pb::Why, u64)]) -> pb::Storm {
+        pb::Storm {
+            faulty,
+            active_agents: faulty + healthy,
+            threshold: 0.5,
+            min_agents: 10,
+            faulty_by_why: whys
+                .iter()
+                .map(|(w, n)| pb::WhyCount {
+                    why: *w as i32,
+                    why_text: format!("{w:?}"),
+                    state: pb::State::Faulty as i32,
+                    count: *n,
+                })
+                .collect(),
+            ..pb::Storm::default()
+        }
+    }
+
+    #[test]
+    fn the_storm_is_worked_out_over_the_whole_fleet() {
+        // Neither node alone is in a storm at its own size threshold, the
+        // whole is: 12 of 20 faulty, 8 of them for one reason.
+        let a = storm(
+            6,
+            2,
+            &[(pb::Why::NoDataSent, 4), (pb::Why::NotReporting, 2)],
+        );
+        let b = storm(
+            6,
+            6,
+            &[(pb::Why::NoDataSent, 4), (pb::Why::NotReporting, 2)],
+        );
+        let merged = merge_storms(&[a.clone(), b.clone()], true);
+        assert!(merged.active);
+        assert_eq!((merged.faulty, merged.active_agents), (12, 20));
+        assert_eq!(merged.dominant_why, pb::Why::NoDataSent as i32);
+        assert_eq!(merged.dominant_count, 8);
+        // Part of the fleet missing: the flag stays down.
+        assert!(!merge_storms(&[a, b], false).active);
+    }
+}
