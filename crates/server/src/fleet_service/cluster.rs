@@ -195,9 +195,8 @@ pub(super) async fn summary(
     own: Response<pb::GetSummaryResponse>,
     req: pb::GetSummaryRequest,
 ) -> pb::GetSummaryResponse {
-    let Parts { parts, complete } = gather(node, own, |mut c| {
-        let req = req.clone();
-        async move { c.get_summary(scoped(req)).await }
+    let Parts { parts, complete } = gather(node, own, |mut c| async move {
+        c.get_summary(scoped(req)).await
     })
     .await;
     let mut total = pb::GetSummaryResponse {
