@@ -300,14 +300,30 @@ impl FleetServiceApi for FleetService {
         }
     }
 
-    type WatchAgentsStream = WatchStream;
+    type WatchAgentsStream = Pin<Box<dyn Stream<Item = WatchItem> + Send>>;
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn watch_agents(
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
-        self.watch_here(request)
+        match self.whole(request.metadata()).cloned() {
+            Some(node) => {
+                let req = request.get_ref().clone();
+                selector(req.filter, &req.why, &req.labels, req.maintenance)?;
+                let admission = self.admit_watcher(request.extensions().get::<Caller>())?;
+                Ok(Response::new(Box::pin(cluster::watch(
+                    node,
+                    self.registry.clone(),
+                    req,
+                    admission,
+                    self.shutdown.clone(),
+                ))))
+            }
+            None => Ok(Response::new(Box::pin(
+                self.watch_here(request)?.into_inner(),
+            ))),
+        }
     }
 
     async fn get_summary(
@@ -533,37 +549,7 @@ impl FleetService {
     }
 
     fn summary_here(&self, req: &pb::GetSummaryRequest) -> Result<pb::GetSummaryResponse, Status> {
-        let at = wire::opt_time(req.at.as_ref(), "at")?;
-        let s = self.registry.summary(at);
-        let mut by_why: Vec<pb::WhyCount> = crate::model::Why::ALL
-            .iter()
-            .filter(|r| s.by_why[**r] > 0)
-            .map(|r| pb::WhyCount {
-                why: pb::Why::from(*r) as i32,
-                why_text: r.as_str().to_string(),
-                state: pb::State::from(r.state()) as i32,
-                count: s.by_why[*r],
-            })
-            .collect();
-        by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));
-        let maintenance = s.maintained.total();
-        let maintenance_faulty = s.maintained.in_state(State::Faulty);
-        Ok(pb::GetSummaryResponse {
-            maintenance,
-            maintenance_faulty,
-            given_up: s.given_up,
-            claimed: s.claimed,
-            total: s.total(),
-            healthy: s.count(State::Healthy),
-            faulty: s.count(State::Faulty),
-            inactive: s.count(State::Inactive),
-            connected: s.connected,
-            by_why,
-            storm: Some(s.storm.into()),
-            evaluated_at: Some(wire::timestamp(s.evaluated_at)),
-            grace_until: s.grace_until.map(wire::timestamp),
-            incomplete: false,
-        })
+        summary_of(&self.registry, req)
     }
 }
 
@@ -799,4 +785,42 @@ impl Watcher {
             Change::Storm(s) => Some(W::Storm(s.into())),
         }
     }
+}
+
+/// The summary `registry` gives for `req`.
+fn summary_of(
+    registry: &Registry,
+    req: &pb::GetSummaryRequest,
+) -> Result<pb::GetSummaryResponse, Status> {
+    let at = wire::opt_time(req.at.as_ref(), "at")?;
+    let s = registry.summary(at);
+    let mut by_why: Vec<pb::WhyCount> = crate::model::Why::ALL
+        .iter()
+        .filter(|r| s.by_why[**r] > 0)
+        .map(|r| pb::WhyCount {
+            why: pb::Why::from(*r) as i32,
+            why_text: r.as_str().to_string(),
+            state: pb::State::from(r.state()) as i32,
+            count: s.by_why[*r],
+        })
+        .collect();
+    by_why.sort_by(|a, b| b.count.cmp(&a.count).then(a.why.cmp(&b.why)));
+    let maintenance = s.maintained.total();
+    let maintenance_faulty = s.maintained.in_state(State::Faulty);
+    Ok(pb::GetSummaryResponse {
+        maintenance,
+        maintenance_faulty,
+        given_up: s.given_up,
+        claimed: s.claimed,
+        total: s.total(),
+        healthy: s.count(State::Healthy),
+        faulty: s.count(State::Faulty),
+        inactive: s.count(State::Inactive),
+        connected: s.connected,
+        by_why,
+        storm: Some(s.storm.into()),
+        evaluated_at: Some(wire::timestamp(s.evaluated_at)),
+        grace_until: s.grace_until.map(wire::timestamp),
+        incomplete: false,
+    })
 }

@@ -309,6 +309,7 @@ impl Server {
             Some(parts) => {
                 let node = Arc::new(ClusterNode::new(
                     parts.config.node.clone(),
+                    &parts.config.address,
                     registry.clone(),
                     open_streams.clone(),
                     parts.ownership.clone(),

@@ -19,6 +19,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A node's registry, streams and shards, as the cluster moves them.
 pub struct ClusterNode {
     id: String,
+    address: Arc<str>,
     registry: Registry,
     streams: OpenStreams,
     ownership: Arc<Ownership>,
@@ -41,6 +42,7 @@ impl ClusterNode {
     /// says, in a cluster of `shards` shards.
     pub fn new(
         id: String,
+        address: &str,
         registry: Registry,
         streams: OpenStreams,
         ownership: Arc<Ownership>,
@@ -48,6 +50,7 @@ impl ClusterNode {
     ) -> ClusterNode {
         ClusterNode {
             id,
+            address: Arc::from(address),
             registry,
             streams,
             ownership,
@@ -59,6 +62,11 @@ impl ClusterNode {
     /// This node's ID.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The address other nodes reach this node on.
+    pub fn address(&self) -> &Arc<str> {
+        &self.address
     }
 
     /// The cluster's shard count.

@@ -330,3 +330,177 @@ mod tests {
         assert!(!merge_storms(&[a, b], false).active);
     }
 }
+
+/// One node's part of a merged watch: its events, tagged with where they
+/// come from.
+type Part = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = (usize, Result<pb::WatchAgentsResponse, Status>)> + Send>,
+>;
+
+/// How often a merged watch looks whether shards changed hands, and works
+/// the storm guard out again over the whole fleet.
+const WATCH_TICK: Duration = Duration::from_secs(1);
+
+/// A watch over every node: each node's own watch (this node's too, asked
+/// over its own address like the others'), merged. The snapshot is
+/// complete when every part's is; a part that falls behind or ends, or
+/// shards that change hands, restart every part after a `resync`. The storm
+/// guard is worked out over the whole each second, and sent when it
+/// changes. `admission` (the watch's place among the caller's) is held for
+/// as long as the watch lives.
+pub(super) fn watch(
+    node: Arc<ClusterNode>,
+    registry: crate::registry::Registry,
+    req: pb::WatchAgentsRequest,
+    admission: impl Send + 'static,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> impl futures_util::Stream<Item = super::WatchItem> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<super::WatchItem>(super::WATCH_QUEUE);
+    tokio::spawn(async move {
+        let _admission = admission;
+        let stopping = tx.clone();
+        tokio::select! {
+            () = merge(node, registry, req, tx) => {}
+            () = crate::stopped(&mut shutdown) => {
+                let _ = stopping.send(Err(crate::open_streams::shutting_down())).await;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The merged watch's loop (see [`watch`]), until the watcher goes away.
+async fn merge(
+    node: Arc<ClusterNode>,
+    registry: crate::registry::Registry,
+    req: pb::WatchAgentsRequest,
+    tx: tokio::sync::mpsc::Sender<super::WatchItem>,
+) {
+    {
+        let mut missed = 0u64;
+        loop {
+            // Every part, from the start.
+            let routes = node.peers();
+            let mut addresses: Vec<Arc<str>> = vec![node.address().clone()];
+            addresses.extend(routes.iter().map(|(_, a)| a.clone()));
+            let mut parts: Vec<Part> = Vec::new();
+            for (i, address) in addresses.iter().enumerate() {
+                let mut request = Request::new(req.clone());
+                request
+                    .metadata_mut()
+                    .insert(SCOPE, tonic::metadata::MetadataValue::from_static("node"));
+                match client(&node, address).watch_agents(request).await {
+                    Ok(s) => parts.push(Box::pin(futures_util::StreamExt::map(
+                        s.into_inner(),
+                        move |m| (i, m),
+                    ))),
+                    Err(status) => {
+                        tracing::warn!(error = %status, "a node's part of a watch could not be opened");
+                    }
+                }
+            }
+            let complete_parts = parts.len() == addresses.len();
+            let n = addresses.len();
+            let mut merged = futures_util::stream::select_all(parts);
+            let mut synced = vec![false; n];
+            let mut count = 0u64;
+            let mut storm: Option<pb::Storm> = None;
+            let mut tick = tokio::time::interval(WATCH_TICK);
+            tick.tick().await;
+            let restart = loop {
+                tokio::select! {
+                    item = futures_util::StreamExt::next(&mut merged) => {
+                        let Some((from, item)) = item else { break true };
+                        let event = match item {
+                            Ok(m) => m.event,
+                            Err(status) => {
+                                tracing::info!(error = %status, "a node's part of a watch ended");
+                                break true;
+                            }
+                        };
+                        use pb::watch_agents_response::Event as W;
+                        let out = match event {
+                            Some(W::Snapshot(a)) => {
+                                count += 1;
+                                Some(W::Snapshot(a))
+                            }
+                            Some(W::Synced(s)) => {
+                                synced[from] = true;
+                                if let Some(st) = s.storm { storm.get_or_insert(st); }
+                                synced.iter().all(|s| *s).then(|| {
+                                    let whole = pb::Synced { count, storm: None, at: s.at };
+                                    W::Synced(whole)
+                                })
+                            }
+                            Some(W::Resync(r)) => {
+                                missed += r.missed;
+                                break true;
+                            }
+                            // Worked out over the whole below.
+                            Some(W::Storm(_)) => None,
+                            other => other,
+                        };
+                        if let Some(event) = out
+                            && tx.send(Ok(pb::WatchAgentsResponse { event: Some(event) })).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    _ = tick.tick() => {
+                        if node.peers() != routes {
+                            break true;
+                        }
+                        let whole = whole_storm(&node, &registry, complete_parts).await;
+                        let changed = storm.as_ref().is_none_or(|s| {
+                            s.active != whole.active || s.dominant_why != whole.dominant_why
+                        });
+                        if changed && synced.iter().all(|s| *s) {
+                            storm = Some(whole.clone());
+                            let event = pb::watch_agents_response::Event::Storm(whole);
+                            if tx.send(Ok(pb::WatchAgentsResponse { event: Some(event) })).await.is_err() {
+                                return;
+                            }
+                        } else {
+                            storm = Some(whole);
+                        }
+                    }
+                    () = tx.closed() => return,
+                }
+            };
+            if !restart {
+                return;
+            }
+            // Start again: the watcher drops what it holds.
+            let resync = pb::watch_agents_response::Event::Resync(pb::Resync { missed });
+            missed = 0;
+            if tx
+                .send(Ok(pb::WatchAgentsResponse {
+                    event: Some(resync),
+                }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The storm guard over the whole fleet now, from every node's summary.
+async fn whole_storm(
+    node: &ClusterNode,
+    registry: &crate::registry::Registry,
+    complete_parts: bool,
+) -> pb::Storm {
+    let Ok(own) = super::summary_of(registry, &pb::GetSummaryRequest::default()) else {
+        return pb::Storm::default();
+    };
+    let own = mark(Response::new(own), node);
+    let s = summary(node, own, pb::GetSummaryRequest::default()).await;
+    let mut storm = s.storm.unwrap_or_default();
+    if !complete_parts || s.incomplete {
+        storm.active = false;
+    }
+    storm
+}

@@ -555,6 +555,34 @@ mod nodes {
                 assert!(!history.transitions.is_empty());
             }
         }
+
+        // A watch on a sees every node's agents, then a change on b.
+        let mut w = a
+            .fleet()
+            .watch_agents(pb::WatchAgentsRequest {
+                filter: pb::StateFilter::All as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("watches")
+            .into_inner();
+        let (snapshot, synced) = crate::common::snapshot(&mut w).await;
+        let mut snapshot_ids: Vec<String> = snapshot.iter().map(|a| a.agent_id.clone()).collect();
+        snapshot_ids.sort();
+        assert_eq!(snapshot_ids, ids, "one snapshot over both nodes");
+        assert_eq!(synced.count, ids.len() as u64);
+        let mut on_b = agent(&b, first, 1).await;
+        on_b.stop_cleanly(6).await;
+        let change = crate::common::next_change(&mut w).await;
+        match change {
+            pb::watch_agents_response::Event::Changed(status) => {
+                assert_eq!(status.agent_id, *first);
+                assert_eq!(status.why, pb::Why::Stopped as i32);
+            }
+            other => panic!("expected {first}'s change, got {other:?}"),
+        }
+        drop(on_b);
+
         b.stop().await;
         a.stop().await;
     }
