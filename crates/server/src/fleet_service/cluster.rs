@@ -284,53 +284,6 @@ fn merge_storms(storms: &[pb::Storm], complete: bool) -> pb::Storm {
     merged
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn storm(faulty: u64, healthy: u64, whys: &[(pb::Why, u64)]) -> pb::Storm {
-        pb::Storm {
-            faulty,
-            active_agents: faulty + healthy,
-            threshold: 0.5,
-            min_agents: 10,
-            faulty_by_why: whys
-                .iter()
-                .map(|(w, n)| pb::WhyCount {
-                    why: *w as i32,
-                    why_text: format!("{w:?}"),
-                    state: pb::State::Faulty as i32,
-                    count: *n,
-                })
-                .collect(),
-            ..pb::Storm::default()
-        }
-    }
-
-    #[test]
-    fn the_storm_is_worked_out_over_the_whole_fleet() {
-        // Neither node alone is in a storm at its own size threshold, the
-        // whole is: 12 of 20 faulty, 8 of them for one reason.
-        let a = storm(
-            6,
-            2,
-            &[(pb::Why::NoDataSent, 4), (pb::Why::NotReporting, 2)],
-        );
-        let b = storm(
-            6,
-            6,
-            &[(pb::Why::NoDataSent, 4), (pb::Why::NotReporting, 2)],
-        );
-        let merged = merge_storms(&[a.clone(), b.clone()], true);
-        assert!(merged.active);
-        assert_eq!((merged.faulty, merged.active_agents), (12, 20));
-        assert_eq!(merged.dominant_why, pb::Why::NoDataSent as i32);
-        assert_eq!(merged.dominant_count, 8);
-        // Part of the fleet missing: the flag stays down.
-        assert!(!merge_storms(&[a, b], false).active);
-    }
-}
-
 /// One node's part of a merged watch: its events, tagged with where they
 /// come from.
 type Part = std::pin::Pin<
@@ -503,4 +456,51 @@ async fn whole_storm(
         storm.active = false;
     }
     storm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storm(faulty: u64, healthy: u64, whys: &[(pb::Why, u64)]) -> pb::Storm {
+        pb::Storm {
+            faulty,
+            active_agents: faulty + healthy,
+            threshold: 0.5,
+            min_agents: 10,
+            faulty_by_why: whys
+                .iter()
+                .map(|(w, n)| pb::WhyCount {
+                    why: *w as i32,
+                    why_text: format!("{w:?}"),
+                    state: pb::State::Faulty as i32,
+                    count: *n,
+                })
+                .collect(),
+            ..pb::Storm::default()
+        }
+    }
+
+    #[test]
+    fn the_storm_is_worked_out_over_the_whole_fleet() {
+        // Neither node alone is in a storm at its own size threshold, the
+        // whole is: 12 of 20 faulty, 8 of them for one reason.
+        let a = storm(
+            6,
+            2,
+            &[(pb::Why::NoDataSent, 4), (pb::Why::NotReporting, 2)],
+        );
+        let b = storm(
+            6,
+            6,
+            &[(pb::Why::NoDataSent, 4), (pb::Why::NotReporting, 2)],
+        );
+        let merged = merge_storms(&[a.clone(), b.clone()], true);
+        assert!(merged.active);
+        assert_eq!((merged.faulty, merged.active_agents), (12, 20));
+        assert_eq!(merged.dominant_why, pb::Why::NoDataSent as i32);
+        assert_eq!(merged.dominant_count, 8);
+        // Part of the fleet missing: the flag stays down.
+        assert!(!merge_storms(&[a, b], false).active);
+    }
 }
