@@ -432,6 +432,9 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::SetMaintenanceRequest>,
     ) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
+        if let Some(node) = self.whole(request.metadata()).cloned() {
+            return cluster::set_maintenance(&node, request.into_inner()).await;
+        }
         self.set_maintenance_(request).await
     }
 
@@ -439,6 +442,9 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ClearMaintenanceRequest>,
     ) -> Result<Response<pb::ClearMaintenanceResponse>, Status> {
+        if let Some(node) = self.whole(request.metadata()).cloned() {
+            return cluster::clear_maintenance(&node, request.into_inner()).await;
+        }
         self.clear_maintenance_(request).await
     }
 
@@ -447,6 +453,14 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ClaimAgentRequest>,
     ) -> Result<Response<pb::ClaimAgentResponse>, Status> {
+        if let Some(node) = self.whole(request.metadata()).cloned()
+            && let Some(owner) = cluster::owner_of(&node, &request.get_ref().agent_id)?
+        {
+            return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
+                c.claim_agent(r).await
+            })
+            .await;
+        }
         self.claim_agent_(request).await
     }
 
@@ -455,6 +469,14 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ReleaseAgentRequest>,
     ) -> Result<Response<pb::ReleaseAgentResponse>, Status> {
+        if let Some(node) = self.whole(request.metadata()).cloned()
+            && let Some(owner) = cluster::owner_of(&node, &request.get_ref().agent_id)?
+        {
+            return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
+                c.release_agent(r).await
+            })
+            .await;
+        }
         self.release_agent_(request).await
     }
 
@@ -463,6 +485,14 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::RecordRemediationRequest>,
     ) -> Result<Response<pb::RecordRemediationResponse>, Status> {
+        if let Some(node) = self.whole(request.metadata()).cloned()
+            && let Some(owner) = cluster::owner_of(&node, &request.get_ref().agent_id)?
+        {
+            return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
+                c.record_remediation(r).await
+            })
+            .await;
+        }
         self.record_remediation_(request).await
     }
 
@@ -471,6 +501,14 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ClearGivenUpRequest>,
     ) -> Result<Response<pb::ClearGivenUpResponse>, Status> {
+        if let Some(node) = self.whole(request.metadata()).cloned()
+            && let Some(owner) = cluster::owner_of(&node, &request.get_ref().agent_id)?
+        {
+            return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
+                c.clear_given_up(r).await
+            })
+            .await;
+        }
         self.clear_given_up_(request).await
     }
 }

@@ -114,6 +114,132 @@ pub(super) async fn forget(
     client(node, address).forget_agent(scoped(req)).await
 }
 
+/// Passes a call about one agent on to the node at `address`.
+pub(super) async fn pass<Q, A, F, Fut>(
+    node: &ClusterNode,
+    address: &str,
+    req: Q,
+    call: F,
+) -> Result<Response<A>, Status>
+where
+    F: FnOnce(FleetServiceClient<tonic::transport::Channel>, Request<Q>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<A>, Status>>,
+{
+    call(client(node, address), scoped(req)).await
+}
+
+/// Every node's address, this node's first.
+fn everyone(node: &ClusterNode) -> Vec<Arc<str>> {
+    let mut all = vec![node.address().clone()];
+    all.extend(node.peers().into_iter().map(|(_, a)| a));
+    all
+}
+
+/// The addresses of the nodes that serve `ids`, each with its IDs: every ID
+/// must be served somewhere (else UNAVAILABLE), and known there (checked
+/// first, so that one unknown ID marks nothing anywhere: NOT_FOUND).
+async fn by_owner(
+    node: &ClusterNode,
+    ids: &[String],
+) -> Result<Vec<(Arc<str>, Vec<String>)>, Status> {
+    let mut groups: Vec<(Arc<str>, Vec<String>)> = Vec::new();
+    for id in ids {
+        let address = owner_of(node, id)?.unwrap_or_else(|| node.address().clone());
+        get(
+            node,
+            &address,
+            pb::GetAgentRequest {
+                agent_id: id.clone(),
+                at: None,
+            },
+        )
+        .await?;
+        match groups.iter_mut().find(|(a, _)| *a == address) {
+            Some((_, g)) => g.push(id.clone()),
+            None => groups.push((address, vec![id.clone()])),
+        }
+    }
+    Ok(groups)
+}
+
+/// Marks agents under maintenance across the cluster: by ID on each
+/// agent's node, by labels or all on every node; the counts added up.
+pub(super) async fn set_maintenance(
+    node: &ClusterNode,
+    req: pb::SetMaintenanceRequest,
+) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
+    let calls: Vec<(Arc<str>, pb::SetMaintenanceRequest)> = if req.agent_ids.is_empty() {
+        everyone(node)
+            .into_iter()
+            .map(|a| (a, req.clone()))
+            .collect()
+    } else {
+        by_owner(node, &req.agent_ids)
+            .await?
+            .into_iter()
+            .map(|(a, ids)| {
+                (
+                    a,
+                    pb::SetMaintenanceRequest {
+                        agent_ids: ids,
+                        ..req.clone()
+                    },
+                )
+            })
+            .collect()
+    };
+    let mut total = pb::SetMaintenanceResponse::default();
+    for (address, req) in calls {
+        let part = client(node, &address)
+            .set_maintenance(scoped(req))
+            .await?
+            .into_inner();
+        total.marked += part.marked;
+        total.until = total.until.or(part.until);
+        total.agent_ids.extend(part.agent_ids);
+    }
+    total.agent_ids.sort();
+    total.agent_ids.truncate(1000);
+    Ok(Response::new(total))
+}
+
+/// Ends maintenance marks across the cluster, as [`set_maintenance`] sets
+/// them.
+pub(super) async fn clear_maintenance(
+    node: &ClusterNode,
+    req: pb::ClearMaintenanceRequest,
+) -> Result<Response<pb::ClearMaintenanceResponse>, Status> {
+    let calls: Vec<(Arc<str>, pb::ClearMaintenanceRequest)> = if req.agent_ids.is_empty() {
+        everyone(node)
+            .into_iter()
+            .map(|a| (a, req.clone()))
+            .collect()
+    } else {
+        by_owner(node, &req.agent_ids)
+            .await?
+            .into_iter()
+            .map(|(a, ids)| {
+                (
+                    a,
+                    pb::ClearMaintenanceRequest {
+                        agent_ids: ids,
+                        ..req.clone()
+                    },
+                )
+            })
+            .collect()
+    };
+    let mut cleared = 0;
+    for (address, req) in calls {
+        cleared += client(node, &address)
+            .clear_maintenance(scoped(req))
+            .await?
+            .into_inner()
+            .cleared;
+    }
+    Ok(Response::new(pb::ClearMaintenanceResponse { cleared }))
+}
+
 /// The parts of an answer: this node's own, then each other node's (or
 /// why it is missing), and whether every shard is covered.
 struct Parts<T> {

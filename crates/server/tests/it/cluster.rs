@@ -583,6 +583,53 @@ mod nodes {
         }
         drop(on_b);
 
+        // Marks over the whole cluster, and a claim passed on to the owner.
+        let stayed = ids
+            .iter()
+            .find(|id| !moved_ids.contains(id))
+            .expect("an agent stayed on a");
+        let marked = a
+            .fleet()
+            .set_maintenance(pb::SetMaintenanceRequest {
+                all: true,
+                reason: "patching".into(),
+                duration: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("marks")
+            .into_inner();
+        assert_eq!(marked.marked, ids.len() as u64);
+        assert!(b.get(first).await.maintenance.is_some(), "marked on b");
+        let cleared = b
+            .fleet()
+            .clear_maintenance(pb::ClearMaintenanceRequest {
+                agent_ids: vec![stayed.clone(), first.clone()],
+                ..Default::default()
+            })
+            .await
+            .expect("clears")
+            .into_inner();
+        assert_eq!(cleared.cleared, 2);
+        let claim = a
+            .fleet()
+            .claim_agent(pb::ClaimAgentRequest {
+                agent_id: first.clone(),
+                holder: "ops-1".into(),
+                lease: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+            })
+            .await
+            .expect("answers")
+            .into_inner();
+        assert!(!claim.granted, "{first} is not faulty");
+        assert_eq!(claim.agent.expect("its status").agent_id, *first);
+
         b.stop().await;
         a.stop().await;
     }
