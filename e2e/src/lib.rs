@@ -243,12 +243,20 @@ async fn spawn_server(
     } else {
         &["--metrics-listen", "off"]
     };
+    // An address of the test's own (a cluster's node advertises it).
+    let listen: &[&str] = if args.iter().any(|a| a == "--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut child = Command::new(binary("fleet-health-server"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(listen)
+        .args(["--log-format", "json"])
         .args(metrics)
         .args(
-            // A server in memory takes no data directory.
-            (!args.iter().any(|a| a == "--in-memory"))
+            // A server in memory, or a cluster's node, takes no data
+            // directory.
+            (!args.iter().any(|a| a == "--in-memory" || a == "--cluster"))
                 .then(|| [std::ffi::OsStr::new("--data-dir"), dir.as_os_str()])
                 .into_iter()
                 .flatten(),

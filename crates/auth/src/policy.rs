@@ -9,7 +9,7 @@
 //!   their patterns match) and admins; the agent service checks the ID
 //!   named in the stream's hello ([`Identity::may_report_for`]).
 //! - the reads of `FleetService` (get, list, watch, summary, history,
-//!   server info) and
+//!   server info, cluster status) and
 //!   server reflection: readers, orchestrators and admins.
 //! - `FleetService/ForgetAgent` and `AdminService/Backup`: admins only.
 //! - maintenance marks (`SetMaintenance`, `ClearMaintenance`) and clearing a
@@ -107,6 +107,13 @@ pub const TABLE: &[(&str, Access)] = &[
     ),
     (
         "/fleethealth.v1.FleetService/GetServerInfo",
+        Access::Callers {
+            agents: false,
+            roles: READERS,
+        },
+    ),
+    (
+        "/fleethealth.v1.FleetService/GetClusterStatus",
         Access::Callers {
             agents: false,
             roles: READERS,

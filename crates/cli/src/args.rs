@@ -294,6 +294,11 @@ pub enum Command {
     /// file ($FLEET_HEALTH_CONFIG, else $XDG_CONFIG_HOME/fleet-health/config.toml).
     #[command(subcommand)]
     Context(ContextCommand),
+    /// The servers of a cluster (see "Running several servers" in the
+    /// README): the nodes, the shards each serves, their leases, the
+    /// database's standbys.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// The versions of this client and of the server it talks to.
     Version,
     /// Print a shell completion script. Bash: `source <(fleet-health
@@ -646,6 +651,15 @@ pub struct ListArgs {
     /// Only agents whose ID contains TEXT (case-sensitive).
     #[arg(long, value_name = "TEXT")]
     pub id_contains: Option<String>,
+}
+
+/// `fleet-health cluster`'s tasks.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes (live, draining), the shards each serves, the shortest lease
+    /// left, when each was last heard from, the shards changing hands, and
+    /// the database's standbys with their replay lag.
+    Status,
 }
 
 /// `--sort-by`'s values.
@@ -1126,6 +1140,9 @@ impl Cli {
             }
             Command::Version => Task::Version {
                 format: pick_format("version", out, &[Table, Json, Yaml])?,
+            },
+            Command::Cluster(ClusterCommand::Status) => Task::ClusterStatus {
+                format: pick_format("cluster status", out, &[Table, Json, Yaml])?,
             },
             Command::Completion { shell } => Task::Print(completion(shell)),
             Command::Man { dir: None } => Task::Print(

@@ -105,6 +105,7 @@ async fn execute(config: &Config, out: &mut dyn Write) -> Result<ExitCode, Failu
         }
         Task::Context { task, path } => context(config, path, task, out),
         Task::Version { format } => version(&fleet()?, out, *format).await,
+        Task::ClusterStatus { format } => cluster_status(&fleet()?, out, *format).await,
         Task::Print(bytes) => {
             out.write_all(bytes)?;
             Ok(ExitCode::Success)
@@ -167,6 +168,115 @@ async fn maintenance(
                     "{cleared} maintenance mark{} ended",
                     if cleared == 1 { "" } else { "s" }
                 )?,
+            }
+        }
+    }
+    Ok(ExitCode::Success)
+}
+
+/// `fleet-health cluster status`.
+async fn cluster_status(
+    fleet: &FleetClient,
+    out: &mut dyn Write,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let s = fleet.cluster_status().await?;
+    let secs = |d: Option<std::time::Duration>| d.map(|d| (d.as_millis() as f64) / 1000.0);
+    match format {
+        Format::Json | Format::Yaml => {
+            let json = |o: &mut dyn Write| {
+                render::write_json(
+                    o,
+                    &serde_json::json!({
+                        "clustered": s.clustered,
+                        "answered_by": s.answered_by,
+                        "database": s.database,
+                        "shards": s.shards,
+                        "unowned": s.unowned,
+                        "lease_seconds": secs(s.lease),
+                        "nodes": s.nodes.iter().map(|n| serde_json::json!({
+                            "node": n.node,
+                            "address": n.address,
+                            "live": n.live,
+                            "draining": n.draining,
+                            "shards": n.shards,
+                            "lease_left_seconds": secs(n.lease_left),
+                            "seen_seconds_ago": secs(Some(n.seen_ago)),
+                        })).collect::<Vec<_>>(),
+                        "standbys": s.standbys.iter().map(|(name, state, sync, lag)| serde_json::json!({
+                            "name": name, "state": state, "sync_state": sync,
+                            "replay_lag_seconds": secs(*lag),
+                        })).collect::<Vec<_>>(),
+                    }),
+                )
+            };
+            if format == Format::Yaml {
+                render::yaml(out, json)?;
+            } else {
+                json(out)?;
+            }
+        }
+        _ => {
+            if !s.clustered {
+                writeln!(out, "not a cluster: a single server")?;
+                return Ok(ExitCode::Success);
+            }
+            let live = s.nodes.iter().filter(|n| n.live).count();
+            writeln!(
+                out,
+                "cluster of {live} live node{} over {}: {} shards, lease {} (answered by {})",
+                if live == 1 { "" } else { "s" },
+                s.database,
+                s.shards,
+                s.lease
+                    .map_or("-".into(), |l| format!("{:.1}s", l.as_secs_f64())),
+                s.answered_by
+            )?;
+            let rows: Vec<Vec<String>> = s
+                .nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.node.clone(),
+                        n.address.clone(),
+                        if n.draining {
+                            "draining".into()
+                        } else if n.live {
+                            "live".into()
+                        } else {
+                            "gone".into()
+                        },
+                        n.shards.to_string(),
+                        n.lease_left
+                            .map_or("-".into(), |l| format!("{:.1}s", l.as_secs_f64())),
+                        format!("{:.1}s ago", n.seen_ago.as_secs_f64()),
+                    ]
+                })
+                .collect();
+            render::plain_table(
+                out,
+                &[
+                    "NODE",
+                    "ADDRESS",
+                    "STATE",
+                    "SHARDS",
+                    "LEASE LEFT",
+                    "LAST HEARD",
+                ],
+                &rows,
+            )?;
+            writeln!(
+                out,
+                "{} shard{} changing hands",
+                s.unowned,
+                if s.unowned == 1 { "" } else { "s" }
+            )?;
+            for (name, state, sync, lag) in &s.standbys {
+                writeln!(
+                    out,
+                    "database standby {name}: {state}, {sync}, replay lag {}",
+                    lag.map_or("-".into(), |l| format!("{:.3}s", l.as_secs_f64()))
+                )?;
             }
         }
     }

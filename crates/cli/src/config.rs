@@ -113,6 +113,11 @@ pub enum Task {
     Pki(PkiTask),
     /// Make, list or remove tokens (no server needed).
     Token(TokenTask),
+    /// The cluster the server is a node of.
+    ClusterStatus {
+        /// How to print it.
+        format: Format,
+    },
     /// The client's and the server's versions.
     Version {
         /// How to print them.

@@ -158,6 +158,46 @@ pub struct ServerInfo {
     pub silence_window: Option<Duration>,
 }
 
+/// The cluster a server is a node of (see `GetClusterStatus`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterStatus {
+    /// Whether the server is a node of a cluster (false: a single server).
+    pub clustered: bool,
+    /// The node that answered.
+    pub answered_by: String,
+    /// The database, without its password.
+    pub database: String,
+    /// The cluster's shard count.
+    pub shards: u32,
+    /// Shards with no live owner now.
+    pub unowned: u32,
+    /// The lease shards are held with.
+    pub lease: Option<Duration>,
+    /// The nodes, by ID.
+    pub nodes: Vec<ClusterNodeStatus>,
+    /// The database's standbys: name, state, sync state, replay lag.
+    pub standbys: Vec<(String, String, String, Option<Duration>)>,
+}
+
+/// One node of a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterNodeStatus {
+    /// Its ID.
+    pub node: String,
+    /// The address other nodes reach it on.
+    pub address: String,
+    /// How long ago it was last heard from.
+    pub seen_ago: Duration,
+    /// Whether it counts as alive.
+    pub live: bool,
+    /// Whether it is handing its shards over to stop.
+    pub draining: bool,
+    /// How many shards it holds.
+    pub shards: u32,
+    /// The shortest time left on its leases.
+    pub lease_left: Option<Duration>,
+}
+
 /// A client for `FleetService`. Cheap to clone: clones share one connection.
 #[derive(Clone, Debug)]
 pub struct FleetClient {
@@ -312,6 +352,50 @@ impl FleetClient {
         };
         let mut inner = self.inner.clone();
         Ok(self.call(inner.get_history(request)).await?.try_into()?)
+    }
+
+    /// The cluster the server is a node of: nodes, shards, leases, standbys.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        let mut inner = self.inner.clone();
+        let r = self
+            .call(inner.get_cluster_status(proto::GetClusterStatusRequest {}))
+            .await?;
+        let duration = |d: Option<&prost_types::Duration>| {
+            d.and_then(|d| fleet_health_types::wire::from_duration(d, "duration").ok())
+        };
+        Ok(ClusterStatus {
+            clustered: r.clustered,
+            answered_by: r.answered_by,
+            database: r.database,
+            shards: r.shards,
+            unowned: r.unowned,
+            lease: duration(r.lease.as_ref()),
+            nodes: r
+                .nodes
+                .iter()
+                .map(|n| ClusterNodeStatus {
+                    node: n.node.clone(),
+                    address: n.address.clone(),
+                    seen_ago: duration(n.seen_ago.as_ref()).unwrap_or_default(),
+                    live: n.live,
+                    draining: n.draining,
+                    shards: n.shards,
+                    lease_left: duration(n.lease_left.as_ref()),
+                })
+                .collect(),
+            standbys: r
+                .standbys
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.state.clone(),
+                        s.sync_state.clone(),
+                        duration(s.replay_lag.as_ref()),
+                    )
+                })
+                .collect(),
+        })
     }
 
     /// The server's version and the settings clients may want to know.

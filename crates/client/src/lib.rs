@@ -42,7 +42,9 @@ pub use connect::{
     AuthChannel, BadCredentials, Bearer, ConnectError, Credentials, auth_channel, endpoint_with,
     maybe_refused_certificate, tls_trouble,
 };
-pub use fleet::{AgentQuery, ClientError, FleetClient, ServerInfo};
+pub use fleet::{
+    AgentQuery, ClientError, ClusterNodeStatus, ClusterStatus, FleetClient, ServerInfo,
+};
 pub use fleet_health_proto::v1 as proto;
 pub use fleet_health_sensor::Time;
 pub use fleet_health_types as types;

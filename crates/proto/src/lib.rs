@@ -97,6 +97,7 @@ undecodable!(InvalidArgument:
     ClearGivenUpRequest,
     BackupRequest,
     GetServerInfoRequest,
+    GetClusterStatusRequest,
 );
 undecodable!(Internal:
     ReportResponse,
@@ -114,6 +115,7 @@ undecodable!(Internal:
     ClearGivenUpResponse,
     BackupChunk,
     GetServerInfoResponse,
+    GetClusterStatusResponse,
 );
 
 /// Decodes one message of [`LeanCodec`]; a decode error becomes the status

@@ -428,6 +428,16 @@ impl FleetServiceApi for FleetService {
         }))
     }
 
+    async fn get_cluster_status(
+        &self,
+        _: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
+        match &self.cluster {
+            Some(node) => cluster::status(node).await.map(Response::new),
+            None => Ok(Response::new(pb::GetClusterStatusResponse::default())),
+        }
+    }
+
     async fn set_maintenance(
         &self,
         request: Request<pb::SetMaintenanceRequest>,

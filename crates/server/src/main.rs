@@ -13,8 +13,8 @@ use fleet_health_auth::TrustDomain;
 use fleet_health_sensor::Windows;
 use fleet_health_server::clock::SystemClock;
 use fleet_health_server::config::{
-    Config, ConnLimits, FleetRules, IdentityLimits, Limits, SecurityConfig, Shutdown, Storage,
-    StreamLimits, TlsFiles, Transport, WatchLimits,
+    ClusterConfig, Config, ConnLimits, FleetRules, IdentityLimits, Limits, SecurityConfig,
+    Shutdown, Storage, StreamLimits, TlsFiles, Transport, WatchLimits,
 };
 use fleet_health_server::telemetry::{Telemetry, TelemetryConfig};
 use fleet_health_server::{Listeners, Server, bind};
@@ -61,6 +61,38 @@ struct Args {
     /// Keep no state on disk: a restart forgets the whole fleet.
     #[arg(long, env = "FLEET_HEALTH_IN_MEMORY")]
     in_memory: bool,
+
+    /// Join a cluster of servers over this PostgreSQL database
+    /// (postgres://USER[:PASSWORD]@HOST:PORT/DB) instead of keeping a store
+    /// of one's own; needs --node-id and --advertise. See "Running several
+    /// servers" in the README.
+    #[arg(long, env = "FLEET_HEALTH_CLUSTER", value_name = "URL", conflicts_with_all = ["in_memory", "data_dir"])]
+    cluster: Option<String>,
+
+    /// This server's ID in the cluster: unique, and the same across its
+    /// restarts [default: the host name].
+    #[arg(long, env = "FLEET_HEALTH_NODE_ID", requires = "cluster")]
+    node_id: Option<String>,
+
+    /// The address (HOST:PORT of the gRPC port) the cluster's other servers
+    /// reach this one on.
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_ADVERTISE",
+        value_name = "HOST:PORT",
+        requires = "cluster"
+    )]
+    advertise: Option<String>,
+
+    /// How long a server's hold on its shards lasts without renewal: a
+    /// server that dies hands its agents over within about two of these.
+    #[arg(long, env = "FLEET_HEALTH_CLUSTER_LEASE", default_value = "10s", value_parser = positive_duration)]
+    cluster_lease: Duration,
+
+    /// The number of shards, for the server that makes the cluster (fixed
+    /// for the cluster's life; the cluster's own number wins afterwards).
+    #[arg(long, env = "FLEET_HEALTH_CLUSTER_SHARDS", default_value_t = ClusterConfig::DEFAULT_SHARDS, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    cluster_shards: u32,
 
     /// The most memory the durable store's page cache may take, in MiB
     /// (no store, no cache: ignored with --in-memory).
@@ -321,6 +353,20 @@ enum Sub {
         #[arg(long, env = "FLEET_HEALTH_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Move a single server's data directory into a cluster: every agent's
+    /// record is written to the cluster's database, in its shard, in one
+    /// transaction. Run it with no server using DATA_DIR and none of the
+    /// cluster's servers running (it refuses otherwise).
+    Import {
+        /// The data directory of the single server.
+        data_dir: PathBuf,
+        /// The cluster's database (postgres://USER[:PASSWORD]@HOST:PORT/DB).
+        #[arg(long, env = "FLEET_HEALTH_CLUSTER", value_name = "URL")]
+        cluster: String,
+        /// The number of shards, if the import makes the cluster.
+        #[arg(long, default_value_t = ClusterConfig::DEFAULT_SHARDS, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        shards: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -378,6 +424,45 @@ fn share(s: &str) -> Result<f64, String> {
 }
 
 impl Args {
+    /// How this server joins the cluster at `url`.
+    fn cluster_config(&self, url: &str) -> anyhow::Result<ClusterConfig> {
+        let node = match &self.node_id {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+        };
+        if node.is_empty() || node.len() > 128 {
+            anyhow::bail!("--node-id must be 1 to 128 bytes (got {node:?})");
+        }
+        let Some(advertise) = self.advertise.clone() else {
+            anyhow::bail!(
+                "--cluster needs --advertise HOST:PORT: the address of this server's gRPC port that the cluster's other servers reach"
+            );
+        };
+        if advertise.parse::<std::net::SocketAddr>().is_err()
+            && advertise
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            anyhow::bail!("--advertise {advertise:?}: give HOST:PORT");
+        }
+        if self.tls_cert.is_some() || self.tokens.is_some() {
+            anyhow::bail!(
+                "--cluster with --tls-cert or --tokens: the calls between a cluster's servers are not secured yet, so a cluster runs without security for now (on a private network)"
+            );
+        }
+        Ok(ClusterConfig {
+            url: url.to_owned(),
+            node,
+            address: advertise,
+            lease: self.cluster_lease,
+            shards: self.cluster_shards,
+        })
+    }
+
     fn config(&self) -> anyhow::Result<Config> {
         let config = self.unchecked_config()?;
         config.check().map_err(anyhow::Error::msg)?;
@@ -422,7 +507,9 @@ impl Args {
                 max_handshakes: self.max_handshakes,
                 ..Transport::default()
             },
-            storage: if self.in_memory {
+            storage: if let Some(url) = &self.cluster {
+                Storage::Cluster(self.cluster_config(url)?)
+            } else if self.in_memory {
                 Storage::InMemory
             } else {
                 Storage::Durable {
@@ -536,7 +623,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(b) => Some(b.await?),
         None => None,
     };
-    let server = Server::open(config, Arc::new(SystemClock))?;
+    let server = match &config.storage {
+        Storage::Cluster(_) => Server::cluster(config, Arc::new(SystemClock)).await?,
+        _ => Server::open(config, Arc::new(SystemClock))?,
+    };
     fleet_health_server::reload::install_sighup();
     tracing::info!(
         grpc = %grpc.local_addr()?,
@@ -622,6 +712,26 @@ fn run_sub(sub: Sub) -> ExitCode {
                 }
             }
         }
+        Sub::Import {
+            data_dir,
+            cluster,
+            shards,
+        } => match runtime.block_on(fleet_health_server::cluster::import::import(
+            &data_dir, &cluster, shards,
+        )) {
+            Ok((agents, shards)) => {
+                println!(
+                    "imported {agents} agents from {} into the cluster at {} ({shards} shards); start its servers",
+                    data_dir.display(),
+                    fleet_health_server::cluster::store::redact(&cluster)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleet-health-server import: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Sub::Probe { url, timeout } => {
             match runtime.block_on(fleet_health_server::probe::probe(&url, timeout)) {
                 Ok(body) => {

@@ -4,7 +4,11 @@
 //! (acknowledgements wait for commits: an agent sent there would wait).
 //! `/healthz` stays the cheap liveness answer.
 //!
-//! No lock: three flags.
+//! A cluster node is also not ready until its first round with the
+//! cluster's database, and while its rounds fail: its shards then move to
+//! other nodes, and a load balancer should send agents there.
+//!
+//! No lock: four flags.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,6 +18,9 @@ pub struct Readiness {
     serving: AtomicBool,
     draining: AtomicBool,
     commit_failing: AtomicBool,
+    /// A cluster node that has not yet taken part, or has lost contact
+    /// with the cluster's database.
+    cluster_out: AtomicBool,
 }
 
 impl Readiness {
@@ -37,6 +44,12 @@ impl Readiness {
         self.commit_failing.store(failing, Ordering::Release);
     }
 
+    /// A cluster node's last round with the database succeeded (`false`) or
+    /// failed, or none has yet (`true`).
+    pub fn set_cluster_out(&self, out: bool) {
+        self.cluster_out.store(out, Ordering::Release);
+    }
+
     /// Ready, or why not (each reason a short sentence).
     pub fn check(&self) -> Result<(), Vec<&'static str>> {
         let mut not = Vec::new();
@@ -48,6 +61,9 @@ impl Readiness {
         }
         if self.commit_failing.load(Ordering::Acquire) {
             not.push("the store cannot commit (acknowledgements wait): see the log and fleet_health_store_commit_failures_total");
+        }
+        if self.cluster_out.load(Ordering::Acquire) {
+            not.push("cluster: not in contact with the cluster's database (its shards are served elsewhere)");
         }
         if not.is_empty() { Ok(()) } else { Err(not) }
     }

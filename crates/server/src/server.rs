@@ -310,6 +310,8 @@ impl Server {
                 let node = Arc::new(ClusterNode::new(
                     parts.config.node.clone(),
                     &parts.config.address,
+                    parts.config.url.clone(),
+                    parts.config.lease,
                     registry.clone(),
                     open_streams.clone(),
                     parts.ownership.clone(),
@@ -336,6 +338,11 @@ impl Server {
                     {
                         let stop = stop.clone();
                         async move { stop.given().await }
+                    },
+                    {
+                        let readiness = readiness.clone();
+                        readiness.set_cluster_out(true);
+                        move |ok: bool| readiness.set_cluster_out(!ok)
                     },
                 ));
                 (Some(node), Some(membership_task), Some(node_task))

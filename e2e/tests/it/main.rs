@@ -4,6 +4,7 @@
 
 mod backup;
 mod cli;
+mod cluster;
 mod crash;
 mod habits;
 mod maintenance;

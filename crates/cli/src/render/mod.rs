@@ -182,6 +182,15 @@ impl Cell {
     }
 }
 
+/// Writes plain rows under `header`, aligned in columns, without colour.
+pub fn plain_table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let rows: Vec<Vec<Cell>> = rows
+        .iter()
+        .map(|r| r.iter().map(Cell::plain).collect())
+        .collect();
+    write_table(out, Style::detect(Colour::Never, false), header, &rows)
+}
+
 /// Writes rows aligned in columns (by characters), the last column unpadded.
 fn write_table(
     out: &mut dyn Write,

@@ -362,6 +362,72 @@ impl Db {
             .collect())
     }
 
+    /// Writes `records` (shard, agent ID, record) in one transaction, with
+    /// no node running: refused, writing nothing, while any node holds a
+    /// shard. Returns how many were written.
+    pub async fn import(&mut self, records: &[(u32, &str, &[u8])]) -> Result<usize, DbError> {
+        let tx = self.client.transaction().await?;
+        // No node may take a shard meanwhile.
+        tx.batch_execute("LOCK TABLE fh_shards IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
+        let held: Vec<String> = tx
+            .query(
+                "SELECT DISTINCT owner FROM fh_shards
+                 WHERE owner IS NOT NULL AND lease_until > now() ORDER BY owner",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !held.is_empty() {
+            return Err(DbError::Mismatch(format!(
+                "servers {held:?} of the cluster are running: stop them first (an import writes while no server holds the shards)"
+            )));
+        }
+        for chunk in records.chunks(1000) {
+            let shard: Vec<i32> = chunk.iter().map(|r| r.0 as i32).collect();
+            let id: Vec<&str> = chunk.iter().map(|r| r.1).collect();
+            let record: Vec<&[u8]> = chunk.iter().map(|r| r.2).collect();
+            tx.execute(
+                "INSERT INTO fh_agents (shard, agent_id, record)
+                 SELECT * FROM unnest($1::int4[], $2::text[], $3::bytea[])
+                 ON CONFLICT (shard, agent_id) DO UPDATE SET record = EXCLUDED.record",
+                &[&shard, &id, &record],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(records.len())
+    }
+
+    /// The database's standbys as the primary sees them: name, state, sync
+    /// state, replay lag. Empty when there are none, or when this user may
+    /// not see them.
+    pub async fn standbys(&self) -> Vec<(String, String, String, Option<Duration>)> {
+        let rows = self
+            .client
+            .query(
+                "SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sync_state, ''),
+                        extract(epoch FROM replay_lag)::float8
+                 FROM pg_stat_replication ORDER BY application_name",
+                &[],
+            )
+            .await
+            .unwrap_or_default();
+        rows.iter()
+            .map(|r| {
+                let lag: Option<f64> = r.get(3);
+                (
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    lag.map(|s| Duration::from_secs_f64(s.max(0.0))),
+                )
+            })
+            .collect()
+    }
+
     /// The stored records of the agents of `shards`.
     pub async fn load(&self, shards: &[u32]) -> Result<Vec<(u32, String, Vec<u8>)>, DbError> {
         let shards: Vec<i32> = shards

@@ -209,7 +209,8 @@ pub enum Event {
 
 /// Runs the node's loop on `db` until `stop` resolves; then hands every
 /// shard over and leaves the cluster. `events` carries what the server must
-/// do; `ownership` is kept up to date.
+/// do; `ownership` is kept up to date; `on_round` hears whether each round
+/// succeeded.
 pub async fn run(
     mut db: Db,
     url: String,
@@ -218,6 +219,7 @@ pub async fn run(
     ownership: Arc<Ownership>,
     events: mpsc::Sender<Event>,
     stop: impl std::future::Future<Output = ()>,
+    on_round: impl Fn(bool),
 ) {
     tokio::pin!(stop);
     let mut ticker = tokio::time::interval(settings.tick);
@@ -233,8 +235,12 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "cluster database unreachable"),
             }
         }
-        if let Err(e) = tick(&db, &settings, shards, &ownership, &events, false).await {
-            tracing::warn!(error = %e, "cluster tick failed; shards are served until their leases run out on this node's clock");
+        match tick(&db, &settings, shards, &ownership, &events, false).await {
+            Ok(()) => on_round(true),
+            Err(e) => {
+                on_round(false);
+                tracing::warn!(error = %e, "cluster round failed; shards are served until their leases run out on this node's clock");
+            }
         }
         let expired = ownership.expire();
         if !expired.is_empty() {

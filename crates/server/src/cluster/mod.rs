@@ -14,6 +14,7 @@
 //!   them go.
 
 pub mod db;
+pub mod import;
 pub mod membership;
 pub mod node;
 pub mod shard;

@@ -20,6 +20,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ClusterNode {
     id: String,
     address: Arc<str>,
+    /// The database (for status answers: a connection each).
+    url: String,
+    lease: Duration,
     registry: Registry,
     streams: OpenStreams,
     ownership: Arc<Ownership>,
@@ -40,9 +43,12 @@ impl std::fmt::Debug for ClusterNode {
 impl ClusterNode {
     /// The node over `registry` and `streams`, holding what `ownership`
     /// says, in a cluster of `shards` shards.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: String,
         address: &str,
+        url: String,
+        lease: Duration,
         registry: Registry,
         streams: OpenStreams,
         ownership: Arc<Ownership>,
@@ -51,6 +57,8 @@ impl ClusterNode {
         ClusterNode {
             id,
             address: Arc::from(address),
+            url,
+            lease,
             registry,
             streams,
             ownership,
@@ -67,6 +75,16 @@ impl ClusterNode {
     /// The address other nodes reach this node on.
     pub fn address(&self) -> &Arc<str> {
         &self.address
+    }
+
+    /// The cluster's database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The lease shards are held with.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// The cluster's shard count.

@@ -114,6 +114,85 @@ pub(super) async fn forget(
     client(node, address).forget_agent(scoped(req)).await
 }
 
+/// The cluster as its database has it: nodes, shards per node, leases,
+/// standbys.
+pub(super) async fn status(node: &ClusterNode) -> Result<pb::GetClusterStatusResponse, Status> {
+    let unreachable = |e: crate::cluster::db::DbError| {
+        Status::unavailable(format!("the cluster's database cannot be read now: {e}"))
+    };
+    let db = crate::cluster::db::Db::connect(node.url())
+        .await
+        .map_err(unreachable)?;
+    let nodes = db.nodes().await.map_err(unreachable)?;
+    let shards = db.shards().await.map_err(unreachable)?;
+    let lease = node.lease();
+    let live: HashMap<&str, bool> = nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n.seen_ago < lease))
+        .collect();
+    let held_by = |name: &str| {
+        shards
+            .iter()
+            .filter(|s| s.owner.as_deref() == Some(name) && !s.expired)
+            .collect::<Vec<_>>()
+    };
+    let unowned = shards
+        .iter()
+        .filter(|s| {
+            s.expired
+                || s.owner
+                    .as_deref()
+                    .is_none_or(|o| !live.get(o).copied().unwrap_or(false))
+        })
+        .count();
+    let standbys = db
+        .standbys()
+        .await
+        .into_iter()
+        .map(|(name, state, sync_state, lag)| pb::DatabaseStandby {
+            name,
+            state,
+            sync_state,
+            replay_lag: lag.map(proto_duration),
+        })
+        .collect();
+    Ok(pb::GetClusterStatusResponse {
+        clustered: true,
+        answered_by: node.id().to_owned(),
+        shards: shards.len() as u32,
+        unowned: unowned as u32,
+        nodes: nodes
+            .iter()
+            .map(|n| {
+                let held = held_by(&n.node);
+                pb::ClusterNode {
+                    node: n.node.clone(),
+                    address: n.address.clone(),
+                    seen_ago: Some(proto_duration(n.seen_ago)),
+                    draining: n.draining,
+                    live: n.seen_ago < lease,
+                    shards: held.len() as u32,
+                    lease_left: held
+                        .iter()
+                        .filter_map(|s| s.lease_left)
+                        .min()
+                        .map(proto_duration),
+                }
+            })
+            .collect(),
+        lease: Some(proto_duration(lease)),
+        standbys,
+        database: crate::cluster::store::redact(node.url()),
+    })
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
 /// Passes a call about one agent on to the node at `address`.
 pub(super) async fn pass<Q, A, F, Fut>(
     node: &ClusterNode,

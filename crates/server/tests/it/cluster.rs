@@ -165,6 +165,7 @@ impl Node {
             async move {
                 let _ = stopped.await;
             },
+            |_| {},
         ));
         Node {
             ownership,

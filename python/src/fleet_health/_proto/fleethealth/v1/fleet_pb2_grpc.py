@@ -104,6 +104,11 @@ class FleetServiceStub(object):
                 request_serializer=fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.GetClusterStatus = channel.unary_unary(
+                '/fleethealth.v1.FleetService/GetClusterStatus',
+                request_serializer=fleethealth_dot_v1_dot_fleet__pb2.GetClusterStatusRequest.SerializeToString,
+                response_deserializer=fleethealth_dot_v1_dot_fleet__pb2.GetClusterStatusResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer(object):
@@ -228,6 +233,14 @@ class FleetServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClusterStatus(self, request, context):
+        """The cluster this server is a node of: its nodes, the shards each
+        serves, their leases, the database's standbys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -295,6 +308,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoRequest.FromString,
                     response_serializer=fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'GetClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterStatus,
+                    request_deserializer=fleethealth_dot_v1_dot_fleet__pb2.GetClusterStatusRequest.FromString,
+                    response_serializer=fleethealth_dot_v1_dot_fleet__pb2.GetClusterStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -653,6 +671,33 @@ class FleetService(object):
             '/fleethealth.v1.FleetService/GetServerInfo',
             fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoRequest.SerializeToString,
             fleethealth_dot_v1_dot_fleet__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleethealth.v1.FleetService/GetClusterStatus',
+            fleethealth_dot_v1_dot_fleet__pb2.GetClusterStatusRequest.SerializeToString,
+            fleethealth_dot_v1_dot_fleet__pb2.GetClusterStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

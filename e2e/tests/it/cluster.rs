@@ -1,0 +1,131 @@
+//! Several servers over one real PostgreSQL (started by the test in a
+//! temporary directory), as the README's "Running several servers" walks
+//! it: a single server's data moved in with `import`, two servers with
+//! `--cluster`, agents reporting to either, the same answers from both,
+//! `cluster status`, and a server's death handing its agents over.
+
+use std::time::Duration;
+
+use fleet_health_e2e::postgres::Postgres;
+use fleet_health_e2e::{Server, binary, eventually};
+
+/// A free loopback port (for a node that must know its address before it
+/// starts, to advertise it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+async fn node(pg: &Postgres, name: &str) -> Server {
+    let addr = format!("127.0.0.1:{}", free_port());
+    Server::start(&[
+        "--cluster",
+        &pg.url(),
+        "--node-id",
+        name,
+        "--listen",
+        &addr,
+        "--advertise",
+        &addr,
+        "--cluster-lease",
+        "2s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_moves_into_a_cluster_and_is_served_by_any_node() {
+    let pg = Postgres::start();
+
+    // A single server's fleet, moved in.
+    let mut single = Server::start(&[]).await;
+    single
+        .report_all(&[
+            ("web-1", &["heartbeat --label site=eu"]),
+            (
+                "web-2",
+                &["starting", "server_data_sent", "server_data_received"],
+            ),
+        ])
+        .await;
+    single.kill9().await;
+    let import = tokio::process::Command::new(binary("fleet-health-server"))
+        .arg("import")
+        .arg(single.data_dir())
+        .args(["--cluster", &pg.url(), "--shards", "16"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    assert!(String::from_utf8_lossy(&import.stdout).contains("imported 2 agents"));
+
+    let a = node(&pg, "a").await;
+    let b = node(&pg, "b").await;
+    for s in [&a, &b] {
+        eventually("the node is ready", Duration::from_secs(20), || async {
+            let ready = s.cli(&["cluster", "status", "-o", "json"]).await;
+            let v = ready.json();
+            (v["unowned"] == 0
+                && v["nodes"].as_array().is_some_and(|n| {
+                    n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0))
+                }))
+            .then_some(())
+        })
+        .await;
+    }
+
+    // Agents report to either node; each answer covers the whole fleet.
+    for i in 0..20 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        via.report(&format!("host-{i:02}"), "heartbeat", &[]).await;
+    }
+    let from_a = a.cli(&["list", "--all", "-o", "ids"]).await;
+    from_a.expect_code(0);
+    let from_b = b.cli(&["list", "--all", "-o", "ids"]).await;
+    assert_eq!(from_a.stdout, from_b.stdout, "the same answer from both");
+    assert_eq!(from_a.stdout.lines().count(), 22, "{}", from_a.stdout);
+    assert!(from_a.stdout.contains("web-1\n") && from_a.stdout.contains("web-2\n"));
+    let summary = b.cli(&["summary", "-o", "json"]).await.json();
+    assert_eq!(summary["total"], 22, "{summary}");
+    let web1 = a.cli(&["status", "web-1", "-o", "json"]).await.json();
+    assert_eq!(web1["labels"]["site"], "eu", "{web1}");
+
+    let status = a.cli(&["cluster", "status"]).await;
+    status.expect_code(0);
+    assert!(
+        status.stdout.contains("cluster of 2 live nodes"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("0 shards changing hands"),
+        "{}",
+        status.stdout
+    );
+
+    // b dies: its shards come to a within two leases, and every agent is
+    // still there.
+    let mut b = b;
+    b.kill9().await;
+    eventually("a serves every shard", Duration::from_secs(20), || async {
+        let v = a.cli(&["cluster", "status", "-o", "json"]).await.json();
+        let nodes = v["nodes"].as_array()?.clone();
+        let held: u64 = nodes
+            .iter()
+            .filter(|n| n["node"] == "a")
+            .filter_map(|n| n["shards"].as_u64())
+            .sum();
+        (held == 16).then_some(())
+    })
+    .await;
+    let after = a.cli(&["list", "--all", "-o", "ids"]).await;
+    assert_eq!(after.stdout, from_a.stdout, "nothing lost");
+}
