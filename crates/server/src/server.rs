@@ -324,13 +324,13 @@ impl Server {
                     events_rx,
                 ));
                 let settings = crate::cluster::membership::Settings::new(
+                    parts.config.url.clone(),
                     parts.config.node.clone(),
                     parts.config.address.clone(),
                     parts.config.lease,
                 );
                 let membership_task = tokio::spawn(crate::cluster::membership::run(
                     parts.rounds,
-                    parts.config.url.clone(),
                     settings,
                     parts.shards,
                     parts.ownership.clone(),

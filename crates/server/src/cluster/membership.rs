@@ -27,6 +27,8 @@ use super::shard;
 /// How a node takes part.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The cluster's database (to connect again after a failure).
+    pub url: String,
     /// The node's ID, unique in the cluster (stable across restarts).
     pub node: String,
     /// The address other nodes reach it on.
@@ -40,10 +42,17 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for `node` at `address` with a lease of `lease`, renewed
+    /// Settings for `node` at `address`, over the database at `url`, with a
+    /// lease of `lease`, renewed
     /// four times per lease, stopping a tenth of a lease early.
-    pub fn new(node: impl Into<String>, address: impl Into<String>, lease: Duration) -> Settings {
+    pub fn new(
+        url: impl Into<String>,
+        node: impl Into<String>,
+        address: impl Into<String>,
+        lease: Duration,
+    ) -> Settings {
         Settings {
+            url: url.into(),
             node: node.into(),
             address: address.into(),
             lease,
@@ -213,7 +222,6 @@ pub enum Event {
 /// succeeded.
 pub async fn run(
     mut db: Db,
-    url: String,
     settings: Settings,
     shards: u32,
     ownership: Arc<Ownership>,
@@ -230,7 +238,7 @@ pub async fn run(
             _ = ticker.tick() => {}
         }
         if db.is_closed() {
-            match Db::connect(&url).await {
+            match Db::connect(&settings.url).await {
                 Ok(fresh) => db = fresh,
                 Err(e) => tracing::warn!(error = %e, "cluster database unreachable"),
             }

@@ -153,11 +153,10 @@ impl Node {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let settings = Settings {
             tick: Duration::from_millis(100),
-            ..Settings::new(name, format!("{name}:50051"), lease)
+            ..Settings::new(url, name, format!("{name}:50051"), lease)
         };
         let task = tokio::spawn(membership::run(
             db,
-            url,
             settings,
             SHARDS,
             ownership.clone(),
