@@ -137,6 +137,13 @@ impl FleetService for Fake {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn get_cluster_status(
+        &self,
+        _: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn clear_given_up(
         &self,
         _: Request<pb::ClearGivenUpRequest>,
