@@ -419,7 +419,11 @@ impl Server {
                 Some(tokio::spawn(http::serve_web(
                     acceptor,
                     registry.clone(),
-                    gate,
+                    if node.is_some() {
+                        Gate::cluster()
+                    } else {
+                        gate
+                    },
                     stop.clone(),
                 )))
             }
@@ -436,7 +440,11 @@ impl Server {
                     Acceptor::new(listener, connections.clone()).http(t.handshake_timeout),
                     registry.clone(),
                     readiness.clone(),
-                    Gate::http_port(security.enabled(), web_addr),
+                    if node.is_some() {
+                        Gate::cluster()
+                    } else {
+                        Gate::http_port(security.enabled(), web_addr)
+                    },
                     stop.clone(),
                 )))
             }

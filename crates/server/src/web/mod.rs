@@ -75,6 +75,14 @@ pub enum Gate {
 }
 
 impl Gate {
+    /// The gate of a cluster's server: the view would show this server's
+    /// shards only, so it is not served there yet.
+    pub fn cluster() -> Gate {
+        Gate::Elsewhere(
+            "The web view is not served by a cluster's servers yet (it would show one server's part of the fleet): use `fleet-health` (list, summary, watch), which any server answers for the whole cluster.".into(),
+        )
+    }
+
     /// The gate of the plaintext HTTP port: open without security; with
     /// it, a word on where the view is (`web`: the `--web-listen` address).
     pub fn http_port(secured: bool, web: Option<std::net::SocketAddr>) -> Gate {
