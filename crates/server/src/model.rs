@@ -55,8 +55,25 @@ pub(crate) struct Eval<'a> {
     /// `not reporting` counts silence from no earlier than this (the server's
     /// start: one silence window of grace after a restart).
     pub grace_from: Time,
+    /// For agents of shards a cluster's node took: silence counts from no
+    /// earlier than this either (the node's latest takeover; `Time::ZERO`:
+    /// none).
+    pub taken_from: Time,
     /// Assume that a connected agent keeps up its heartbeats (forecasts).
     pub forecast: bool,
+}
+
+/// Which grace holds back an agent's `not reporting`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Grace {
+    /// The grace after the server's start.
+    #[default]
+    Start,
+    /// None: it was already `not reporting` when it was loaded.
+    None,
+    /// Its shard was taken by this node (many servers): the grace after the
+    /// node's latest takeover too.
+    Taken,
 }
 
 /// The part of an agent's record that the rules read.
@@ -67,8 +84,8 @@ pub(crate) struct Facts {
     /// When it said "stopped", if it has not started since.
     pub stopped_at: Option<Time>,
     pub connected: bool,
-    /// Was already `not reporting` when the server restarted: no grace.
-    pub no_grace: bool,
+    /// Which grace holds back its `not reporting`.
+    pub grace: Grace,
 }
 
 impl Facts {
@@ -92,10 +109,10 @@ impl Facts {
     /// start (the grace after a restart), unless the agent was already silent
     /// then.
     fn silent_from(&self, heard: Time, e: &Eval<'_>) -> Time {
-        if self.no_grace {
-            heard
-        } else {
-            heard.max(e.grace_from)
+        match self.grace {
+            Grace::None => heard,
+            Grace::Start => heard.max(e.grace_from),
+            Grace::Taken => heard.max(e.grace_from).max(e.taken_from),
         }
     }
 
@@ -159,6 +176,7 @@ mod tests {
         Eval {
             rules,
             grace_from: Time::ZERO,
+            taken_from: Time::ZERO,
             forecast: false,
         }
     }
@@ -173,7 +191,7 @@ mod tests {
             last_heard: t(heard),
             stopped_at: None,
             connected: false,
-            no_grace: false,
+            grace: Grace::Start,
         }
     }
 
@@ -249,6 +267,22 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_of_a_shard_taken_gets_the_takeovers_grace() {
+        let rules = FleetRules::default();
+        let silence = rules.silence.as_secs() as i64;
+        let e = Eval {
+            taken_from: t(5000),
+            ..eval(&rules)
+        };
+        let mut f = facts(1000, 1000);
+        // Without it: not reporting long ago.
+        assert_eq!(f.why_at(t(5000 + silence - 1), &e), Why::NotReporting);
+        f.grace = Grace::Taken;
+        assert_ne!(f.why_at(t(5000 + silence - 1), &e), Why::NotReporting);
+        assert_eq!(f.why_at(t(5000 + silence), &e), Why::NotReporting);
+    }
+
+    #[test]
     fn an_agent_silent_before_a_restart_gets_no_grace() {
         let rules = FleetRules::default();
         let e = Eval {
@@ -256,7 +290,7 @@ mod tests {
             ..eval(&rules)
         };
         let mut f = facts(1000, 1000);
-        f.no_grace = true;
+        f.grace = Grace::None;
         assert_eq!(f.why_at(t(5000), &e), Why::NotReporting);
     }
 

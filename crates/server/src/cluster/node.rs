@@ -192,7 +192,8 @@ impl ClusterNode {
                         match db.load(&numbers).await {
                             Ok(rows) => {
                                 let records = rows.into_iter().map(|(_, id, r)| (id, r)).collect();
-                                match self.registry.restore(records) {
+                                let now = self.registry.clock().now();
+                                match self.registry.restore_taken(records, now) {
                                     Ok(n) => tracing::info!(
                                         shards = numbers.len(),
                                         agents = n,

@@ -128,8 +128,9 @@ pub(super) struct Agent {
     registered: bool,
     /// Queued for the committer.
     pub(super) dirty: bool,
-    /// Was already not reporting when the server restarted.
-    pub(super) no_grace: bool,
+    /// Which grace holds back its `not reporting` (one byte, as the flag
+    /// it replaced).
+    pub(super) grace: crate::model::Grace,
 }
 
 impl Agent {
@@ -152,7 +153,7 @@ impl Agent {
             labels: None,
             history: History::default(),
             dirty: false,
-            no_grace: false,
+            grace: crate::model::Grace::Start,
         }
     }
 
@@ -199,7 +200,7 @@ impl Agent {
             last_heard: self.last_heard,
             stopped_at: self.stopped(),
             connected: self.connected(),
-            no_grace: self.no_grace,
+            grace: self.grace,
         }
     }
 

@@ -106,6 +106,9 @@ struct Settings {
     grace_from: Time,
     /// Agents were loaded from a store: the grace after a restart applies.
     restored: AtomicBool,
+    /// The latest time this node took shards (many servers), in
+    /// microseconds; 0: never. The grace of the agents of those shards.
+    taken_from: AtomicI64,
 }
 
 /// Locks `m`, ignoring poisoning: a panic elsewhere while holding the lock
@@ -164,6 +167,7 @@ impl Registry {
                     clock,
                     grace_from,
                     restored: AtomicBool::new(false),
+                    taken_from: AtomicI64::new(0),
                 },
                 labels: Mutex::new(LabelInterner::default()),
                 timers: Timers::new(),
@@ -199,6 +203,13 @@ impl Registry {
         Eval {
             rules: &self.inner.settings.rules,
             grace_from: self.inner.settings.grace_from,
+            taken_from: Time::from_micros(
+                self.inner
+                    .settings
+                    .taken_from
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .unwrap_or(Time::ZERO),
             forecast,
         }
     }

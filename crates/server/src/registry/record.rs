@@ -324,7 +324,9 @@ impl Agent {
         a.why = why(r.why, "reason")?;
         a.labels = (!r.labels.is_empty()).then(|| Arc::new(LabelSet::from(&r.labels)));
         a.history = History::from_vec(history);
-        a.no_grace = a.why == Why::NotReporting;
+        if a.why == Why::NotReporting {
+            a.grace = crate::model::Grace::None;
+        }
         Ok(a)
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use dashmap::mapref::entry::Entry;
+use fleet_health_sensor::Time;
 
 use crate::model::{AgentEvent, AgentId, ByKind, LabelSet, Labels};
 
@@ -201,10 +202,43 @@ impl Registry {
     /// not connected; changes that fell due while the server was down are
     /// applied at their due times by the timer task.
     pub fn restore(&self, records: Vec<(String, Vec<u8>)>) -> Result<usize, RecordError> {
+        self.restore_from(records, None)
+    }
+
+    /// Loads the agents of shards a cluster's node has just taken (into a
+    /// registry that serves others already): as [`Registry::restore`], and
+    /// each agent's silence counts from no earlier than `now`, as after a
+    /// restart, unless it was already not reporting: its reporter had no
+    /// server to report to while the shard changed hands. (One time for
+    /// the node: a later takeover gives the agents of earlier ones its
+    /// grace too, which can only hold their `not reporting` back longer,
+    /// by at most one silence window.)
+    pub fn restore_taken(
+        &self,
+        records: Vec<(String, Vec<u8>)>,
+        now: Time,
+    ) -> Result<usize, RecordError> {
+        self.restore_from(records, Some(now))
+    }
+
+    fn restore_from(
+        &self,
+        records: Vec<(String, Vec<u8>)>,
+        grace: Option<Time>,
+    ) -> Result<usize, RecordError> {
         let inner = &*self.inner;
         let n = records.len();
+        if let Some(g) = grace {
+            inner
+                .settings
+                .taken_from
+                .fetch_max(g.as_micros(), Ordering::Relaxed);
+        }
         for (key, bytes) in records {
             let (id, mut a, ops) = record::decode(&key, &bytes)?;
+            if grace.is_some() && a.grace != crate::model::Grace::None {
+                a.grace = crate::model::Grace::Taken;
+            }
             if let Some(l) = a.labels.take() {
                 a.labels = Some(lock(&inner.labels).intern(l));
             }
@@ -218,7 +252,7 @@ impl Registry {
                 inner.population.known.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if n > 0 {
+        if n > 0 && grace.is_none() {
             inner.settings.restored.store(true, Ordering::Relaxed);
         }
         self.check_storm();
