@@ -591,3 +591,17 @@ async fn relay(client: TcpStream, shared: Arc<ProxyShared>) {
         () = downstream => {}
     }
 }
+
+/// One plaintext HTTP/1.1 GET of `path` from `addr` (HOST:PORT): the whole
+/// answer, status line and headers included.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connects");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("writes");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use fleet_health_e2e::postgres::Postgres;
-use fleet_health_e2e::{Server, binary, eventually};
+use fleet_health_e2e::{Server, binary, eventually, http_get};
 
 /// A free loopback port (for a node that must know its address before it
 /// starts, to advertise it).
@@ -97,6 +97,13 @@ async fn a_fleet_moves_into_a_cluster_and_is_served_by_any_node() {
     assert_eq!(summary["total"], 22, "{summary}");
     let web1 = a.cli(&["status", "web-1", "-o", "json"]).await.json();
     assert_eq!(web1["labels"]["site"], "eu", "{web1}");
+
+    // The web view would show one node's part: not served on a node.
+    let page = http_get(&a.http_addr(), "/").await;
+    assert!(page.starts_with("HTTP/1.1 403"), "{page}");
+    assert!(page.contains("not served by a cluster's servers"), "{page}");
+    let metrics = http_get(&a.http_addr(), "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
 
     let status = a.cli(&["cluster", "status"]).await;
     status.expect_code(0);

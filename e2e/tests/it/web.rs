@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use fleet_health_e2e::{Server, eventually};
+use fleet_health_e2e::{Server, eventually, http_get};
 use serde_json::json;
 
 /// chromedriver on a free loopback port, killed when dropped.
@@ -370,22 +370,6 @@ async fn https_get(addr: &str, dir: &std::path::Path, who: Option<&str>, path: &
     .expect("writes");
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// One plaintext HTTP/1.1 GET: the whole answer.
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connects");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("writes");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out).await;
     String::from_utf8_lossy(&out).into_owned()
 }
 

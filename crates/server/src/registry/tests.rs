@@ -1146,3 +1146,40 @@ fn a_sorted_list_pages_on_after_its_cursors_agent_is_forgotten() {
         );
     }
 }
+
+#[test]
+fn agents_of_a_shard_taken_get_one_silence_window_of_grace() {
+    // A node that has run for a while (its start's grace long over) takes
+    // a shard whose agents were last heard before the takeover.
+    let (old, clock) = setup();
+    let session = healthy_start(&old, "web-1");
+    old.disconnect(&session);
+    let records: Vec<(String, Vec<u8>)> = old
+        .inner
+        .agents
+        .iter()
+        .map(|e| (e.key().to_string(), record::encode(e.value(), None)))
+        .collect();
+    let silence = FleetRules::default().silence;
+    let node = Registry::durable(
+        FleetRules::default(),
+        Limits::default(),
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::default()),
+    );
+    clock.advance(silence * 3);
+    let taken_at = clock.now();
+    assert_eq!(node.restore_taken(records, taken_at).expect("loads"), 1);
+    // Heard a long time ago, but the takeover's grace holds.
+    assert_ne!(
+        node.get(&id("web-1"), None).expect("known").why,
+        Why::NotReporting
+    );
+    // Until one silence window after the takeover.
+    clock.advance(silence);
+    node.process_due();
+    assert_eq!(
+        node.get(&id("web-1"), None).expect("known").why,
+        Why::NotReporting
+    );
+}
