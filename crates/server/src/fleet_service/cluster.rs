@@ -241,32 +241,41 @@ async fn by_owner(
     Ok(groups)
 }
 
+/// Where a call naming agents by `ids` (or, with none, by labels or all)
+/// goes: each ID's node with its own IDs (`with_ids`), or every node with
+/// `req` as it is.
+async fn spread<Q: Clone>(
+    node: &ClusterNode,
+    req: &Q,
+    ids: &[String],
+    with_ids: impl Fn(Vec<String>) -> Q,
+) -> Result<Vec<(Arc<str>, Q)>, Status> {
+    if ids.is_empty() {
+        return Ok(everyone(node)
+            .into_iter()
+            .map(|a| (a, req.clone()))
+            .collect());
+    }
+    Ok(by_owner(node, ids)
+        .await?
+        .into_iter()
+        .map(|(a, ids)| (a, with_ids(ids)))
+        .collect())
+}
+
 /// Marks agents under maintenance across the cluster: by ID on each
 /// agent's node, by labels or all on every node; the counts added up.
 pub(super) async fn set_maintenance(
     node: &ClusterNode,
     req: pb::SetMaintenanceRequest,
 ) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
-    let calls: Vec<(Arc<str>, pb::SetMaintenanceRequest)> = if req.agent_ids.is_empty() {
-        everyone(node)
-            .into_iter()
-            .map(|a| (a, req.clone()))
-            .collect()
-    } else {
-        by_owner(node, &req.agent_ids)
-            .await?
-            .into_iter()
-            .map(|(a, ids)| {
-                (
-                    a,
-                    pb::SetMaintenanceRequest {
-                        agent_ids: ids,
-                        ..req.clone()
-                    },
-                )
-            })
-            .collect()
-    };
+    let calls = spread(node, &req, &req.agent_ids, |ids| {
+        pb::SetMaintenanceRequest {
+            agent_ids: ids,
+            ..req.clone()
+        }
+    })
+    .await?;
     let mut total = pb::SetMaintenanceResponse::default();
     for (address, req) in calls {
         let part = client(node, &address)
@@ -288,26 +297,13 @@ pub(super) async fn clear_maintenance(
     node: &ClusterNode,
     req: pb::ClearMaintenanceRequest,
 ) -> Result<Response<pb::ClearMaintenanceResponse>, Status> {
-    let calls: Vec<(Arc<str>, pb::ClearMaintenanceRequest)> = if req.agent_ids.is_empty() {
-        everyone(node)
-            .into_iter()
-            .map(|a| (a, req.clone()))
-            .collect()
-    } else {
-        by_owner(node, &req.agent_ids)
-            .await?
-            .into_iter()
-            .map(|(a, ids)| {
-                (
-                    a,
-                    pb::ClearMaintenanceRequest {
-                        agent_ids: ids,
-                        ..req.clone()
-                    },
-                )
-            })
-            .collect()
-    };
+    let calls = spread(node, &req, &req.agent_ids, |ids| {
+        pb::ClearMaintenanceRequest {
+            agent_ids: ids,
+            ..req.clone()
+        }
+    })
+    .await?;
     let mut cleared = 0;
     for (address, req) in calls {
         cleared += client(node, &address)

@@ -423,21 +423,7 @@ impl Registry {
             counts
         };
         keys.sort_unstable();
-        let more = keys.len() > limit;
-        keys.truncate(limit);
-        let agents = keys
-            .into_iter()
-            .filter_map(|key| {
-                let a = self.inner.agents.get(&key)?;
-                Some(self.view_of(&key, &a, at, forecast))
-            })
-            .collect();
-        Page {
-            agents,
-            more,
-            storm: self.inner.tally.storm_of(&counts.all, &counts.maintained),
-            evaluated_at: at,
-        }
+        self.page_of(keys, limit, at, forecast, &counts)
     }
 
     /// The agents that `sel` selects, in `order`, strictly after `after` in
@@ -580,7 +566,19 @@ impl Registry {
                 best.offer(r, key);
             }
         }
-        let mut keys = best.into_keys();
+        self.page_of(best.into_keys(), limit, at, forecast, &counts)
+    }
+
+    /// The page of the first `limit` of `keys` (in their order), evaluated
+    /// at `at`, with the storm guard of `counts`.
+    fn page_of(
+        &self,
+        mut keys: Vec<Arc<str>>,
+        limit: usize,
+        at: Time,
+        forecast: bool,
+        counts: &Counts,
+    ) -> Page {
         let more = keys.len() > limit;
         keys.truncate(limit);
         let agents = keys

@@ -195,6 +195,20 @@ impl Node {
     }
 }
 
+/// Waits until `a` and `b` hold every shard between them, each some.
+async fn shared(a: &Node, b: &Node) {
+    eventually(
+        "a and b share the shards",
+        Duration::from_secs(10),
+        || async {
+            let (ha, hb) = (a.held(), b.held());
+            (ha.len() + hb.len() == SHARDS as usize && !ha.is_empty() && !hb.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn nodes_share_the_shards_and_hand_them_over_when_one_stops() {
     let pg = Postgres::start();
@@ -207,16 +221,7 @@ async fn nodes_share_the_shards_and_hand_them_over_when_one_stops() {
 
     // b joins: a hands b its share, and the two never overlap.
     let b = Node::start(pg.url(), "b", lease).await;
-    eventually(
-        "a and b share the shards",
-        Duration::from_secs(10),
-        || async {
-            let (ha, hb) = (a.held(), b.held());
-            (ha.len() + hb.len() == SHARDS as usize && !ha.is_empty() && !hb.is_empty())
-                .then_some(())
-        },
-    )
-    .await;
+    shared(&a, &b).await;
     assert!(a.held().is_disjoint(&b.held()));
     assert!(a.said("handed over"));
 
@@ -250,16 +255,7 @@ async fn a_dead_nodes_shards_are_taken_when_its_lease_ends() {
     let lease = Duration::from_secs(2);
     let a = Node::start(pg.url(), "a", lease).await;
     let b = Node::start(pg.url(), "b", lease).await;
-    eventually(
-        "a and b share the shards",
-        Duration::from_secs(10),
-        || async {
-            let (ha, hb) = (a.held(), b.held());
-            (ha.len() + hb.len() == SHARDS as usize && !ha.is_empty() && !hb.is_empty())
-                .then_some(())
-        },
-    )
-    .await;
+    shared(&a, &b).await;
     // a dies without a word.
     a.task.abort();
     let died = std::time::Instant::now();
