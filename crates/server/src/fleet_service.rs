@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::node::ClusterNode;
 use crate::metrics::{Metrics, Rejected};
-use crate::model::{MaintenanceFilter, State, StateFilter, Why};
+use crate::model::{AgentId, MaintenanceFilter, State, StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
 use crate::registry::{Change, Registry, Selector};
 use crate::security::limits::Permit;
@@ -377,35 +377,19 @@ impl FleetServiceApi for FleetService {
             // The owner forgets it (and audits it as a call from this node;
             // this node audits the caller's).
             let answer = cluster::forget(&node, &owner, req).await;
-            if let Some(caller) = caller {
-                self.security.audit().record(AuditEvent {
-                    event: "admin",
-                    identity: Some(caller.identity.to_string()),
-                    credential: Some(caller.credential.kind()),
-                    peer: caller.peer,
-                    rpc: Some(FORGET),
-                    agent_id: Some(id.to_string()),
-                    result: if answer.is_ok() { "ok" } else { "failed" },
-                    reason: None,
-                    detail: answer.as_ref().err().map(|s| s.message().to_owned()),
-                });
-            }
+            self.audit_forget(
+                caller.as_ref(),
+                &id,
+                answer.as_ref().err().map(|s| s.message().to_owned()),
+            );
             return answer;
         }
         let forgotten = self.registry.forget(&id);
-        if let Some(caller) = caller {
-            self.security.audit().record(AuditEvent {
-                event: "admin",
-                identity: Some(caller.identity.to_string()),
-                credential: Some(caller.credential.kind()),
-                peer: caller.peer,
-                rpc: Some(FORGET),
-                agent_id: Some(id.to_string()),
-                result: if forgotten.is_ok() { "ok" } else { "failed" },
-                reason: None,
-                detail: forgotten.as_ref().err().map(ToString::to_string),
-            });
-        }
+        self.audit_forget(
+            caller.as_ref(),
+            &id,
+            forgotten.as_ref().err().map(ToString::to_string),
+        );
         let last = forgotten?;
         self.streams.forgotten(&self.registry, &id);
         Ok(Response::new(pb::ForgetAgentResponse {
@@ -524,6 +508,24 @@ impl FleetServiceApi for FleetService {
 }
 
 impl FleetService {
+    /// Audits a forget of `id` by `caller`, which failed with `error` if
+    /// one is given.
+    fn audit_forget(&self, caller: Option<&Caller>, id: &AgentId, error: Option<String>) {
+        if let Some(caller) = caller {
+            self.security.audit().record(AuditEvent {
+                event: "admin",
+                identity: Some(caller.identity.to_string()),
+                credential: Some(caller.credential.kind()),
+                peer: caller.peer,
+                rpc: Some(FORGET),
+                agent_id: Some(id.to_string()),
+                result: if error.is_none() { "ok" } else { "failed" },
+                reason: None,
+                detail: error,
+            });
+        }
+    }
+
     fn list_here(&self, req: pb::ListAgentsRequest) -> Result<pb::ListAgentsResponse, Status> {
         let mut sel = selector(req.filter, &req.why, &req.labels, req.maintenance)?;
         if req.id_contains.len() > MAX_ID_CONTAINS {
