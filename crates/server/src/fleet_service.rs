@@ -97,6 +97,29 @@ impl FleetService {
         self.cluster.as_ref().filter(|_| !cluster::here(metadata))
     }
 
+    /// Where a call about agent `id` is answered: `None` here (no cluster,
+    /// or this node serves the agent), or the node that serves it. A call
+    /// another node passed on for an agent this node does not serve (its
+    /// route was stale: the shard is changing hands) is UNAVAILABLE, never
+    /// "not known".
+    fn owner_for(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        id: &str,
+    ) -> Result<Option<(Arc<ClusterNode>, Arc<str>)>, Status> {
+        let Some(node) = &self.cluster else {
+            return Ok(None);
+        };
+        if cluster::here(metadata) {
+            return if node.serves(id) {
+                Ok(None)
+            } else {
+                Err(cluster::changing_hands(node, id))
+            };
+        }
+        Ok(cluster::owner_of(node, id)?.map(|owner| (node.clone(), owner)))
+    }
+
     /// This node's own answer, marked with the shards it covers when it is
     /// a cluster node.
     fn own<T>(&self, message: T) -> Response<T> {
@@ -263,13 +286,11 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        let whole = self.whole(request.metadata()).cloned();
+        let routed = self.owner_for(request.metadata(), &request.get_ref().agent_id)?;
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
         let at = wire::opt_time(req.at.as_ref(), "at")?;
-        if let Some(node) = whole
-            && let Some(owner) = cluster::owner_of(&node, id.as_str())?
-        {
+        if let Some((node, owner)) = routed {
             return cluster::get(&node, &owner, req).await;
         }
         let view = self.registry.get(&id, at)?;
@@ -345,12 +366,10 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-        let whole = self.whole(request.metadata()).cloned();
+        let routed = self.owner_for(request.metadata(), &request.get_ref().agent_id)?;
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
-        if let Some(node) = whole
-            && let Some(owner) = cluster::owner_of(&node, id.as_str())?
-        {
+        if let Some((node, owner)) = routed {
             return cluster::history(&node, &owner, req).await;
         }
         let transitions = self.registry.history(&id)?;
@@ -368,12 +387,10 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::ForgetAgentRequest>,
     ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
-        let whole = self.whole(request.metadata()).cloned();
+        let routed = self.owner_for(request.metadata(), &request.get_ref().agent_id)?;
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
-        if let Some(node) = whole
-            && let Some(owner) = cluster::owner_of(&node, id.as_str())?
-        {
+        if let Some((node, owner)) = routed {
             // The owner forgets it (and audits it as a call from this node;
             // this node audits the caller's).
             let answer = cluster::forget(&node, &owner, req).await;
@@ -447,8 +464,8 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ClaimAgentRequest>,
     ) -> Result<Response<pb::ClaimAgentResponse>, Status> {
-        if let Some(node) = self.whole(request.metadata()).cloned()
-            && let Some(owner) = cluster::owner_of(&node, &request.get_ref().agent_id)?
+        if let Some((node, owner)) =
+            self.owner_for(request.metadata(), &request.get_ref().agent_id)?
         {
             return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
                 c.claim_agent(r).await
@@ -463,8 +480,8 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ReleaseAgentRequest>,
     ) -> Result<Response<pb::ReleaseAgentResponse>, Status> {
-        if let Some(node) = self.whole(request.metadata()).cloned()
-            && let Some(owner) = cluster::owner_of(&node, &request.get_ref().agent_id)?
+        if let Some((node, owner)) =
+            self.owner_for(request.metadata(), &request.get_ref().agent_id)?
         {
             return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
                 c.release_agent(r).await
@@ -479,8 +496,8 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::RecordRemediationRequest>,
     ) -> Result<Response<pb::RecordRemediationResponse>, Status> {
-        if let Some(node) = self.whole(request.metadata()).cloned()
-            && let Some(owner) = cluster::owner_of(&node, &request.get_ref().agent_id)?
+        if let Some((node, owner)) =
+            self.owner_for(request.metadata(), &request.get_ref().agent_id)?
         {
             return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
                 c.record_remediation(r).await
@@ -495,8 +512,8 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ClearGivenUpRequest>,
     ) -> Result<Response<pb::ClearGivenUpResponse>, Status> {
-        if let Some(node) = self.whole(request.metadata()).cloned()
-            && let Some(owner) = cluster::owner_of(&node, &request.get_ref().agent_id)?
+        if let Some((node, owner)) =
+            self.owner_for(request.metadata(), &request.get_ref().agent_id)?
         {
             return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
                 c.clear_given_up(r).await

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use fleet_health_e2e::postgres::Postgres;
-use fleet_health_e2e::{Server, binary, eventually, http_get};
+use fleet_health_e2e::{Proxy, Server, binary, eventually, http_get};
 
 /// A free loopback port (for a node that must know its address before it
 /// starts, to advertise it).
@@ -135,4 +135,119 @@ async fn a_fleet_moves_into_a_cluster_and_is_served_by_any_node() {
     .await;
     let after = a.cli(&["list", "--all", "-o", "ids"]).await;
     assert_eq!(after.stdout, from_a.stdout, "nothing lost");
+}
+
+/// Queues events `from..=to` on every reporter, and waits until each is
+/// acknowledged; returns how long that took.
+async fn report_and_wait(
+    reporters: &[fleet_health_client::Reporter],
+    base: i64,
+    from: u64,
+    to: u64,
+) -> Duration {
+    let started = std::time::Instant::now();
+    for r in reporters {
+        for seq in from..=to {
+            crate::reporter::queue(r, base, seq);
+        }
+    }
+    for r in reporters {
+        tokio::time::timeout(Duration::from_secs(60), r.wait_acked(to))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: events through {to} not acknowledged in 60 s: {:?}",
+                    r.agent_id(),
+                    r.stats()
+                )
+            })
+            .expect("acknowledged");
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_die_pause_and_return_and_every_acknowledged_event_is_applied_once() {
+    let pg = Postgres::start();
+    let a = node(&pg, "a").await;
+    let mut b = node(&pg, "b").await;
+    for s in [&a, &b] {
+        eventually(
+            "both nodes serve shards",
+            Duration::from_secs(20),
+            || async {
+                let v = s.cli(&["cluster", "status", "-o", "json"]).await.json();
+                (v["unowned"] == 0
+                    && v["nodes"].as_array().is_some_and(|n| {
+                        n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0))
+                    }))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+    // The agents reach the cluster through one address, as through a load
+    // balancer: node a, which passes b's agents on to b.
+    let balancer = Proxy::start(a.addr()).await;
+    let base = fleet_health_client::now().as_micros() - 3600 * 1_000_000;
+    let reporters: Vec<_> = (0..12)
+        .map(|i| crate::reporter::reporter(&balancer.url(), &format!("chaos-{i:02}")))
+        .collect();
+    report_and_wait(&reporters, base, 1, 10).await;
+
+    // b dies: its agents' streams break; they come back through a, which
+    // takes b's shards when their leases end.
+    b.kill9().await;
+    let again = report_and_wait(&reporters, base, 11, 20).await;
+    eprintln!("kill -9 of an owner: every agent acknowledged again within {again:?}");
+
+    // b returns and takes its share back: a hands it over, the moved
+    // agents reconnect and are passed on to b.
+    b.restart().await;
+    eventually("b serves shards again", Duration::from_secs(20), || async {
+        let v = a.cli(&["cluster", "status", "-o", "json"]).await.json();
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["node"] == "b" && n["shards"].as_u64() > Some(0))
+            .then_some(())
+    })
+    .await;
+    report_and_wait(&reporters, base, 21, 30).await;
+
+    // b is paused past its lease: a takes its shards; when b goes on, its
+    // writes are refused by the fence, and it lets the shards go.
+    let pid = b.pid().to_string();
+    let stop = tokio::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .await;
+    assert!(stop.expect("kill runs").success());
+    for r in &reporters {
+        for seq in 31..=35 {
+            crate::reporter::queue(r, base, seq);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cont = tokio::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .await;
+    assert!(cont.expect("kill runs").success());
+    report_and_wait(&reporters, base, 36, 40).await;
+
+    // The ledger: every agent's events 1 to 40, each applied once, in order,
+    // whichever node is asked.
+    // (A shard may still be changing hands back to b: asked then, a node
+    // says so, and the question is asked again.)
+    for r in &reporters {
+        for s in [&a, &b] {
+            let status = eventually("the agent's status", Duration::from_secs(20), || async {
+                let run = s.cli(&["status", r.agent_id(), "-o", "json"]).await;
+                (run.code == Some(0)).then(|| run.json())
+            })
+            .await;
+            crate::reporter::assert_applied_through(&status, r, base, 40);
+        }
+    }
 }

@@ -19,11 +19,11 @@ use serde_json::{Value, json};
 const SECOND: i64 = 1_000_000;
 
 /// The time that event `seq` carries: `base` plus `seq` seconds.
-fn event_time(base: i64, seq: u64) -> Time {
+pub(crate) fn event_time(base: i64, seq: u64) -> Time {
     Time::from_micros(base + i64::try_from(seq).unwrap() * SECOND).expect("in range")
 }
 
-fn reporter(url: &str, agent: &str) -> Reporter {
+pub(crate) fn reporter(url: &str, agent: &str) -> Reporter {
     let mut config = ReporterConfig::new(agent);
     config.connect_timeout = Duration::from_secs(5);
     config.backoff = BackoffConfig {
@@ -34,7 +34,7 @@ fn reporter(url: &str, agent: &str) -> Reporter {
 }
 
 /// Queues event `seq`: `starting` for 1, `server_data_sent` after.
-fn queue(reporter: &Reporter, base: i64, seq: u64) {
+pub(crate) fn queue(reporter: &Reporter, base: i64, seq: u64) {
     let kind = if seq == 1 {
         EventKind::Starting
     } else {
@@ -53,7 +53,7 @@ async fn status(server: &Server, agent: &str) -> Value {
 }
 
 /// The server applied events 1 to `seq` of this reporter and nothing after.
-fn assert_applied_through(agent: &Value, reporter: &Reporter, base: i64, seq: u64) {
+pub(crate) fn assert_applied_through(agent: &Value, reporter: &Reporter, base: i64, seq: u64) {
     assert_eq!(
         agent["incarnation"],
         json!(reporter.incarnation().to_string()),

@@ -80,11 +80,16 @@ pub(super) fn owner_of(node: &ClusterNode, id: &str) -> Result<Option<Arc<str>>,
     }
     match node.route_of(id) {
         Some(address) => Ok(Some(address)),
-        None => Err(Status::unavailable(format!(
-            "agent {id}'s shard ({}) is changing hands between servers; try again in a few seconds",
-            node.shard_of(id)
-        ))),
+        None => Err(changing_hands(node, id)),
     }
+}
+
+/// The answer about agent `id` while its shard has no node that serves it.
+pub(super) fn changing_hands(node: &ClusterNode, id: &str) -> Status {
+    Status::unavailable(format!(
+        "agent {id}'s shard ({}) is changing hands between servers; try again in a few seconds",
+        node.shard_of(id)
+    ))
 }
 
 /// Passes a call about one agent on to the node at `address`.
