@@ -71,6 +71,9 @@ impl Default for WatchLimits {
     }
 }
 
+/// A cluster's node, and the address of the node that serves an agent.
+type Owner = (Arc<ClusterNode>, Arc<str>);
+
 /// The `fleethealth.v1.FleetService`: what operators and orchestrators ask.
 pub struct FleetService {
     registry: Registry,
@@ -106,7 +109,7 @@ impl FleetService {
         &self,
         metadata: &tonic::metadata::MetadataMap,
         id: &str,
-    ) -> Result<Option<(Arc<ClusterNode>, Arc<str>)>, Status> {
+    ) -> Result<Option<Owner>, Status> {
         let Some(node) = &self.cluster else {
             return Ok(None);
         };
