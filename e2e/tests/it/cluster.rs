@@ -251,3 +251,61 @@ async fn owners_die_pause_and_return_and_every_acknowledged_event_is_applied_onc
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_remediators_on_two_nodes_act_once_per_faulty_agent() {
+    use crate::remediate::{
+        Remediator, activity, faulty, logging_program, read_log, scratch, starts, strs,
+    };
+
+    let pg = Postgres::start();
+    let a = node(&pg, "a").await;
+    let b = node(&pg, "b").await;
+    eventually(
+        "both nodes serve shards",
+        Duration::from_secs(20),
+        || async {
+            let v = a.cli(&["cluster", "status", "-o", "json"]).await.json();
+            (v["unowned"] == 0
+                && v["nodes"].as_array().is_some_and(|n| {
+                    n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0))
+                }))
+            .then_some(())
+        },
+    )
+    .await;
+    // Settle two rounds, so that each node knows where every shard is.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let agents: Vec<String> = (0..8).map(|i| format!("f-{i}")).collect();
+    let ids: Vec<&str> = agents.iter().map(String::as_str).collect();
+    faulty(&a, &ids[..4]).await;
+    faulty(&b, &ids[4..]).await;
+
+    // One remediator on each node: each sees every faulty agent (the watch
+    // is merged), and the claims (on each agent's own node) let only one
+    // act on each.
+    let (_dir, log) = scratch();
+    let program = logging_program(&log, "0", 0);
+    let args = ["--settle", "0s", "--cooldown", "1h", "--rate", "100/s"];
+    let mut r1 = Remediator::start(&a.url(), &args, &strs(&program));
+    let mut r2 = Remediator::start(&b.url(), &args, &strs(&program));
+    assert_eq!(r1.next().await["type"], "ready");
+    assert_eq!(r2.next().await["type"], "ready");
+    eventually("every agent acted on", Duration::from_secs(30), || async {
+        (starts(&read_log(&log)).len() == agents.len()).then_some(())
+    })
+    .await;
+    // Give a second action, were there one, the time to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    r1.kill().await;
+    r2.kill().await;
+    let started = starts(&read_log(&log));
+    assert!(started.values().all(|n| *n == 1), "{started:?}");
+    for id in &ids {
+        for s in [&a, &b] {
+            let act = activity(s, id).await;
+            assert_eq!(act.len(), 1, "{id}: {act:?}");
+            assert_eq!(act[0]["kind"], "remediated");
+        }
+    }
+}

@@ -22,7 +22,7 @@ use tokio::process::{Child, ChildStdout};
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running `fleet-health remediate -o ndjson`.
-struct Remediator {
+pub(crate) struct Remediator {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
     /// Every decision printed so far.
@@ -31,7 +31,7 @@ struct Remediator {
 
 impl Remediator {
     /// Starts `remediate -o ndjson ARGS --exec PROGRAM...` against `url`.
-    fn start(url: &str, args: &[&str], program: &[&str]) -> Remediator {
+    pub(crate) fn start(url: &str, args: &[&str], program: &[&str]) -> Remediator {
         let mut all = vec!["remediate", "-o", "ndjson", "--server", url];
         all.extend_from_slice(args);
         all.push("--exec");
@@ -46,7 +46,7 @@ impl Remediator {
     }
 
     /// The next decision; panics if the remediator ends or is silent.
-    async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         let line = tokio::time::timeout(LINE_TIMEOUT, self.lines.next_line())
             .await
             .unwrap_or_else(|_| panic!("remediate said nothing new; so far: {:#?}", self.seen))
@@ -69,7 +69,7 @@ impl Remediator {
     }
 
     /// Reads until `n` programs have ended; their `acted` decisions.
-    async fn acted(&mut self, n: usize) -> Vec<Value> {
+    pub(crate) async fn acted(&mut self, n: usize) -> Vec<Value> {
         let mut acted = Vec::new();
         while acted.len() < n {
             let v = self.until(|v| v["type"] == "acted").await;
@@ -94,7 +94,7 @@ impl Remediator {
     }
 
     /// Kills it and returns what it wrote to stderr.
-    async fn kill(mut self) -> String {
+    pub(crate) async fn kill(mut self) -> String {
         self.child.start_kill().expect("kill remediate");
         let _ = self.child.wait().await;
         let mut stderr = String::new();
@@ -107,7 +107,7 @@ impl Remediator {
 
 /// A program that logs its start and end (with the time, in seconds) to
 /// `log`, sleeping `secs` in between, and exits with `code`.
-fn logging_program(log: &Path, secs: &str, code: u8) -> Vec<String> {
+pub(crate) fn logging_program(log: &Path, secs: &str, code: u8) -> Vec<String> {
     let log = log.display();
     vec![
         "/bin/sh".into(),
@@ -120,7 +120,7 @@ fn logging_program(log: &Path, secs: &str, code: u8) -> Vec<String> {
 }
 
 /// `(kind, agent, seconds)` of each line of a program log, in order.
-fn read_log(log: &Path) -> Vec<(String, String, f64)> {
+pub(crate) fn read_log(log: &Path) -> Vec<(String, String, f64)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
         .map(|l| {
@@ -134,7 +134,7 @@ fn read_log(log: &Path) -> Vec<(String, String, f64)> {
 }
 
 /// How many times each agent's program started.
-fn starts(log: &[(String, String, f64)]) -> BTreeMap<String, usize> {
+pub(crate) fn starts(log: &[(String, String, f64)]) -> BTreeMap<String, usize> {
     let mut n = BTreeMap::new();
     for (kind, agent, _) in log {
         if kind == "start" {
@@ -144,18 +144,18 @@ fn starts(log: &[(String, String, f64)]) -> BTreeMap<String, usize> {
     n
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
+pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn scratch() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn scratch() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("a scratch folder");
     let log = dir.path().join("programs.log");
     (dir, log)
 }
 
 /// Agents faulty now ("no data sent to server", for an hour already).
-async fn faulty(server: &Server, agents: &[&str]) {
+pub(crate) async fn faulty(server: &Server, agents: &[&str]) {
     let events: &[&str] = &["starting --at -7h"];
     let list: Vec<(&str, &[&str])> = agents.iter().map(|a| (*a, events)).collect();
     server.report_all(&list).await;
@@ -169,7 +169,7 @@ async fn healthy(server: &Server, agents: &[&str]) {
 }
 
 /// `history ID -o json`'s activity.
-async fn activity(server: &Server, agent: &str) -> Vec<Value> {
+pub(crate) async fn activity(server: &Server, agent: &str) -> Vec<Value> {
     let h = server.cli(&["history", agent, "-o", "json"]).await;
     h.expect_code(0).json()["activity"]
         .as_array()
