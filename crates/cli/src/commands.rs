@@ -458,6 +458,10 @@ async fn list(
         Format::Ndjson => agents::list_ndjson(out, &list)?,
         Format::Ids => agents::ids(out, list.agents.iter().map(|a| a.agent_id.as_str()))?,
     }
+    if list.incomplete {
+        out.flush()?;
+        eprintln!("{}", style.warn(INCOMPLETE));
+    }
     if query.filter == StateFilter::Faulty
         && query.maintenance == MaintenanceFilter::Default
         && let Some(note) = agents::left_out_note(list.storm.as_ref())
@@ -493,6 +497,9 @@ async fn status(
     Ok(ExitCode::Success)
 }
 
+/// Said on stderr under an answer that misses part of the fleet.
+const INCOMPLETE: &str = "incomplete: part of the fleet is missing from this answer (shards changing hands between servers, or a server that did not answer); ask again in a few seconds";
+
 async fn summary(
     fleet: &FleetClient,
     out: &mut dyn Write,
@@ -505,6 +512,10 @@ async fn summary(
         Format::Json => summary::summary_json(out, &s)?,
         Format::Yaml => render::yaml(out, |o| summary::summary_json(o, &s))?,
         _ => summary::summary_table(out, style, &s)?,
+    }
+    if s.incomplete {
+        out.flush()?;
+        eprintln!("{}", style.warn(INCOMPLETE));
     }
     storm_exit(out, style, s.storm.as_ref())
 }

@@ -311,6 +311,7 @@ impl FleetClient {
                 list.evaluated_at = page.evaluated_at;
             }
             list.agents.extend(page.agents);
+            list.incomplete |= page.incomplete;
             if page.storm.is_some() {
                 list.storm = page.storm;
             }

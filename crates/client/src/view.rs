@@ -244,6 +244,9 @@ pub struct AgentPage {
     pub storm: Option<Storm>,
     /// When the page was evaluated.
     pub evaluated_at: Option<Time>,
+    /// Several servers: part of the fleet was missing from the answer
+    /// (shards changing hands, or a server that did not answer).
+    pub incomplete: bool,
 }
 
 impl TryFrom<proto::ListAgentsResponse> for AgentPage {
@@ -259,6 +262,7 @@ impl TryFrom<proto::ListAgentsResponse> for AgentPage {
             next_page_token: (!p.next_page_token.is_empty()).then_some(p.next_page_token),
             storm: p.storm.map(Storm::from),
             evaluated_at: time("ListAgentsResponse.evaluated_at", p.evaluated_at.as_ref())?,
+            incomplete: p.incomplete,
         })
     }
 }
@@ -272,6 +276,8 @@ pub struct AgentList {
     pub storm: Option<Storm>,
     /// When the first page was evaluated.
     pub evaluated_at: Option<Time>,
+    /// Several servers: some page missed part of the fleet.
+    pub incomplete: bool,
 }
 
 /// How many agents give one why in one state.
@@ -316,6 +322,9 @@ pub struct Summary {
     pub given_up: u64,
     /// Agents claimed by a remediator now.
     pub claimed: u64,
+    /// Several servers: the counts leave part of the fleet out (shards
+    /// changing hands, or a server that did not answer).
+    pub incomplete: bool,
 }
 
 impl TryFrom<proto::GetSummaryResponse> for Summary {
@@ -348,6 +357,7 @@ impl TryFrom<proto::GetSummaryResponse> for Summary {
             maintenance_faulty: s.maintenance_faulty,
             given_up: s.given_up,
             claimed: s.claimed,
+            incomplete: s.incomplete,
         })
     }
 }

@@ -300,6 +300,7 @@ mod fixtures {
 
     pub fn fleet() -> AgentList {
         AgentList {
+            incomplete: false,
             agents: vec![
                 agent(
                     "db-7",

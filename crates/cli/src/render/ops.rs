@@ -376,6 +376,7 @@ mod tests {
             agents: vec![a],
             storm: None,
             evaluated_at: t(NOW),
+            incomplete: false,
         };
         let text = render(|o| maintenance_table(o, PLAIN, &list));
         assert_eq!(

@@ -58,6 +58,8 @@ struct SummaryJson {
     maintenance_faulty: u64,
     given_up: u64,
     claimed: u64,
+    /// Several servers: the counts leave part of the fleet out.
+    incomplete: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +95,7 @@ pub fn summary_json(out: &mut dyn Write, s: &Summary) -> io::Result<()> {
         maintenance_faulty: s.maintenance_faulty,
         given_up: s.given_up,
         claimed: s.claimed,
+        incomplete: s.incomplete,
     };
     write_json(out, &json)
 }
@@ -213,6 +216,7 @@ mod tests {
 
     fn summary() -> Summary {
         Summary {
+            incomplete: false,
             total: 11,
             maintenance: 0,
             maintenance_faulty: 0,

@@ -630,3 +630,108 @@ mod nodes {
         a.stop().await;
     }
 }
+
+mod incomplete {
+    //! Answers that miss shards say so, and never raise the storm flag.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use fleet_health_e2e::eventually;
+    use fleet_health_e2e::postgres::Postgres;
+    use fleet_health_proto::v1 as pb;
+    use fleet_health_server::clock::ManualClock;
+    use fleet_health_server::cluster::db::Db;
+    use fleet_health_server::config::{ClusterConfig, Storage};
+    use fleet_health_server::{Config, Server};
+    use tonic::transport::Channel;
+
+    use super::SHARDS;
+    use crate::common::{Agent, T0, TestServer, t};
+
+    #[tokio::test]
+    async fn a_list_and_a_summary_missing_shards_say_so_and_raise_no_storm() {
+        let pg = Postgres::start();
+        // A node that died holding four shards, whose leases run for an hour
+        // yet, and that no one can reach.
+        let mut db = Db::connect(&pg.url()).await.expect("connects");
+        db.migrate(SHARDS).await.expect("migrates");
+        db.heartbeat("ghost", "127.0.0.1:1", false)
+            .await
+            .expect("joins");
+        let held = db
+            .acquire("ghost", &[0, 1, 2, 3], Duration::from_secs(3600))
+            .await
+            .expect("takes");
+        assert_eq!(held.len(), 4);
+
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let config = Config {
+            storage: Storage::Cluster(ClusterConfig {
+                url: pg.url(),
+                node: "a".into(),
+                address: grpc.local_addr().expect("addr").to_string(),
+                lease: Duration::from_secs(2),
+                shards: SHARDS,
+            }),
+            ..Config::default()
+        };
+        let clock = ManualClock::new(t(T0));
+        let server = Server::cluster(config, Arc::new(clock.clone()))
+            .await
+            .expect("joins");
+        let a = TestServer::serve_on(server, clock, grpc, |addr| {
+            Channel::from_shared(format!("http://{addr}")).expect("uri")
+        })
+        .await;
+
+        // Every agent a takes is faulty (a hello and nothing else): a whole
+        // fleet in a storm, as far as a can see.
+        let mut faulty = Vec::new();
+        for i in 0..40 {
+            let id = format!("f-{i:02}");
+            if let Ok(mut s) = Agent::open(&a.channel).await
+                && let Ok(w) = s.hello_with(&id, 1, &[]).await
+            {
+                s.welcome = w;
+                faulty.push(s);
+            }
+            if faulty.len() == 12 {
+                break;
+            }
+        }
+        assert_eq!(faulty.len(), 12, "a serves most shards");
+        let page = eventually(
+            "a list over the cluster",
+            Duration::from_secs(10),
+            || async {
+                a.fleet()
+                    .list_agents(pb::ListAgentsRequest {
+                        filter: pb::StateFilter::Faulty as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            },
+        )
+        .await;
+        assert!(page.incomplete, "the ghost's shards are missing");
+        assert_eq!(page.agents.len(), 12);
+        let storm = page.storm.expect("storm");
+        assert_eq!(storm.faulty, 12);
+        assert!(!storm.active, "no storm on part of the fleet: {storm:?}");
+        let summary = a
+            .fleet()
+            .get_summary(pb::GetSummaryRequest::default())
+            .await
+            .expect("sums")
+            .into_inner();
+        assert!(summary.incomplete);
+        assert!(!summary.storm.expect("storm").active);
+        drop(faulty);
+        a.stop().await;
+    }
+}
