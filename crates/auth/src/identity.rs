@@ -62,6 +62,54 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// The identity as one line, for one server of a cluster to tell
+    /// another whom a call it passes on is from: `agent/ID`, `ROLE/NAME`,
+    /// or `relay/NAME PATTERN...` (the relay's patterns, space-separated).
+    pub fn to_wire(&self) -> String {
+        match self {
+            Identity::Holder { agents, .. } if !agents.is_empty() => {
+                let mut s = self.to_string();
+                for p in agents {
+                    s.push(' ');
+                    s.push_str(p.as_str());
+                }
+                s
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The identity [`Identity::to_wire`] wrote.
+    pub fn from_wire(s: &str) -> Result<Identity, String> {
+        let mut words = s.split(' ');
+        let head = words.next().unwrap_or("");
+        let (kind, name) = head
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not agent/ID or ROLE/NAME"))?;
+        if kind == "agent" {
+            if words.next().is_some() {
+                return Err(format!("{s:?}: an agent has no patterns"));
+            }
+            return AgentId::parse(name)
+                .map(Identity::Agent)
+                .map_err(|e| format!("{s:?}: {e}"));
+        }
+        let role = Role::parse(kind).ok_or_else(|| format!("{s:?}: no role {kind:?}"))?;
+        if name.is_empty() {
+            return Err(format!("{s:?}: no name"));
+        }
+        let agents = words
+            .map(|p| AgentPattern::parse(p).map_err(|e| format!("{s:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Identity::Holder {
+            role,
+            name: name.to_owned(),
+            agents,
+        })
+    }
+}
+
 impl fmt::Display for Identity {
     /// `agent/ID` or `ROLE/NAME`, as in the SPIFFE ID's path.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -389,5 +437,42 @@ mod tests {
         assert!(!holder(Role::Orchestrator).may_report_for("any"));
         // A relay without patterns reports for nobody.
         assert!(!holder(Role::Relay).may_report_for("any"));
+    }
+
+    #[test]
+    fn identities_go_between_servers_as_they_are() {
+        let relay = Identity::Holder {
+            role: Role::Relay,
+            name: "edge".into(),
+            agents: vec![
+                AgentPattern::parse("edge-*").expect("pattern"),
+                AgentPattern::parse("gw-1").expect("pattern"),
+            ],
+        };
+        for who in [
+            Identity::Agent(AgentId::parse("ns/web-1").expect("id")),
+            Identity::Holder {
+                role: Role::Reader,
+                name: "alice".into(),
+                agents: Vec::new(),
+            },
+            relay,
+        ] {
+            assert_eq!(
+                Identity::from_wire(&who.to_wire()),
+                Ok(who.clone()),
+                "{who}"
+            );
+        }
+        for bad in [
+            "",
+            "nobody",
+            "agent/",
+            "king/arthur",
+            "reader/",
+            "agent/a b",
+        ] {
+            assert!(Identity::from_wire(bad).is_err(), "{bad:?}");
+        }
     }
 }
