@@ -420,6 +420,7 @@ impl ReportStream {
         if let Ok(value) = node.id().parse() {
             request.metadata_mut().insert(FORWARDED, value);
         }
+        node.stamp(&mut request, self.caller.as_ref());
         let mut client = fleet_health_proto::v1::agent_service_client::AgentServiceClient::new(
             node.channel(address),
         );

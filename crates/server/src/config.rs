@@ -218,6 +218,10 @@ pub struct ClusterConfig {
     /// The shard count, when this node makes the cluster (the cluster's own
     /// count wins afterwards).
     pub shards: u32,
+    /// With security on: the secret the cluster's servers show each other
+    /// when they pass calls on, and the trust bundle for each other's
+    /// server certificates.
+    pub peers: Option<crate::cluster::node::PeerSecurity>,
 }
 
 impl ClusterConfig {

@@ -290,11 +290,12 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
         let routed = self.owner_for(request.metadata(), &request.get_ref().agent_id)?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
         let at = wire::opt_time(req.at.as_ref(), "at")?;
         if let Some((node, owner)) = routed {
-            return cluster::get(&node, &owner, req).await;
+            return cluster::get(&node, caller.as_ref(), &owner, req).await;
         }
         let view = self.registry.get(&id, at)?;
         Ok(Response::new(pb::GetAgentResponse {
@@ -308,6 +309,7 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let whole = self.whole(request.metadata()).cloned();
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
         let own = self.list_here(req.clone())?;
         match whole {
@@ -317,7 +319,7 @@ impl FleetServiceApi for FleetService {
                     n => n.min(MAX_PAGE_SIZE),
                 };
                 Ok(Response::new(
-                    cluster::list(&node, self.own(own), req, size).await,
+                    cluster::list(&node, caller.as_ref(), self.own(own), req, size).await,
                 ))
             }
             None => Ok(self.own(own)),
@@ -335,11 +337,13 @@ impl FleetServiceApi for FleetService {
             Some(node) => {
                 let req = request.get_ref().clone();
                 selector(req.filter, &req.why, &req.labels, req.maintenance)?;
-                let admission = self.admit_watcher(request.extensions().get::<Caller>())?;
+                let caller = request.extensions().get::<Caller>().cloned();
+                let admission = self.admit_watcher(caller.as_ref())?;
                 Ok(Response::new(Box::pin(cluster::watch(
                     node,
                     self.registry.clone(),
                     req,
+                    caller,
                     admission,
                     self.shutdown.clone(),
                 ))))
@@ -355,11 +359,12 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::GetSummaryRequest>,
     ) -> Result<Response<pb::GetSummaryResponse>, Status> {
         let whole = self.whole(request.metadata()).cloned();
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
         let own = self.summary_here(&req)?;
         match whole {
             Some(node) => Ok(Response::new(
-                cluster::summary(&node, self.own(own), req).await,
+                cluster::summary(&node, caller.as_ref(), self.own(own), req).await,
             )),
             None => Ok(self.own(own)),
         }
@@ -370,10 +375,11 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let routed = self.owner_for(request.metadata(), &request.get_ref().agent_id)?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
         let id = wire::agent_id(&req.agent_id)?;
         if let Some((node, owner)) = routed {
-            return cluster::history(&node, &owner, req).await;
+            return cluster::history(&node, caller.as_ref(), &owner, req).await;
         }
         let transitions = self.registry.history(&id)?;
         let activity = self.registry.activity(&id)?;
@@ -396,7 +402,7 @@ impl FleetServiceApi for FleetService {
         if let Some((node, owner)) = routed {
             // The owner forgets it (and audits it as a call from this node;
             // this node audits the caller's).
-            let answer = cluster::forget(&node, &owner, req).await;
+            let answer = cluster::forget(&node, caller.as_ref(), &owner, req).await;
             self.audit_forget(
                 caller.as_ref(),
                 &id,
@@ -447,7 +453,8 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::SetMaintenanceRequest>,
     ) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
         if let Some(node) = self.whole(request.metadata()).cloned() {
-            return cluster::set_maintenance(&node, request.into_inner()).await;
+            let caller = request.extensions().get::<Caller>().cloned();
+            return cluster::set_maintenance(&node, caller.as_ref(), request.into_inner()).await;
         }
         self.set_maintenance_(request).await
     }
@@ -457,7 +464,8 @@ impl FleetServiceApi for FleetService {
         request: Request<pb::ClearMaintenanceRequest>,
     ) -> Result<Response<pb::ClearMaintenanceResponse>, Status> {
         if let Some(node) = self.whole(request.metadata()).cloned() {
-            return cluster::clear_maintenance(&node, request.into_inner()).await;
+            let caller = request.extensions().get::<Caller>().cloned();
+            return cluster::clear_maintenance(&node, caller.as_ref(), request.into_inner()).await;
         }
         self.clear_maintenance_(request).await
     }
@@ -470,9 +478,14 @@ impl FleetServiceApi for FleetService {
         if let Some((node, owner)) =
             self.owner_for(request.metadata(), &request.get_ref().agent_id)?
         {
-            return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
-                c.claim_agent(r).await
-            })
+            let caller = request.extensions().get::<Caller>().cloned();
+            return cluster::pass(
+                &node,
+                caller.as_ref(),
+                &owner,
+                request.into_inner(),
+                |mut c, r| async move { c.claim_agent(r).await },
+            )
             .await;
         }
         self.claim_agent_(request).await
@@ -486,9 +499,14 @@ impl FleetServiceApi for FleetService {
         if let Some((node, owner)) =
             self.owner_for(request.metadata(), &request.get_ref().agent_id)?
         {
-            return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
-                c.release_agent(r).await
-            })
+            let caller = request.extensions().get::<Caller>().cloned();
+            return cluster::pass(
+                &node,
+                caller.as_ref(),
+                &owner,
+                request.into_inner(),
+                |mut c, r| async move { c.release_agent(r).await },
+            )
             .await;
         }
         self.release_agent_(request).await
@@ -502,9 +520,14 @@ impl FleetServiceApi for FleetService {
         if let Some((node, owner)) =
             self.owner_for(request.metadata(), &request.get_ref().agent_id)?
         {
-            return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
-                c.record_remediation(r).await
-            })
+            let caller = request.extensions().get::<Caller>().cloned();
+            return cluster::pass(
+                &node,
+                caller.as_ref(),
+                &owner,
+                request.into_inner(),
+                |mut c, r| async move { c.record_remediation(r).await },
+            )
             .await;
         }
         self.record_remediation_(request).await
@@ -518,9 +541,14 @@ impl FleetServiceApi for FleetService {
         if let Some((node, owner)) =
             self.owner_for(request.metadata(), &request.get_ref().agent_id)?
         {
-            return cluster::pass(&node, &owner, request.into_inner(), |mut c, r| async move {
-                c.clear_given_up(r).await
-            })
+            let caller = request.extensions().get::<Caller>().cloned();
+            return cluster::pass(
+                &node,
+                caller.as_ref(),
+                &owner,
+                request.into_inner(),
+                |mut c, r| async move { c.clear_given_up(r).await },
+            )
             .await;
         }
         self.clear_given_up_(request).await

@@ -89,6 +89,28 @@ struct Args {
     #[arg(long, env = "FLEET_HEALTH_CLUSTER_LEASE", default_value = "10s", value_parser = positive_duration)]
     cluster_lease: Duration,
 
+    /// With security on: a file holding the secret (at least 32
+    /// characters) that the cluster's servers show each other when they pass
+    /// a call on, over TLS. The same on every server; make one with
+    /// `openssl rand -hex 32` or `head -c 32 /dev/urandom | base64`.
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_CLUSTER_SECRET_FILE",
+        value_name = "FILE",
+        requires = "cluster"
+    )]
+    cluster_secret_file: Option<PathBuf>,
+
+    /// With security on: the trust bundle (PEM) for the other servers'
+    /// certificates [default: --client-ca].
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_CLUSTER_CA",
+        value_name = "FILE",
+        requires = "cluster"
+    )]
+    cluster_ca: Option<PathBuf>,
+
     /// The number of shards, for the server that makes the cluster (fixed
     /// for the cluster's life; the cluster's own number wins afterwards).
     #[arg(long, env = "FLEET_HEALTH_CLUSTER_SHARDS", default_value_t = ClusterConfig::DEFAULT_SHARDS, value_parser = clap::value_parser!(u32).range(1..=65536))]
@@ -449,17 +471,46 @@ impl Args {
         {
             anyhow::bail!("--advertise {advertise:?}: give HOST:PORT");
         }
-        if self.tls_cert.is_some() || self.tokens.is_some() {
-            anyhow::bail!(
-                "--cluster with --tls-cert or --tokens: the calls between a cluster's servers are not secured yet, so a cluster runs without security for now (on a private network)"
-            );
-        }
+        let peers = if self.tls_cert.is_some() || self.tokens.is_some() {
+            if self.tls_cert.is_none() {
+                anyhow::bail!(
+                    "--cluster with --tokens needs TLS (--tls-cert, --tls-key): the servers pass calls on to each other with a secret"
+                );
+            }
+            let Some(file) = &self.cluster_secret_file else {
+                anyhow::bail!(
+                    "--cluster with security on needs --cluster-secret-file: the secret the cluster's servers show each other"
+                );
+            };
+            let secret = std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("--cluster-secret-file {}: {e}", file.display()))?
+                .trim()
+                .to_owned();
+            if secret.len() < 32 || secret.chars().any(|c| !c.is_ascii_graphic()) {
+                anyhow::bail!(
+                    "--cluster-secret-file {}: give at least 32 printable characters, no spaces (openssl rand -hex 32)",
+                    file.display()
+                );
+            }
+            let Some(ca) = self.cluster_ca.clone().or_else(|| self.client_ca.clone()) else {
+                anyhow::bail!(
+                    "--cluster with TLS needs --cluster-ca (or --client-ca): the trust bundle for the other servers' certificates"
+                );
+            };
+            Some(fleet_health_server::cluster::node::PeerSecurity {
+                ca,
+                secret: secret.into(),
+            })
+        } else {
+            None
+        };
         Ok(ClusterConfig {
             url: url.to_owned(),
             node,
             address: advertise,
             lease: self.cluster_lease,
             shards: self.cluster_shards,
+            peers,
         })
     }
 

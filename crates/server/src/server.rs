@@ -307,16 +307,22 @@ impl Server {
         // shards change hands.
         let (node, membership_task, node_task) = match cluster {
             Some(parts) => {
-                let node = Arc::new(ClusterNode::new(
-                    parts.config.node.clone(),
-                    &parts.config.address,
-                    parts.config.url.clone(),
-                    parts.config.lease,
-                    registry.clone(),
-                    open_streams.clone(),
-                    parts.ownership.clone(),
-                    parts.shards,
-                ));
+                if let Some(peers) = &parts.config.peers {
+                    security.set_cluster_secret(peers.secret.clone());
+                }
+                let node = Arc::new(
+                    ClusterNode::new(
+                        parts.config.node.clone(),
+                        &parts.config.address,
+                        parts.config.url.clone(),
+                        parts.config.lease,
+                        registry.clone(),
+                        open_streams.clone(),
+                        parts.ownership.clone(),
+                        parts.shards,
+                    )
+                    .with_peer_security(parts.config.peers.clone()),
+                );
                 let (events_tx, events_rx) = tokio::sync::mpsc::channel(16);
                 let node_task = tokio::spawn(node.clone().run(
                     parts.loads,

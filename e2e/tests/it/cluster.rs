@@ -309,3 +309,208 @@ async fn two_remediators_on_two_nodes_act_once_per_faulty_agent() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secured_cluster_checks_every_caller_on_every_node() {
+    use fleet_health_e2e::cli;
+
+    let pg = Postgres::start();
+    let pki = tempfile::tempdir().expect("dir");
+    let d = pki.path();
+    let dir = d.display().to_string();
+    let p = |name: &str| d.join(name).display().to_string();
+    cli(&["pki", "init", &dir]).await.expect_code(0);
+    for args in [
+        &[
+            "pki", "issue", "operator", "alice", "--role", "reader", "--dir", &dir,
+        ][..],
+        &[
+            "pki", "issue", "operator", "root", "--role", "admin", "--dir", &dir,
+        ][..],
+    ] {
+        cli(args).await.expect_code(0);
+    }
+    let tokens = p("tokens.toml");
+    let made = cli(&[
+        "token",
+        "create",
+        "ci",
+        "--role",
+        "reader",
+        "--tokens-file",
+        &tokens,
+    ])
+    .await;
+    made.expect_code(0);
+    let token_file = p("ci.token");
+    std::fs::write(&token_file, made.stdout.trim()).expect("token written");
+    let secret = p("cluster.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef0123456789abcdef").expect("secret");
+
+    let secured_node = |name: &'static str| {
+        let (pg_url, cert, key, ca, tokens, secret) = (
+            pg.url(),
+            p("server.pem"),
+            p("server.key"),
+            p("ca.pem"),
+            tokens.clone(),
+            secret.clone(),
+        );
+        async move {
+            let addr = format!("127.0.0.1:{}", free_port());
+            Server::start(&[
+                "--cluster",
+                &pg_url,
+                "--node-id",
+                name,
+                "--listen",
+                &addr,
+                "--advertise",
+                &addr,
+                "--cluster-lease",
+                "2s",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--client-ca",
+                &ca,
+                "--tokens",
+                &tokens,
+                "--cluster-secret-file",
+                &secret,
+            ])
+            .await
+        }
+    };
+    let a = secured_node("a").await;
+    let b = secured_node("b").await;
+    let as_who = |s: &Server, who: &str, args: &[&str]| -> Vec<String> {
+        let mut all: Vec<String> = vec![
+            "--server".into(),
+            s.https_url(),
+            "--ca".into(),
+            p("ca.pem"),
+            "--cert".into(),
+            p(&format!("{who}.pem")),
+            "--key".into(),
+            p(&format!("{who}.key")),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&refs).await
+    };
+    for s in [&a, &b] {
+        eventually(
+            "both nodes serve shards",
+            Duration::from_secs(20),
+            || async {
+                let v = run(as_who(
+                    s,
+                    "reader-alice",
+                    &["cluster", "status", "-o", "json"],
+                ))
+                .await
+                .json();
+                (v["unowned"] == 0
+                    && v["nodes"].as_array().is_some_and(|n| {
+                        n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0))
+                    }))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // An admin reports for ten agents through b: about half are a's, passed
+    // on with the admin's identity.
+    let ids: Vec<String> = (0..10).map(|i| format!("s-{i}")).collect();
+    for id in &ids {
+        run(as_who(
+            &b,
+            "admin-root",
+            &["report", "--agent", id, "heartbeat"],
+        ))
+        .await
+        .expect_code(0);
+    }
+    // A reader (certificate or token) sees them all from either node; it
+    // may not forget on either, whichever node holds the agent.
+    for s in [&a, &b] {
+        let list = run(as_who(s, "reader-alice", &["list", "--all", "-o", "ids"])).await;
+        list.expect_code(0);
+        assert_eq!(list.stdout.lines().count(), 10, "{}", list.stdout);
+        let by_token = cli(&[
+            "--server",
+            &s.https_url(),
+            "--ca",
+            &p("ca.pem"),
+            "--token-file",
+            &token_file,
+            "summary",
+            "-o",
+            "json",
+        ])
+        .await;
+        // Exit 5: every agent is faulty (heard once), a storm.
+        by_token.expect_code(5);
+        assert_eq!(by_token.json()["total"], 10);
+        for id in &ids[..4] {
+            let forget = run(as_who(s, "reader-alice", &["forget", id])).await;
+            forget.expect_code(7);
+            assert!(forget.stderr.contains("admin"), "{}", forget.stderr);
+        }
+    }
+    // An admin may, through either node.
+    run(as_who(&a, "admin-root", &["forget", &ids[0]]))
+        .await
+        .expect_code(0);
+    run(as_who(&b, "admin-root", &["forget", &ids[1]]))
+        .await
+        .expect_code(0);
+
+    // A caller cannot pose as another by the header the servers use: without
+    // the cluster's secret it is not believed, with a wrong one refused.
+    let endpoint = fleet_health_client::endpoint_with(
+        &a.https_url(),
+        Duration::from_secs(5),
+        &fleet_health_client::Credentials {
+            ca: Some(d.join("ca.pem")),
+            cert: Some(d.join("reader-alice.pem")),
+            key: Some(d.join("reader-alice.key")),
+            token: None,
+        },
+    )
+    .expect("endpoint");
+    let mut client = fleet_health_proto::v1::fleet_service_client::FleetServiceClient::new(
+        endpoint.connect().await.expect("connects"),
+    );
+    let forged = |secret: Option<&str>| {
+        let mut r = tonic::Request::new(fleet_health_proto::v1::ForgetAgentRequest {
+            agent_id: ids[2].clone(),
+        });
+        r.metadata_mut()
+            .insert("fleet-health-caller", "admin/evil".parse().expect("ascii"));
+        if let Some(s) = secret {
+            r.metadata_mut()
+                .insert("fleet-health-node-secret", s.parse().expect("ascii"));
+        }
+        r
+    };
+    let posed = client
+        .forget_agent(forged(None))
+        .await
+        .expect_err("refused");
+    assert_eq!(posed.code(), tonic::Code::PermissionDenied, "{posed:?}");
+    let wrong = client
+        .forget_agent(forged(Some("not-the-secret-not-the-secret-00")))
+        .await
+        .expect_err("refused");
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    let left = run(as_who(&a, "reader-alice", &["list", "--all", "-o", "ids"])).await;
+    assert_eq!(left.stdout.lines().count(), 8, "{}", left.stdout);
+}

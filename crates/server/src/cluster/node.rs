@@ -13,6 +13,31 @@ use super::shard::shard_of;
 use crate::open_streams::OpenStreams;
 use crate::registry::Registry;
 
+/// The header a server of a cluster shows the others, with the cluster's
+/// secret, on every call it passes on (over TLS).
+pub const NODE_SECRET: &str = "fleet-health-node-secret";
+/// The header that says whom a call passed on is from
+/// ([`fleet_health_auth::Identity::to_wire`]).
+pub const CALLER: &str = "fleet-health-caller";
+
+/// How a node reaches the others when security is on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerSecurity {
+    /// The trust bundle for the other nodes' server certificates.
+    pub ca: std::path::PathBuf,
+    /// The cluster's shared secret.
+    pub secret: Arc<str>,
+}
+
+impl std::fmt::Debug for PeerSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSecurity")
+            .field("ca", &self.ca)
+            .field("secret", &"<secret>")
+            .finish()
+    }
+}
+
 /// The longest a hand-over waits for its last writes.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,6 +55,8 @@ pub struct ClusterNode {
     /// One HTTP/2 connection to each other node, made on first use: the
     /// streams and calls passed on share it.
     channels: dashmap::DashMap<Arc<str>, tonic::transport::Channel>,
+    /// With security on: TLS to the others, and the secret shown to them.
+    peer_security: Option<PeerSecurity>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -64,6 +91,34 @@ impl ClusterNode {
             ownership,
             shards,
             channels: dashmap::DashMap::new(),
+            peer_security: None,
+        }
+    }
+
+    /// This node with security on: TLS to the others, and `security`'s
+    /// secret on every call passed on.
+    pub fn with_peer_security(mut self, security: Option<PeerSecurity>) -> ClusterNode {
+        self.peer_security = security;
+        self
+    }
+
+    /// Marks `request`, passed on to another node, with the cluster's
+    /// secret and whom it is from (with security on; nothing without).
+    pub fn stamp<T>(
+        &self,
+        request: &mut tonic::Request<T>,
+        caller: Option<&crate::security::Caller>,
+    ) {
+        let Some(security) = &self.peer_security else {
+            return;
+        };
+        if let Ok(v) = security.secret.parse() {
+            request.metadata_mut().insert(NODE_SECRET, v);
+        }
+        if let Some(c) = caller
+            && let Ok(v) = c.identity.to_wire().parse()
+        {
+            request.metadata_mut().insert(CALLER, v);
         }
     }
 
@@ -119,8 +174,30 @@ impl ClusterNode {
         if let Some(c) = self.channels.get(address) {
             return c.clone();
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .unwrap_or_else(|_| tonic::transport::Endpoint::from_static("http://invalid.invalid"))
+        let plain = || {
+            tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap_or_else(
+                |_| tonic::transport::Endpoint::from_static("http://invalid.invalid"),
+            )
+        };
+        let endpoint = match &self.peer_security {
+            None => plain(),
+            Some(security) => {
+                let credentials = fleet_health_client::Credentials {
+                    ca: Some(security.ca.clone()),
+                    ..Default::default()
+                };
+                fleet_health_client::endpoint_with(
+                    &format!("https://{address}"),
+                    Duration::from_secs(5),
+                    &credentials,
+                )
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot set up TLS to the other servers");
+                    plain()
+                })
+            }
+        };
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))

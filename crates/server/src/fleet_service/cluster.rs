@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::node::ClusterNode;
 use crate::model::{State, Why};
+use crate::security::Caller;
 
 /// The header of a call one node passes on to another: answer from your
 /// own registry.
@@ -55,9 +56,10 @@ fn covered(metadata: &MetadataMap) -> usize {
         .unwrap_or(0)
 }
 
-/// `message` as a call to another node: its own part only.
-fn scoped<T>(message: T) -> Request<T> {
+/// `message` as a call to another node: its own part only, from `caller`.
+fn scoped<T>(node: &ClusterNode, caller: Option<&Caller>, message: T) -> Request<T> {
     let mut request = Request::new(message);
+    node.stamp(&mut request, caller);
     request
         .metadata_mut()
         .insert(SCOPE, tonic::metadata::MetadataValue::from_static("node"));
@@ -95,28 +97,37 @@ pub(super) fn changing_hands(node: &ClusterNode, id: &str) -> Status {
 /// Passes a call about one agent on to the node at `address`.
 pub(super) async fn get(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     address: &str,
     req: pb::GetAgentRequest,
 ) -> Result<Response<pb::GetAgentResponse>, Status> {
-    client(node, address).get_agent(scoped(req)).await
+    client(node, address)
+        .get_agent(scoped(node, caller, req))
+        .await
 }
 
 /// Passes a history call on to the node at `address`.
 pub(super) async fn history(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     address: &str,
     req: pb::GetHistoryRequest,
 ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-    client(node, address).get_history(scoped(req)).await
+    client(node, address)
+        .get_history(scoped(node, caller, req))
+        .await
 }
 
 /// Passes a forget on to the node at `address`.
 pub(super) async fn forget(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     address: &str,
     req: pb::ForgetAgentRequest,
 ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
-    client(node, address).forget_agent(scoped(req)).await
+    client(node, address)
+        .forget_agent(scoped(node, caller, req))
+        .await
 }
 
 /// The cluster as its database has it: nodes, shards per node, leases,
@@ -201,6 +212,7 @@ fn proto_duration(d: Duration) -> prost_types::Duration {
 /// Passes a call about one agent on to the node at `address`.
 pub(super) async fn pass<Q, A, F, Fut>(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     address: &str,
     req: Q,
     call: F,
@@ -209,7 +221,7 @@ where
     F: FnOnce(FleetServiceClient<tonic::transport::Channel>, Request<Q>) -> Fut,
     Fut: std::future::Future<Output = Result<Response<A>, Status>>,
 {
-    call(client(node, address), scoped(req)).await
+    call(client(node, address), scoped(node, caller, req)).await
 }
 
 /// Every node's address, this node's first.
@@ -224,6 +236,7 @@ fn everyone(node: &ClusterNode) -> Vec<Arc<str>> {
 /// first, so that one unknown ID marks nothing anywhere: NOT_FOUND).
 async fn by_owner(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     ids: &[String],
 ) -> Result<Vec<(Arc<str>, Vec<String>)>, Status> {
     let mut groups: Vec<(Arc<str>, Vec<String>)> = Vec::new();
@@ -231,6 +244,7 @@ async fn by_owner(
         let address = owner_of(node, id)?.unwrap_or_else(|| node.address().clone());
         get(
             node,
+            caller,
             &address,
             pb::GetAgentRequest {
                 agent_id: id.clone(),
@@ -251,6 +265,7 @@ async fn by_owner(
 /// `req` as it is.
 async fn spread<Q: Clone>(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     req: &Q,
     ids: &[String],
     with_ids: impl Fn(Vec<String>) -> Q,
@@ -261,7 +276,7 @@ async fn spread<Q: Clone>(
             .map(|a| (a, req.clone()))
             .collect());
     }
-    Ok(by_owner(node, ids)
+    Ok(by_owner(node, caller, ids)
         .await?
         .into_iter()
         .map(|(a, ids)| (a, with_ids(ids)))
@@ -272,9 +287,10 @@ async fn spread<Q: Clone>(
 /// agent's node, by labels or all on every node; the counts added up.
 pub(super) async fn set_maintenance(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     req: pb::SetMaintenanceRequest,
 ) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
-    let calls = spread(node, &req, &req.agent_ids, |ids| {
+    let calls = spread(node, caller, &req, &req.agent_ids, |ids| {
         pb::SetMaintenanceRequest {
             agent_ids: ids,
             ..req.clone()
@@ -284,7 +300,7 @@ pub(super) async fn set_maintenance(
     let mut total = pb::SetMaintenanceResponse::default();
     for (address, req) in calls {
         let part = client(node, &address)
-            .set_maintenance(scoped(req))
+            .set_maintenance(scoped(node, caller, req))
             .await?
             .into_inner();
         total.marked += part.marked;
@@ -300,9 +316,10 @@ pub(super) async fn set_maintenance(
 /// them.
 pub(super) async fn clear_maintenance(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     req: pb::ClearMaintenanceRequest,
 ) -> Result<Response<pb::ClearMaintenanceResponse>, Status> {
-    let calls = spread(node, &req, &req.agent_ids, |ids| {
+    let calls = spread(node, caller, &req, &req.agent_ids, |ids| {
         pb::ClearMaintenanceRequest {
             agent_ids: ids,
             ..req.clone()
@@ -312,7 +329,7 @@ pub(super) async fn clear_maintenance(
     let mut cleared = 0;
     for (address, req) in calls {
         cleared += client(node, &address)
-            .clear_maintenance(scoped(req))
+            .clear_maintenance(scoped(node, caller, req))
             .await?
             .into_inner()
             .cleared;
@@ -362,13 +379,14 @@ where
 /// A list over every node: pages merged by agent ID.
 pub(super) async fn list(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     own: Response<pb::ListAgentsResponse>,
     req: pb::ListAgentsRequest,
     size: usize,
 ) -> pb::ListAgentsResponse {
     let Parts { parts, complete } = gather(node, own, |mut c| {
         let req = req.clone();
-        async move { c.list_agents(scoped(req)).await }
+        async move { c.list_agents(scoped(node, caller, req)).await }
     })
     .await;
     let mut more = parts.iter().any(|p| !p.next_page_token.is_empty());
@@ -398,11 +416,12 @@ pub(super) async fn list(
 /// A summary over every node: counts added up.
 pub(super) async fn summary(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     own: Response<pb::GetSummaryResponse>,
     req: pb::GetSummaryRequest,
 ) -> pb::GetSummaryResponse {
     let Parts { parts, complete } = gather(node, own, |mut c| async move {
-        c.get_summary(scoped(req)).await
+        c.get_summary(scoped(node, caller, req)).await
     })
     .await;
     let mut total = pb::GetSummaryResponse {
@@ -511,6 +530,7 @@ pub(super) fn watch(
     node: Arc<ClusterNode>,
     registry: crate::registry::Registry,
     req: pb::WatchAgentsRequest,
+    caller: Option<Caller>,
     admission: impl Send + 'static,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> impl futures_util::Stream<Item = super::WatchItem> + Send + 'static {
@@ -519,7 +539,7 @@ pub(super) fn watch(
         let _admission = admission;
         let stopping = tx.clone();
         tokio::select! {
-            () = merge(node, registry, req, tx) => {}
+            () = merge(node, registry, req, caller, tx) => {}
             () = crate::stopped(&mut shutdown) => {
                 let _ = stopping.send(Err(crate::open_streams::shutting_down())).await;
             }
@@ -533,6 +553,7 @@ async fn merge(
     node: Arc<ClusterNode>,
     registry: crate::registry::Registry,
     req: pb::WatchAgentsRequest,
+    caller: Option<Caller>,
     tx: tokio::sync::mpsc::Sender<super::WatchItem>,
 ) {
     {
@@ -548,6 +569,7 @@ async fn merge(
                 request
                     .metadata_mut()
                     .insert(SCOPE, tonic::metadata::MetadataValue::from_static("node"));
+                node.stamp(&mut request, caller.as_ref());
                 match client(&node, address).watch_agents(request).await {
                     Ok(s) => parts.push(Box::pin(futures_util::StreamExt::map(
                         s.into_inner(),
@@ -609,7 +631,7 @@ async fn merge(
                         if node.peers() != routes {
                             break true;
                         }
-                        let whole = whole_storm(&node, &registry, complete_parts).await;
+                        let whole = whole_storm(&node, caller.as_ref(), &registry, complete_parts).await;
                         let changed = storm.as_ref().is_none_or(|s| {
                             s.active != whole.active || s.dominant_why != whole.dominant_why
                         });
@@ -649,6 +671,7 @@ async fn merge(
 /// The storm guard over the whole fleet now, from every node's summary.
 async fn whole_storm(
     node: &ClusterNode,
+    caller: Option<&Caller>,
     registry: &crate::registry::Registry,
     complete_parts: bool,
 ) -> pb::Storm {
@@ -656,7 +679,7 @@ async fn whole_storm(
         return pb::Storm::default();
     };
     let own = mark(Response::new(own), node);
-    let s = summary(node, own, pb::GetSummaryRequest::default()).await;
+    let s = summary(node, caller, own, pb::GetSummaryRequest::default()).await;
     let mut storm = s.storm.unwrap_or_default();
     if !complete_parts || s.incomplete {
         storm.active = false;

@@ -117,7 +117,20 @@ fn check<B>(security: &Security, req: &http::Request<B>) -> Result<Option<Caller
         });
         r.status
     };
-    let caller = security.identify(authorization, conn).map_err(refuse)?;
+    let caller = match req.headers().get(crate::cluster::node::NODE_SECRET) {
+        Some(shown) => Some(
+            security
+                .identify_passed(
+                    shown.as_bytes(),
+                    req.headers()
+                        .get(crate::cluster::node::CALLER)
+                        .map(|v| v.as_bytes()),
+                    peer,
+                )
+                .map_err(refuse)?,
+        ),
+        None => security.identify(authorization, conn).map_err(refuse)?,
+    };
     match policy::decide(path, caller.as_ref().map(|c| &*c.identity)) {
         Decision::Allow => Ok(caller),
         Decision::Deny(denied) => {

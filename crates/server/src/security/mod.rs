@@ -66,6 +66,10 @@ pub enum Credential {
         /// When it expires, if it does.
         expires: Option<SystemTime>,
     },
+    /// Another server of the cluster passed the call on, saying whom it is
+    /// from; that server checked the caller's own credential, and ends what
+    /// it passed on when that credential no longer holds.
+    Passed,
 }
 
 impl Credential {
@@ -74,6 +78,7 @@ impl Credential {
         match self {
             Credential::Certificate(_) => "certificate",
             Credential::Token { .. } => "token",
+            Credential::Passed => "passed on by a server of the cluster",
         }
     }
 }
@@ -81,6 +86,9 @@ impl Credential {
 /// The security settings in force and what enforces them. Cheap to share
 /// behind an `Arc`.
 pub struct Security {
+    /// The secret the servers of a cluster show each other, when this
+    /// server is one of them.
+    cluster_secret: std::sync::OnceLock<Arc<str>>,
     tls: Option<Arc<Reloadable<TlsMaterial>>>,
     tokens: Option<Arc<Reloadable<TokenFile>>>,
     trust_domain: Option<TrustDomain>,
@@ -125,6 +133,7 @@ impl Security {
         limits: IdentityLimits,
     ) -> Security {
         Security {
+            cluster_secret: std::sync::OnceLock::new(),
             tls,
             tokens,
             trust_domain,
@@ -147,6 +156,44 @@ impl Security {
             clock,
             IdentityLimits::default(),
         )
+    }
+
+    /// Takes calls passed on by the servers of a cluster that show `secret`.
+    pub fn set_cluster_secret(&self, secret: Arc<str>) {
+        let _ = self.cluster_secret.set(secret);
+    }
+
+    /// A call another server of the cluster passed on: `shown` is the
+    /// secret it showed, `caller` whom it says the call is from.
+    pub fn identify_passed(
+        &self,
+        shown: &[u8],
+        caller: Option<&[u8]>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Caller, Refusal> {
+        use subtle::ConstantTimeEq;
+        let refuse = |message: &str| Refusal {
+            denial: Denial::BadCredentials,
+            status: Status::unauthenticated(message.to_owned()),
+            identity: None,
+        };
+        let Some(secret) = self.cluster_secret.get() else {
+            return Err(refuse("this server is not one of a cluster's"));
+        };
+        if !bool::from(secret.as_bytes().ct_eq(shown)) {
+            return Err(refuse(
+                "a call passed on by a server that is not of this cluster (its secret differs)",
+            ));
+        }
+        let who = caller
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .ok_or_else(|| refuse("a call passed on without saying whom it is from"))?;
+        let identity = Identity::from_wire(who).map_err(|e| refuse(&e))?;
+        Ok(Caller {
+            identity: Arc::new(identity),
+            credential: Credential::Passed,
+            peer,
+        })
     }
 
     /// What each identity holds, against the limits per identity.
@@ -329,6 +376,7 @@ impl Security {
         let (what, expires) = match credential {
             Credential::Certificate(cert) => ("the client certificate", cert.expires()),
             Credential::Token { expires, .. } => ("the token", *expires),
+            Credential::Passed => return None,
         };
         expires
             .filter(|e| *e <= now)
@@ -342,6 +390,7 @@ impl Security {
     /// edited ends the streams opened under the old ones).
     pub fn still_valid(&self, credential: &Credential, identity: &Identity) -> Result<(), String> {
         match credential {
+            Credential::Passed => Ok(()),
             Credential::Certificate(cert) => match &self.tls {
                 Some(tls) => tls.current().recheck(&cert.chain, self.now()),
                 None => Err("the server no longer speaks TLS".into()),

@@ -339,6 +339,7 @@ mod nodes {
                 address: grpc.local_addr().expect("addr").to_string(),
                 lease: Duration::from_secs(2),
                 shards: SHARDS,
+                peers: None,
             }),
             ..Config::default()
         };
@@ -675,6 +676,7 @@ mod incomplete {
                 address: grpc.local_addr().expect("addr").to_string(),
                 lease: Duration::from_secs(2),
                 shards: SHARDS,
+                peers: None,
             }),
             ..Config::default()
         };
