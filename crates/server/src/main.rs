@@ -111,6 +111,17 @@ struct Args {
     )]
     cluster_ca: Option<PathBuf>,
 
+    /// With security on: the name the other servers' certificates are
+    /// checked for, when it is not the host of the address each advertises
+    /// (behind one Service, the Service's name in the shared certificate).
+    #[arg(
+        long,
+        env = "FLEET_HEALTH_CLUSTER_SERVER_NAME",
+        value_name = "NAME",
+        requires = "cluster"
+    )]
+    cluster_server_name: Option<String>,
+
     /// The number of shards, for the server that makes the cluster (fixed
     /// for the cluster's life; the cluster's own number wins afterwards).
     #[arg(long, env = "FLEET_HEALTH_CLUSTER_SHARDS", default_value_t = ClusterConfig::DEFAULT_SHARDS, value_parser = clap::value_parser!(u32).range(1..=65536))]
@@ -500,6 +511,7 @@ impl Args {
             Some(fleet_health_server::cluster::node::PeerSecurity {
                 ca,
                 secret: secret.into(),
+                server_name: self.cluster_server_name.clone(),
             })
         } else {
             None

@@ -379,6 +379,9 @@ async fn a_secured_cluster_checks_every_caller_on_every_node() {
                 &tokens,
                 "--cluster-secret-file",
                 &secret,
+                // Peers' certificates are checked for this name, not the address.
+                "--cluster-server-name",
+                "localhost",
             ])
             .await
         }

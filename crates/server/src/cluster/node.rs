@@ -27,12 +27,16 @@ pub struct PeerSecurity {
     pub ca: std::path::PathBuf,
     /// The cluster's shared secret.
     pub secret: Arc<str>,
+    /// The name the other servers' certificates are checked for; `None`:
+    /// the host of the address each advertises.
+    pub server_name: Option<String>,
 }
 
 impl std::fmt::Debug for PeerSecurity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerSecurity")
             .field("ca", &self.ca)
+            .field("server_name", &self.server_name)
             .field("secret", &"<secret>")
             .finish()
     }
@@ -186,12 +190,25 @@ impl ClusterNode {
                     ca: Some(security.ca.clone()),
                     ..Default::default()
                 };
-                fleet_health_client::endpoint_with(
+                let endpoint = fleet_health_client::endpoint_with(
                     &format!("https://{address}"),
                     Duration::from_secs(5),
                     &credentials,
-                )
-                .unwrap_or_else(|e| {
+                );
+                let endpoint = match (endpoint, &security.server_name) {
+                    (Ok(e), Some(name)) => std::fs::read(&security.ca)
+                        .map_err(|e| e.to_string())
+                        .and_then(|ca| {
+                            e.tls_config(
+                                tonic::transport::ClientTlsConfig::new()
+                                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                                    .domain_name(name.clone()),
+                            )
+                            .map_err(|e| e.to_string())
+                        }),
+                    (e, _) => e.map_err(|e| e.to_string()),
+                };
+                endpoint.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "cannot set up TLS to the other servers");
                     plain()
                 })
