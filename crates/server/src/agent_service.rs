@@ -365,6 +365,12 @@ impl ReportStream {
                     self.done = true;
                     return Some(Err(shutting_down()));
                 }
+                // The caller's credential is checked here, where it
+                // connected: revoked, the stream passed on ends too.
+                () = revoked(&self.session) => {
+                    self.done = true;
+                    return Some(Err(open_streams::revoked()));
+                }
                 answer = forward.from_owner.message() => {
                     return match answer {
                         Ok(Some(m)) => Some(Ok(m)),

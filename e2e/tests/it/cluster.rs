@@ -344,6 +344,20 @@ async fn a_secured_cluster_checks_every_caller_on_every_node() {
     made.expect_code(0);
     let token_file = p("ci.token");
     std::fs::write(&token_file, made.stdout.trim()).expect("token written");
+    let relay = cli(&[
+        "token",
+        "create",
+        "edge",
+        "--role",
+        "relay",
+        "--agents",
+        "s-*",
+        "--tokens-file",
+        &tokens,
+    ])
+    .await;
+    relay.expect_code(0);
+    let relay_token = relay.stdout.trim().to_owned();
     let secret = p("cluster.secret");
     std::fs::write(&secret, "0123456789abcdef0123456789abcdef0123456789abcdef").expect("secret");
 
@@ -516,4 +530,51 @@ async fn a_secured_cluster_checks_every_caller_on_every_node() {
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
     let left = run(as_who(&a, "reader-alice", &["list", "--all", "-o", "ids"])).await;
     assert_eq!(left.stdout.lines().count(), 8, "{}", left.stdout);
+
+    // A relay's streams for ten agents, opened through b (about half of
+    // them passed on to a): when its token is revoked, b ends every one
+    // (where the relay connected), and with them what it passed on; the
+    // reporters' next hellos are refused.
+    let reporters: Vec<_> = (20..30)
+        .map(|i| {
+            fleet_health_client::Reporter::connect_with(
+                &b.https_url(),
+                &fleet_health_client::Credentials {
+                    ca: Some(d.join("ca.pem")),
+                    token: Some(relay_token.clone()),
+                    ..Default::default()
+                },
+                fleet_health_client::ReporterConfig::new(format!("s-{i}")),
+            )
+            .expect("a reporter")
+        })
+        .collect();
+    for r in &reporters {
+        let seq = r
+            .report(fleet_health_client::EventKind::Starting, None)
+            .expect("queued");
+        tokio::time::timeout(Duration::from_secs(20), r.wait_acked(seq))
+            .await
+            .expect("acknowledged in time")
+            .expect("acknowledged");
+    }
+    cli(&["token", "revoke", "edge", "--tokens-file", &tokens])
+        .await
+        .expect_code(0);
+    for r in &reporters {
+        eventually(
+            "the relay's stream ends",
+            Duration::from_secs(15),
+            || async {
+                let stats = r.stats();
+                (!stats.connected
+                    && stats
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("token") || e.contains("revoked")))
+                .then_some(())
+            },
+        )
+        .await;
+    }
 }
