@@ -339,12 +339,16 @@ impl FleetServiceApi for FleetService {
                 selector(req.filter, &req.why, &req.labels, req.maintenance)?;
                 let caller = request.extensions().get::<Caller>().cloned();
                 let admission = self.admit_watcher(caller.as_ref())?;
+                // Revocation is watched here, where the caller connected.
+                let session = caller
+                    .as_ref()
+                    .map(|c| self.security.sessions().open(c, WATCH));
                 Ok(Response::new(Box::pin(cluster::watch(
                     node,
                     self.registry.clone(),
                     req,
                     caller,
-                    admission,
+                    (admission, session),
                     self.shutdown.clone(),
                 ))))
             }

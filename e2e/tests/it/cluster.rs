@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fleet_health_e2e::postgres::Postgres;
 use fleet_health_e2e::{Proxy, Server, binary, eventually, http_get};
+use tokio::io::AsyncBufReadExt;
 
 /// A free loopback port (for a node that must know its address before it
 /// starts, to advertise it).
@@ -558,9 +559,39 @@ async fn a_secured_cluster_checks_every_caller_on_every_node() {
             .expect("acknowledged in time")
             .expect("acknowledged");
     }
+    // A reader's watch through a (merged over both nodes), with a token.
+    let mut watch = fleet_health_e2e::cli_command(&[
+        "--server",
+        &a.https_url(),
+        "--ca",
+        &p("ca.pem"),
+        "--token-file",
+        &token_file,
+        "watch",
+        "--all",
+        "-o",
+        "ndjson",
+    ])
+    .spawn()
+    .expect("a watch");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the watch says something")
+        .expect("reads");
+    assert!(first.is_some(), "the watch's snapshot");
     cli(&["token", "revoke", "edge", "--tokens-file", &tokens])
         .await
         .expect_code(0);
+    cli(&["token", "revoke", "ci", "--tokens-file", &tokens])
+        .await
+        .expect_code(0);
+    // The watch ends where the reader connected: revoked.
+    let status = tokio::time::timeout(Duration::from_secs(20), watch.wait())
+        .await
+        .expect("the watch ends")
+        .expect("waits");
+    assert!(!status.success(), "{status:?}");
     for r in &reporters {
         eventually(
             "the relay's stream ends",

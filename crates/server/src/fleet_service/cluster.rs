@@ -524,24 +524,36 @@ const WATCH_TICK: Duration = Duration::from_secs(1);
 /// complete when every part's is; a part that falls behind or ends, or
 /// shards that change hands, restart every part after a `resync`. The storm
 /// guard is worked out over the whole each second, and sent when it
-/// changes. `admission` (the watch's place among the caller's) is held for
-/// as long as the watch lives.
+/// changes. `held` (the watch's place among the caller's, and its session,
+/// whose revocation ends the watch) is kept for as long as the watch lives.
 pub(super) fn watch(
     node: Arc<ClusterNode>,
     registry: crate::registry::Registry,
     req: pb::WatchAgentsRequest,
     caller: Option<Caller>,
-    admission: impl Send + 'static,
+    held: (
+        impl Send + 'static,
+        Option<crate::security::sessions::SessionGuard>,
+    ),
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> impl futures_util::Stream<Item = super::WatchItem> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<super::WatchItem>(super::WATCH_QUEUE);
     tokio::spawn(async move {
-        let _admission = admission;
+        let (_admission, session) = held;
         let stopping = tx.clone();
+        let revoked = async {
+            match &session {
+                Some(s) => s.revoked().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = merge(node, registry, req, caller, tx) => {}
             () = crate::stopped(&mut shutdown) => {
                 let _ = stopping.send(Err(crate::open_streams::shutting_down())).await;
+            }
+            () = revoked => {
+                let _ = stopping.send(Err(crate::open_streams::revoked())).await;
             }
         }
     });
