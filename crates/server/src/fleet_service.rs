@@ -71,6 +71,27 @@ impl Default for WatchLimits {
     }
 }
 
+/// On a cluster node: passes a call about one agent (`request.agent_id`)
+/// on to the node that serves it, and returns that node's answer, unless
+/// this node serves the agent.
+macro_rules! pass_to_owner {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Some((node, owner)) =
+            $self.owner_for($request.metadata(), &$request.get_ref().agent_id)?
+        {
+            let caller = $request.extensions().get::<Caller>().cloned();
+            return cluster::pass(
+                &node,
+                caller.as_ref(),
+                &owner,
+                $request.into_inner(),
+                |mut c, r| async move { c.$method(r).await },
+            )
+            .await;
+        }
+    };
+}
+
 /// A cluster's node, and the address of the node that serves an agent.
 type Owner = (Arc<ClusterNode>, Arc<str>);
 
@@ -479,19 +500,7 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ClaimAgentRequest>,
     ) -> Result<Response<pb::ClaimAgentResponse>, Status> {
-        if let Some((node, owner)) =
-            self.owner_for(request.metadata(), &request.get_ref().agent_id)?
-        {
-            let caller = request.extensions().get::<Caller>().cloned();
-            return cluster::pass(
-                &node,
-                caller.as_ref(),
-                &owner,
-                request.into_inner(),
-                |mut c, r| async move { c.claim_agent(r).await },
-            )
-            .await;
-        }
+        pass_to_owner!(self, request, claim_agent);
         self.claim_agent_(request).await
     }
 
@@ -500,19 +509,7 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ReleaseAgentRequest>,
     ) -> Result<Response<pb::ReleaseAgentResponse>, Status> {
-        if let Some((node, owner)) =
-            self.owner_for(request.metadata(), &request.get_ref().agent_id)?
-        {
-            let caller = request.extensions().get::<Caller>().cloned();
-            return cluster::pass(
-                &node,
-                caller.as_ref(),
-                &owner,
-                request.into_inner(),
-                |mut c, r| async move { c.release_agent(r).await },
-            )
-            .await;
-        }
+        pass_to_owner!(self, request, release_agent);
         self.release_agent_(request).await
     }
 
@@ -521,19 +518,7 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::RecordRemediationRequest>,
     ) -> Result<Response<pb::RecordRemediationResponse>, Status> {
-        if let Some((node, owner)) =
-            self.owner_for(request.metadata(), &request.get_ref().agent_id)?
-        {
-            let caller = request.extensions().get::<Caller>().cloned();
-            return cluster::pass(
-                &node,
-                caller.as_ref(),
-                &owner,
-                request.into_inner(),
-                |mut c, r| async move { c.record_remediation(r).await },
-            )
-            .await;
-        }
+        pass_to_owner!(self, request, record_remediation);
         self.record_remediation_(request).await
     }
 
@@ -542,19 +527,7 @@ impl FleetServiceApi for FleetService {
         &self,
         request: Request<pb::ClearGivenUpRequest>,
     ) -> Result<Response<pb::ClearGivenUpResponse>, Status> {
-        if let Some((node, owner)) =
-            self.owner_for(request.metadata(), &request.get_ref().agent_id)?
-        {
-            let caller = request.extensions().get::<Caller>().cloned();
-            return cluster::pass(
-                &node,
-                caller.as_ref(),
-                &owner,
-                request.into_inner(),
-                |mut c, r| async move { c.clear_given_up(r).await },
-            )
-            .await;
-        }
+        pass_to_owner!(self, request, clear_given_up);
         self.clear_given_up_(request).await
     }
 }

@@ -19,6 +19,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Whether a `cluster status -o json` answer has two live nodes serving
+/// shards and every shard served.
+fn two_serving(v: &serde_json::Value) -> bool {
+    v["unowned"] == 0
+        && v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0)))
+}
+
+/// Waits until `s` says two nodes serve every shard.
+async fn until_two_serve(s: &Server) {
+    eventually(
+        "both nodes serve shards",
+        Duration::from_secs(20),
+        || async {
+            two_serving(&s.cli(&["cluster", "status", "-o", "json"]).await.json()).then_some(())
+        },
+    )
+    .await;
+}
+
 async fn node(pg: &Postgres, name: &str) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
     Server::start(&[
@@ -71,16 +92,7 @@ async fn a_fleet_moves_into_a_cluster_and_is_served_by_any_node() {
     let a = node(&pg, "a").await;
     let b = node(&pg, "b").await;
     for s in [&a, &b] {
-        eventually("the node is ready", Duration::from_secs(20), || async {
-            let ready = s.cli(&["cluster", "status", "-o", "json"]).await;
-            let v = ready.json();
-            (v["unowned"] == 0
-                && v["nodes"].as_array().is_some_and(|n| {
-                    n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0))
-                }))
-            .then_some(())
-        })
-        .await;
+        until_two_serve(s).await;
     }
 
     // Agents report to either node; each answer covers the whole fleet.
@@ -173,19 +185,7 @@ async fn owners_die_pause_and_return_and_every_acknowledged_event_is_applied_onc
     let a = node(&pg, "a").await;
     let mut b = node(&pg, "b").await;
     for s in [&a, &b] {
-        eventually(
-            "both nodes serve shards",
-            Duration::from_secs(20),
-            || async {
-                let v = s.cli(&["cluster", "status", "-o", "json"]).await.json();
-                (v["unowned"] == 0
-                    && v["nodes"].as_array().is_some_and(|n| {
-                        n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0))
-                    }))
-                .then_some(())
-            },
-        )
-        .await;
+        until_two_serve(s).await;
     }
     // The agents reach the cluster through one address, as through a load
     // balancer: node a, which passes b's agents on to b.
@@ -262,19 +262,7 @@ async fn two_remediators_on_two_nodes_act_once_per_faulty_agent() {
     let pg = Postgres::start();
     let a = node(&pg, "a").await;
     let b = node(&pg, "b").await;
-    eventually(
-        "both nodes serve shards",
-        Duration::from_secs(20),
-        || async {
-            let v = a.cli(&["cluster", "status", "-o", "json"]).await.json();
-            (v["unowned"] == 0
-                && v["nodes"].as_array().is_some_and(|n| {
-                    n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0))
-                }))
-            .then_some(())
-        },
-    )
-    .await;
+    until_two_serve(&a).await;
     // Settle two rounds, so that each node knows where every shard is.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let agents: Vec<String> = (0..8).map(|i| format!("f-{i}")).collect();
@@ -433,11 +421,7 @@ async fn a_secured_cluster_checks_every_caller_on_every_node() {
                 ))
                 .await
                 .json();
-                (v["unowned"] == 0
-                    && v["nodes"].as_array().is_some_and(|n| {
-                        n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0))
-                    }))
-                .then_some(())
+                two_serving(&v).then_some(())
             },
         )
         .await;
