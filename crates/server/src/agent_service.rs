@@ -427,6 +427,7 @@ impl ReportStream {
             request.metadata_mut().insert(FORWARDED, value);
         }
         node.stamp(&mut request, self.caller.as_ref());
+        node.metrics().passed_on(true);
         let mut client = fleet_health_proto::v1::agent_service_client::AgentServiceClient::new(
             node.channel(address),
         );

@@ -62,7 +62,24 @@ pub struct Metrics {
     ack_latency: Histogram,
     remediation: Remediation,
     security: Security,
+    cluster: ClusterMetrics,
     registry: Registry,
+}
+
+/// A cluster node's figures (all zero on a single server).
+#[derive(Debug, Default)]
+struct ClusterMetrics {
+    /// Shards this node serves now.
+    shards: Count,
+    /// Rounds with the cluster's database: succeeded, failed.
+    rounds: [Counter; 2],
+    /// Shards lost (taken by another node, or run out on this node's
+    /// clock), not handed over.
+    lost: Counter,
+    /// Agent streams and calls passed on to other nodes.
+    passed_on: [Counter; 2],
+    /// Answers that missed part of the fleet.
+    incomplete: Counter,
 }
 
 /// Maintenance and remediation.
@@ -329,6 +346,7 @@ impl Default for Metrics {
             commit_seconds: Counter::default(),
             ack_latency: Histogram::new(ACK_BUCKETS),
             remediation: Remediation::default(),
+            cluster: ClusterMetrics::default(),
             security: Security {
                 cert_not_after: Arc::new(AtomicI64::new(ExpiresIn::NONE)),
                 ..Security::default()
@@ -501,6 +519,42 @@ impl Metrics {
                     .map(|(o, c)| (vec![("outcome", *o)], c.clone())),
             ),
         );
+        let cl = &self.cluster;
+        r.register(
+            "fleet_health_cluster_shards",
+            "Shards this cluster node serves now (0 on a single server)",
+            cl.shards.clone(),
+        );
+        r.register(
+            "fleet_health_cluster_rounds",
+            "Rounds with the cluster's database, by result",
+            Series::new(
+                ["ok", "failed"]
+                    .iter()
+                    .zip(&cl.rounds)
+                    .map(|(o, c)| (vec![("result", *o)], c.clone())),
+            ),
+        );
+        r.register(
+            "fleet_health_cluster_shards_lost",
+            "Shards this node lost (taken by another node, or its lease ran out on its own clock), not handed over",
+            cl.lost.clone(),
+        );
+        r.register(
+            "fleet_health_cluster_passed_on",
+            "Agent streams and calls passed on to the node that serves the agent or the shard",
+            Series::new(
+                ["stream", "call"]
+                    .iter()
+                    .zip(&cl.passed_on)
+                    .map(|(k, c)| (vec![("kind", *k)], c.clone())),
+            ),
+        );
+        r.register(
+            "fleet_health_cluster_incomplete_answers",
+            "Lists, summaries and watches that missed part of the fleet (shards changing hands, a node that did not answer)",
+            cl.incomplete.clone(),
+        );
         let sec = &self.security;
         r.register(
             "fleet_health_insecure",
@@ -601,6 +655,28 @@ impl Metrics {
     /// Counts a remediator giving up on an agent.
     pub fn count_gave_up(&self) {
         self.remediation.gave_up.inc();
+    }
+
+    /// A cluster round with the database succeeded or failed; the node
+    /// serves `shards` now.
+    pub fn cluster_round(&self, ok: bool, shards: usize) {
+        self.cluster.rounds[usize::from(!ok)].inc();
+        self.cluster.shards.set(shards as u64);
+    }
+
+    /// Counts shards lost (not handed over).
+    pub fn cluster_lost(&self, n: usize) {
+        self.cluster.lost.inc_by(n as u64);
+    }
+
+    /// Counts an agent stream (`stream`) or a call passed on.
+    pub fn passed_on(&self, stream: bool) {
+        self.cluster.passed_on[usize::from(!stream)].inc();
+    }
+
+    /// Counts an answer that missed part of the fleet.
+    pub fn incomplete_answer(&self) {
+        self.cluster.incomplete.inc();
     }
 
     /// Counts a claim: `granted` or the refusal's word.
@@ -966,6 +1042,23 @@ mod tests {
             "fleet_health_claims_total{outcome=\"maintenance\"}",
             "fleet_health_claims_total{outcome=\"given_up\"}",
             "fleet_health_claims_total{outcome=\"not_faulty\"}",
+            "# HELP fleet_health_cluster_shards Shards this cluster node serves now (0 on a single server).",
+            "# TYPE fleet_health_cluster_shards gauge",
+            "fleet_health_cluster_shards",
+            "# HELP fleet_health_cluster_rounds_total Rounds with the cluster's database, by result.",
+            "# TYPE fleet_health_cluster_rounds_total counter",
+            "fleet_health_cluster_rounds_total{result=\"ok\"}",
+            "fleet_health_cluster_rounds_total{result=\"failed\"}",
+            "# HELP fleet_health_cluster_shards_lost_total Shards this node lost (taken by another node, or its lease ran out on its own clock), not handed over.",
+            "# TYPE fleet_health_cluster_shards_lost_total counter",
+            "fleet_health_cluster_shards_lost_total",
+            "# HELP fleet_health_cluster_passed_on_total Agent streams and calls passed on to the node that serves the agent or the shard.",
+            "# TYPE fleet_health_cluster_passed_on_total counter",
+            "fleet_health_cluster_passed_on_total{kind=\"stream\"}",
+            "fleet_health_cluster_passed_on_total{kind=\"call\"}",
+            "# HELP fleet_health_cluster_incomplete_answers_total Lists, summaries and watches that missed part of the fleet (shards changing hands, a node that did not answer).",
+            "# TYPE fleet_health_cluster_incomplete_answers_total counter",
+            "fleet_health_cluster_incomplete_answers_total",
             "# HELP fleet_health_insecure 1 when gRPC is served in plaintext on a non-loopback address (--insecure).",
             "# TYPE fleet_health_insecure gauge",
             "fleet_health_insecure",

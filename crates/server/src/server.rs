@@ -347,8 +347,13 @@ impl Server {
                     },
                     {
                         let readiness = readiness.clone();
+                        let metrics = registry.metrics().clone();
+                        let ownership = parts.ownership.clone();
                         readiness.set_cluster_out(true);
-                        move |ok: bool| readiness.set_cluster_out(!ok)
+                        move |ok: bool| {
+                            readiness.set_cluster_out(!ok);
+                            metrics.cluster_round(ok, ownership.len());
+                        }
                     },
                 ));
                 (Some(node), Some(membership_task), Some(node_task))

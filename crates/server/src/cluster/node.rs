@@ -255,7 +255,13 @@ impl ClusterNode {
     /// A write was refused because `shards` are now another node's.
     pub fn lost(&self, shards: &[u32]) {
         self.ownership.give_up(shards);
+        self.registry.metrics().cluster_lost(shards.len());
         self.let_go(shards);
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        self.registry.metrics()
     }
 
     /// Whether agent `key` belongs to one of `shards`.
@@ -326,7 +332,10 @@ impl ClusterNode {
                     self.let_go(&numbers);
                     let _ = done.send(());
                 }
-                Event::Lost { shards } => self.let_go(&shards),
+                Event::Lost { shards } => {
+                    self.registry.metrics().cluster_lost(shards.len());
+                    self.let_go(&shards);
+                }
             }
         }
     }

@@ -60,6 +60,7 @@ fn covered(metadata: &MetadataMap) -> usize {
 fn scoped<T>(node: &ClusterNode, caller: Option<&Caller>, message: T) -> Request<T> {
     let mut request = Request::new(message);
     node.stamp(&mut request, caller);
+    node.metrics().passed_on(false);
     request
         .metadata_mut()
         .insert(SCOPE, tonic::metadata::MetadataValue::from_static("node"));
@@ -373,6 +374,9 @@ where
     if covered_shards < node.shard_count() as usize {
         complete = false;
     }
+    if !complete {
+        node.metrics().incomplete_answer();
+    }
     Parts { parts, complete }
 }
 
@@ -582,6 +586,7 @@ async fn merge(
                     .metadata_mut()
                     .insert(SCOPE, tonic::metadata::MetadataValue::from_static("node"));
                 node.stamp(&mut request, caller.as_ref());
+                node.metrics().passed_on(false);
                 match client(&node, address).watch_agents(request).await {
                     Ok(s) => parts.push(Box::pin(futures_util::StreamExt::map(
                         s.into_inner(),
@@ -593,6 +598,9 @@ async fn merge(
                 }
             }
             let complete_parts = parts.len() == addresses.len();
+            if !complete_parts {
+                node.metrics().incomplete_answer();
+            }
             let n = addresses.len();
             let mut merged = futures_util::stream::select_all(parts);
             let mut synced = vec![false; n];

@@ -733,6 +733,18 @@ mod incomplete {
             .into_inner();
         assert!(summary.incomplete);
         assert!(!summary.storm.expect("storm").active);
+        // And the metrics say so.
+        let metrics = a.metrics().await;
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {metrics}"))
+        };
+        assert!(value("fleet_health_cluster_incomplete_answers_total ") >= 2.0);
+        assert!(value("fleet_health_cluster_shards ") >= 1.0);
+        assert!(value("fleet_health_cluster_rounds_total{result=\"ok\"} ") >= 1.0);
+        assert!(value("fleet_health_cluster_passed_on_total{kind=\"call\"} ") >= 2.0);
         drop(faulty);
         a.stop().await;
     }
