@@ -296,6 +296,8 @@ impl FleetClient {
             page_token: page_token.unwrap_or_default(),
             maintenance: proto::MaintenanceFilter::from(query.maintenance) as i32,
             id_contains: query.id_contains.clone().unwrap_or_default(),
+            // By ID: the CLI sorts whole lists itself (`--sort-by`).
+            order: proto::ListOrder::Unspecified as i32,
         };
         let mut inner = self.inner.clone();
         Ok(self.call(inner.list_agents(request)).await?.try_into()?)

@@ -66,6 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = fleet_health_server::http::router(
         reg.clone(),
         Arc::new(Readiness::new()),
+        fleet_health_server::web::Source::of_registry(reg.clone()),
         fleet_health_server::web::Gate::Open,
         Stop::new(),
     );

@@ -35,7 +35,7 @@ use crate::cluster::node::ClusterNode;
 use crate::metrics::{Metrics, Rejected};
 use crate::model::{AgentId, MaintenanceFilter, State, StateFilter, Why};
 use crate::open_streams::{self, OpenStreams};
-use crate::registry::{Change, Registry, Selector};
+use crate::registry::{Change, Order, Registry, Selector, SortCursor};
 use crate::security::limits::Permit;
 use crate::security::sessions::SessionGuard;
 use crate::security::{AuditEvent, Caller, Place, Security};
@@ -95,7 +95,9 @@ macro_rules! pass_to_owner {
 /// A cluster's node, and the address of the node that serves an agent.
 type Owner = (Arc<ClusterNode>, Arc<str>);
 
-/// The `fleethealth.v1.FleetService`: what operators and orchestrators ask.
+/// The `fleethealth.v1.FleetService`: what operators and orchestrators ask
+/// (and the web view, in the server's own process).
+#[derive(Clone)]
 pub struct FleetService {
     registry: Registry,
     streams: OpenStreams,
@@ -299,6 +301,97 @@ fn selector(
         labels: wire::labels(labels)?,
         id_contains: None,
     })
+}
+
+/// The registry's order for a list's `order`.
+fn list_order(order: i32) -> Result<Order, Status> {
+    match pb::ListOrder::try_from(order) {
+        Ok(pb::ListOrder::Unspecified) => Ok(Order::Id),
+        Ok(pb::ListOrder::LongestFirst) => Ok(Order::LongestFirst),
+        Ok(pb::ListOrder::NewestFirst) => Ok(Order::NewestFirst),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "order {order} is not one of the list orders"
+        ))),
+    }
+}
+
+/// Page tokens: where the previous page of a list ended. By ID, the last
+/// agent's ID (as the API has always given); by time in state, the order's
+/// name, that agent's time (microseconds) and ID, separated by spaces, which
+/// no agent ID holds: a token is refused in another order than the one it
+/// was given for.
+pub(crate) mod page_token {
+    use tonic::Status;
+
+    use crate::registry::{Order, SortCursor};
+    use fleet_health_sensor::Time;
+    use fleet_health_types::wire;
+
+    const LONGEST: &str = "longest ";
+    const NEWEST: &str = "newest ";
+
+    /// The token that continues after `cursor`.
+    pub(crate) fn after(cursor: &SortCursor, order: Order) -> String {
+        match order {
+            Order::Id => cursor.id.clone(),
+            Order::LongestFirst => format!("{LONGEST}{} {}", cursor.since.as_micros(), cursor.id),
+            Order::NewestFirst => format!("{NEWEST}{} {}", cursor.since.as_micros(), cursor.id),
+        }
+    }
+
+    /// Where a page given `token` starts; `None` for the first page.
+    pub(crate) fn parse(token: &str, order: Order) -> Result<Option<SortCursor>, Status> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let refused =
+            || Status::invalid_argument("page_token is not one this server gave for this order");
+        let (since, id) = match order {
+            Order::Id => (Time::ZERO, token),
+            Order::LongestFirst | Order::NewestFirst => {
+                let prefix = if order == Order::LongestFirst {
+                    LONGEST
+                } else {
+                    NEWEST
+                };
+                let rest = token.strip_prefix(prefix).ok_or_else(refused)?;
+                let (micros, id) = rest.split_once(' ').ok_or_else(refused)?;
+                let micros: i64 = micros.parse().map_err(|_| refused())?;
+                (Time::from_micros(micros).map_err(|_| refused())?, id)
+            }
+        };
+        let id = wire::agent_id(id).map_err(|_| refused())?;
+        Ok(Some(SortCursor {
+            since,
+            id: id.to_string(),
+        }))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_token_continues_only_in_its_own_order() {
+            let c = SortCursor {
+                since: Time::from_micros(1_700_000_000_000_000).unwrap(),
+                id: "web:1".into(),
+            };
+            for order in [Order::Id, Order::LongestFirst, Order::NewestFirst] {
+                let token = after(&c, order);
+                let back = parse(&token, order).unwrap().unwrap();
+                assert_eq!(back.id, "web:1");
+                if order != Order::Id {
+                    assert_eq!(back.since, c.since);
+                }
+            }
+            assert!(parse(&after(&c, Order::LongestFirst), Order::NewestFirst).is_err());
+            assert!(parse(&after(&c, Order::NewestFirst), Order::Id).is_err());
+            assert!(parse("longest x web-1", Order::LongestFirst).is_err());
+            assert!(parse("longest 12", Order::LongestFirst).is_err());
+            assert!(parse("", Order::NewestFirst).unwrap().is_none());
+        }
+    }
 }
 
 type WatchItem = Result<pb::WatchAgentsResponse, Status>;
@@ -565,20 +658,13 @@ impl FleetService {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let after =
-            if req.page_token.is_empty() {
-                None
-            } else {
-                // The token is the last agent ID of the previous page.
-                Some(wire::agent_id(&req.page_token).map_err(|_| {
-                    Status::invalid_argument("page_token is not one this server gave")
-                })?)
-            };
+        let order = list_order(req.order)?;
+        let after = page_token::parse(&req.page_token, order)?;
         let page = self
             .registry
-            .list(&sel, at, after.as_ref().map(|a| a.as_str()), size);
+            .list_sorted(&sel, at, order, after.as_ref(), size);
         let next_page_token = match (page.more, page.agents.last()) {
-            (true, Some(last)) => last.id.to_string(),
+            (true, Some(last)) => page_token::after(&SortCursor::after(last), order),
             _ => String::new(),
         };
         Ok(pb::ListAgentsResponse {

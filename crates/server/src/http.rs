@@ -13,17 +13,19 @@ use crate::net::HttpAcceptor;
 use crate::readiness::Readiness;
 use crate::registry::Registry;
 use crate::shutdown::Stop;
-use crate::web::Gate;
+use crate::web::{Gate, Source};
 
 /// The endpoint's routes over `registry`, answering readiness from
-/// `readiness`, with the web view behind `gate` (see [`crate::web`]).
+/// `readiness`, with the web view of `source` behind `gate` (see
+/// [`crate::web`]).
 pub fn router(
     registry: Registry,
     readiness: Arc<Readiness>,
+    source: Source,
     gate: Gate,
     stop: Stop,
 ) -> axum::Router {
-    let web = crate::web::router(registry.clone(), gate, stop);
+    let web = crate::web::router(source, gate, stop);
     axum::Router::new()
         .route(
             "/metrics",
@@ -69,10 +71,11 @@ pub async fn serve(
     acceptor: HttpAcceptor,
     registry: Registry,
     readiness: Arc<Readiness>,
+    source: Source,
     gate: Gate,
     stop: Stop,
 ) -> std::io::Result<()> {
-    let app = router(registry, readiness, gate, stop.clone())
+    let app = router(registry, readiness, source, gate, stop.clone())
         .into_make_service_with_connect_info::<crate::net::ConnInfo>();
     axum::serve(acceptor, app)
         .with_graceful_shutdown(async move { stop.given().await })
@@ -84,11 +87,11 @@ pub async fn serve(
 /// on, plaintext and open without.
 pub async fn serve_web(
     acceptor: WebAcceptor,
-    registry: Registry,
+    source: Source,
     gate: Gate,
     stop: Stop,
 ) -> std::io::Result<()> {
-    let app = crate::web::router(registry, gate, stop.clone())
+    let app = crate::web::router(source, gate, stop.clone())
         .route("/healthz", get(|| async { "ok\n" }))
         .into_make_service_with_connect_info::<crate::net::ConnInfo>();
     let stopped = async move { stop.given().await };
@@ -151,6 +154,7 @@ mod tests {
             Acceptor::new(listener, Connections::new()).http(Duration::from_secs(10)),
             server.registry().clone(),
             Arc::new(Readiness::new()),
+            Source::of_registry(server.registry().clone()),
             Gate::http_port(secured, None),
             stop.clone(),
         ));
@@ -219,6 +223,7 @@ mod tests {
             Acceptor::new(listener, connections.clone()).http(Duration::from_millis(200)),
             server.registry().clone(),
             Arc::new(Readiness::new()),
+            Source::of_registry(server.registry().clone()),
             Gate::Open,
             stop.clone(),
         ));

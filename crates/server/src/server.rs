@@ -384,6 +384,8 @@ impl Server {
             Some(node) => fleet_service.in_cluster(node.clone()),
             None => fleet_service,
         };
+        let web_source =
+            crate::web::Source::new(fleet_service.clone(), registry.clone(), node.is_some());
         let fleet = FleetServiceServer::new(fleet_service)
             .max_decoding_message_size(t.max_message_bytes)
             .max_encoding_message_size(MAX_ENCODED_MESSAGE_BYTES);
@@ -429,12 +431,8 @@ impl Server {
                 };
                 Some(tokio::spawn(http::serve_web(
                     acceptor,
-                    registry.clone(),
-                    if node.is_some() {
-                        Gate::cluster()
-                    } else {
-                        gate
-                    },
+                    web_source.clone(),
+                    gate,
                     stop.clone(),
                 )))
             }
@@ -451,11 +449,8 @@ impl Server {
                     Acceptor::new(listener, connections.clone()).http(t.handshake_timeout),
                     registry.clone(),
                     readiness.clone(),
-                    if node.is_some() {
-                        Gate::cluster()
-                    } else {
-                        Gate::http_port(security.enabled(), web_addr)
-                    },
+                    web_source,
+                    Gate::http_port(security.enabled(), web_addr),
                     stop.clone(),
                 )))
             }

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::node::ClusterNode;
 use crate::model::{State, Why};
+use crate::registry::{Order, SortCursor};
 use crate::security::Caller;
 
 /// The header of a call one node passes on to another: answer from your
@@ -397,15 +398,40 @@ pub(super) async fn list(
     let storms: Vec<pb::Storm> = parts.iter().filter_map(|p| p.storm.clone()).collect();
     let evaluated_at = parts.first().and_then(|p| p.evaluated_at);
     let mut agents: Vec<pb::AgentStatus> = parts.into_iter().flat_map(|p| p.agents).collect();
-    agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    // Each part is in the order asked for, after the same place: merged in
+    // that order, the first `size` are the whole cluster's page.
+    let order = super::list_order(req.order).unwrap_or_default();
+    let since = |a: &pb::AgentStatus| {
+        a.since
+            .as_ref()
+            .and_then(|t| fleet_health_types::wire::time(t, "since").ok())
+            .unwrap_or_default()
+    };
+    match order {
+        Order::Id => agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id)),
+        Order::LongestFirst => {
+            agents.sort_by(|a, b| (since(a), &a.agent_id).cmp(&(since(b), &b.agent_id)))
+        }
+        Order::NewestFirst => agents.sort_by(|a, b| {
+            (std::cmp::Reverse(since(a)), &a.agent_id)
+                .cmp(&(std::cmp::Reverse(since(b)), &b.agent_id))
+        }),
+    }
     // A shard that moved while the parts were read may show an agent twice.
-    agents.dedup_by(|a, b| a.agent_id == b.agent_id);
+    let mut seen = std::collections::HashSet::new();
+    agents.retain(|a| seen.insert(a.agent_id.clone()));
     if agents.len() > size {
         agents.truncate(size);
         more = true;
     }
     let next_page_token = match (more, agents.last()) {
-        (true, Some(last)) => last.agent_id.clone(),
+        (true, Some(last)) => super::page_token::after(
+            &SortCursor {
+                since: since(last),
+                id: last.agent_id.clone(),
+            },
+            order,
+        ),
         _ => String::new(),
     };
     pb::ListAgentsResponse {

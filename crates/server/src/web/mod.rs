@@ -14,6 +14,15 @@
 //! - `/agents/{id}`: one agent: status, sensor times, labels, history,
 //!   activity (maintenance marks and remediations).
 //!
+//! The view reads the fleet as any client does, through the fleet service
+//! (called in the process, as the viewer): on a cluster's node the service
+//! answers for the whole cluster, so every node shows the same fleet, and
+//! an answer missing part of it (shards changing hands) says so on the
+//! page. Live updates come from the registry's change feed on a single
+//! server; on a cluster's node, which sees only its own shards' changes,
+//! an open overview instead compares what it shows with the cluster's
+//! answer once a second (one summary and one short list per open page).
+//!
 //! Where it is served ([`Gate`]): without security, on the HTTP port (and
 //! on `--web-listen`, if given), open to all, as the rest of a loopback
 //! quick start is. With security on, only on `--web-listen`, over TLS, to a
@@ -33,11 +42,17 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use fleet_health_sensor::Time;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
-use crate::model::{AgentId, Labels, MaintenanceFilter, State as AgentState, StateFilter, Why};
-use crate::registry::{Order, Registry, Selector, SortCursor};
+use fleet_health_proto::v1 as pb;
+use fleet_health_proto::v1::fleet_service_server::FleetService as FleetServiceApi;
+use fleet_health_types::wire;
+use tonic::{Code, Request, Status};
+
+use crate::fleet_service::FleetService;
+use crate::model::{AgentId, Labels, StateFilter, Why};
+use crate::registry::Registry;
 use crate::security::{Caller, Security};
 use crate::shutdown::Stop;
 
@@ -75,14 +90,6 @@ pub enum Gate {
 }
 
 impl Gate {
-    /// The gate of a cluster's server: the view would show this server's
-    /// shards only, so it is not served there yet.
-    pub fn cluster() -> Gate {
-        Gate::Elsewhere(
-            "The web view is not served by a cluster's servers yet (it would show one server's part of the fleet): use `fleet-health` (list, summary, watch), which any server answers for the whole cluster.".into(),
-        )
-    }
-
     /// The gate of the plaintext HTTP port: open without security; with
     /// it, a word on where the view is (`web`: the `--web-listen` address).
     pub fn http_port(secured: bool, web: Option<std::net::SocketAddr>) -> Gate {
@@ -98,21 +105,57 @@ impl Gate {
     }
 }
 
+/// Where the view reads the fleet.
+#[derive(Clone)]
+pub struct Source {
+    /// The fleet service, answering for the whole cluster on a node.
+    service: FleetService,
+    /// This server's registry: its clock, and its change feed.
+    registry: Registry,
+    /// Whether this server is a cluster's node (its feed shows only its
+    /// own shards).
+    cluster: bool,
+}
+
+impl Source {
+    /// The fleet as `service` answers for it, on the server of `registry`;
+    /// `cluster`: a cluster's node.
+    pub fn new(service: FleetService, registry: Registry, cluster: bool) -> Source {
+        Source {
+            service,
+            registry,
+            cluster,
+        }
+    }
+
+    /// The view of a registry on its own, with security off and no agent
+    /// streams (for tests and measurements of the view).
+    pub fn of_registry(registry: Registry) -> Source {
+        let (_, shutdown) = tokio::sync::watch::channel(false);
+        let security =
+            crate::security::Security::off(registry.metrics().clone(), registry.clock().clone());
+        let service = FleetService::new(
+            registry.clone(),
+            crate::open_streams::OpenStreams::new(),
+            shutdown,
+            Arc::new(security),
+            crate::fleet_service::WatchLimits::default(),
+        );
+        Source::new(service, registry, false)
+    }
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 struct Web {
-    registry: Registry,
+    source: Source,
     gate: Gate,
     stop: Stop,
 }
 
-/// The web view's routes, behind `gate`.
-pub fn router(registry: Registry, gate: Gate, stop: Stop) -> axum::Router {
-    let web = Web {
-        registry,
-        gate,
-        stop,
-    };
+/// The web view's routes over `source`, behind `gate`.
+pub fn router(source: Source, gate: Gate, stop: Stop) -> axum::Router {
+    let web = Web { source, gate, stop };
     let pages = axum::Router::new()
         .route("/", get(overview))
         .route("/agents", get(agents))
@@ -146,12 +189,43 @@ struct Part {
     part: Option<String>,
 }
 
+/// `message` as a call of the viewer's.
+fn ask<T>(message: T, caller: Option<&Caller>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(c) = caller {
+        request.extensions_mut().insert(c.clone());
+    }
+    request
+}
+
+/// The page for a call the fleet service refused or could not answer.
+fn failed(status: &Status) -> Response {
+    let code = match status.code() {
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, format!("{}\n", status.message())).into_response()
+}
+
+/// The caller in a request's extensions, with security on.
+fn of(caller: &Option<Extension<Caller>>) -> Option<&Caller> {
+    caller.as_ref().map(|Extension(c)| c)
+}
+
 async fn overview(
     State(web): State<Web>,
     Extension(viewer): Extension<Viewer>,
+    caller: Option<Extension<Caller>>,
     Query(part): Query<Part>,
 ) -> Response {
-    let main = overview_main(&web.registry);
+    let main = match overview_data(&web.source, of(&caller)).await {
+        Ok((summary, faulty)) => overview_main(&summary, &faulty),
+        Err(status) => return failed(&status),
+    };
     if part.part.as_deref() == Some("main") {
         return html(&main);
     }
@@ -165,10 +239,36 @@ async fn overview(
     }
 }
 
-fn overview_main(registry: &Registry) -> OverviewMain {
-    let s = registry.summary(None);
-    let now = s.evaluated_at;
-    let total = s.total();
+/// What the overview shows: the summary, and the faulty agents longest
+/// first (one more than shown, to know whether there are more).
+async fn overview_data(
+    source: &Source,
+    caller: Option<&Caller>,
+) -> Result<(pb::GetSummaryResponse, pb::ListAgentsResponse), Status> {
+    let summary = source
+        .service
+        .get_summary(ask(pb::GetSummaryRequest::default(), caller))
+        .await?
+        .into_inner();
+    let faulty = source
+        .service
+        .list_agents(ask(
+            pb::ListAgentsRequest {
+                filter: pb::StateFilter::Faulty as i32,
+                order: pb::ListOrder::LongestFirst as i32,
+                page_size: FAULTY_SHOWN as u32,
+                ..pb::ListAgentsRequest::default()
+            },
+            caller,
+        ))
+        .await?
+        .into_inner();
+    Ok((summary, faulty))
+}
+
+fn overview_main(s: &pb::GetSummaryResponse, faulty: &pb::ListAgentsResponse) -> OverviewMain {
+    let now = views::time(s.evaluated_at.as_ref()).unwrap_or(Time::ZERO);
+    let total = s.total;
     let percent = |n: u64| {
         if total == 0 {
             0.0
@@ -176,61 +276,54 @@ fn overview_main(registry: &Registry) -> OverviewMain {
             n as f64 * 100.0 / total as f64
         }
     };
-    let faulty = s.count(AgentState::Faulty);
-    let healthy = s.count(AgentState::Healthy);
-    let inactive = s.count(AgentState::Inactive);
-    let mut by_why: Vec<views::WhyRow> = Why::ALL
+    let mut by_why: Vec<views::WhyRow> = s
+        .by_why
         .iter()
-        .filter(|w| s.by_why[**w] > 0)
-        .map(|w| views::WhyRow {
+        .filter(|w| w.count > 0)
+        .filter_map(|w| Why::try_from(w.why).ok().map(|why| (why, w.count)))
+        .map(|(w, count)| views::WhyRow {
             name: w.name(),
             text: w.as_str(),
             state: w.state().as_str(),
-            count: s.by_why[*w],
-            percent: format!("{:.1}", percent(s.by_why[*w])),
+            count,
+            percent: format!("{:.1}", percent(count)),
         })
         .collect();
     by_why.sort_by_key(|w| std::cmp::Reverse(w.count));
-    let selector = Selector {
-        filter: StateFilter::Faulty,
-        ..Selector::default()
-    };
-    let mut faulty_agents = registry.list(&selector, None, None, usize::MAX).agents;
-    faulty_agents.sort_by_key(|a| a.since);
-    let faulty_more = faulty_agents.len() > FAULTY_SHOWN;
-    faulty_agents.truncate(FAULTY_SHOWN);
-    let storm = s.storm;
+    let storm = s.storm.clone().unwrap_or_default();
     let storm_text = format!(
         "{} of {} active agents are faulty ({:.0}%){}: a shared cause is likelier than every agent failing; remediators stand still.",
         storm.faulty,
         storm.active_agents,
-        storm.share() * 100.0,
-        storm
-            .dominant
-            .map(|(w, n)| format!("; {n} of them say \"{}\"", w.as_str()))
+        storm.faulty_share * 100.0,
+        Why::try_from(storm.dominant_why)
+            .ok()
+            .filter(|_| storm.dominant_count > 0)
+            .map(|w| format!("; {} of them say \"{}\"", storm.dominant_count, w.as_str()))
             .unwrap_or_default()
     );
     OverviewMain {
         evaluated_at: views::rfc3339(now),
+        incomplete: s.incomplete || faulty.incomplete,
         storm: storm.active,
         storm_text,
         total,
-        faulty,
-        healthy,
-        inactive,
+        faulty: s.faulty,
+        healthy: s.healthy,
+        inactive: s.inactive,
         connected: s.connected,
-        maintenance: s.maintained.total(),
+        maintenance: s.maintenance,
         state_bar: [
-            ("faulty", faulty),
-            ("healthy", healthy),
-            ("inactive", inactive),
+            ("faulty", s.faulty),
+            ("healthy", s.healthy),
+            ("inactive", s.inactive),
         ]
         .into_iter()
         .map(|(k, n)| (k, format!("{:.1}", percent(n))))
         .collect(),
         by_why,
-        faulty_agents: faulty_agents.iter().map(|a| views::row(a, now)).collect(),
-        faulty_more,
+        faulty_agents: faulty.agents.iter().map(|a| views::row(a, now)).collect(),
+        faulty_more: !faulty.next_page_token.is_empty(),
     }
 }
 
@@ -242,21 +335,17 @@ struct Filters {
     q: Option<String>,
     at: Option<String>,
     sort: Option<String>,
-    after: Option<String>,
-    after_since: Option<i64>,
+    /// Where the previous page ended: the fleet service's page token.
+    page: Option<String>,
 }
 
 async fn agents(
     State(web): State<Web>,
     Extension(viewer): Extension<Viewer>,
+    caller: Option<Extension<Caller>>,
     Query(f): Query<Filters>,
 ) -> Response {
-    let registry = web.registry.clone();
-    // A page may walk much of the index: off the async workers.
-    match tokio::task::spawn_blocking(move || agents_page(&registry, f, viewer)).await {
-        Ok(page) => html(&page),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    }
+    html(&agents_page(&web.source, of(&caller), f, viewer).await)
 }
 
 fn parse_state(s: &str) -> Option<StateFilter> {
@@ -295,8 +384,13 @@ fn parse_at(s: &str, now: Time) -> Result<Option<Time>, String> {
     Time::try_from(t).map(Some).map_err(|e| format!("at: {e}"))
 }
 
-fn agents_page(registry: &Registry, f: Filters, viewer: Viewer) -> AgentsPage {
-    let now = registry.clock().now();
+async fn agents_page(
+    source: &Source,
+    caller: Option<&Caller>,
+    f: Filters,
+    viewer: Viewer,
+) -> AgentsPage {
+    let now = source.registry.clock().now();
     let mut error = None;
     let state = f.state.as_deref().and_then(parse_state).unwrap_or_default();
     let why = f.why.as_deref().filter(|w| !w.is_empty()).and_then(|w| {
@@ -328,43 +422,35 @@ fn agents_page(registry: &Registry, f: Filters, viewer: Viewer) -> AgentsPage {
         }
     };
     let q = f.q.clone().unwrap_or_default().trim().to_owned();
-    let order = match f.sort.as_deref() {
-        Some("longest") => Order::LongestFirst,
-        Some("newest") => Order::NewestFirst,
-        Some("id") | Some("") | None => Order::Id,
+    let (order, sort_name) = match f.sort.as_deref() {
+        Some("longest") => (pb::ListOrder::LongestFirst, "longest"),
+        Some("newest") => (pb::ListOrder::NewestFirst, "newest"),
+        Some("id") | Some("") | None => (pb::ListOrder::Unspecified, "id"),
         Some(other) => {
             error = Some(format!("sort {other:?}: give id, longest or newest"));
-            Order::Id
+            (pb::ListOrder::Unspecified, "id")
         }
     };
-    let selector = Selector {
-        filter: state,
-        whys: why.into_iter().collect(),
-        labels,
-        maintenance: MaintenanceFilter::Default,
-        id_contains: (!q.is_empty()).then(|| q.clone()),
+    let request = pb::ListAgentsRequest {
+        filter: pb::StateFilter::from(state) as i32,
+        why: why.map(|w| pb::Why::from(w) as i32).into_iter().collect(),
+        labels: labels.into_iter().collect(),
+        at: at.map(wire::timestamp),
+        page_size: PAGE as u32,
+        page_token: f.page.clone().unwrap_or_default(),
+        maintenance: pb::MaintenanceFilter::Unspecified as i32,
+        id_contains: q.clone(),
+        order: order as i32,
     };
-    // The cursor: the last agent of the previous page (and, sorted by time,
-    // its time).
-    let cursor = f
-        .after
-        .as_deref()
-        .filter(|a| AgentId::parse(a).is_ok())
-        .map(|id| SortCursor {
-            since: f
-                .after_since
-                .and_then(|m| Time::from_micros(m).ok())
-                .unwrap_or(Time::ZERO),
-            id: id.to_owned(),
-        });
-    let page = registry.list_sorted(&selector, at, order, cursor.as_ref(), PAGE);
-    let evaluated = page.evaluated_at;
-    let sort_name = match order {
-        Order::Id => "id",
-        Order::LongestFirst => "longest",
-        Order::NewestFirst => "newest",
+    let page = match source.service.list_agents(ask(request, caller)).await {
+        Ok(page) => page.into_inner(),
+        Err(status) => {
+            error = Some(status.message().to_owned());
+            pb::ListAgentsResponse::default()
+        }
     };
-    let next_page = page.more.then(|| page.agents.last()).flatten().map(|last| {
+    let evaluated = views::time(page.evaluated_at.as_ref()).unwrap_or(now);
+    let next_page = (!page.next_page_token.is_empty()).then(|| {
         let mut pairs: Vec<(&str, String)> = vec![("state", state.as_str().to_owned())];
         if let Some(w) = why {
             pairs.push(("why", w.name().to_owned()));
@@ -378,11 +464,10 @@ fn agents_page(registry: &Registry, f: Filters, viewer: Viewer) -> AgentsPage {
         if let Some(a) = &f.at {
             pairs.push(("at", a.clone()));
         }
-        if order != Order::Id {
+        if order != pb::ListOrder::Unspecified {
             pairs.push(("sort", sort_name.to_owned()));
-            pairs.push(("after_since", last.since.as_micros().to_string()));
         }
-        pairs.push(("after", last.id.to_string()));
+        pairs.push(("page", page.next_page_token.clone()));
         format!(
             "/agents?{}",
             serde_urlencoded::to_string(&pairs).unwrap_or_default()
@@ -390,6 +475,7 @@ fn agents_page(registry: &Registry, f: Filters, viewer: Viewer) -> AgentsPage {
     });
     AgentsPage {
         evaluated_at: views::rfc3339(evaluated),
+        incomplete: page.incomplete,
         states: ["active", "faulty", "healthy", "inactive", "all"]
             .into_iter()
             .map(|s| (s, s == state.as_str()))
@@ -423,20 +509,37 @@ fn agents_page(registry: &Registry, f: Filters, viewer: Viewer) -> AgentsPage {
 async fn agent(
     State(web): State<Web>,
     Extension(viewer): Extension<Viewer>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Response {
-    let Ok(id) = AgentId::parse(&id) else {
+    if AgentId::parse(&id).is_err() {
         return (StatusCode::BAD_REQUEST, "not an agent ID\n").into_response();
-    };
-    let registry = &web.registry;
-    let (Ok(view), Ok(history), Ok(activity)) = (
-        registry.get(&id, None),
-        registry.history(&id),
-        registry.activity(&id),
-    ) else {
-        return (StatusCode::NOT_FOUND, format!("agent {id} is not known\n")).into_response();
-    };
-    html(&AgentPage::new(&view, &history, &activity, viewer))
+    }
+    let caller = of(&caller);
+    let service = &web.source.service;
+    let view = service.get_agent(ask(
+        pb::GetAgentRequest {
+            agent_id: id.clone(),
+            at: None,
+        },
+        caller,
+    ));
+    let history = service.get_history(ask(
+        pb::GetHistoryRequest {
+            agent_id: id.clone(),
+        },
+        caller,
+    ));
+    match tokio::join!(view, history) {
+        (Ok(view), Ok(history)) => match view.into_inner().agent {
+            Some(view) => html(&AgentPage::new(&view, &history.into_inner(), viewer)),
+            None => failed(&Status::internal("the answer had no agent")),
+        },
+        (Err(s), _) | (_, Err(s)) if s.code() == Code::NotFound => {
+            (StatusCode::NOT_FOUND, format!("agent {id} is not known\n")).into_response()
+        }
+        (Err(s), _) | (_, Err(s)) => failed(&s),
+    }
 }
 
 async fn live_js() -> Response {
@@ -448,16 +551,28 @@ async fn live_js() -> Response {
 }
 
 async fn events(State(web): State<Web>, caller: Option<Extension<Caller>>) -> Response {
-    let holder = match (&web.gate, caller) {
-        (Gate::Signed(security), Some(Extension(caller))) => Some((security.clone(), caller)),
+    let caller = caller.map(|Extension(c)| c);
+    let holder = match (&web.gate, &caller) {
+        (Gate::Signed(security), Some(caller)) => Some((security.clone(), caller.clone())),
         _ => None,
     };
     // A comment every few seconds: the HTTP port closes connections that
     // carry nothing for --handshake-timeout (10 s by default); a browser's
     // EventSource reconnects by itself if one is closed all the same.
-    Sse::new(changes(web, holder))
+    let changes = if web.source.cluster {
+        cluster_changes(web, caller, holder).boxed()
+    } else {
+        changes(web, holder).boxed()
+    };
+    Sse::new(changes)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
+}
+
+type Changes = Result<Event, std::convert::Infallible>;
+
+fn change() -> Changes {
+    Ok(Event::default().event("change").data("fleet"))
 }
 
 /// "change" whenever the fleet changed, at most once per [`COALESCE`],
@@ -466,8 +581,8 @@ async fn events(State(web): State<Web>, caller: Option<Extension<Caller>>) -> Re
 fn changes(
     web: Web,
     holder: Option<(Arc<Security>, Caller)>,
-) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
-    let feed = web.registry.subscribe();
+) -> impl Stream<Item = Changes> + Send + 'static {
+    let feed = web.source.registry.subscribe();
     let state = (feed, web.stop, holder);
     futures_util::stream::unfold(state, |(mut feed, stop, holder)| async move {
         use tokio::sync::broadcast::error::RecvError;
@@ -497,9 +612,96 @@ fn changes(
         while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) =
             feed.try_recv()
         {}
-        Some((
-            Ok(Event::default().event("change").data("fleet")),
-            (feed, stop, holder),
-        ))
+        Some((change(), (feed, stop, holder)))
     })
+}
+
+/// How often an open overview on a cluster's node compares what it shows
+/// with the cluster's answer.
+const CLUSTER_LOOK: Duration = Duration::from_secs(1);
+
+/// What the overview shows, without the times that move by themselves
+/// (evaluation times, last heard): when it differs, the page is stale.
+fn shown(summary: &pb::GetSummaryResponse, faulty: &pb::ListAgentsResponse) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        summary.total,
+        summary.healthy,
+        summary.faulty,
+        summary.inactive,
+        summary.connected,
+        summary.maintenance,
+        summary.given_up,
+        summary.claimed,
+        summary.incomplete || faulty.incomplete,
+    )
+        .hash(&mut h);
+    for w in &summary.by_why {
+        (w.why, w.count).hash(&mut h);
+    }
+    if let Some(s) = &summary.storm {
+        (s.active, s.faulty, s.active_agents, s.dominant_why).hash(&mut h);
+    }
+    for a in &faulty.agents {
+        (
+            &a.agent_id,
+            a.why,
+            a.since.map(|t| (t.seconds, t.nanos)),
+            a.maintenance.is_some(),
+            a.claim.is_some(),
+            a.given_up.is_some(),
+        )
+            .hash(&mut h);
+    }
+    faulty.next_page_token.is_empty().hash(&mut h);
+    h.finish()
+}
+
+/// The live updates of an overview on a cluster's node: its registry's
+/// feed shows only its own shards, so once per [`CLUSTER_LOOK`] the
+/// overview's data is asked of the cluster (as the viewer), and "change"
+/// is said when it differs from what the page was last told. Ends as
+/// [`changes`] does, and when the cluster refuses the viewer.
+fn cluster_changes(
+    web: Web,
+    caller: Option<Caller>,
+    holder: Option<(Arc<Security>, Caller)>,
+) -> impl Stream<Item = Changes> + Send + 'static {
+    let mut look = tokio::time::interval(CLUSTER_LOOK);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (web, caller, holder, look, None::<u64>);
+    futures_util::stream::unfold(
+        state,
+        |(web, caller, holder, mut look, mut last)| async move {
+            loop {
+                tokio::select! {
+                    () = web.stop.given() => return None,
+                    _ = look.tick() => {}
+                }
+                if let Some((security, caller)) = &holder
+                    && !auth::still_holds(security, caller)
+                {
+                    return None;
+                }
+                let now = match overview_data(&web.source, caller.as_ref()).await {
+                    Ok((summary, faulty)) => shown(&summary, &faulty),
+                    Err(s)
+                        if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) =>
+                    {
+                        return None;
+                    }
+                    // A cluster that cannot answer now: look again later.
+                    Err(_) => continue,
+                };
+                // The first look learns what the page shows (it was
+                // rendered just before it opened this stream).
+                let changed = last.is_some_and(|l| l != now);
+                last = Some(now);
+                if changed {
+                    return Some((change(), (web, caller, holder, look, last)));
+                }
+            }
+        },
+    )
 }

@@ -1,12 +1,31 @@
-//! What the templates show: plain strings made from registry views, so that
-//! the templates hold no logic beyond loops and conditions.
+//! What the templates show: plain strings made from the fleet service's
+//! answers, so that the templates hold no logic beyond loops and
+//! conditions.
 
 use std::time::{Duration, SystemTime};
 
 use askama::Template;
+use fleet_health_proto::v1 as pb;
 use fleet_health_sensor::Time;
+use fleet_health_types::wire;
+use prost_types::Timestamp;
 
-use crate::registry::{ActivityRecord, AgentView, Transition};
+use crate::model::Why;
+
+/// A time of an answer; `None` when it has none.
+pub(super) fn time(t: Option<&Timestamp>) -> Option<Time> {
+    t.and_then(|t| wire::time(t, "time").ok())
+}
+
+/// A why of an answer, as its words.
+fn why_text(w: i32) -> &'static str {
+    Why::try_from(w).map_or("unknown", Why::as_str)
+}
+
+/// A why of an answer, as its state's name.
+fn why_state(w: i32) -> &'static str {
+    Why::try_from(w).map_or("unknown", |w| w.state().as_str())
+}
 
 /// A time as RFC 3339 in UTC, to the second.
 pub(super) fn rfc3339(t: Time) -> String {
@@ -57,19 +76,16 @@ pub(super) struct Row {
     pub marks: Vec<&'static str>,
 }
 
-fn labels(a: &AgentView) -> String {
-    a.labels.as_deref().map_or_else(
-        || "-".to_owned(),
-        |l| {
-            l.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        },
-    )
+fn labels(a: &pb::AgentStatus) -> String {
+    if a.labels.is_empty() {
+        return "-".to_owned();
+    }
+    let mut labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    labels.join(", ")
 }
 
-pub(super) fn row(a: &AgentView, now: Time) -> Row {
+pub(super) fn row(a: &pb::AgentStatus, now: Time) -> Row {
     let mut marks = Vec::new();
     if a.maintenance.is_some() {
         marks.push("maintenance");
@@ -81,11 +97,11 @@ pub(super) fn row(a: &AgentView, now: Time) -> Row {
         marks.push("claimed");
     }
     Row {
-        id: a.id.to_string(),
-        state: a.state().as_str(),
-        why: a.why.as_str(),
-        for_how_long: span(a.since, now),
-        last_heard: relative(a.last_heard, now),
+        id: a.agent_id.clone(),
+        state: why_state(a.why),
+        why: why_text(a.why),
+        for_how_long: span(time(a.since.as_ref()).unwrap_or(now), now),
+        last_heard: relative(time(a.last_heard.as_ref()).unwrap_or(Time::ZERO), now),
         labels: labels(a),
         marks,
     }
@@ -105,6 +121,9 @@ pub(super) struct WhyRow {
 #[template(path = "overview_main.html")]
 pub(super) struct OverviewMain {
     pub evaluated_at: String,
+    /// Part of the fleet is missing from the answer (shards changing hands
+    /// between a cluster's servers).
+    pub incomplete: bool,
     pub storm: bool,
     pub storm_text: String,
     pub total: u64,
@@ -195,6 +214,8 @@ impl LoginPage {
 #[template(path = "agents.html")]
 pub(super) struct AgentsPage {
     pub evaluated_at: String,
+    /// Part of the fleet is missing from the page (see [`OverviewMain`]).
+    pub incomplete: bool,
     pub states: Vec<(&'static str, bool)>,
     pub whys: Vec<(&'static str, bool)>,
     pub label: String,
@@ -240,15 +261,14 @@ pub(super) struct AgentPage {
 
 impl AgentPage {
     pub(super) fn new(
-        a: &AgentView,
-        history: &[Transition],
-        activity: &[ActivityRecord],
+        a: &pb::AgentStatus,
+        history: &pb::GetHistoryResponse,
         viewer: Viewer,
     ) -> AgentPage {
-        let now = a.evaluated_at;
-        let s = &a.sensor;
-        let micros =
-            |m: i64| Time::from_micros(m).map_or_else(|_| "-".to_owned(), |t| both(t, now));
+        let now = time(a.evaluated_at.as_ref()).unwrap_or(Time::ZERO);
+        let at =
+            |t: Option<&Timestamp>| time(t).map_or_else(|| "never".to_owned(), |t| both(t, now));
+        let exact = |t: Option<&Timestamp>| time(t).map_or_else(|| "-".to_owned(), rfc3339);
         let mut marks = Vec::new();
         if let Some(m) = &a.maintenance {
             marks.push((
@@ -257,24 +277,24 @@ impl AgentPage {
                     "{} (by {}, until {})",
                     m.reason,
                     if m.by.is_empty() { "-" } else { &m.by },
-                    micros(m.until)
+                    at(m.until.as_ref())
                 ),
             ));
         }
         if let Some(c) = &a.claim {
             marks.push((
                 "Claimed",
-                format!("by {} until {}", c.holder, micros(c.until)),
+                format!("by {} until {}", c.holder, at(c.until.as_ref())),
             ));
         }
         if let Some(g) = &a.given_up {
             marks.push((
                 "Given up",
-                format!("{} (by {}, {})", g.reason, g.holder, micros(g.at)),
+                format!("{} (by {}, {})", g.reason, g.holder, at(g.at.as_ref())),
             ));
         }
         let kind = |k: i32| {
-            use fleet_health_proto::v1::ActivityKind as K;
+            use pb::ActivityKind as K;
             match K::try_from(k) {
                 Ok(K::MaintenanceSet) => "maintenance set",
                 Ok(K::MaintenanceCleared) => "maintenance cleared",
@@ -285,12 +305,13 @@ impl AgentPage {
                 _ => "-",
             }
         };
+        let s = a.sensor.unwrap_or_default();
         AgentPage {
-            id: a.id.to_string(),
-            state: a.state().as_str(),
-            why: a.why.as_str(),
-            since: both(a.since, now),
-            last_heard: both(a.last_heard, now),
+            id: a.agent_id.clone(),
+            state: why_state(a.why),
+            why: why_text(a.why),
+            since: at(a.since.as_ref()),
+            last_heard: at(a.last_heard.as_ref()),
             connection: if a.connected {
                 "connected"
             } else {
@@ -298,46 +319,48 @@ impl AgentPage {
             },
             next_change: a
                 .next_change
-                .map_or_else(|| "none due".to_owned(), |t| both(t, now)),
+                .as_ref()
+                .map_or_else(|| "none due".to_owned(), |t| at(Some(t))),
             labels: labels(a),
             incarnation: a.incarnation,
             last_seq: a.last_seq,
-            first_seen: both(a.first_seen, now),
+            first_seen: at(a.first_seen.as_ref()),
             sensor: vec![
-                ("Started", both(s.started_at(), now)),
-                ("Last sent", both(s.last_sent(), now)),
-                ("Last received", both(s.last_received(), now)),
+                ("Started", at(s.started_at.as_ref())),
+                ("Last sent", at(s.last_sent.as_ref())),
+                ("Last received", at(s.last_received.as_ref())),
                 (
                     "Shutdown",
-                    if s.shutdown_recorded() {
-                        both(s.shutdown_at(), now)
+                    if s.shutdown_at.is_some() {
+                        at(s.shutdown_at.as_ref())
                     } else {
                         "none".into()
                     },
                 ),
-                (
-                    "Registered",
-                    if s.is_registered() { "yes" } else { "no" }.into(),
-                ),
+                ("Registered", if s.registered { "yes" } else { "no" }.into()),
             ],
             marks,
             history: history
+                .transitions
                 .iter()
                 .rev()
                 .map(|t| TransitionRow {
-                    at: rfc3339(t.at),
-                    from: t
-                        .from
-                        .map_or_else(|| "(new)".to_owned(), |w| w.as_str().to_owned()),
-                    to: t.to.as_str().to_owned(),
-                    to_state: t.to.state().as_str(),
+                    at: exact(t.at.as_ref()),
+                    // A first status has no reason before it.
+                    from: if t.from_why == pb::Why::Unspecified as i32 {
+                        "(new)".to_owned()
+                    } else {
+                        why_text(t.from_why).to_owned()
+                    },
+                    to: why_text(t.to_why).to_owned(),
+                    to_state: why_state(t.to_why),
                 })
                 .collect(),
-            activity: activity
+            activity: history
+                .activity
                 .iter()
                 .rev()
                 .map(|e| {
-                    let at = Time::from_micros(e.at).map_or_else(|_| "-".to_owned(), rfc3339);
                     let mut what = kind(e.kind).to_owned();
                     if !e.reason.is_empty() {
                         what.push_str(&format!(": {}", e.reason));
@@ -354,7 +377,7 @@ impl AgentPage {
                     } else if !e.by.is_empty() {
                         what.push_str(&format!(" (by {})", e.by));
                     }
-                    (at, what)
+                    (exact(e.at.as_ref()), what)
                 })
                 .collect(),
             viewer,

@@ -399,6 +399,109 @@ async fn lists_page_filter_by_why_and_label() {
     s.stop().await;
 }
 
+/// Every page of a list in `order`, `page_size` at a time.
+async fn all_pages(s: &TestServer, order: pb::ListOrder, page_size: u32) -> Vec<pb::AgentStatus> {
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = s
+            .fleet()
+            .list_agents(pb::ListAgentsRequest {
+                filter: pb::StateFilter::All as i32,
+                order: order as i32,
+                page_size,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("lists")
+            .into_inner();
+        seen.extend(page.agents);
+        if page.next_page_token.is_empty() {
+            return seen;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn lists_page_by_time_in_state() {
+    let s = TestServer::start().await;
+    // Agents that turned faulty at different times, two at each (ties go
+    // by ID).
+    let mut keep = Vec::new();
+    for i in 0..7 {
+        keep.extend(fleet_of_named(&s, &format!("t{}", 7 - i), 2).await);
+        s.advance(60);
+    }
+    let since = |a: &pb::AgentStatus| {
+        let t = a.since.expect("since");
+        (t.seconds, t.nanos)
+    };
+    let longest = all_pages(&s, pb::ListOrder::LongestFirst, 3).await;
+    assert_eq!(longest.len(), 14);
+    let keys: Vec<_> = longest
+        .iter()
+        .map(|a| (since(a), a.agent_id.clone()))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "earliest first, ties by ID");
+    let mut times: Vec<_> = keys.iter().map(|k| k.0).collect();
+    times.dedup();
+    assert!(times.len() >= 3, "the agents' times differ: {times:?}");
+    let newest = all_pages(&s, pb::ListOrder::NewestFirst, 4).await;
+    let keys: Vec<_> = newest
+        .iter()
+        .map(|a| (std::cmp::Reverse(since(a)), a.agent_id.clone()))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "latest first, ties by ID");
+    assert_eq!(newest.len(), 14);
+    // By ID, as always.
+    let by_id = all_pages(&s, pb::ListOrder::Unspecified, 5).await;
+    assert!(by_id.windows(2).all(|w| w[0].agent_id < w[1].agent_id));
+
+    // A token is good only in the order it was given for.
+    let first = s
+        .fleet()
+        .list_agents(pb::ListAgentsRequest {
+            filter: pb::StateFilter::All as i32,
+            order: pb::ListOrder::LongestFirst as i32,
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("lists")
+        .into_inner();
+    for (order, token) in [
+        (
+            pb::ListOrder::NewestFirst as i32,
+            first.next_page_token.clone(),
+        ),
+        (
+            pb::ListOrder::Unspecified as i32,
+            first.next_page_token.clone(),
+        ),
+        (pb::ListOrder::LongestFirst as i32, "t7-0".to_owned()),
+        (9, String::new()),
+    ] {
+        let e = s
+            .fleet()
+            .list_agents(pb::ListAgentsRequest {
+                order,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    drop(keep);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn forget_removes_an_agent_and_tells_watchers() {
     let s = TestServer::start().await;
