@@ -12,10 +12,16 @@
 //! - [`eventually`]: polls a condition until a bounded deadline.
 //! - [`postgres::Postgres`]: a real PostgreSQL server in a temporary
 //!   directory, for the cluster's tests.
+//! - [`patroni::Patroni`]: etcd and three Patroni-managed PostgreSQL servers
+//!   with a synchronous standby, for the cluster's failure tier.
+//! - [`ledger`]: reporters whose events' times encode their sequence
+//!   numbers, and the check that each acknowledged event was applied once.
 //!
 //! The binaries are looked up next to the test executable (see [`binary`]);
 //! `cargo test --workspace` builds them before running any test.
 
+pub mod ledger;
+pub mod patroni;
 pub mod postgres;
 
 use std::net::SocketAddr;
@@ -55,6 +61,26 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A free loopback port (for a server that must know its address before it
+/// starts, such as a cluster's node, which advertises it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Whether a `fleet-health cluster status -o json` answer has `n` live
+/// nodes, each serving shards, and every shard served (a dead node stays
+/// listed, not live, until it comes back).
+pub fn serving(status: &serde_json::Value, n: usize) -> bool {
+    status["unowned"] == 0
+        && status["nodes"].as_array().is_some_and(|nodes| {
+            let live: Vec<_> = nodes.iter().filter(|n| n["live"] == true).collect();
+            live.len() == n && live.iter().all(|n| n["shards"].as_u64() > Some(0))
+        })
 }
 
 /// A new, empty temporary directory for a server's data, removed on drop.
@@ -107,6 +133,28 @@ impl Server {
             logs,
             dir,
         }
+    }
+
+    /// A node of the cluster whose database is at `url`, with the ID `name`
+    /// and a lease of `lease` (`2s`), listening on (and advertising) a free
+    /// loopback port, metrics on.
+    pub async fn start_node(url: &str, name: &str, lease: &str) -> Server {
+        let addr = format!("127.0.0.1:{}", free_port());
+        Server::start(&[
+            "--cluster",
+            url,
+            "--node-id",
+            name,
+            "--listen",
+            &addr,
+            "--advertise",
+            &addr,
+            "--cluster-lease",
+            lease,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .await
     }
 
     /// The gRPC address.
@@ -170,6 +218,34 @@ impl Server {
             .expect("the killed server exits")
             .expect("wait for the server");
         assert!(!status.success(), "a killed server does not exit cleanly");
+    }
+
+    /// Sends the server `signal` (`"STOP"`, `"CONT"`, `"TERM"`...) with
+    /// `kill`.
+    pub async fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Stops the server with SIGTERM (a graceful stop: a cluster's node
+    /// hands its shards over first) and waits until it exits; panics unless
+    /// it exits cleanly within `limit`.
+    pub async fn terminate(&mut self, limit: Duration) {
+        self.signal("TERM").await;
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the server did not stop within {limit:?} of SIGTERM"))
+            .expect("wait for the server");
+        assert!(
+            status.success(),
+            "the server exited with {status} after SIGTERM:\n{}",
+            self.logs().join("\n")
+        );
     }
 
     /// Starts the server again on the same data directory and flags (after
@@ -506,6 +582,11 @@ impl Proxy {
         format!("http://{}", self.addr)
     }
 
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Relays new connections to `target`; `None`: refuses them (closes
     /// each at once).
     pub fn set_target(&self, target: Option<SocketAddr>) {
@@ -595,13 +676,20 @@ async fn relay(client: TcpStream, shared: Arc<ProxyShared>) {
 /// One plaintext HTTP/1.1 GET of `path` from `addr` (HOST:PORT): the whole
 /// answer, status line and headers included.
 pub async fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connects");
+    try_http_get(addr, path)
+        .await
+        .unwrap_or_else(|| panic!("GET {path} from {addr}: cannot connect or send"))
+}
+
+/// [`http_get`], or `None` when `addr` cannot be reached.
+pub async fn try_http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
-    .expect("writes");
+    .ok()?;
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
-    String::from_utf8_lossy(&out).into_owned()
+    Some(String::from_utf8_lossy(&out).into_owned())
 }

@@ -28,7 +28,7 @@ pub struct Postgres {
 }
 
 /// The directory of PostgreSQL's server binaries.
-fn bin_dir() -> PathBuf {
+pub(crate) fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FLEET_HEALTH_PG_BIN") {
         return PathBuf::from(dir);
     }
@@ -48,7 +48,8 @@ fn bin_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from(""), |(_, bin)| bin)
 }
 
-fn is_root() -> bool {
+/// Whether the tests run as root (PostgreSQL then runs as `postgres`).
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

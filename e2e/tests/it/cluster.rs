@@ -6,27 +6,10 @@
 
 use std::time::Duration;
 
+use fleet_health_e2e::ledger::{assert_applied_through, queue, report_and_wait, reporter};
 use fleet_health_e2e::postgres::Postgres;
-use fleet_health_e2e::{Proxy, Server, binary, eventually, http_get};
+use fleet_health_e2e::{Proxy, Server, binary, eventually, free_port, http_get, serving};
 use tokio::io::AsyncBufReadExt;
-
-/// A free loopback port (for a node that must know its address before it
-/// starts, to advertise it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// Whether a `cluster status -o json` answer has two live nodes serving
-/// shards and every shard served.
-fn two_serving(v: &serde_json::Value) -> bool {
-    v["unowned"] == 0
-        && v["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["shards"].as_u64() > Some(0)))
-}
 
 /// Waits until `s` says two nodes serve every shard.
 async fn until_two_serve(s: &Server) {
@@ -34,29 +17,14 @@ async fn until_two_serve(s: &Server) {
         "both nodes serve shards",
         Duration::from_secs(20),
         || async {
-            two_serving(&s.cli(&["cluster", "status", "-o", "json"]).await.json()).then_some(())
+            serving(&s.cli(&["cluster", "status", "-o", "json"]).await.json(), 2).then_some(())
         },
     )
     .await;
 }
 
 async fn node(pg: &Postgres, name: &str) -> Server {
-    let addr = format!("127.0.0.1:{}", free_port());
-    Server::start(&[
-        "--cluster",
-        &pg.url(),
-        "--node-id",
-        name,
-        "--listen",
-        &addr,
-        "--advertise",
-        &addr,
-        "--cluster-lease",
-        "2s",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .await
+    Server::start_node(&pg.url(), name, "2s").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,34 +118,8 @@ async fn a_fleet_moves_into_a_cluster_and_is_served_by_any_node() {
     assert_eq!(after.stdout, from_a.stdout, "nothing lost");
 }
 
-/// Queues events `from..=to` on every reporter, and waits until each is
-/// acknowledged; returns how long that took.
-async fn report_and_wait(
-    reporters: &[fleet_health_client::Reporter],
-    base: i64,
-    from: u64,
-    to: u64,
-) -> Duration {
-    let started = std::time::Instant::now();
-    for r in reporters {
-        for seq in from..=to {
-            crate::reporter::queue(r, base, seq);
-        }
-    }
-    for r in reporters {
-        tokio::time::timeout(Duration::from_secs(60), r.wait_acked(to))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{}: events through {to} not acknowledged in 60 s: {:?}",
-                    r.agent_id(),
-                    r.stats()
-                )
-            })
-            .expect("acknowledged");
-    }
-    started.elapsed()
-}
+/// The longest a round of events may take to be acknowledged.
+const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_die_pause_and_return_and_every_acknowledged_event_is_applied_once() {
@@ -192,14 +134,14 @@ async fn owners_die_pause_and_return_and_every_acknowledged_event_is_applied_onc
     let balancer = Proxy::start(a.addr()).await;
     let base = fleet_health_client::now().as_micros() - 3600 * 1_000_000;
     let reporters: Vec<_> = (0..12)
-        .map(|i| crate::reporter::reporter(&balancer.url(), &format!("chaos-{i:02}")))
+        .map(|i| reporter(&balancer.url(), &format!("chaos-{i:02}")))
         .collect();
-    report_and_wait(&reporters, base, 1, 10).await;
+    report_and_wait(&reporters, base, 1, 10, LIMIT).await;
 
     // b dies: its agents' streams break; they come back through a, which
     // takes b's shards when their leases end.
     b.kill9().await;
-    let again = report_and_wait(&reporters, base, 11, 20).await;
+    let again = report_and_wait(&reporters, base, 11, 20, LIMIT).await;
     eprintln!("kill -9 of an owner: every agent acknowledged again within {again:?}");
 
     // b returns and takes its share back: a hands it over, the moved
@@ -214,7 +156,7 @@ async fn owners_die_pause_and_return_and_every_acknowledged_event_is_applied_onc
             .then_some(())
     })
     .await;
-    report_and_wait(&reporters, base, 21, 30).await;
+    report_and_wait(&reporters, base, 21, 30, LIMIT).await;
 
     // b is paused past its lease: a takes its shards; when b goes on, its
     // writes are refused by the fence, and it lets the shards go.
@@ -226,7 +168,7 @@ async fn owners_die_pause_and_return_and_every_acknowledged_event_is_applied_onc
     assert!(stop.expect("kill runs").success());
     for r in &reporters {
         for seq in 31..=35 {
-            crate::reporter::queue(r, base, seq);
+            queue(r, base, seq);
         }
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -235,7 +177,7 @@ async fn owners_die_pause_and_return_and_every_acknowledged_event_is_applied_onc
         .status()
         .await;
     assert!(cont.expect("kill runs").success());
-    report_and_wait(&reporters, base, 36, 40).await;
+    report_and_wait(&reporters, base, 36, 40, LIMIT).await;
 
     // The ledger: every agent's events 1 to 40, each applied once, in order,
     // whichever node is asked.
@@ -248,7 +190,7 @@ async fn owners_die_pause_and_return_and_every_acknowledged_event_is_applied_onc
                 (run.code == Some(0)).then(|| run.json())
             })
             .await;
-            crate::reporter::assert_applied_through(&status, r, base, 40);
+            assert_applied_through(&status, r, base, 40);
         }
     }
 }
@@ -421,7 +363,7 @@ async fn a_secured_cluster_checks_every_caller_on_every_node() {
                 ))
                 .await
                 .json();
-                two_serving(&v).then_some(())
+                serving(&v, 2).then_some(())
             },
         )
         .await;

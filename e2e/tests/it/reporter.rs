@@ -12,64 +12,15 @@
 
 use std::time::Duration;
 
-use fleet_health_client::{BackoffConfig, EventKind, Reporter, ReporterConfig, Time, now};
+use fleet_health_client::{Reporter, now};
+use fleet_health_e2e::ledger::{SECOND, assert_applied_through, event_time, queue, reporter};
 use fleet_health_e2e::{Proxy, Server, eventually, time_field};
 use serde_json::{Value, json};
-
-const SECOND: i64 = 1_000_000;
-
-/// The time that event `seq` carries: `base` plus `seq` seconds.
-pub(crate) fn event_time(base: i64, seq: u64) -> Time {
-    Time::from_micros(base + i64::try_from(seq).unwrap() * SECOND).expect("in range")
-}
-
-pub(crate) fn reporter(url: &str, agent: &str) -> Reporter {
-    let mut config = ReporterConfig::new(agent);
-    config.connect_timeout = Duration::from_secs(5);
-    config.backoff = BackoffConfig {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(500),
-    };
-    Reporter::connect(url, config).expect("a reporter")
-}
-
-/// Queues event `seq`: `starting` for 1, `server_data_sent` after.
-pub(crate) fn queue(reporter: &Reporter, base: i64, seq: u64) {
-    let kind = if seq == 1 {
-        EventKind::Starting
-    } else {
-        EventKind::ServerDataSent
-    };
-    let assigned = reporter
-        .report(kind, Some(event_time(base, seq)))
-        .expect("queued");
-    assert_eq!(assigned, seq, "sequence numbers count from 1");
-}
 
 async fn status(server: &Server, agent: &str) -> Value {
     let run = server.cli(&["status", agent, "-o", "json"]).await;
     run.expect_code(0);
     run.json()
-}
-
-/// The server applied events 1 to `seq` of this reporter and nothing after.
-pub(crate) fn assert_applied_through(agent: &Value, reporter: &Reporter, base: i64, seq: u64) {
-    assert_eq!(
-        agent["incarnation"],
-        json!(reporter.incarnation().to_string()),
-        "{agent}"
-    );
-    assert_eq!(agent["last_seq"], json!(seq), "{agent}");
-    assert_eq!(
-        time_field(&agent["sensor"], "last_sent"),
-        event_time(base, seq).as_micros(),
-        "last_sent is not event {seq}'s time: {agent}"
-    );
-    assert_eq!(
-        time_field(&agent["sensor"], "started_at"),
-        event_time(base, 1).as_micros(),
-        "{agent}"
-    );
 }
 
 async fn shutdown_and_check_stopped(server: &Server, reporter: &Reporter, agent: &str, n: u64) {

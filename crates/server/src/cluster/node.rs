@@ -45,6 +45,12 @@ impl std::fmt::Debug for PeerSecurity {
 /// The longest a hand-over waits for its last writes.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the connection to another node is pinged: four times a lease,
+/// and not more than every 100 ms.
+fn peer_ping_interval(lease: Duration) -> Duration {
+    (lease / 4).max(Duration::from_millis(100))
+}
+
 /// A node's registry, streams and shards, as the cluster moves them.
 pub struct ClusterNode {
     id: String,
@@ -214,10 +220,18 @@ impl ClusterNode {
                 })
             }
         };
+        // A peer that stops answering (paused, or cut off without its
+        // connections closing) must not hold the streams passed on to it:
+        // their agents wait for acknowledgements that cannot come. It is
+        // pinged four times a lease, and dropped when a ping goes a lease
+        // without an answer, which ends every stream passed on to it (the
+        // agents reconnect, and reach the shard's next owner). By then the
+        // peer has stopped serving on its own clock anyway.
         let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_interval(peer_ping_interval(self.lease))
+            .keep_alive_timeout(self.lease)
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         self.channels.insert(Arc::from(address), channel.clone());
