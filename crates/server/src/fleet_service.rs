@@ -425,7 +425,14 @@ impl FleetServiceApi for FleetService {
         let whole = self.whole(request.metadata()).cloned();
         let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
-        let own = self.list_here(req.clone())?;
+        // A page may walk the whole fleet (sorted by time in state, or as of
+        // another time): off the async workers.
+        let own = {
+            let (this, req) = (self.clone(), req.clone());
+            tokio::task::spawn_blocking(move || this.list_here(req))
+                .await
+                .map_err(|e| Status::internal(format!("the list failed: {e}")))??
+        };
         match whole {
             Some(node) => {
                 let size = match req.page_size as usize {
