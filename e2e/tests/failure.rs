@@ -284,6 +284,28 @@ impl Tier {
         self.balancer.set_target(Some(self.nodes[i].addr()));
     }
 
+    /// How many snapshots the watch has completed.
+    fn snapshots(&self) -> u64 {
+        self.watch.with(|s| s.snapshots)
+    }
+
+    /// Waits until the watch has completed a snapshot after the first
+    /// `before`, and shows every agent (the whole fleet, from the nodes
+    /// that serve it now).
+    async fn until_watch_whole(&self, before: u64) {
+        eventually(
+            "the watch to show the whole fleet again",
+            SETTLE,
+            || async {
+                self.watch.with(|s| {
+                    (s.snapshots > before && s.pending.is_none() && s.agents.len() == AGENTS)
+                        .then_some(())
+                })
+            },
+        )
+        .await;
+    }
+
     /// How many `resync` messages the watch has had.
     fn resyncs(&self) -> u64 {
         self.watch.with(|s| s.resyncs)
@@ -374,9 +396,11 @@ async fn kill_9_of_a_shard_owner() {
 
     // b dies; its agents' streams (passed on by a) break, and they come back
     // once a and c take b's shards, when their leases end.
+    let snapshots = tier.snapshots();
     tier.nodes[1].kill9().await;
     let again = tier.round().await;
     tier.until_serving(2).await;
+    tier.until_watch_whole(snapshots).await;
     eprintln!(
         "measured: owner failover (kill -9 of b, owner of {} agents): every agent acknowledged \
          again after {again:.1?}",
@@ -400,6 +424,7 @@ async fn kill_9_of_the_database_leader() {
     // standby had every commit (so every acknowledged event); Patroni
     // promotes it when the leader key expires, and the nodes find it
     // through their multi-host URL.
+    let snapshots = tier.snapshots();
     let (old, killed) = tier.db.kill_leader().await;
     let to = tier.queue_round();
     let promoted = async {
@@ -420,6 +445,7 @@ async fn kill_9_of_the_database_leader() {
     // the nodes go on over it.
     tier.db.until_synchronous(ACK_LIMIT).await;
     tier.until_serving(3).await;
+    tier.until_watch_whole(snapshots).await;
     tier.round().await;
     tier.finish("kill -9 of the database leader", resyncs).await;
 }
@@ -434,10 +460,12 @@ async fn sigstop_of_an_owner_past_its_lease_then_sigcont() {
 
     // b is paused: its leases end, a and c take its shards, and its agents
     // are acknowledged again by them.
+    let snapshots = tier.snapshots();
     tier.nodes[1].signal("STOP").await;
     let paused = Instant::now();
     let again = tier.round().await;
     tier.until_serving(2).await;
+    tier.until_watch_whole(snapshots).await;
     eprintln!(
         "measured: owner failover (SIGSTOP of b, owner of {} agents): every agent acknowledged \
          again after {again:.1?}",
@@ -502,9 +530,11 @@ async fn an_owner_cut_off_from_the_database() {
     // b loses the database: it stops serving before its leases end (by its
     // own clock), a and c take its shards, and its agents are acknowledged
     // again by them.
+    let snapshots = tier.snapshots();
     tier.link.as_ref().expect("b's link").cut();
     let again = tier.round().await;
     tier.until_serving(2).await;
+    tier.until_watch_whole(snapshots).await;
     eprintln!(
         "measured: owner failover (b, owner of {} agents, cut off from the database): every \
          agent acknowledged again after {again:.1?}",
