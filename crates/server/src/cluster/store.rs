@@ -5,9 +5,13 @@
 //! after the commit. A write refused because shards were lost comes back
 //! as [`StoreError::Lost`]; the committer then lets those shards go (ending
 //! their agents' streams before anything more is acknowledged) and writes
-//! the rest.
+//! the rest. A write whose connection broke (the primary died) tries again
+//! every 100 ms on a new connection, which finds the new primary as soon as
+//! it takes writes; once the batch's leases have run out on the node's
+//! clock meanwhile, it is refused as lost without the database.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 
@@ -15,6 +19,15 @@ use super::db::{CommitError, Db};
 use super::membership::Ownership;
 use super::shard::shard_of;
 use crate::store::{AgentStore, StoreError};
+
+/// How often a write whose connection broke tries the database again.
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a write waits for the database to come back before it fails
+/// (and the committer backs off): the batch's leases run out well before
+/// with any sane lease, and the write is then refused without the
+/// database.
+const WAIT_FOR_DATABASE: Duration = Duration::from_secs(30);
 
 /// Agent records in the cluster's database.
 pub struct ClusterStore {
@@ -97,18 +110,35 @@ impl AgentStore for ClusterStore {
             .collect();
         self.runtime.block_on(async {
             let mut db = self.db.lock().await;
-            if db.is_closed() {
-                *db = Db::connect(&self.url)
-                    .await
-                    .map_err(|e| StoreError::Db(e.to_string()))?;
+            let started = std::time::Instant::now();
+            loop {
+                if db.is_closed()
+                    && let Ok(fresh) = Db::connect(&self.url).await
+                {
+                    *db = fresh;
+                }
+                // Fenced by what is served now: once the batch's shards are
+                // no longer this node's (their leases ran out on its clock
+                // while the database was away), the write is refused
+                // without a statement.
+                let held = self.ownership.held();
+                match db.commit(&self.node, &held, &ups, &dels).await {
+                    Ok(()) => return Ok(()),
+                    Err(CommitError::Lost(shards)) => return Err(StoreError::Lost(shards)),
+                    // The connection broke (the primary died, a failover is
+                    // under way): try again soon rather than after the
+                    // committer's backoff, which grows to seconds, so that
+                    // the write goes through as soon as the new primary
+                    // takes it, and a hand-over waiting for it is not held
+                    // up.
+                    Err(CommitError::Db(e)) => {
+                        if !db.is_closed() || started.elapsed() >= WAIT_FOR_DATABASE {
+                            return Err(StoreError::Db(e.to_string()));
+                        }
+                        tokio::time::sleep(RECONNECT_EVERY).await;
+                    }
+                }
             }
-            let held = self.ownership.held();
-            db.commit(&self.node, &held, &ups, &dels)
-                .await
-                .map_err(|e| match e {
-                    CommitError::Lost(shards) => StoreError::Lost(shards),
-                    CommitError::Db(e) => StoreError::Db(e.to_string()),
-                })
         })
     }
 
