@@ -79,10 +79,12 @@ async fn a_fleet_moves_into_a_cluster_and_is_served_by_any_node() {
     let web1 = a.cli(&["status", "web-1", "-o", "json"]).await.json();
     assert_eq!(web1["labels"]["site"], "eu", "{web1}");
 
-    // The web view would show one node's part: not served on a node.
-    let page = http_get(&a.http_addr(), "/").await;
-    assert!(page.starts_with("HTTP/1.1 403"), "{page}");
-    assert!(page.contains("not served by a cluster's servers"), "{page}");
+    // The web view of either node shows the whole fleet.
+    for s in [&a, &b] {
+        let page = http_get(&s.http_addr(), "/?part=main").await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains(r#"id="count-total">22<"#), "{page}");
+    }
     let metrics = http_get(&a.http_addr(), "/metrics").await;
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
 

@@ -11,7 +11,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use fleet_health_e2e::{Server, eventually, http_get};
+use fleet_health_e2e::postgres::Postgres;
+use fleet_health_e2e::{Server, eventually, http_get, serving};
 use serde_json::json;
 
 /// chromedriver on a free loopback port, killed when dropped.
@@ -302,6 +303,154 @@ async fn the_web_view_in_a_real_browser() {
     }
     no_script_errors(&c).await;
 
+    c.close().await.expect("closes");
+}
+
+/// Waits until `locator` is on the page `c` shows, for at most `limit`.
+async fn appears(c: &Client, css: &str, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        loop {
+            if c.find(Locator::Css(css)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// On a cluster, each node's view shows the whole fleet: the same counts
+/// as `summary` from either node, every agent's page from either node
+/// whichever node serves it, and an agent turning faulty through one node
+/// appears on the other node's open overview without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_view_of_a_cluster_shows_the_whole_fleet_from_any_node() {
+    let pg = Postgres::start();
+    let a = Server::start_node(&pg.url(), "a", "2s").await;
+    let b = Server::start_node(&pg.url(), "b", "2s").await;
+    for s in [&a, &b] {
+        eventually(
+            "both nodes serve shards",
+            Duration::from_secs(20),
+            || async {
+                serving(&s.cli(&["cluster", "status", "-o", "json"]).await.json(), 2).then_some(())
+            },
+        )
+        .await;
+    }
+    // Twenty agents over 1024 shards and two nodes: each node serves some.
+    let ids: Vec<String> = (0..20).map(|i| format!("host-{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let labels: &[&str] = if i % 5 == 0 {
+            &[]
+        } else {
+            &["--label", "site=eu"]
+        };
+        via.report(id, "heartbeat", labels).await;
+    }
+    let summary = a.cli(&["summary", "-o", "json"]).await.json();
+    assert_eq!(summary["total"], 20, "{summary}");
+
+    let (_driver, driver_url) = chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile");
+    let c = browser(&driver_url, profile.path()).await;
+    for node in [&b, &a] {
+        c.goto(&format!("http://{}/", node.http_addr()))
+            .await
+            .expect("opens");
+        assert_eq!(text(&c, "#count-total").await, "20");
+        assert_eq!(
+            text(&c, "#count-faulty").await,
+            summary["faulty"].to_string()
+        );
+        assert!(
+            c.find(Locator::Id("incomplete")).await.is_err(),
+            "the whole fleet answered"
+        );
+    }
+    std::fs::write(
+        shots().join("cluster-overview.png"),
+        c.screenshot().await.expect("png"),
+    )
+    .expect("saved");
+    no_script_errors(&c).await;
+
+    // Every agent's page, from node a, whichever node serves it.
+    for id in &ids {
+        let page = http_get(&a.http_addr(), &format!("/agents/{id}")).await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{id}: {page}");
+        assert!(page.contains(id.as_str()), "{id}");
+    }
+
+    // Agents turning faulty through node b appear on a's open overview,
+    // without a reload.
+    c.execute("window.__stayed = true;", vec![])
+        .await
+        .expect("marks the page");
+    let late: Vec<String> = (0..4).map(|i| format!("late-{i}")).collect();
+    for id in &late {
+        b.report(id, "heartbeat", &[]).await;
+    }
+    for id in &late {
+        assert!(
+            appears(
+                &c,
+                &format!("#faulty-agents a[href='/agents/{id}']"),
+                Duration::from_secs(3)
+            )
+            .await,
+            "{id} appeared on node a's page"
+        );
+    }
+    assert_eq!(
+        c.execute("return window.__stayed === true;", vec![])
+            .await
+            .expect("runs"),
+        json!(true),
+        "the page was not reloaded"
+    );
+
+    // The agents page, filtered, gives what `list` gives from either node.
+    c.goto(&format!(
+        "http://{}/agents?state=all&label=site%3Deu",
+        a.http_addr()
+    ))
+    .await
+    .expect("opens");
+    let mut shown = Vec::new();
+    for e in c
+        .find_all(Locator::Css("#agents tbody tr td:first-child a"))
+        .await
+        .expect("rows")
+    {
+        shown.push(e.text().await.expect("text"));
+    }
+    let listed = b
+        .cli(&["list", "--all", "--label", "site=eu", "-o", "ids"])
+        .await;
+    assert_eq!(shown.join("\n") + "\n", listed.stdout);
+    assert_eq!(shown.len(), 16);
+    // Sorted by time in state, merged from both nodes' parts.
+    c.goto(&format!(
+        "http://{}/agents?state=all&sort=longest",
+        a.http_addr()
+    ))
+    .await
+    .expect("opens");
+    let mut sorted = Vec::new();
+    for e in c
+        .find_all(Locator::Css("#agents tbody tr td:first-child a"))
+        .await
+        .expect("rows")
+    {
+        sorted.push(e.text().await.expect("text"));
+    }
+    assert_eq!(sorted.len(), 24);
+    let times = since_of(&b, &sorted).await;
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    no_script_errors(&c).await;
     c.close().await.expect("closes");
 }
 

@@ -606,6 +606,10 @@ async fn merge(
             let mut addresses: Vec<Arc<str>> = vec![node.address().clone()];
             addresses.extend(routes.iter().map(|(_, a)| a.clone()));
             let mut parts: Vec<Part> = Vec::new();
+            // A part that could not be opened counts as synced: the watcher
+            // gets the others' snapshot (its storm flag left down), and the
+            // watch starts again at the next tick to ask that node again.
+            let mut synced = vec![false; addresses.len()];
             for (i, address) in addresses.iter().enumerate() {
                 let mut request = Request::new(req.clone());
                 request
@@ -620,6 +624,7 @@ async fn merge(
                     ))),
                     Err(status) => {
                         tracing::warn!(error = %status, "a node's part of a watch could not be opened");
+                        synced[i] = true;
                     }
                 }
             }
@@ -627,9 +632,7 @@ async fn merge(
             if !complete_parts {
                 node.metrics().incomplete_answer();
             }
-            let n = addresses.len();
             let mut merged = futures_util::stream::select_all(parts);
-            let mut synced = vec![false; n];
             let mut count = 0u64;
             let mut storm: Option<pb::Storm> = None;
             let mut tick = tokio::time::interval(WATCH_TICK);
@@ -674,7 +677,7 @@ async fn merge(
                         }
                     }
                     _ = tick.tick() => {
-                        if node.peers() != routes {
+                        if node.peers() != routes || !complete_parts {
                             break true;
                         }
                         let whole = whole_storm(&node, caller.as_ref(), &registry, complete_parts).await;
