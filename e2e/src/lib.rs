@@ -157,6 +157,23 @@ impl Server {
         .await
     }
 
+    /// Waits (at most 20 s) until this node says `n` live nodes serve every
+    /// shard.
+    pub async fn until_serving(&self, n: usize) {
+        eventually(
+            &format!("{n} nodes serve every shard"),
+            Duration::from_secs(20),
+            || async {
+                serving(
+                    &self.cli(&["cluster", "status", "-o", "json"]).await.json(),
+                    n,
+                )
+                .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// The gRPC address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::eventually;
-use crate::postgres::{bin_dir, is_root};
+use crate::postgres::{bin_dir, is_root, run_plain};
 
 /// How long Patroni's leader key lives without a renewal (seconds): the
 /// bound on how long a dead primary stays the leader.
@@ -58,19 +58,6 @@ fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
-}
-
-/// `program args...`, which must succeed.
-fn run_plain(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The parent process ID of `pid`, from `/proc`.

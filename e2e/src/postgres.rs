@@ -73,7 +73,7 @@ impl Postgres {
             dir,
         };
         if as_postgres {
-            pg.run_plain(
+            run_plain(
                 "chown",
                 &["postgres:", &pg.dir.path().display().to_string()],
             );
@@ -168,18 +168,6 @@ impl Postgres {
         );
     }
 
-    fn run_plain(&self, program: &str, args: &[&str]) {
-        let out = Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
@@ -196,4 +184,17 @@ impl Drop for Postgres {
         let data = self.data().display().to_string();
         let _ = self.command("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
     }
+}
+
+/// `program args...`, which must succeed.
+pub(crate) fn run_plain(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

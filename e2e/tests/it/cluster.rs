@@ -13,14 +13,7 @@ use tokio::io::AsyncBufReadExt;
 
 /// Waits until `s` says two nodes serve every shard.
 async fn until_two_serve(s: &Server) {
-    eventually(
-        "both nodes serve shards",
-        Duration::from_secs(20),
-        || async {
-            serving(&s.cli(&["cluster", "status", "-o", "json"]).await.json(), 2).then_some(())
-        },
-    )
-    .await;
+    s.until_serving(2).await;
 }
 
 async fn node(pg: &Postgres, name: &str) -> Server {

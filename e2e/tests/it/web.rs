@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use fleet_health_e2e::postgres::Postgres;
-use fleet_health_e2e::{Server, eventually, http_get, serving};
+use fleet_health_e2e::{Server, eventually, http_get};
 use serde_json::json;
 
 /// chromedriver on a free loopback port, killed when dropped.
@@ -79,6 +79,19 @@ async fn text(c: &Client, css: &str) -> String {
         .text()
         .await
         .expect("text")
+}
+
+/// The agent IDs in the agents table of the page `c` shows.
+async fn agent_ids(c: &Client) -> Vec<String> {
+    let mut ids = Vec::new();
+    for a in c
+        .find_all(Locator::Css("#agents tbody tr td:first-child a"))
+        .await
+        .expect("rows")
+    {
+        ids.push(a.text().await.expect("text"));
+    }
+    ids
 }
 
 async fn no_script_errors(c: &Client) {
@@ -166,17 +179,7 @@ async fn the_web_view_in_a_real_browser() {
     c.goto(&format!("{base}/agents?state=faulty&label=site%3Dus"))
         .await
         .expect("opens");
-    let shown: Vec<String> = {
-        let mut ids = Vec::new();
-        for a in c
-            .find_all(Locator::Css("#agents tbody tr td:first-child a"))
-            .await
-            .expect("rows")
-        {
-            ids.push(a.text().await.expect("text"));
-        }
-        ids
-    };
+    let shown = agent_ids(&c).await;
     let listed = server
         .cli(&["list", "--faulty", "--label", "site=us", "-o", "ids"])
         .await;
@@ -267,13 +270,7 @@ async fn the_web_view_in_a_real_browser() {
         while let Some(url) = next.take() {
             c.goto(&url).await.expect("opens");
             pages += 1;
-            for a in c
-                .find_all(Locator::Css("#agents tbody tr td:first-child a"))
-                .await
-                .expect("rows")
-            {
-                shown.push(a.text().await.expect("text"));
-            }
+            shown.extend(agent_ids(&c).await);
             if let Ok(link) = c.find(Locator::Id("next-page")).await {
                 next = link
                     .attr("href")
@@ -330,14 +327,7 @@ async fn the_web_view_of_a_cluster_shows_the_whole_fleet_from_any_node() {
     let a = Server::start_node(&pg.url(), "a", "2s").await;
     let b = Server::start_node(&pg.url(), "b", "2s").await;
     for s in [&a, &b] {
-        eventually(
-            "both nodes serve shards",
-            Duration::from_secs(20),
-            || async {
-                serving(&s.cli(&["cluster", "status", "-o", "json"]).await.json(), 2).then_some(())
-            },
-        )
-        .await;
+        s.until_serving(2).await;
     }
     // Twenty agents over 1024 shards and two nodes: each node serves some.
     let ids: Vec<String> = (0..20).map(|i| format!("host-{i:02}")).collect();
@@ -419,14 +409,7 @@ async fn the_web_view_of_a_cluster_shows_the_whole_fleet_from_any_node() {
     ))
     .await
     .expect("opens");
-    let mut shown = Vec::new();
-    for e in c
-        .find_all(Locator::Css("#agents tbody tr td:first-child a"))
-        .await
-        .expect("rows")
-    {
-        shown.push(e.text().await.expect("text"));
-    }
+    let shown = agent_ids(&c).await;
     let listed = b
         .cli(&["list", "--all", "--label", "site=eu", "-o", "ids"])
         .await;
@@ -439,14 +422,7 @@ async fn the_web_view_of_a_cluster_shows_the_whole_fleet_from_any_node() {
     ))
     .await
     .expect("opens");
-    let mut sorted = Vec::new();
-    for e in c
-        .find_all(Locator::Css("#agents tbody tr td:first-child a"))
-        .await
-        .expect("rows")
-    {
-        sorted.push(e.text().await.expect("text"));
-    }
+    let sorted = agent_ids(&c).await;
     assert_eq!(sorted.len(), 24);
     let times = since_of(&b, &sorted).await;
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
