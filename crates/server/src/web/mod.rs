@@ -239,31 +239,27 @@ async fn overview(
     }
 }
 
-/// What the overview shows: the summary, and the faulty agents longest
-/// first (one more than shown, to know whether there are more).
+/// What the overview shows: the summary, and the first [`FAULTY_SHOWN`]
+/// faulty agents, longest first (a page token says there are more). The two
+/// are asked at once: on a cluster's node each gathers every node's part.
 async fn overview_data(
     source: &Source,
     caller: Option<&Caller>,
 ) -> Result<(pb::GetSummaryResponse, pb::ListAgentsResponse), Status> {
     let summary = source
         .service
-        .get_summary(ask(pb::GetSummaryRequest::default(), caller))
-        .await?
-        .into_inner();
-    let faulty = source
-        .service
-        .list_agents(ask(
-            pb::ListAgentsRequest {
-                filter: pb::StateFilter::Faulty as i32,
-                order: pb::ListOrder::LongestFirst as i32,
-                page_size: FAULTY_SHOWN as u32,
-                ..pb::ListAgentsRequest::default()
-            },
-            caller,
-        ))
-        .await?
-        .into_inner();
-    Ok((summary, faulty))
+        .get_summary(ask(pb::GetSummaryRequest::default(), caller));
+    let faulty = source.service.list_agents(ask(
+        pb::ListAgentsRequest {
+            filter: pb::StateFilter::Faulty as i32,
+            order: pb::ListOrder::LongestFirst as i32,
+            page_size: FAULTY_SHOWN as u32,
+            ..pb::ListAgentsRequest::default()
+        },
+        caller,
+    ));
+    let (summary, faulty) = tokio::try_join!(summary, faulty)?;
+    Ok((summary.into_inner(), faulty.into_inner()))
 }
 
 fn overview_main(s: &pb::GetSummaryResponse, faulty: &pb::ListAgentsResponse) -> OverviewMain {
@@ -551,16 +547,15 @@ async fn live_js() -> Response {
 }
 
 async fn events(State(web): State<Web>, caller: Option<Extension<Caller>>) -> Response {
-    let caller = caller.map(|Extension(c)| c);
-    let holder = match (&web.gate, &caller) {
-        (Gate::Signed(security), Some(caller)) => Some((security.clone(), caller.clone())),
+    let holder = match (&web.gate, caller) {
+        (Gate::Signed(security), Some(Extension(caller))) => Some((security.clone(), caller)),
         _ => None,
     };
     // A comment every few seconds: the HTTP port closes connections that
     // carry nothing for --handshake-timeout (10 s by default); a browser's
     // EventSource reconnects by itself if one is closed all the same.
     let changes = if web.source.cluster {
-        cluster_changes(web, caller, holder).boxed()
+        cluster_changes(web, holder).boxed()
     } else {
         changes(web, holder).boxed()
     };
@@ -662,46 +657,42 @@ fn shown(summary: &pb::GetSummaryResponse, faulty: &pb::ListAgentsResponse) -> u
 /// feed shows only its own shards, so once per [`CLUSTER_LOOK`] the
 /// overview's data is asked of the cluster (as the viewer), and "change"
 /// is said when it differs from what the page was last told. Ends as
-/// [`changes`] does, and when the cluster refuses the viewer.
+/// [`changes`] does, and when the cluster refuses the viewer (the caller
+/// of `holder`, with security on).
 fn cluster_changes(
     web: Web,
-    caller: Option<Caller>,
     holder: Option<(Arc<Security>, Caller)>,
 ) -> impl Stream<Item = Changes> + Send + 'static {
     let mut look = tokio::time::interval(CLUSTER_LOOK);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (web, caller, holder, look, None::<u64>);
-    futures_util::stream::unfold(
-        state,
-        |(web, caller, holder, mut look, mut last)| async move {
-            loop {
-                tokio::select! {
-                    () = web.stop.given() => return None,
-                    _ = look.tick() => {}
-                }
-                if let Some((security, caller)) = &holder
-                    && !auth::still_holds(security, caller)
-                {
+    let state = (web, holder, look, None::<u64>);
+    futures_util::stream::unfold(state, |(web, holder, mut look, mut last)| async move {
+        loop {
+            tokio::select! {
+                () = web.stop.given() => return None,
+                _ = look.tick() => {}
+            }
+            if let Some((security, caller)) = &holder
+                && !auth::still_holds(security, caller)
+            {
+                return None;
+            }
+            let caller = holder.as_ref().map(|(_, caller)| caller);
+            let now = match overview_data(&web.source, caller).await {
+                Ok((summary, faulty)) => shown(&summary, &faulty),
+                Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) => {
                     return None;
                 }
-                let now = match overview_data(&web.source, caller.as_ref()).await {
-                    Ok((summary, faulty)) => shown(&summary, &faulty),
-                    Err(s)
-                        if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) =>
-                    {
-                        return None;
-                    }
-                    // A cluster that cannot answer now: look again later.
-                    Err(_) => continue,
-                };
-                // The first look learns what the page shows (it was
-                // rendered just before it opened this stream).
-                let changed = last.is_some_and(|l| l != now);
-                last = Some(now);
-                if changed {
-                    return Some((change(), (web, caller, holder, look, last)));
-                }
+                // A cluster that cannot answer now: look again later.
+                Err(_) => continue,
+            };
+            // The first look learns what the page shows (it was
+            // rendered just before it opened this stream).
+            let changed = last.is_some_and(|l| l != now);
+            last = Some(now);
+            if changed {
+                return Some((change(), (web, holder, look, last)));
             }
-        },
-    )
+        }
+    })
 }
