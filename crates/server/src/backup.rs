@@ -66,7 +66,7 @@ pub async fn backup(
         .map_err(|s| anyhow::anyhow!("{url}: {}: {}", describe(s.code()), s.message()))?
         .into_inner();
     let store = std::sync::Arc::new(RedbStore::open(dir)?);
-    let mut batch: Vec<(std::sync::Arc<str>, Vec<u8>)> = Vec::new();
+    let mut batch: Vec<(crate::model::ArcStr, Vec<u8>)> = Vec::new();
     let mut written = 0u64;
     loop {
         let chunk = stream
@@ -135,7 +135,7 @@ pub fn restore(from: &Path, to: &Path) -> anyhow::Result<Copied> {
     let store = RedbStore::open(to)?;
     let n = records.len() as u64;
     for chunk in records.chunks(BATCH) {
-        let batch: Vec<(std::sync::Arc<str>, Vec<u8>)> = chunk
+        let batch: Vec<(crate::model::ArcStr, Vec<u8>)> = chunk
             .iter()
             .map(|(k, v)| (k.as_str().into(), v.clone()))
             .collect();

@@ -1,6 +1,7 @@
 //! The committer: writes what the registry marks dirty to the durable store,
 //! in group commits, so that many events cost one fsync.
 
+use crate::model::ArcStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,7 +71,7 @@ pub async fn run(
                     let fenced = fenced.as_ref().expect("checked");
                     tracing::warn!(shards = ?shards, "a write was refused: these shards are now another server's");
                     fenced.lost(&shards);
-                    let keep = |k: &Arc<str>| !fenced.in_shards(k, &shards);
+                    let keep = |k: &ArcStr| !fenced.in_shards(k, &shards);
                     batch = Arc::new(crate::registry::DirtyBatch {
                         epoch: batch.epoch,
                         upserts: batch

@@ -7,7 +7,7 @@ use fleet_health_sensor::{Sensor, Time, Windows};
 // The vocabulary (IDs, labels, the why, states, event kinds) is
 // fleet-health-types', shared with the clients; the server names it from here.
 pub use fleet_health_types::{
-    AgentEvent, AgentId, AgentIdError, ByKind, ByWhy, EventKind, LabelSet, Labels,
+    AgentEvent, AgentId, AgentIdError, ArcStr, ByKind, ByWhy, EventKind, LabelSet, Labels,
     MaintenanceFilter, State, StateFilter, Why, check_labels,
 };
 

@@ -12,6 +12,7 @@
 //! whether a stream is still the agent's own (the registry never calls back
 //! into this table).
 
+use crate::model::ArcStr;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -149,7 +150,7 @@ pub struct OpenStreams {
 
 #[derive(Debug, Default)]
 struct Inner {
-    table: DashMap<Arc<str>, Open>,
+    table: DashMap<ArcStr, Open>,
     /// Set once the server shuts down: no stream registers after it.
     closed: AtomicBool,
 }

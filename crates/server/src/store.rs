@@ -23,8 +23,9 @@
 //!   a commit otherwise costs one `stat` more. Its page cache is bounded by
 //!   [`StoreOptions::cache_bytes`].
 
+use crate::model::ArcStr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -50,11 +51,7 @@ pub trait AgentStore: Send + Sync + 'static {
 
     /// Writes `upserts` (agent ID, record bytes) and forgets `deletes` in one
     /// durable, atomic transaction: after a crash, all of it or none is there.
-    fn commit(
-        &self,
-        upserts: &[(Arc<str>, Vec<u8>)],
-        deletes: &[Arc<str>],
-    ) -> Result<(), StoreError>;
+    fn commit(&self, upserts: &[(ArcStr, Vec<u8>)], deletes: &[ArcStr]) -> Result<(), StoreError>;
 
     /// Every stored record as of one moment (commits may go on meanwhile),
     /// in agent ID order, handed to `each` until it returns false: what a
@@ -374,11 +371,7 @@ impl AgentStore for RedbStore {
         Ok(out)
     }
 
-    fn commit(
-        &self,
-        upserts: &[(Arc<str>, Vec<u8>)],
-        deletes: &[Arc<str>],
-    ) -> Result<(), StoreError> {
+    fn commit(&self, upserts: &[(ArcStr, Vec<u8>)], deletes: &[ArcStr]) -> Result<(), StoreError> {
         let mut db = self.lock();
         let tx = db.db.begin_write()?;
         {
@@ -418,8 +411,8 @@ impl AgentStore for RedbStore {
 mod tests {
     use super::*;
 
-    fn key(s: &str) -> Arc<str> {
-        Arc::from(s)
+    fn key(s: &str) -> ArcStr {
+        ArcStr::from(s)
     }
 
     #[test]
@@ -470,8 +463,8 @@ mod tests {
     }
 
     /// Writes `n` records of `size` bytes, in batches, and returns their keys.
-    fn fill(store: &RedbStore, n: usize, size: usize) -> Vec<Arc<str>> {
-        let keys: Vec<Arc<str>> = (0..n).map(|i| key(&format!("agent-{i:06}"))).collect();
+    fn fill(store: &RedbStore, n: usize, size: usize) -> Vec<ArcStr> {
+        let keys: Vec<ArcStr> = (0..n).map(|i| key(&format!("agent-{i:06}"))).collect();
         for chunk in keys.chunks(1000) {
             let upserts: Vec<_> = chunk.iter().map(|k| (k.clone(), vec![7u8; size])).collect();
             store.commit(&upserts, &[]).expect("commits");

@@ -3,7 +3,8 @@
 //! bytes count the same).
 
 use std::fmt;
-use std::sync::Arc;
+
+pub use arcstr::ArcStr;
 
 /// The longest agent ID accepted, in characters.
 pub const MAX_AGENT_ID_LEN: usize = 253;
@@ -13,7 +14,7 @@ const PUNCTUATION: &[u8] = b"._:@/-";
 
 /// A checked agent ID. Cloning it shares the text.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AgentId(Arc<str>);
+pub struct AgentId(ArcStr);
 
 /// Why a string is not an agent ID.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -35,11 +36,11 @@ impl AgentId {
     /// Checks `s` against the rule: 1 to 253 characters of `[A-Za-z0-9._:@/-]`.
     pub fn parse(s: &str) -> Result<AgentId, AgentIdError> {
         check(s)?;
-        Ok(AgentId(Arc::from(s)))
+        Ok(AgentId(ArcStr::from(s)))
     }
 
     /// Checks shared text against the rule, keeping it without a copy.
-    pub fn from_arc(s: Arc<str>) -> Result<AgentId, AgentIdError> {
+    pub fn from_arc(s: ArcStr) -> Result<AgentId, AgentIdError> {
         check(&s)?;
         Ok(AgentId(s))
     }
@@ -47,7 +48,7 @@ impl AgentId {
     /// Shared text that was checked when it entered the process (the key of
     /// a registry that admits only checked IDs): kept as it is, not checked
     /// again. Text from outside goes through [`AgentId::parse`].
-    pub fn from_checked(s: Arc<str>) -> AgentId {
+    pub fn from_checked(s: ArcStr) -> AgentId {
         debug_assert!(check(&s).is_ok(), "{s:?} is not an agent ID");
         AgentId(s)
     }
@@ -58,7 +59,7 @@ impl AgentId {
     }
 
     /// The shared text, for keys that must not copy it.
-    pub fn as_arc(&self) -> &Arc<str> {
+    pub fn as_arc(&self) -> &ArcStr {
         &self.0
     }
 }

@@ -78,7 +78,7 @@ pub mod wire;
 
 pub use event::{AgentEvent, ByKind, EventKind};
 pub use fleet_health_sensor::Time;
-pub use id::{AgentId, AgentIdError, MAX_AGENT_ID_LEN};
+pub use id::{AgentId, AgentIdError, ArcStr, MAX_AGENT_ID_LEN};
 pub use labels::{
     LabelError, LabelSet, Labels, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, check_label,
     check_labels,

@@ -10,6 +10,7 @@
 //! it takes writes; once the batch's leases have run out on the node's
 //! clock meanwhile, it is refused as lost without the database.
 
+use crate::model::ArcStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,11 +96,7 @@ impl AgentStore for ClusterStore {
         Ok(Vec::new())
     }
 
-    fn commit(
-        &self,
-        upserts: &[(Arc<str>, Vec<u8>)],
-        deletes: &[Arc<str>],
-    ) -> Result<(), StoreError> {
+    fn commit(&self, upserts: &[(ArcStr, Vec<u8>)], deletes: &[ArcStr]) -> Result<(), StoreError> {
         let ups: Vec<(u32, &str, &[u8])> = upserts
             .iter()
             .map(|(k, v)| (shard_of(k, self.shards), &**k, v.as_slice()))

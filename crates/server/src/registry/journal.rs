@@ -13,6 +13,7 @@
 //! - Lock: one mutex over the queue, a leaf lock taken under an agent's map
 //!   entry; [`Registry::take_dirty`] releases it before touching agents.
 
+use crate::model::ArcStr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -27,15 +28,15 @@ pub struct DirtyBatch {
     /// The commit these belong to.
     pub epoch: u64,
     /// Encoded records of agents that exist.
-    pub upserts: Vec<(Arc<str>, Vec<u8>)>,
+    pub upserts: Vec<(ArcStr, Vec<u8>)>,
     /// Agents forgotten.
-    pub deletes: Vec<Arc<str>>,
+    pub deletes: Vec<ArcStr>,
 }
 
 /// Changed agents waiting for the committer.
 #[derive(Debug)]
 struct Pending {
-    keys: Vec<Arc<str>>,
+    keys: Vec<ArcStr>,
     /// The commit that the queued keys will go into.
     epoch: u64,
 }
@@ -67,13 +68,13 @@ impl Journal {
     /// Queues a changed agent for the committer; returns the commit that will
     /// hold the change (0: nothing to wait for). Called under the agent's
     /// entry.
-    pub(super) fn changed(&self, key: &Arc<str>, a: &mut Agent) -> u64 {
+    pub(super) fn changed(&self, key: &ArcStr, a: &mut Agent) -> u64 {
         if !self.durable {
             return 0;
         }
         let mut pending = lock(&self.pending);
-        if !a.dirty {
-            a.dirty = true;
+        if !a.dirty() {
+            a.set_dirty(true);
             pending.keys.push(key.clone());
         }
         // If the agent was already queued, its entry is in this batch or in
@@ -86,7 +87,7 @@ impl Journal {
     }
 
     /// Queues a forgotten agent for the committer.
-    pub(super) fn removed(&self, key: &Arc<str>) {
+    pub(super) fn removed(&self, key: &ArcStr) {
         if self.durable {
             lock(&self.pending).keys.push(key.clone());
             self.wake.notify_one();
@@ -136,8 +137,8 @@ impl Registry {
         for key in keys {
             match self.inner.agents.get_mut(&key) {
                 Some(mut a) => {
-                    if a.dirty {
-                        a.dirty = false;
+                    if a.dirty() {
+                        a.set_dirty(false);
                         let ops = self.ops_record(&key);
                         batch.upserts.push((key, record::encode(&a, ops)));
                     }

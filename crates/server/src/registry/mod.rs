@@ -37,6 +37,7 @@ mod timers;
 pub mod types;
 mod update;
 
+use crate::model::ArcStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -74,9 +75,11 @@ pub struct Registry {
 
 /// What the handle shares.
 struct Inner {
-    /// The agents. Boxed: the map's table then holds 24 bytes a slot, and its
-    /// spare capacity (up to half of it) costs little.
-    agents: DashMap<Arc<str>, Box<Agent>>,
+    /// The agents, by ID. The ID is an [`ArcStr`] (one pointer, shared with
+    /// the timer queue and the tally's index) and the record is boxed: the
+    /// map's table then holds 16 bytes a slot, and its spare capacity (up to
+    /// half of it) costs little.
+    agents: DashMap<ArcStr, Box<Agent>>,
     /// How many agents are known, and how many have a stream open.
     population: Population,
     /// Rules, limits, clock and the grace after a restart.
@@ -216,32 +219,20 @@ impl Registry {
 
     /// Settles the agent's verdict at `at`, recording a transition if it
     /// changed. Called under the agent's entry.
-    fn settle(&self, key: &Arc<str>, a: &mut Agent, at: Time) {
+    fn settle(&self, key: &ArcStr, a: &mut Agent, at: Time) {
         let new = a.facts().why_at(at, &self.eval(false));
         a.evaluated = at;
-        if new != a.why {
-            let old = a.why;
-            a.why = new;
-            self.transition(key, a, Some(old), at);
+        if new != a.why() {
+            self.transition(key, a, Some(a.why()), new, at);
         }
     }
 
-    /// The one place a transition fans out: the agent's reason became
-    /// `a.reason` at `at` (`before` is `None` for a new agent). Updates its
+    /// The one place a transition fans out: the agent's reason becomes `to`
+    /// at `at` (`before` is `None` for a new agent). Updates its record and
     /// history, the tally, the journal and the metrics, tells watchers, and
     /// checks the storm guard. Called under the agent's entry.
-    fn transition(&self, key: &Arc<str>, a: &mut Agent, before: Option<Why>, at: Time) {
-        a.since = at;
-        a.evaluated = at;
-        let to = a.why;
-        a.history.push(
-            Transition {
-                at,
-                from: before,
-                to,
-            },
-            self.inner.settings.rules.history,
-        );
+    fn transition(&self, key: &ArcStr, a: &mut Agent, before: Option<Why>, to: Why, at: Time) {
+        a.moved(before, to, at, self.inner.settings.rules.history);
         self.inner.tally.moved(key, before, Some(to));
         if to.state() == crate::model::State::Healthy {
             self.ops_turned_healthy(key);
@@ -268,7 +259,7 @@ impl Registry {
     /// The fan-out of an agent forgotten: the tally, the journal, watchers and
     /// the storm guard. `settled` is its reason in the tally, `last` its
     /// status just before.
-    fn forgotten(&self, key: &Arc<str>, settled: Why, last: Arc<AgentView>) {
+    fn forgotten(&self, key: &ArcStr, settled: Why, last: Arc<AgentView>) {
         self.inner.tally.moved(key, Some(settled), None);
         self.ops_forgotten(key);
         self.inner.journal.removed(key);

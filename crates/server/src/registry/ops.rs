@@ -19,6 +19,7 @@
 //!   under an agent's map entry, never while the tally's lock is held (and
 //!   the other way round).
 
+use crate::model::ArcStr;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -63,7 +64,7 @@ pub enum Targets {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Marked {
     /// The agents marked, by ID.
-    pub agents: Vec<Arc<str>>,
+    pub agents: Vec<ArcStr>,
     /// When the marks end.
     pub until: Time,
     /// The commit that makes them durable (0: nothing to wait for).
@@ -113,9 +114,9 @@ pub struct Claimed {
 /// The table of what is set on agents, and when marks end.
 #[derive(Debug, Default)]
 struct Table {
-    agents: HashMap<Arc<str>, OpsRecord>,
+    agents: HashMap<ArcStr, OpsRecord>,
     /// `(until, agent)` of every mark set (stale entries are skipped).
-    expiries: BinaryHeap<Reverse<(i64, Arc<str>)>>,
+    expiries: BinaryHeap<Reverse<(i64, ArcStr)>>,
 }
 
 /// Marks, claims, "given up" and activity of the agents that have any.
@@ -158,7 +159,7 @@ pub fn tail(s: &str, max: usize) -> &str {
 impl Ops {
     /// Changes the record of `key` with `f` (a record is made if there is
     /// none, and dropped once empty); returns what `f` returns.
-    fn update<R>(&self, key: &Arc<str>, f: impl FnOnce(&mut OpsRecord, &mut Table) -> R) -> R {
+    fn update<R>(&self, key: &ArcStr, f: impl FnOnce(&mut OpsRecord, &mut Table) -> R) -> R {
         let mut table = lock(&self.table);
         let mut r = table.agents.remove(key).unwrap_or_default();
         let had_mark = r.maintenance.is_some();
@@ -270,7 +271,7 @@ impl Registry {
     fn agent_mut(
         &self,
         id: &AgentId,
-    ) -> Result<dashmap::mapref::one::RefMut<'_, Arc<str>, Box<Agent>>, RegistryError> {
+    ) -> Result<dashmap::mapref::one::RefMut<'_, ArcStr, Box<Agent>>, RegistryError> {
         self.inner
             .agents
             .get_mut(id.as_arc())
@@ -278,8 +279,8 @@ impl Registry {
     }
 
     /// The agents `targets` names, sorted; every named ID must be known.
-    fn resolve(&self, targets: &Targets) -> Result<Vec<Arc<str>>, RegistryError> {
-        let mut keys: Vec<Arc<str>> = match targets {
+    fn resolve(&self, targets: &Targets) -> Result<Vec<ArcStr>, RegistryError> {
+        let mut keys: Vec<ArcStr> = match targets {
             Targets::Ids(ids) => {
                 for id in ids {
                     if !self.inner.agents.contains_key(id.as_arc()) {
@@ -310,7 +311,7 @@ impl Registry {
     /// Tells watchers that what is shown of agent `key` changed (a claim
     /// granted or ended, "given up" set or cleared): its reason and its mark
     /// are as they were. Called under the agent's entry.
-    fn ops_shown(&self, key: &Arc<str>, a: &Agent) {
+    fn ops_shown(&self, key: &ArcStr, a: &Agent) {
         if self.inner.changes.receiver_count() == 0 {
             return;
         }
@@ -319,7 +320,7 @@ impl Registry {
         let was_maintained = view.maintenance.is_some();
         let _ = self.inner.changes.send(Change::Status {
             view,
-            before: Some(a.why),
+            before: Some(a.why()),
             was_maintained,
         });
     }
@@ -327,15 +328,15 @@ impl Registry {
     /// The fan-out of a mark set or ended on agent `key`: the tally, the
     /// journal, watchers, the storm guard. Called under the agent's entry;
     /// returns the commit that holds the change.
-    fn mark_changed(&self, key: &Arc<str>, a: &mut Agent, was: bool, is: bool) -> u64 {
+    fn mark_changed(&self, key: &ArcStr, a: &mut Agent, was: bool, is: bool) -> u64 {
         let at = self.inner.settings.clock.now().max(a.evaluated);
-        self.inner.tally.set_maintained(key, a.why, is);
+        self.inner.tally.set_maintained(key, a.why(), is);
         let commit = self.inner.journal.changed(key, a);
         if self.inner.changes.receiver_count() > 0 {
             let view = Arc::new(self.view_of(key, a, at, false));
             let _ = self.inner.changes.send(Change::Status {
                 view,
-                before: Some(a.why),
+                before: Some(a.why()),
                 was_maintained: was,
             });
         }
@@ -447,7 +448,7 @@ impl Registry {
     /// the commit that holds the change if one was ended.
     fn end_mark(
         &self,
-        key: &Arc<str>,
+        key: &ArcStr,
         at: i64,
         by: &str,
         why: pb::ActivityKind,
@@ -760,7 +761,7 @@ impl Registry {
 
     /// Agent `key` turned healthy: its claim ends (the remediation worked,
     /// or was not needed). Called under the agent's entry.
-    pub(super) fn ops_turned_healthy(&self, key: &Arc<str>) {
+    pub(super) fn ops_turned_healthy(&self, key: &ArcStr) {
         if self.inner.ops.entries.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -768,7 +769,7 @@ impl Registry {
     }
 
     /// Agent `key` was forgotten: what was set on it goes with it.
-    pub(super) fn ops_forgotten(&self, key: &Arc<str>) {
+    pub(super) fn ops_forgotten(&self, key: &ArcStr) {
         if self.inner.ops.entries.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -776,7 +777,7 @@ impl Registry {
     }
 
     /// Agent `key` (settled as `why`) was loaded with `ops` from its record.
-    pub(super) fn ops_restored(&self, key: &Arc<str>, why: Why, ops: OpsRecord) {
+    pub(super) fn ops_restored(&self, key: &ArcStr, why: Why, ops: OpsRecord) {
         if let Some(m) = &ops.maintenance {
             self.inner.tally.set_maintained(key, why, true);
             lock(&self.inner.ops.table)
@@ -806,7 +807,7 @@ impl Registry {
     }
 
     /// The marks in force at `at`, for a query about the past.
-    pub(super) fn marks_at(&self, at: Time) -> std::collections::HashSet<Arc<str>> {
+    pub(super) fn marks_at(&self, at: Time) -> std::collections::HashSet<ArcStr> {
         if self.inner.ops.marks.load(Ordering::Relaxed) == 0 {
             return Default::default();
         }

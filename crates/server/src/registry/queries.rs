@@ -15,9 +15,9 @@
 //! Locks: a query copies keys out of the tally or the timer queue, releases
 //! that lock, then reads agents one map entry at a time.
 
+use crate::model::ArcStr;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fleet_health_sensor::Time;
@@ -56,7 +56,7 @@ impl When {
 
 /// An agent whose verdict at the queried time differs from its settled one.
 struct Unsettled {
-    key: Arc<str>,
+    key: ArcStr,
     settled: Why,
     at: Why,
 }
@@ -72,7 +72,7 @@ struct Counts {
 /// rest of its view. Called under the agent's entry.
 fn status_at(a: &Agent, at: Time, e: &Eval<'_>) -> (Why, Time) {
     let why = if at == a.evaluated {
-        a.why
+        a.why()
     } else {
         a.facts().why_at(at, e)
     };
@@ -82,8 +82,8 @@ fn status_at(a: &Agent, at: Time, e: &Eval<'_>) -> (Why, Time) {
 /// Since when the agent has had `why`, its reason at `at`. Called under the
 /// agent's entry.
 fn since_at(a: &Agent, why: Why, at: Time, e: &Eval<'_>) -> Time {
-    if at == a.evaluated || (why == a.why && at >= a.since) {
-        a.since
+    if at == a.evaluated || (why == a.why() && at >= a.since()) {
+        a.since()
     } else if at > a.evaluated {
         // Walk the changes between the last settlement and `at`.
         let facts = a.facts();
@@ -108,7 +108,7 @@ fn since_at(a: &Agent, why: Why, at: Time, e: &Eval<'_>) -> Time {
 /// gathered one at a time: the heap holds at most `keep`, its worst on top.
 struct Best<K> {
     keep: usize,
-    heap: BinaryHeap<(K, Arc<str>)>,
+    heap: BinaryHeap<(K, ArcStr)>,
 }
 
 impl<K: Ord> Best<K> {
@@ -120,7 +120,7 @@ impl<K: Ord> Best<K> {
     }
 
     /// Takes the agent `key` ranked `rank` if it is among the best so far.
-    fn offer(&mut self, rank: K, key: &Arc<str>) {
+    fn offer(&mut self, rank: K, key: &ArcStr) {
         if self.keep == 0 {
             return;
         }
@@ -137,7 +137,7 @@ impl<K: Ord> Best<K> {
     }
 
     /// The agents kept, best first.
-    fn into_keys(self) -> Vec<Arc<str>> {
+    fn into_keys(self) -> Vec<ArcStr> {
         self.heap
             .into_sorted_vec()
             .into_iter()
@@ -211,7 +211,7 @@ impl Registry {
             .filter_map(|key| {
                 let a = self.inner.agents.get(&key)?;
                 let now = a.facts().why_at(at, &e);
-                let settled = a.why;
+                let settled = a.why();
                 drop(a);
                 (now != settled).then_some(Unsettled {
                     key,
@@ -259,7 +259,7 @@ impl Registry {
     }
 
     /// The agent's status at `at`. Called under the agent's entry.
-    pub(super) fn view_of(&self, key: &Arc<str>, a: &Agent, at: Time, forecast: bool) -> AgentView {
+    pub(super) fn view_of(&self, key: &ArcStr, a: &Agent, at: Time, forecast: bool) -> AgentView {
         let facts = a.facts();
         let e = self.eval(forecast);
         let (why, since) = status_at(a, at, &e);
@@ -323,14 +323,14 @@ impl Registry {
         let mut more = false;
         // Walk the index in chunks, so that its lock is never held for long
         // and a label filter reads only as far as it must.
-        let mut cursor: Option<Arc<str>> = None;
+        let mut cursor: Option<ArcStr> = None;
         'walk: loop {
             let chunk = self
                 .inner
                 .tally
                 .keys(&whys, cursor.as_deref().or(after), INDEX_CHUNK);
             let bound = (chunk.len() == INDEX_CHUNK).then(|| chunk[INDEX_CHUNK - 1].clone());
-            let mut keys: Vec<Arc<str>> = chunk
+            let mut keys: Vec<ArcStr> = chunk
                 .into_iter()
                 .filter(|k| changed.binary_search_by(|c| c.key.cmp(k)).is_err())
                 .collect();
@@ -347,7 +347,7 @@ impl Registry {
                 };
                 let why = match changed.binary_search_by(|c| c.key.cmp(&key)) {
                     Ok(i) => changed[i].at,
-                    Err(_) => a.why,
+                    Err(_) => a.why(),
                 };
                 if !sel.matches(why, a.labels.as_deref(), self.maintained_at(&key, at)) {
                     continue;
@@ -385,7 +385,7 @@ impl Registry {
     ) -> Page {
         let e = self.eval(forecast);
         let marks = self.marks_at(at);
-        let mut keys: Vec<Arc<str>> = Vec::new();
+        let mut keys: Vec<ArcStr> = Vec::new();
         let counts = if sel.maintenance == MaintenanceFilter::Only && at >= self.clock().now() {
             for key in &marks {
                 if after.is_some_and(|x| &**key <= x) || !sel.takes_id(key) {
@@ -482,12 +482,12 @@ impl Registry {
             // `changed`. Only the selected reasons' agents are evaluated.
             let (now_counts, changed) = self.counts_at(at, forecast);
             counts = now_counts;
-            let mut candidates: Vec<(Arc<str>, Option<Why>)> = changed
+            let mut candidates: Vec<(ArcStr, Option<Why>)> = changed
                 .iter()
                 .filter(|c| whys.contains(&c.at))
                 .map(|c| (c.key.clone(), Some(c.at)))
                 .collect();
-            let mut cursor: Option<Arc<str>> = None;
+            let mut cursor: Option<ArcStr> = None;
             loop {
                 let chunk = self.inner.tally.keys(&whys, cursor.as_deref(), INDEX_CHUNK);
                 let next = (chunk.len() == INDEX_CHUNK).then(|| chunk[INDEX_CHUNK - 1].clone());
@@ -509,7 +509,7 @@ impl Registry {
                 let Some(a) = self.inner.agents.get(&key) else {
                     continue;
                 };
-                let why = why.unwrap_or(a.why);
+                let why = why.unwrap_or(a.why());
                 if !sel.matches(why, a.labels.as_deref(), marks.contains(&key)) {
                     continue;
                 }
@@ -551,7 +551,7 @@ impl Registry {
                 let why =
                     why.unwrap_or_else(|| match changed.binary_search_by(|c| c.key.cmp(key)) {
                         Ok(i) => changed[i].at,
-                        Err(_) => a.why,
+                        Err(_) => a.why(),
                     });
                 if !sel.matches(why, a.labels.as_deref(), maintained) {
                     continue;
@@ -573,7 +573,7 @@ impl Registry {
     /// at `at`, with the storm guard of `counts`.
     fn page_of(
         &self,
-        mut keys: Vec<Arc<str>>,
+        mut keys: Vec<ArcStr>,
         limit: usize,
         at: Time,
         forecast: bool,
@@ -637,9 +637,9 @@ impl Registry {
             .agents
             .get(id.as_arc())
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
-        let mut out = a.history.to_vec();
+        let mut out = a.history();
         let (facts, e) = (a.facts(), self.eval(false));
-        let (mut t, mut from) = (a.evaluated, a.why);
+        let (mut t, mut from) = (a.evaluated, a.why());
         drop(a);
         while let Some(at) = facts.next_change(t, &e).filter(|c| *c <= now) {
             let to = facts.why_at(at, &e);

@@ -13,7 +13,7 @@ use prost::Message;
 
 use crate::model::{AgentId, AgentIdError, LabelSet, Why};
 
-use super::agent::{Agent, History};
+use super::agent::Agent;
 use super::types::Transition;
 
 /// A stored record that cannot be turned back into an agent.
@@ -258,20 +258,19 @@ impl Agent {
             unregistered: !s.is_registered(),
             last_heard: self.last_heard.as_micros(),
             first_seen: self.first_seen.as_micros(),
-            since: self.since.as_micros(),
+            since: self.since().as_micros(),
             evaluated: self.evaluated.as_micros(),
             stopped_at: self.stopped().map(Time::as_micros),
             incarnation: self.incarnation,
             last_seq: self.last_seq,
-            why: self.why.code(),
+            why: self.why().code(),
             labels: self
                 .labels
                 .as_deref()
                 .map(LabelSet::to_map)
                 .unwrap_or_default(),
             history: self
-                .history
-                .to_vec()
+                .history()
                 .iter()
                 .map(|t| TransitionRecord {
                     at: t.at.as_micros(),
@@ -316,15 +315,13 @@ impl Agent {
         let mut a = Agent::new(time(r.first_seen, "first_seen")?);
         a.set_sensor(sensor);
         a.last_heard = time(r.last_heard, "last_heard")?;
-        a.since = time(r.since, "since")?;
         a.evaluated = time(r.evaluated, "evaluated")?;
         a.set_stopped(r.stopped_at.map(|t| time(t, "stopped_at")).transpose()?);
         a.incarnation = r.incarnation;
         a.last_seq = r.last_seq;
-        a.why = why(r.why, "reason")?;
         a.labels = (!r.labels.is_empty()).then(|| Arc::new(LabelSet::from(&r.labels)));
-        a.history = History::from_vec(history);
-        if a.why == Why::NotReporting {
+        a.restore(why(r.why, "reason")?, time(r.since, "since")?, history);
+        if a.why() == Why::NotReporting {
             a.grace = crate::model::Grace::None;
         }
         Ok(a)
@@ -378,28 +375,13 @@ mod tests {
         a.apply(EventKind::Stopped, t(103));
         a.incarnation = 7;
         a.last_seq = 9;
-        a.why = Why::Stopped;
-        a.since = t(103);
         a.evaluated = t(104);
         a.labels = Some(Arc::new(LabelSet::from(
             &[("site".to_string(), "eu".to_string())].into(),
         )));
-        a.history.push(
-            Transition {
-                at: t(100),
-                from: None,
-                to: Why::NoDataReceived,
-            },
-            8,
-        );
-        a.history.push(
-            Transition {
-                at: t(103),
-                from: Some(Why::NoDataReceived),
-                to: Why::Stopped,
-            },
-            8,
-        );
+        a.moved(None, Why::NoDataReceived, t(100), 8);
+        a.moved(Some(Why::NoDataReceived), Why::Stopped, t(103), 8);
+        a.evaluated = t(104);
         let ops = OpsRecord {
             maintenance: Some(MarkRecord {
                 reason: "kernel upgrade".into(),
@@ -414,7 +396,7 @@ mod tests {
         assert_eq!(id.as_str(), "a");
         assert_eq!(b.to_record(), a.to_record());
         assert_eq!(b.facts(), a.facts());
-        assert_eq!(b.history.to_vec(), a.history.to_vec());
+        assert_eq!(b.history(), a.history());
         assert!(!b.connected());
     }
 

@@ -6,8 +6,9 @@
 //! never the other way round, and nothing else is locked while it is held.
 //! Readers copy keys out and release it before looking agents up.
 
+use crate::model::ArcStr;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::model::{ByWhy, FleetRules, State, Why};
 
@@ -22,7 +23,7 @@ struct Index {
     /// Whether the storm flag is up.
     storm: bool,
     /// Agents under maintenance (usually few).
-    maintained: HashSet<Arc<str>>,
+    maintained: HashSet<ArcStr>,
     /// How many of them have each reason, as settled.
     maintained_by_why: ByWhy<u64>,
 }
@@ -47,7 +48,7 @@ impl Tally {
 
     /// Moves agent `key` from reason `from` to reason `to` (`None`: not
     /// known before, or no longer known).
-    pub(super) fn moved(&self, key: &Arc<str>, from: Option<Why>, to: Option<Why>) {
+    pub(super) fn moved(&self, key: &ArcStr, from: Option<Why>, to: Option<Why>) {
         if from == to {
             return;
         }
@@ -73,7 +74,7 @@ impl Tally {
 
     /// Puts agent `key` (settled as `why`) under maintenance or takes it
     /// out; returns whether that changed anything.
-    pub(super) fn set_maintained(&self, key: &Arc<str>, why: Why, on: bool) -> bool {
+    pub(super) fn set_maintained(&self, key: &ArcStr, why: Why, on: bool) -> bool {
         let mut index = lock(&self.index);
         let changed = if on {
             index.maintained.insert(key.clone())
@@ -102,8 +103,8 @@ impl Tally {
     }
 
     /// Agents under maintenance, by ID, after `after`, at most `take`.
-    pub(super) fn maintained_keys(&self, after: Option<&str>, take: usize) -> Vec<Arc<str>> {
-        let mut keys: Vec<Arc<str>> = {
+    pub(super) fn maintained_keys(&self, after: Option<&str>, take: usize) -> Vec<ArcStr> {
+        let mut keys: Vec<ArcStr> = {
             let index = lock(&self.index);
             index
                 .maintained
@@ -135,8 +136,8 @@ impl Tally {
 
     /// Up to `take` agents with any of `reasons` (as settled), by ID, after
     /// `after`.
-    pub(super) fn keys(&self, whys: &[Why], after: Option<&str>, take: usize) -> Vec<Arc<str>> {
-        let mut keys: Vec<Arc<str>> = {
+    pub(super) fn keys(&self, whys: &[Why], after: Option<&str>, take: usize) -> Vec<ArcStr> {
+        let mut keys: Vec<ArcStr> = {
             let index = lock(&self.index);
             whys.iter()
                 .flat_map(|r| index.by_why[*r].after(after).take(take).cloned())
@@ -198,13 +199,13 @@ const CHUNK: usize = 512;
 /// A set of agent IDs in order: sorted chunks of at most [`CHUNK`] IDs,
 /// each allocated at its full size once. An ordered tree costs about 36
 /// bytes an ID here (its nodes half full when IDs arrive in order); chunks
-/// cost the 16 bytes of the ID's pointer, a little more once IDs arriving
+/// cost the 8 bytes of the ID's pointer, a little more once IDs arriving
 /// out of order have split some chunks. An insert or removal moves at most
 /// one chunk's pointers.
 #[derive(Debug, Default)]
 struct IdSet {
     /// Non-empty chunks, each sorted, each wholly before the next.
-    chunks: Vec<Vec<Arc<str>>>,
+    chunks: Vec<Vec<ArcStr>>,
     len: usize,
 }
 
@@ -223,7 +224,7 @@ impl IdSet {
     }
 
     /// Adds `key`; false if it was there.
-    fn insert(&mut self, key: &Arc<str>) -> bool {
+    fn insert(&mut self, key: &ArcStr) -> bool {
         if self.chunks.is_empty() {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
@@ -271,7 +272,7 @@ impl IdSet {
         // Merge a chunk gone small into its neighbour when both fit in one,
         // so that removals do not leave many near-empty chunks.
         if left < CHUNK / 4 {
-            let fits = |c: Option<&Vec<Arc<str>>>| c.is_some_and(|c| c.len() + left <= CHUNK);
+            let fits = |c: Option<&Vec<ArcStr>>| c.is_some_and(|c| c.len() + left <= CHUNK);
             if fits(self.chunks.get(ci + 1)) {
                 let next = self.chunks.remove(ci + 1);
                 self.chunks[ci].extend(next);
@@ -286,7 +287,7 @@ impl IdSet {
     }
 
     /// The IDs after `after` (all if `None`), in order.
-    fn after(&self, after: Option<&str>) -> impl Iterator<Item = &Arc<str>> {
+    fn after(&self, after: Option<&str>) -> impl Iterator<Item = &ArcStr> {
         let (ci, at) = match after {
             None => (0, 0),
             Some(a) => {
@@ -321,8 +322,8 @@ mod tests {
         // A fixed pseudo-random walk of inserts and removals over 4000 IDs,
         // after a run of IDs in order.
         let mut x: u64 = 7;
-        let step = |set: &mut IdSet, model: &mut BTreeSet<Arc<str>>, n: u64, add: bool| {
-            let k: Arc<str> = Arc::from(format!("id-{n:05}"));
+        let step = |set: &mut IdSet, model: &mut BTreeSet<ArcStr>, n: u64, add: bool| {
+            let k: ArcStr = ArcStr::from(format!("id-{n:05}"));
             if add {
                 assert_eq!(set.insert(&k), model.insert(k.clone()), "insert {k}");
             } else {
@@ -364,8 +365,8 @@ mod tests {
         }
     }
 
-    fn key(s: &str) -> Arc<str> {
-        Arc::from(s)
+    fn key(s: &str) -> ArcStr {
+        ArcStr::from(s)
     }
 
     #[test]

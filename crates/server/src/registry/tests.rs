@@ -165,14 +165,11 @@ fn time_driven_transitions_happen_at_their_due_time() {
     // The read settled nothing, yet the history shows the transition due.
     let due = reg.history(&id("a")).expect("known");
     assert_eq!(due.len(), 4);
-    assert_eq!(reg.inner.agents.get("a").expect("known").history.len(), 3);
+    assert_eq!(reg.inner.agents.get("a").expect("known").history().len(), 3);
     // The timer task records it exactly as it was shown.
     reg.process_due();
     assert_eq!(reg.history(&id("a")).expect("known"), due);
-    assert_eq!(
-        reg.inner.agents.get("a").expect("known").history.to_vec(),
-        due
-    );
+    assert_eq!(reg.inner.agents.get("a").expect("known").history(), due);
 }
 
 #[tokio::test]
@@ -195,12 +192,15 @@ async fn the_timer_task_settles_what_is_due_when_it_stops() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(reg.inner.agents.get("a").expect("known").why, Why::AllIsOk);
+    assert_eq!(
+        reg.inner.agents.get("a").expect("known").why(),
+        Why::AllIsOk
+    );
     clock.advance(Duration::from_secs(400));
     stop.send(()).expect("task waits");
     task.await.expect("task ends");
     let a = reg.inner.agents.get("a").expect("known");
-    assert_eq!((a.why, a.since), (Why::NotReporting, t(T0 + 300)));
+    assert_eq!((a.why(), a.since()), (Why::NotReporting, t(T0 + 300)));
 }
 
 #[test]
@@ -492,7 +492,7 @@ fn reads_evaluate_their_time_and_settle_nothing() {
     let histories: Vec<usize> = (0..40)
         .map(|i| {
             let a = reg.inner.agents.get(format!("agent-{i:02}").as_str());
-            a.expect("known").history.len()
+            a.expect("known").history().len()
         })
         .collect();
     // Read in every way: the due changes show, nothing is settled.
@@ -514,7 +514,7 @@ fn reads_evaluate_their_time_and_settle_nothing() {
         reg.get(&agent, None).expect("known");
         reg.history(&agent).expect("known");
         let a = reg.inner.agents.get(agent.as_arc()).expect("known");
-        assert_eq!(a.history.len(), *settled_history);
+        assert_eq!(a.history().len(), *settled_history);
     }
     assert_eq!(reg.inner.tally.counts(), settled);
     // The timer task settles exactly what the reads showed.

@@ -14,8 +14,9 @@
 //!   entry, never the other way round). Due entries are copied out and the
 //!   lock released before agents are touched.
 
+use crate::model::ArcStr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use fleet_health_sensor::Time;
 use tokio::sync::Notify;
@@ -26,14 +27,14 @@ use super::{Registry, lock};
 /// The most entries settled per turn of the queue lock.
 const BATCH: usize = 1024;
 
-/// A binary min-heap of `(due time, agent)` entries in one vector (24 bytes
+/// A binary min-heap of `(due time, agent)` entries in one vector (16 bytes
 /// an entry, half the cost of an ordered tree), whose layout is known, so
 /// that the entries due by a time can be found without visiting the rest.
 #[derive(Debug, Default)]
-struct Heap(Vec<(Time, Arc<str>)>);
+struct Heap(Vec<(Time, ArcStr)>);
 
 impl Heap {
-    fn push(&mut self, entry: (Time, Arc<str>)) {
+    fn push(&mut self, entry: (Time, ArcStr)) {
         let v = &mut self.0;
         v.push(entry);
         let mut i = v.len() - 1;
@@ -47,11 +48,11 @@ impl Heap {
         }
     }
 
-    fn first(&self) -> Option<&(Time, Arc<str>)> {
+    fn first(&self) -> Option<&(Time, ArcStr)> {
         self.0.first()
     }
 
-    fn pop_first(&mut self) -> Option<(Time, Arc<str>)> {
+    fn pop_first(&mut self) -> Option<(Time, ArcStr)> {
         let v = &mut self.0;
         let last = v.pop()?;
         if v.is_empty() {
@@ -80,7 +81,7 @@ impl Heap {
     /// The agents of every entry due at or before `at`, in no order: a
     /// walk from the root that stops below any entry due later (its
     /// children are due no earlier).
-    fn due_by(&self, at: Time) -> Vec<Arc<str>> {
+    fn due_by(&self, at: Time) -> Vec<ArcStr> {
         let v = &self.0;
         let mut out = Vec::new();
         let mut stack = vec![0usize];
@@ -117,7 +118,7 @@ impl Timers {
     }
 
     /// Adds an entry for agent `key` at `at`.
-    fn push(&self, at: Time, key: &Arc<str>) {
+    fn push(&self, at: Time, key: &ArcStr) {
         lock(&self.queue).push((at, key.clone()));
         if at.as_micros() < self.sleeping_until.load(Ordering::Acquire) {
             self.wake.notify_one();
@@ -126,7 +127,7 @@ impl Timers {
 
     /// Takes up to [`BATCH`] entries due at or before `now`; if none is due,
     /// returns the time of the next one instead.
-    fn take_due(&self, now: Time) -> Result<Vec<(Time, Arc<str>)>, Option<Time>> {
+    fn take_due(&self, now: Time) -> Result<Vec<(Time, ArcStr)>, Option<Time>> {
         let mut queue = lock(&self.queue);
         let mut due = Vec::new();
         while due.len() < BATCH && queue.first().is_some_and(|(t, _)| *t <= now) {
@@ -147,7 +148,7 @@ impl Timers {
     /// Every agent with an entry due at or before `at`: the only agents whose
     /// verdict at `at` may differ from their settled one (without a
     /// forecast's assumptions). Sorted by ID, without repeats.
-    pub(super) fn due_by(&self, at: Time) -> Vec<Arc<str>> {
+    pub(super) fn due_by(&self, at: Time) -> Vec<ArcStr> {
         let mut keys = lock(&self.queue).due_by(at);
         keys.sort_unstable();
         keys.dedup();
@@ -158,7 +159,7 @@ impl Timers {
 impl Registry {
     /// Puts the agent's next change on the timer queue if it is earlier than
     /// its live entry (or it has none). Called under the agent's entry.
-    pub(super) fn schedule(&self, key: &Arc<str>, a: &mut Agent) {
+    pub(super) fn schedule(&self, key: &ArcStr, a: &mut Agent) {
         let Some(next) = a.facts().next_change(a.evaluated, &self.eval(false)) else {
             return;
         };
@@ -242,16 +243,16 @@ mod tests {
         // A fixed shuffle of 0..200, some times twice.
         let times: Vec<i64> = (0..200).map(|i| (i * 73) % 200).chain([5, 150]).collect();
         for (n, s) in times.iter().enumerate() {
-            heap.push((t(*s), Arc::from(format!("agent-{n:03}"))));
+            heap.push((t(*s), ArcStr::from(format!("agent-{n:03}"))));
         }
         for at in [-1, 0, 5, 57, 150, 199, 500] {
             let mut due = heap.due_by(t(at));
             due.sort_unstable();
-            let mut expected: Vec<Arc<str>> = times
+            let mut expected: Vec<ArcStr> = times
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| **s <= at)
-                .map(|(n, _)| Arc::from(format!("agent-{n:03}")))
+                .map(|(n, _)| ArcStr::from(format!("agent-{n:03}")))
                 .collect();
             expected.sort_unstable();
             assert_eq!(due, expected, "due by {at}");

@@ -5,6 +5,7 @@
 //! current time, re-scheduled, and journalled; a changed verdict fans out
 //! through `Registry::transition`.
 
+use crate::model::ArcStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -64,8 +65,8 @@ impl Registry {
                 inner.population.connected.fetch_add(1, Ordering::Relaxed);
                 let mut entry = e.insert(Box::new(a));
                 let a = entry.value_mut();
-                a.why = a.facts().why_at(now, &self.eval(false));
-                self.transition(&key, a, None, now);
+                let to = a.facts().why_at(now, &self.eval(false));
+                self.transition(&key, a, None, to, now);
                 self.schedule(&key, a);
                 (0, inner.journal.changed(&key, a))
             }
@@ -164,7 +165,7 @@ impl Registry {
             inner.population.connected.fetch_sub(1, Ordering::Relaxed);
         }
         let last = Arc::new(self.view_of(&key, &a, at, false));
-        self.forgotten(&key, a.why, last.clone());
+        self.forgotten(&key, a.why(), last.clone());
         tracing::info!(agent_id = %id, "agent forgotten");
         Ok(Arc::unwrap_or_clone(last))
     }
@@ -176,7 +177,7 @@ impl Registry {
     /// Returns how many left.
     pub fn let_go(&self, gone: &dyn Fn(&str) -> bool) -> usize {
         let inner = &*self.inner;
-        let keys: Vec<Arc<str>> = inner
+        let keys: Vec<ArcStr> = inner
             .agents
             .iter()
             .filter(|e| gone(e.key()))
@@ -188,7 +189,7 @@ impl Registry {
                 if a.connected() {
                     inner.population.connected.fetch_sub(1, Ordering::Relaxed);
                 }
-                inner.tally.moved(&key, Some(a.why), None);
+                inner.tally.moved(&key, Some(a.why()), None);
                 self.ops_forgotten(&key);
             }
         }
@@ -243,9 +244,9 @@ impl Registry {
                 a.labels = Some(lock(&inner.labels).intern(l));
             }
             let key = id.as_arc().clone();
-            inner.tally.moved(&key, None, Some(a.why));
+            inner.tally.moved(&key, None, Some(a.why()));
             if let Some(ops) = ops {
-                self.ops_restored(&key, a.why, ops);
+                self.ops_restored(&key, a.why(), ops);
             }
             self.schedule(&key, &mut a);
             if inner.agents.insert(key, Box::new(a)).is_none() {

@@ -2,6 +2,8 @@
 //! loses no acknowledged event; a damaged or newer data directory is refused.
 
 use std::sync::Arc;
+
+use fleet_health_server::model::ArcStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -202,7 +204,7 @@ fn a_damaged_record_is_refused_with_its_agent_and_file() {
     let dir = scratch();
     let store = RedbStore::open(dir.path()).expect("opens");
     store
-        .commit(&[(std::sync::Arc::from("a"), vec![0xff, 0xff])], &[])
+        .commit(&[(ArcStr::from("a"), vec![0xff, 0xff])], &[])
         .expect("written");
     let clock = std::sync::Arc::new(ManualClock::new(t(T0)));
     let Err(err) = Server::durable(Config::default(), clock, store) else {
@@ -230,11 +232,7 @@ impl AgentStore for FlakyStore {
         self.inner.load()
     }
 
-    fn commit(
-        &self,
-        upserts: &[(Arc<str>, Vec<u8>)],
-        deletes: &[Arc<str>],
-    ) -> Result<(), StoreError> {
+    fn commit(&self, upserts: &[(ArcStr, Vec<u8>)], deletes: &[ArcStr]) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Dir {
                 path: "/full-disk".into(),
