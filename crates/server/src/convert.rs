@@ -5,6 +5,7 @@
 
 use fleet_health_proto::v1 as pb;
 use fleet_health_types::wire::{self, timestamp};
+use smallvec::SmallVec;
 use tonic::Status;
 
 use crate::model::{AgentEvent, EventKind, State};
@@ -26,8 +27,12 @@ impl From<RegistryError> for Status {
     }
 }
 
+/// Events of one message: a few in place (no allocation for the usual
+/// message of one event), more on the heap.
+pub type Events = SmallVec<[AgentEvent; 4]>;
+
 /// Checks a batch of events; nothing is applied unless all are valid.
-pub fn events(batch: &pb::EventBatch, max: usize) -> Result<Vec<AgentEvent>, Status> {
+pub fn events(batch: &pb::EventBatch, max: usize) -> Result<Events, Status> {
     if batch.events.is_empty() {
         return Err(Status::invalid_argument(
             "an event batch must hold at least one event",
@@ -39,38 +44,34 @@ pub fn events(batch: &pb::EventBatch, max: usize) -> Result<Vec<AgentEvent>, Sta
             batch.events.len()
         )));
     }
+    let mut out = Events::with_capacity(batch.events.len());
     let mut prev = 0;
-    batch
-        .events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            if e.seq == 0 {
-                return Err(Status::invalid_argument(format!(
-                    "event {i}: sequence number 0 (they start at 1)"
-                )));
-            }
-            if e.seq <= prev {
-                return Err(Status::invalid_argument(format!(
-                    "event {i}: sequence number {} after {prev} (they must increase)",
-                    e.seq
-                )));
-            }
-            prev = e.seq;
-            // The event's number is written into the message only on an
-            // error: no formatting for a valid event.
-            let at_event = |w: fleet_health_types::WireError| {
-                Status::invalid_argument(format!("event {i}: {w}"))
-            };
-            let kind = EventKind::try_from(e.kind).map_err(at_event)?;
-            let time = wire::opt_time(e.time.as_ref(), "time").map_err(at_event)?;
-            Ok(AgentEvent {
-                seq: e.seq,
-                kind,
-                time,
-            })
-        })
-        .collect()
+    for (i, e) in batch.events.iter().enumerate() {
+        if e.seq == 0 {
+            return Err(Status::invalid_argument(format!(
+                "event {i}: sequence number 0 (they start at 1)"
+            )));
+        }
+        if e.seq <= prev {
+            return Err(Status::invalid_argument(format!(
+                "event {i}: sequence number {} after {prev} (they must increase)",
+                e.seq
+            )));
+        }
+        prev = e.seq;
+        // The event's number is written into the message only on an
+        // error: no formatting for a valid event.
+        let at_event =
+            |w: fleet_health_types::WireError| Status::invalid_argument(format!("event {i}: {w}"));
+        let kind = EventKind::try_from(e.kind).map_err(at_event)?;
+        let time = wire::opt_time(e.time.as_ref(), "time").map_err(at_event)?;
+        out.push(AgentEvent {
+            seq: e.seq,
+            kind,
+            time,
+        });
+    }
+    Ok(out)
 }
 
 impl From<&AgentView> for pb::AgentStatus {
