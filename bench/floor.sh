@@ -25,6 +25,10 @@
 #   LOAD_THREADS  worker threads of the load generator [default: 1]
 #   DATA_ROOT     where the durable server's data directories go
 #                 [default: $TMPDIR or /tmp; use a real disk, not tmpfs]
+#   BASELINE      another build's fleet-health-server (say, of the commit
+#                 before a change): also run it in memory and durable, as
+#                 "in memory (baseline)" and "durable (baseline)", in the
+#                 same rotation, so that a change is judged in one run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -70,6 +74,7 @@ row = {"target": target, "config": config, "run": int(run), "ok": code == "0" an
 if r is not None:
     acked = max(r["messages_acked_total"], 1)
     row.update(mps=r["messages_per_second"], eps=r["events_per_second"],
+               per_ack=r.get("messages_per_ack"),
                p50=r["ack_latency_p50_ms"], p99=r["ack_latency_p99_ms"],
                cpu_us=int(ticks) / int(clk_tck) / acked * 1e6,
                load_busy=None if r.get("generator_cpu_seconds") is None or not r["seconds"]
@@ -79,11 +84,16 @@ PY
 }
 
 targets=(floor memory durable)
+if [ -n "${BASELINE:-}" ]; then
+  [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 2; }
+  targets+=(memory-base durable-base)
+fi
+n=${#targets[@]}
 for config in $configs; do
   case $config in *[!0-9x]* | *x*x*x* | x* | *x | *xx*) echo "bad configuration $config (say e.g. 256x16x1)" >&2; exit 2 ;; esac
   for run in $(seq "$runs"); do
-    for i in 0 1 2; do
-      run_one "${targets[$(((i + run) % 3))]}" "$config" "$run"
+    for i in $(seq 0 $((n - 1))); do
+      run_one "${targets[$(((i + run) % n))]}" "$config" "$run"
     done
   done
 done
@@ -92,18 +102,21 @@ python3 - "$rows" "$runs" "$duration" "$warmup" "$threads" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 runs, duration, warmup, threads = sys.argv[2:6]
-names = {"floor": "floor", "memory": "in memory", "durable": "durable"}
+names = {"floor": "floor", "memory": "in memory", "durable": "durable",
+         "memory-base": "in memory (baseline)", "durable-base": "durable (baseline)"}
 configs = list(dict.fromkeys(r["config"] for r in rows))
 def med(values, fmt):
     values = [v for v in values if v is not None]
     return fmt.format(statistics.median(values)) if values else "-"
 ratios = {}
-print("| streams × in flight × events/msg | target | messages/s | events/s | × floor | ack p50 ms | ack p99 ms | server CPU µs/msg | load generator busy | failed runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| streams × in flight × events/msg | target | messages/s | events/s | × floor | ack p50 ms | ack p99 ms | messages/ack | server CPU µs/msg | load generator busy | failed runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for config in configs:
     floor = {r["run"]: r.get("eps") for r in rows if r["config"] == config and r["target"] == "floor" and r["ok"]}
-    for target in ("floor", "memory", "durable"):
+    for target in names:
         rs = [r for r in rows if r["config"] == config and r["target"] == target]
+        if not rs:
+            continue
         ok = [r for r in rs if r["ok"]]
         per_run = [r["eps"] / floor[r["run"]] for r in ok if floor.get(r["run"])]
         ratio = statistics.median(per_run) if per_run else None
@@ -111,10 +124,12 @@ for config in configs:
         print(f"| {config.replace('x', ' × ')} | {names[target]} | {med([r['mps'] for r in ok], '{:,.0f}')} "
               f"| {med([r['eps'] for r in ok], '{:,.0f}')} | {'-' if ratio is None else f'{ratio:.2f}×'} "
               f"| {med([r['p50'] for r in ok], '{:.2f}')} | {med([r['p99'] for r in ok], '{:.2f}')} "
+              f"| {med([r.get('per_ack') for r in ok], '{:.2f}')} "
               f"| {med([r['cpu_us'] for r in ok], '{:.2f}')} | {med([r['load_busy'] for r in ok], '{:.0f} %')} | {len(rs) - len(ok)} |")
 print(f"\n(medians of {runs} runs of {duration} after {warmup} of warm-up; load generator on {threads} thread(s); "
       "× floor is the median of each run's events/s over the floor's in the same run; "
-      "a load generator busy near 100 % of its threads was the limit, not the target)\n")
+      "a load generator busy near 100 % of its threads was the limit, not the target; "
+      "messages/ack above 1: the target answered messages that arrived together with one cumulative ack)\n")
 for config, target, goal in [("256x16x1", "memory", 0.85), ("256x16x1", "durable", 0.65), ("256x16x100", "durable", 0.5)]:
     ratio = ratios.get((config, target))
     if ratio is None:

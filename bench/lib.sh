@@ -4,6 +4,8 @@
 # binaries) and `work` (a scratch directory it removes at exit). Then:
 #   start_target floor|memory|durable   starts a target on an ephemeral
 #                                       loopback port; sets `pid` and `addr`
+#                                       (memory-base, durable-base: the same
+#                                       with the server binary $BASELINE)
 #   stop_target                         SIGTERM (SIGKILL after 10 s), and
 #                                       removes the durable data directory
 #   cpu_ticks PID                       user + system CPU of PID, in ticks
@@ -27,15 +29,20 @@ stop_target() {
   if [ -n "$data" ]; then rm -rf "$data"; data=; fi
 }
 
-start_target() { # floor|memory|durable
-  local target=$1 log=$work/target.log
-  local server=("$bin/fleet-health-server" --listen 127.0.0.1:0 --metrics-listen off
+start_target() { # floor|memory|durable|memory-base|durable-base
+  local target=$1 log=$work/target.log server_bin=$bin/fleet-health-server
+  case $target in
+    *-base)
+      server_bin=${BASELINE:?"$target needs BASELINE (another build's fleet-health-server)"}
+      ;;
+  esac
+  local server=("$server_bin" --listen 127.0.0.1:0 --metrics-listen off
     --max-stream-events-per-sec 0 --log-format json)
   local cmd
   case $target in
     floor) cmd=("$bin/fleet-health-floor" --listen 127.0.0.1:0 --log-format json) ;;
-    memory) cmd=("${server[@]}" --in-memory) ;;
-    durable)
+    memory | memory-base) cmd=("${server[@]}" --in-memory) ;;
+    durable | durable-base)
       data=$(mktemp -d "${DATA_ROOT:-${TMPDIR:-/tmp}}/fleet-health-bench.XXXXXX")
       cmd=("${server[@]}" --data-dir "$data")
       ;;

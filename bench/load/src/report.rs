@@ -38,6 +38,9 @@ pub struct LoadReport {
     pub ack_latency_p99_ms: Option<f64>,
     /// The largest latency seen.
     pub ack_latency_max_ms: Option<f64>,
+    /// Messages acknowledged per ack received, in the window: above 1, the
+    /// server answered several messages with one (cumulative) ack.
+    pub messages_per_ack: Option<f64>,
     /// CPU time this process (the generator) used in the window, in seconds
     /// (Linux only): near `seconds` × its worker threads, the generator, not
     /// the server, was the limit.
@@ -112,6 +115,7 @@ pub(crate) fn summarize(
     outcomes: Vec<Result<Outcome, String>>,
 ) -> LoadReport {
     let (mut sent, mut acked_total, mut measured, mut unacked, mut failed) = (0, 0, 0, 0, 0);
+    let mut acks = 0;
     let mut first_error = None;
     for outcome in outcomes {
         match outcome {
@@ -119,6 +123,7 @@ pub(crate) fn summarize(
                 sent += o.sent;
                 acked_total += o.acked_total;
                 measured += o.measured_messages;
+                acks += o.measured_acks;
                 unacked += o.unacked;
             }
             Err(e) => {
@@ -151,6 +156,7 @@ pub(crate) fn summarize(
         ack_latency_p50_ms: quantile(0.5),
         ack_latency_p99_ms: quantile(0.99),
         ack_latency_max_ms: (!latency.is_empty()).then(|| ms(latency.max())),
+        messages_per_ack: (acks > 0).then(|| measured as f64 / acks as f64),
         generator_cpu_seconds,
         messages_sent: sent,
         messages_acked_total: acked_total,

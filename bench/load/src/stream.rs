@@ -76,6 +76,9 @@ pub(crate) struct Outcome {
     pub(crate) sent: u64,
     pub(crate) acked_total: u64,
     pub(crate) measured_messages: u64,
+    /// Acks received in the measured window (an ack may settle several
+    /// messages: acks are cumulative).
+    pub(crate) measured_acks: u64,
     pub(crate) unacked: u64,
 }
 
@@ -174,6 +177,7 @@ pub(crate) async fn drive(
                 outcome.acked_total += settled;
                 if measuring {
                     outcome.measured_messages += settled;
+                    outcome.measured_acks += 1;
                 }
             }
             () = &mut stop, if !stopping => {

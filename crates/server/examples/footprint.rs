@@ -40,7 +40,7 @@ fn rss() -> u64 {
     pages * 4096
 }
 
-fn registry(durable: bool, n: usize) -> Registry {
+fn registry(durable: bool, n: usize, capacity: usize) -> Registry {
     let limits = Limits {
         max_agents: n + 1,
         ..Limits::default()
@@ -48,7 +48,8 @@ fn registry(durable: bool, n: usize) -> Registry {
     let clock = Arc::new(ManualClock::new(t(T0)));
     let metrics = Arc::new(Metrics::default());
     if durable {
-        Registry::durable(FleetRules::default(), limits, clock, metrics)
+        // Sized as a restart sizes it for what it loads.
+        Registry::durable_with_capacity(FleetRules::default(), limits, clock, metrics, capacity)
     } else {
         Registry::new(FleetRules::default(), limits, clock, metrics)
     }
@@ -66,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = std::env::args().nth(1).map_or(Ok(100_000), |a| a.parse())?;
 
     let before = rss();
-    let reg = registry(false, n);
+    let reg = registry(false, n, 0);
     fill(&reg, n);
     let after = rss();
     let per_agent = (after.saturating_sub(before)) as f64 / n as f64;
@@ -77,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fill_started = Instant::now();
     {
         let store = RedbStore::open(&dir)?;
-        let reg = registry(true, n);
+        let reg = registry(true, n, 0);
         fill(&reg, n);
         let batch = reg.take_dirty();
         store.commit(&batch.upserts, &batch.deletes)?;
@@ -89,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = RedbStore::open(&dir)?;
     let records = store.load()?;
     let loaded = started.elapsed();
-    let reg = registry(true, n);
+    let reg = registry(true, n, records.len());
     reg.restore(records)?;
     let startup = started.elapsed();
     assert_eq!(reg.len(), n);

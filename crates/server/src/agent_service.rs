@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use fleet_health_proto::v1 as pb;
@@ -240,6 +241,7 @@ impl AgentServiceApi for AgentService {
             silence: Box::pin(tokio::time::sleep_until(opened + self.limits.hello_timeout)),
             heard: opened,
             draining: false,
+            deferred: None,
             done: false,
         };
         // The stream is driven by the task that sends the response (one per
@@ -298,6 +300,10 @@ struct ReportStream {
     /// The agent half-closed its side: the acks still waiting for their
     /// commit go out, then the stream ends.
     draining: bool,
+    /// How the stream ends after the ack that goes out first: a message
+    /// read while folding acks ([`ReportStream::fold_arrived`]) was refused
+    /// or could not be read.
+    deferred: Option<End>,
     done: bool,
 }
 
@@ -312,6 +318,10 @@ enum End {
 /// Messages applied but not yet committed that one stream may have; past
 /// this, the stream is not read until commits catch up.
 const MAX_UNCOMMITTED_MESSAGES: usize = 64;
+
+/// The most messages one ack of a server without a store answers: those
+/// that had already arrived when the first was applied.
+const MAX_FOLDED_MESSAGES: usize = 64;
 
 impl ReportStream {
     /// The next message for the agent, or `None` when the stream is over.
@@ -569,6 +579,9 @@ impl ReportStream {
 
     /// Reads and applies messages until an acknowledgement can go out.
     async fn next_ack(&mut self) -> Result<pb::ReportResponse, End> {
+        if let Some(end) = self.deferred.take() {
+            return Err(end);
+        }
         loop {
             // An ended stream acknowledges nothing more: its agent's changes
             // may have been left out of the commit that is marked done (its
@@ -622,6 +635,7 @@ impl ReportStream {
                         self.heard = received;
                         let (ack, commit) = self.apply(m, received).map_err(End::Status)?;
                         if commit == 0 {
+                            let ack = self.fold_arrived(ack, received);
                             self.registry.metrics().observe_ack(received.elapsed());
                             return Ok(pb::ReportResponse { body: Some(Out::Ack(ack)) });
                         }
@@ -633,6 +647,48 @@ impl ReportStream {
                 },
             }
         }
+    }
+
+    /// Without a store, every ack is ready as soon as its message is
+    /// applied: applies the messages that have already arrived behind the
+    /// one `ack` answers (up to [`MAX_FOLDED_MESSAGES`] in all, without
+    /// waiting for more) and returns one cumulative ack for them all, so that
+    /// a burst costs one answer rather than one per message. A message that
+    /// is refused or cannot be read ends the stream after this ack
+    /// ([`ReportStream::deferred`]); a half-close, once it is sent.
+    fn fold_arrived(&mut self, mut ack: pb::Ack, received: Instant) -> pb::Ack {
+        if self.commits.is_some() {
+            return ack;
+        }
+        // Polled without a waker of its own: a message not there yet is
+        // awaited, with the task's waker, by the next read.
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 1..MAX_FOLDED_MESSAGES {
+            match Pin::new(&mut self.inbound).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(m))) => match self.apply(m, received) {
+                    Ok((next, _)) => {
+                        ack = pb::Ack {
+                            applied_through: next.applied_through,
+                            clamped: ack.clamped + next.clamped,
+                        };
+                    }
+                    Err(status) => {
+                        self.deferred = Some(End::Status(status));
+                        break;
+                    }
+                },
+                Poll::Ready(Some(Err(status))) => {
+                    self.deferred = Some(unreadable(status));
+                    break;
+                }
+                Poll::Ready(None) => {
+                    self.draining = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        ack
     }
 
     /// The newest acknowledgement whose commit is done (acks are cumulative:

@@ -178,13 +178,14 @@ impl Server {
         store: impl AgentStore,
     ) -> Result<Server, StoreError> {
         let started = Instant::now();
-        let registry = Registry::durable(
+        let records = store.load()?;
+        let registry = Registry::durable_with_capacity(
             config.rules.clone(),
             config.limits.clone(),
             clock,
             Arc::new(Metrics::default()),
+            records.len(),
         );
-        let records = store.load()?;
         let n = registry
             .restore(records)
             .map_err(|e| StoreError::corrupt(store.location(), e))?;

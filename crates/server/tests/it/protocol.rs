@@ -146,6 +146,62 @@ async fn an_undecodable_report_message_ends_the_stream_with_invalid_argument() {
 }
 
 #[tokio::test]
+async fn messages_sent_together_are_acknowledged_before_a_bad_one_ends_the_stream() {
+    // In memory every ack is ready at once, and messages that arrived
+    // together may share one (cumulative) ack: the events before the bad
+    // message are still acknowledged, then the stream ends with its status.
+    let s = TestServer::start().await;
+    let mut messages = vec![
+        pb::ReportRequest {
+            body: Some(In::Hello(pb::Hello {
+                agent_id: "a".into(),
+                incarnation: 1,
+                labels: Default::default(),
+            })),
+        }
+        .encode_to_vec(),
+    ];
+    for seq in 1..=5 {
+        let kind = if seq == 1 { K::Starting } else { K::Heartbeat };
+        messages.push(
+            pb::ReportRequest {
+                body: Some(In::Events(pb::EventBatch {
+                    events: vec![event(seq, kind, None)],
+                })),
+            }
+            .encode_to_vec(),
+        );
+    }
+    messages.push(GARBAGE.to_vec());
+    let (replies, end) = raw_report(&s, messages).await;
+    assert_eq!(end.code(), Code::InvalidArgument, "{end:?}");
+    assert!(
+        matches!(
+            replies.first(),
+            Some(pb::ReportResponse {
+                body: Some(Out::Welcome(_))
+            })
+        ),
+        "{replies:?}"
+    );
+    let acked: Vec<u64> = replies[1..]
+        .iter()
+        .map(|r| match &r.body {
+            Some(Out::Ack(a)) => a.applied_through,
+            other => panic!("not an ack: {other:?}"),
+        })
+        .collect();
+    assert!(acked.windows(2).all(|w| w[0] < w[1]), "{acked:?}");
+    assert_eq!(
+        acked.last(),
+        Some(&5),
+        "every event acknowledged: {acked:?}"
+    );
+    assert_eq!(s.get("a").await.last_seq, 5);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn an_undecodable_unary_request_is_invalid_argument() {
     let s = TestServer::start().await;
     let mut grpc = tonic::client::Grpc::new(s.channel.clone());
@@ -177,7 +233,12 @@ async fn an_undecodable_unary_request_is_invalid_argument() {
 #[tokio::test]
 async fn events_sent_with_a_half_close_are_acknowledged_before_the_end() {
     let dir = scratch();
-    let s = TestServer::durable(dir.path(), ManualClock::new(t(T0))).await;
+    let durable = TestServer::durable(dir.path(), ManualClock::new(t(T0))).await;
+    half_close_acknowledged(durable).await;
+    half_close_acknowledged(TestServer::start().await).await;
+}
+
+async fn half_close_acknowledged(s: TestServer) {
     // Everything at once, then the agent's side closes: the server must
     // still say which events it committed.
     let Agent { tx, mut rx, .. } = s.open().await;
