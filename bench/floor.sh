@@ -5,15 +5,18 @@
 #
 # The floor (bench/floor: the same proto, codec and transport settings as the
 # server, answering every message with an ack and doing nothing else) shows
-# what this machine can do with HTTP/2 and gRPC at all. For each
-# configuration and each run, the floor, the server in memory and the durable
-# server (a fresh temporary data directory) are started in turn on an
+# what this machine can do with HTTP/2 and gRPC at all. The server answers
+# the messages that arrived together with one cumulative ack (the protocol's
+# acks are cumulative), so a second floor does the same (`--fold-acks`), and
+# each target is also given against it. For each configuration and each run,
+# the two floors, the server in memory and the durable server (a fresh
+# temporary data directory) are started in turn on an
 # ephemeral loopback port and driven by bench/load (`fleet-health-load`); the
 # order rotates from run to run so that no target always goes first. The
 # server runs with --max-stream-events-per-sec 0 and --metrics-listen off.
 # Prints a Markdown table of medians, each target's events/s as a ratio to
-# the floor's in the same run (the median of the per-run ratios), how busy the
-# load generator was (near 100 % of its threads: it, not the target, was the
+# each floor's in the same run (the median of the per-run ratios), messages
+# per ack, how busy the load generator was (near 100 % of its threads: it, not the target, was the
 # limit), and the targets' check.
 #
 # Settings (environment):
@@ -83,7 +86,7 @@ print(json.dumps(row))
 PY
 }
 
-targets=(floor memory durable)
+targets=(floor floor-fold memory durable)
 if [ -n "${BASELINE:-}" ]; then
   [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 2; }
   targets+=(memory-base durable-base)
@@ -102,17 +105,18 @@ python3 - "$rows" "$runs" "$duration" "$warmup" "$threads" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 runs, duration, warmup, threads = sys.argv[2:6]
-names = {"floor": "floor", "memory": "in memory", "durable": "durable",
+names = {"floor": "floor", "floor-fold": "floor, acks folded", "memory": "in memory", "durable": "durable",
          "memory-base": "in memory (baseline)", "durable-base": "durable (baseline)"}
 configs = list(dict.fromkeys(r["config"] for r in rows))
 def med(values, fmt):
     values = [v for v in values if v is not None]
     return fmt.format(statistics.median(values)) if values else "-"
 ratios = {}
-print("| streams × in flight × events/msg | target | messages/s | events/s | × floor | ack p50 ms | ack p99 ms | messages/ack | server CPU µs/msg | load generator busy | failed runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| streams × in flight × events/msg | target | messages/s | events/s | × floor | × floor, acks folded | ack p50 ms | ack p99 ms | messages/ack | server CPU µs/msg | load generator busy | failed runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for config in configs:
     floor = {r["run"]: r.get("eps") for r in rows if r["config"] == config and r["target"] == "floor" and r["ok"]}
+    folding = {r["run"]: r.get("eps") for r in rows if r["config"] == config and r["target"] == "floor-fold" and r["ok"]}
     for target in names:
         rs = [r for r in rows if r["config"] == config and r["target"] == target]
         if not rs:
@@ -121,13 +125,17 @@ for config in configs:
         per_run = [r["eps"] / floor[r["run"]] for r in ok if floor.get(r["run"])]
         ratio = statistics.median(per_run) if per_run else None
         ratios[(config, target)] = ratio
+        per_run_folding = [r["eps"] / folding[r["run"]] for r in ok if folding.get(r["run"])]
+        ratio_folding = statistics.median(per_run_folding) if per_run_folding else None
         print(f"| {config.replace('x', ' × ')} | {names[target]} | {med([r['mps'] for r in ok], '{:,.0f}')} "
               f"| {med([r['eps'] for r in ok], '{:,.0f}')} | {'-' if ratio is None else f'{ratio:.2f}×'} "
+              f"| {'-' if ratio_folding is None else f'{ratio_folding:.2f}×'} "
               f"| {med([r['p50'] for r in ok], '{:.2f}')} | {med([r['p99'] for r in ok], '{:.2f}')} "
               f"| {med([r.get('per_ack') for r in ok], '{:.2f}')} "
               f"| {med([r['cpu_us'] for r in ok], '{:.2f}')} | {med([r['load_busy'] for r in ok], '{:.0f} %')} | {len(rs) - len(ok)} |")
 print(f"\n(medians of {runs} runs of {duration} after {warmup} of warm-up; load generator on {threads} thread(s); "
-      "× floor is the median of each run's events/s over the floor's in the same run; "
+      "× floor is the median of each run's events/s over the floor's in the same run, "
+      "× floor, acks folded the same over the floor that answers messages that came together with one ack; "
       "a load generator busy near 100 % of its threads was the limit, not the target; "
       "messages/ack above 1: the target answered messages that arrived together with one cumulative ack)\n")
 for config, target, goal in [("256x16x1", "memory", 0.85), ("256x16x1", "durable", 0.65), ("256x16x100", "durable", 0.5)]:

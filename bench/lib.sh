@@ -4,6 +4,8 @@
 # binaries) and `work` (a scratch directory it removes at exit). Then:
 #   start_target floor|memory|durable   starts a target on an ephemeral
 #                                       loopback port; sets `pid` and `addr`
+#                                       (floor-fold: the floor with
+#                                       --fold-acks)
 #                                       (memory-base, durable-base: the same
 #                                       with the server binary $BASELINE)
 #   stop_target                         SIGTERM (SIGKILL after 10 s), and
@@ -29,7 +31,7 @@ stop_target() {
   if [ -n "$data" ]; then rm -rf "$data"; data=; fi
 }
 
-start_target() { # floor|memory|durable|memory-base|durable-base
+start_target() { # floor|floor-fold|memory|durable|memory-base|durable-base
   local target=$1 log=$work/target.log server_bin=$bin/fleet-health-server
   case $target in
     *-base)
@@ -41,6 +43,7 @@ start_target() { # floor|memory|durable|memory-base|durable-base
   local cmd
   case $target in
     floor) cmd=("$bin/fleet-health-floor" --listen 127.0.0.1:0 --log-format json) ;;
+    floor-fold) cmd=("$bin/fleet-health-floor" --listen 127.0.0.1:0 --log-format json --fold-acks) ;;
     memory | memory-base) cmd=("${server[@]}" --in-memory) ;;
     durable | durable-base)
       data=$(mktemp -d "${DATA_ROOT:-${TMPDIR:-/tmp}}/fleet-health-bench.XXXXXX")

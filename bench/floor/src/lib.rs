@@ -12,6 +12,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use fleet_health_proto::v1 as pb;
@@ -29,24 +30,40 @@ use tonic::{Request, Response, Status, Streaming};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// `AgentService` reduced to its answers: a Welcome for a Hello, an Ack for
-/// every event batch.
+/// every event batch, or, with `fold_acks`, one cumulative Ack for the event
+/// batches that had already arrived together (as the server without a store
+/// answers them).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FloorService;
+pub struct FloorService {
+    /// Answer the batches that arrived together with one Ack.
+    pub fold_acks: bool,
+}
 
 type Reply = Result<pb::ReportResponse, Status>;
+
+/// The most batches one folded Ack answers (the server's bound).
+const MAX_FOLDED_MESSAGES: usize = 64;
 
 /// One Report stream: the messages read so far and the highest sequence
 /// number seen.
 struct FloorStream {
     inbound: Streaming<pb::ReportRequest>,
     applied_through: u64,
+    fold_acks: bool,
+    /// A message read while folding that is not an event batch: the next
+    /// step's.
+    held: Option<Result<Option<pb::ReportRequest>, Status>>,
 }
 
 impl FloorStream {
     /// The answer to the next message, or `None` when the agent has closed
     /// the stream (or it broke).
     async fn step(&mut self) -> Option<Reply> {
-        let body = match self.inbound.message().await {
+        let next = match self.held.take() {
+            Some(held) => held,
+            None => self.inbound.message().await,
+        };
+        let body = match next {
             Ok(Some(msg)) => msg.body,
             Ok(None) => return None,
             Err(status) => return Some(Err(status)),
@@ -54,8 +71,9 @@ impl FloorStream {
         Some(match body {
             Some(In::Hello(_)) => Ok(welcome()),
             Some(In::Events(batch)) => {
-                if let Some(last) = batch.events.iter().map(|e| e.seq).max() {
-                    self.applied_through = self.applied_through.max(last);
+                self.saw(&batch);
+                if self.fold_acks {
+                    self.fold();
                 }
                 Ok(pb::ReportResponse {
                     body: Some(Out::Ack(pb::Ack {
@@ -66,6 +84,35 @@ impl FloorStream {
             }
             None => Err(Status::invalid_argument("an empty message")),
         })
+    }
+}
+
+impl FloorStream {
+    fn saw(&mut self, batch: &pb::EventBatch) {
+        if let Some(last) = batch.events.iter().map(|e| e.seq).max() {
+            self.applied_through = self.applied_through.max(last);
+        }
+    }
+
+    /// Takes the event batches that have already arrived, without waiting.
+    fn fold(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 1..MAX_FOLDED_MESSAGES {
+            match Pin::new(&mut self.inbound).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(pb::ReportRequest {
+                    body: Some(In::Events(batch)),
+                }))) => self.saw(&batch),
+                Poll::Ready(Some(other)) => {
+                    self.held = Some(other.map(Some));
+                    return;
+                }
+                Poll::Ready(None) => {
+                    self.held = Some(Ok(None));
+                    return;
+                }
+                Poll::Pending => return,
+            }
+        }
     }
 }
 
@@ -91,6 +138,8 @@ impl AgentService for FloorService {
         let stream = FloorStream {
             inbound: request.into_inner(),
             applied_through: 0,
+            fold_acks: self.fold_acks,
+            held: None,
         };
         // Driven by the task that sends the response, as in the server: no
         // task or channel per stream. An error is the stream's last item.
@@ -113,15 +162,16 @@ pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<Conn>> +
     Acceptor::new(listener, Connections::new()).into_stream()
 }
 
-/// Serves the floor on `listener` with `transport`'s HTTP/2 and message
+/// Serves `floor` on `listener` with `transport`'s HTTP/2 and message
 /// settings (the server's own builder) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     transport: &Transport,
+    floor: FloorService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let agents = AgentServiceServer::new(FloorService)
-        .max_decoding_message_size(transport.max_message_bytes);
+    let agents =
+        AgentServiceServer::new(floor).max_decoding_message_size(transport.max_message_bytes);
     transport
         .server_builder()
         .add_service(agents)

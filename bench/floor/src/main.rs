@@ -24,6 +24,11 @@ struct Args {
     #[arg(long, default_value_t = Transport::default().max_message_bytes)]
     max_message_bytes: usize,
 
+    /// Answer the event batches that arrived together with one cumulative
+    /// Ack, as the server without a store does, instead of one Ack each.
+    #[arg(long)]
+    fold_acks: bool,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -80,7 +85,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(grpc = %listener.local_addr()?, "listening");
-    fleet_health_floor::serve(listener, &transport, shutdown_signal())
+    let floor = fleet_health_floor::FloorService {
+        fold_acks: args.fold_acks,
+    };
+    fleet_health_floor::serve(listener, &transport, floor, shutdown_signal())
         .await
         .context("gRPC transport")?;
     Ok(())

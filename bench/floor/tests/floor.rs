@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fleet_health_floor::{HEARTBEAT_INTERVAL, incoming, serve};
+use fleet_health_floor::{FloorService, HEARTBEAT_INTERVAL, incoming, serve};
 use fleet_health_proto::v1 as pb;
 use fleet_health_proto::v1::agent_service_client::AgentServiceClient;
 use fleet_health_server::Transport;
@@ -46,11 +46,15 @@ struct Floor {
 
 impl Floor {
     async fn start() -> Floor {
+        Floor::serving(FloorService::default()).await
+    }
+
+    async fn serving(floor: FloorService) -> Floor {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            serve(listener, &Transport::default(), async {
+            serve(listener, &Transport::default(), floor, async {
                 let _ = stopped.await;
             })
             .await
@@ -163,6 +167,46 @@ async fn an_empty_message_is_refused() {
         .await
         .expect("an answer in time")
         .expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    drop(tx);
+    floor.stop().await;
+}
+
+#[tokio::test]
+async fn folding_acks_answers_batches_that_came_together_with_one_cumulative_ack() {
+    let floor = Floor::serving(FloorService { fold_acks: true }).await;
+    let (tx, rx) = mpsc::channel(16);
+    // All queued before the stream opens: they arrive together.
+    tx.send(hello()).await.unwrap();
+    for seq in 1..=6 {
+        tx.send(batch(&[seq])).await.unwrap();
+    }
+    tx.send(pb::ReportRequest { body: None }).await.unwrap();
+    let mut inbound = floor
+        .client()
+        .await
+        .report(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(next(&mut inbound).await, Some(Out::Welcome(_))));
+    let mut acked = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(STEP, inbound.message())
+            .await
+            .expect("an answer in time")
+        {
+            Ok(Some(pb::ReportResponse {
+                body: Some(Out::Ack(ack)),
+            })) => acked.push(ack.applied_through),
+            Ok(other) => panic!("an Ack or the end, not {other:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(acked.last(), Some(&6), "{acked:?}");
+    assert!(acked.windows(2).all(|w| w[0] < w[1]), "{acked:?}");
+    // The empty message read while folding still ends the stream, after
+    // the Ack.
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     drop(tx);
     floor.stop().await;

@@ -26,9 +26,14 @@ impl Running {
     async fn floor() -> Running {
         Running::start(|listener, stopped| {
             tokio::spawn(async move {
-                fleet_health_floor::serve(listener, &Transport::default(), stopped)
-                    .await
-                    .expect("the floor serves");
+                fleet_health_floor::serve(
+                    listener,
+                    &Transport::default(),
+                    fleet_health_floor::FloorService::default(),
+                    stopped,
+                )
+                .await
+                .expect("the floor serves");
             })
         })
         .await

@@ -26,13 +26,14 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::cluster::node::ClusterNode;
 use crate::commit_gate::CommitGate;
 use crate::convert;
-use crate::metrics::Rejected;
+use crate::metrics::{EventCounts, Rejected};
 use crate::model::AgentId;
 use crate::open_streams::{self, EndSignal, OpenStreams, shutting_down};
 use crate::registry::{Registry, Session};
 use crate::security::limits::Permit;
 use crate::security::sessions::SessionGuard;
 use crate::security::{Caller, Place, REPORT, Security};
+use fleet_health_sensor::Time;
 use fleet_health_types::wire;
 
 /// Limits on agent streams.
@@ -241,6 +242,7 @@ impl AgentServiceApi for AgentService {
             silence: Box::pin(tokio::time::sleep_until(opened + self.limits.hello_timeout)),
             heard: opened,
             draining: false,
+            counts: EventCounts::default(),
             deferred: None,
             done: false,
         };
@@ -300,11 +302,31 @@ struct ReportStream {
     /// The agent half-closed its side: the acks still waiting for their
     /// commit go out, then the stream ends.
     draining: bool,
+    /// The events applied since the last answer, added to the shared
+    /// counters once per answer (and when the stream is dropped).
+    counts: EventCounts,
     /// How the stream ends after the ack that goes out first: a message
     /// read while folding acks ([`ReportStream::fold_arrived`]) was refused
     /// or could not be read.
     deferred: Option<End>,
     done: bool,
+}
+
+/// When a message arrived: on the monotonic clock (rate limits, silence,
+/// ack latency) and on the registry's (the events' default time). Messages
+/// that arrived together share one.
+#[derive(Clone, Copy)]
+struct Received {
+    at: Instant,
+    now: Time,
+}
+
+impl Drop for ReportStream {
+    fn drop(&mut self) {
+        // A stream dropped while it waited (its agent reset it, say) still
+        // counts what it applied.
+        self.registry.metrics().count(&mut self.counts);
+    }
 }
 
 /// What ended a stream.
@@ -338,6 +360,7 @@ impl ReportStream {
             None => Box::pin(self.hello()).await,
             Some(_) => self.next_ack().await,
         };
+        self.registry.metrics().count(&mut self.counts);
         match next {
             Ok(msg) => Some(Ok(msg)),
             Err(end) => {
@@ -631,15 +654,18 @@ impl ReportStream {
                 () = self.silence.as_mut(), if read => self.silence_elapsed()?,
                 msg = self.inbound.message(), if read => match msg {
                     Ok(Some(m)) => {
-                        let received = Instant::now();
-                        self.heard = received;
+                        let received = Received {
+                            at: Instant::now(),
+                            now: self.registry.clock().now(),
+                        };
+                        self.heard = received.at;
                         let (ack, commit) = self.apply(m, received).map_err(End::Status)?;
                         if commit == 0 {
                             let ack = self.fold_arrived(ack, received);
-                            self.registry.metrics().observe_ack(received.elapsed());
+                            self.registry.metrics().observe_ack(received.at.elapsed());
                             return Ok(pb::ReportResponse { body: Some(Out::Ack(ack)) });
                         }
-                        self.waiting.push_back((commit, ack, received));
+                        self.waiting.push_back((commit, ack, received.at));
                     }
                     // The agent is done sending; what it sent is still acked.
                     Ok(None) => self.draining = true,
@@ -656,7 +682,7 @@ impl ReportStream {
     /// a burst costs one answer rather than one per message. A message that
     /// is refused or cannot be read ends the stream after this ack
     /// ([`ReportStream::deferred`]); a half-close, once it is sent.
-    fn fold_arrived(&mut self, mut ack: pb::Ack, received: Instant) -> pb::Ack {
+    fn fold_arrived(&mut self, mut ack: pb::Ack, received: Received) -> pb::Ack {
         if self.commits.is_some() {
             return ack;
         }
@@ -724,8 +750,9 @@ impl ReportStream {
     fn apply(
         &mut self,
         msg: pb::ReportRequest,
-        received: Instant,
+        received: Received,
     ) -> Result<(pb::Ack, u64), Status> {
+        let Received { at: received, now } = received;
         let batch = match msg.body {
             Some(In::Events(b)) => b,
             Some(In::Hello(_)) => {
@@ -758,7 +785,9 @@ impl ReportStream {
         let Some(connection) = &self.connection else {
             return Err(Status::internal("events before a hello"));
         };
-        let applied = self.registry.apply(&connection.session, &events)?;
+        let applied =
+            self.registry
+                .apply_at(&connection.session, &events, now, &mut self.counts)?;
         let ack = pb::Ack {
             applied_through: applied.applied_through,
             clamped: applied.clamped,

@@ -357,6 +357,21 @@ impl Default for Metrics {
     }
 }
 
+/// Events counted where they are applied, then added to the shared
+/// counters in one go ([`Metrics::count`]): a stream counts the messages of
+/// a burst here, and the shared counters (written by every core, so their
+/// cache lines move between cores) are touched once per ack rather than once
+/// per message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Applied events, by kind.
+    pub applied: ByKind<u64>,
+    /// Events sent again (sequence numbers already applied).
+    pub duplicates: u64,
+    /// Events whose time was clamped.
+    pub clamped: u64,
+}
+
 impl Metrics {
     /// Registers every metric, in the order of the exposition. The library
     /// adds the full stop to each help text, and `_total` to each counter.
@@ -733,23 +748,20 @@ impl Metrics {
             .store(unix_secs, Ordering::Relaxed);
     }
 
-    /// Counts applied events, by kind.
-    pub fn count_events(&self, by_kind: &ByKind<u32>) {
+    /// Adds what `counts` holds (applied events by kind, re-sent and
+    /// clamped events) to the shared counters, and empties it.
+    pub fn count(&self, counts: &mut EventCounts) {
+        let c = std::mem::take(counts);
         for (kind, counter) in self.events.iter() {
-            let n = &by_kind[kind];
-            if *n > 0 {
-                counter.inc_by(u64::from(*n));
+            if c.applied[kind] > 0 {
+                counter.inc_by(c.applied[kind]);
             }
         }
-    }
-
-    /// Counts re-sent and clamped events of a batch.
-    pub fn count_batch(&self, duplicates: u32, clamped: u32) {
-        if duplicates > 0 {
-            self.duplicates.inc_by(u64::from(duplicates));
+        if c.duplicates > 0 {
+            self.duplicates.inc_by(c.duplicates);
         }
-        if clamped > 0 {
-            self.clamped.inc_by(u64::from(clamped));
+        if c.clamped > 0 {
+            self.clamped.inc_by(c.clamped);
         }
     }
 
@@ -877,9 +889,10 @@ mod tests {
     #[test]
     fn renders_every_family_with_help_and_type() {
         let m = Metrics::default();
-        let mut kinds = ByKind::default();
-        kinds[EventKind::Heartbeat] = 1;
-        m.count_events(&kinds);
+        let mut counts = EventCounts::default();
+        counts.applied[EventKind::Heartbeat] = 1;
+        m.count(&mut counts);
+        assert_eq!(counts, EventCounts::default(), "emptied");
         m.observe_ack(Duration::from_micros(300));
         m.observe_ack(Duration::from_secs(2));
         let text = m.render(&fleet());
@@ -902,7 +915,11 @@ mod tests {
     fn the_exposition_keeps_its_names_labels_and_buckets() {
         let m = Metrics::default();
         m.count_transition(Why::NotReporting);
-        m.count_batch(2, 1);
+        m.count(&mut EventCounts {
+            duplicates: 2,
+            clamped: 1,
+            ..EventCounts::default()
+        });
         m.observe_commit(3, Duration::from_millis(5));
         m.set_storm(true);
         m.streams(1);
@@ -1153,7 +1170,11 @@ mod tests {
         let m = Metrics::default();
         m.count_transition(Why::NotReporting);
         m.count_transition(Why::NotReporting);
-        m.count_batch(2, 1);
+        m.count(&mut EventCounts {
+            duplicates: 2,
+            clamped: 1,
+            ..EventCounts::default()
+        });
         m.observe_commit(3, Duration::from_millis(5));
         m.set_storm(true);
         m.streams(1);

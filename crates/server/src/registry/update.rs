@@ -12,7 +12,8 @@ use std::sync::atomic::Ordering;
 use dashmap::mapref::entry::Entry;
 use fleet_health_sensor::Time;
 
-use crate::model::{AgentEvent, AgentId, ByKind, LabelSet, Labels};
+use crate::metrics::EventCounts;
+use crate::model::{AgentEvent, AgentId, LabelSet, Labels};
 
 use super::agent::Agent;
 use super::record::{self, RecordError};
@@ -89,8 +90,30 @@ impl Registry {
         session: &Session,
         events: &[AgentEvent],
     ) -> Result<Applied, RegistryError> {
+        let mut counts = EventCounts::default();
+        let applied = self.apply_at(
+            session,
+            events,
+            self.inner.settings.clock.now(),
+            &mut counts,
+        );
+        self.inner.metrics.count(&mut counts);
+        applied
+    }
+
+    /// As [`Registry::apply`], for events received at `now` (the registry's
+    /// clock, read by the caller: messages that arrived together share one
+    /// reading), counted into `counts`, which the caller hands to
+    /// [`Metrics::count`](crate::metrics::Metrics::count) (a stream does so
+    /// once per ack).
+    pub fn apply_at(
+        &self,
+        session: &Session,
+        events: &[AgentEvent],
+        now: Time,
+        counts: &mut EventCounts,
+    ) -> Result<Applied, RegistryError> {
         let inner = &*self.inner;
-        let now = inner.settings.clock.now();
         let key = session.id.as_arc();
         let mut a = inner
             .agents
@@ -101,9 +124,6 @@ impl Registry {
         }
         let latest = now.saturating_add(inner.settings.rules.skew);
         let mut out = Applied::default();
-        // Counted once per batch: a shared counter per event would bounce
-        // its cache line between cores.
-        let mut kinds = ByKind::<u32>::default();
         for ev in events {
             if ev.seq <= a.last_seq {
                 out.duplicates += 1;
@@ -117,7 +137,7 @@ impl Registry {
             a.apply(ev.kind, t);
             a.last_seq = ev.seq;
             out.applied += 1;
-            kinds[ev.kind] += 1;
+            counts.applied[ev.kind] += 1;
         }
         a.last_heard = a.last_heard.max(now);
         out.applied_through = a.last_seq;
@@ -125,8 +145,8 @@ impl Registry {
         self.settle(key, &mut a, at);
         self.schedule(key, &mut a);
         out.commit = inner.journal.changed(key, &mut a);
-        inner.metrics.count_events(&kinds);
-        inner.metrics.count_batch(out.duplicates, out.clamped);
+        counts.duplicates += u64::from(out.duplicates);
+        counts.clamped += u64::from(out.clamped);
         Ok(out)
     }
 
