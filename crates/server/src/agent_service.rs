@@ -305,8 +305,8 @@ struct ReportStream {
     /// The events applied since the last answer, added to the shared
     /// counters once per answer (and when the stream is dropped).
     counts: EventCounts,
-    /// How the stream ends after the ack that goes out first: a message
-    /// read while folding acks ([`ReportStream::fold_arrived`]) was refused
+    /// How the stream ends once what was read before is acknowledged: a
+    /// message read in a burst ([`ReportStream::take_arrived`]) was refused
     /// or could not be read.
     deferred: Option<End>,
     done: bool,
@@ -341,8 +341,9 @@ enum End {
 /// this, the stream is not read until commits catch up.
 const MAX_UNCOMMITTED_MESSAGES: usize = 64;
 
-/// The most messages one ack of a server without a store answers: those
-/// that had already arrived when the first was applied.
+/// The most messages read in one go, without waiting: those that had
+/// already arrived when the first was applied (without a store, one ack
+/// answers them all).
 const MAX_FOLDED_MESSAGES: usize = 64;
 
 impl ReportStream {
@@ -602,9 +603,6 @@ impl ReportStream {
 
     /// Reads and applies messages until an acknowledgement can go out.
     async fn next_ack(&mut self) -> Result<pb::ReportResponse, End> {
-        if let Some(end) = self.deferred.take() {
-            return Err(end);
-        }
         loop {
             // An ended stream acknowledges nothing more: its agent's changes
             // may have been left out of the commit that is marked done (its
@@ -620,8 +618,15 @@ impl ReportStream {
                     body: Some(Out::Ack(ack)),
                 });
             }
-            if self.draining && self.waiting.is_empty() {
-                return Err(End::Closed);
+            if self.waiting.is_empty() {
+                // What was read before a refused message is acknowledged
+                // first; then the refusal ends the stream.
+                if let Some(end) = self.deferred.take() {
+                    return Err(end);
+                }
+                if self.draining {
+                    return Err(End::Closed);
+                }
             }
             if self.commit_wait.is_none()
                 && let (Some(gate), Some((epoch, _, _))) = (&self.commits, self.waiting.front())
@@ -633,7 +638,7 @@ impl ReportStream {
                 }
             }
             let full = self.waiting.len() >= MAX_UNCOMMITTED_MESSAGES;
-            let read = !self.draining && !full;
+            let read = !self.draining && !full && self.deferred.is_none();
             let Some(connection) = &self.connection else {
                 return Err(End::Status(Status::internal("events before a hello")));
             };
@@ -659,13 +664,11 @@ impl ReportStream {
                             now: self.registry.clock().now(),
                         };
                         self.heard = received.at;
-                        let (ack, commit) = self.apply(m, received).map_err(End::Status)?;
-                        if commit == 0 {
-                            let ack = self.fold_arrived(ack, received);
+                        let first = self.apply(m, received).map_err(End::Status)?;
+                        if let Some(ack) = self.take_arrived(first, received) {
                             self.registry.metrics().observe_ack(received.at.elapsed());
                             return Ok(pb::ReportResponse { body: Some(Out::Ack(ack)) });
                         }
-                        self.waiting.push_back((commit, ack, received.at));
                     }
                     // The agent is done sending; what it sent is still acked.
                     Ok(None) => self.draining = true,
@@ -675,29 +678,39 @@ impl ReportStream {
         }
     }
 
-    /// Without a store, every ack is ready as soon as its message is
-    /// applied: applies the messages that have already arrived behind the
-    /// one `ack` answers (up to [`MAX_FOLDED_MESSAGES`] in all, without
-    /// waiting for more) and returns one cumulative ack for them all, so that
-    /// a burst costs one answer rather than one per message. A message that
-    /// is refused or cannot be read ends the stream after this ack
-    /// ([`ReportStream::deferred`]); a half-close, once it is sent.
-    fn fold_arrived(&mut self, mut ack: pb::Ack, received: Received) -> pb::Ack {
-        if self.commits.is_some() {
-            return ack;
-        }
+    /// Takes the messages that have already arrived behind the one just
+    /// applied (whose ack and commit are `first`), without waiting for more:
+    /// at most [`MAX_FOLDED_MESSAGES`] in all, and no more than
+    /// [`MAX_UNCOMMITTED_MESSAGES`] waiting for their commit. An ack whose
+    /// events need no commit (there is no store) is ready at once, and the
+    /// ready ones fold into the one cumulative ack returned, so that a burst
+    /// costs one answer rather than one per message; the others wait for
+    /// their commit, as one read at a time would. A message that is refused or
+    /// cannot be read ends the stream once what was read before it is
+    /// acknowledged ([`ReportStream::deferred`]); a half-close, likewise.
+    fn take_arrived(&mut self, first: (pb::Ack, u64), received: Received) -> Option<pb::Ack> {
+        let mut ready: Option<pb::Ack> = None;
+        let mut next = first;
         // Polled without a waker of its own: a message not there yet is
         // awaited, with the task's waker, by the next read.
         let mut cx = Context::from_waker(Waker::noop());
-        for _ in 1..MAX_FOLDED_MESSAGES {
-            match Pin::new(&mut self.inbound).poll_next(&mut cx) {
+        for taken in 1.. {
+            match next {
+                (ack, 0) => {
+                    let clamped = ready.map_or(0, |r| r.clamped);
+                    ready = Some(pb::Ack {
+                        clamped: clamped + ack.clamped,
+                        ..ack
+                    });
+                }
+                (ack, commit) => self.waiting.push_back((commit, ack, received.at)),
+            }
+            if taken >= MAX_FOLDED_MESSAGES || self.waiting.len() >= MAX_UNCOMMITTED_MESSAGES {
+                break;
+            }
+            next = match Pin::new(&mut self.inbound).poll_next(&mut cx) {
                 Poll::Ready(Some(Ok(m))) => match self.apply(m, received) {
-                    Ok((next, _)) => {
-                        ack = pb::Ack {
-                            applied_through: next.applied_through,
-                            clamped: ack.clamped + next.clamped,
-                        };
-                    }
+                    Ok(applied) => applied,
                     Err(status) => {
                         self.deferred = Some(End::Status(status));
                         break;
@@ -712,9 +725,9 @@ impl ReportStream {
                     break;
                 }
                 Poll::Pending => break,
-            }
+            };
         }
-        ack
+        ready
     }
 
     /// The newest acknowledgement whose commit is done (acks are cumulative:

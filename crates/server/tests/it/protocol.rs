@@ -147,10 +147,16 @@ async fn an_undecodable_report_message_ends_the_stream_with_invalid_argument() {
 
 #[tokio::test]
 async fn messages_sent_together_are_acknowledged_before_a_bad_one_ends_the_stream() {
-    // In memory every ack is ready at once, and messages that arrived
-    // together may share one (cumulative) ack: the events before the bad
-    // message are still acknowledged, then the stream ends with its status.
-    let s = TestServer::start().await;
+    // Messages that arrived together are read in one go, and may share one
+    // (cumulative) ack: the events before the bad message are still
+    // acknowledged (once committed, where there is a store), then the stream
+    // ends with its status.
+    let dir = scratch();
+    together_then_refused(TestServer::start().await).await;
+    together_then_refused(TestServer::durable(dir.path(), ManualClock::new(t(T0))).await).await;
+}
+
+async fn together_then_refused(s: TestServer) {
     let mut messages = vec![
         pb::ReportRequest {
             body: Some(In::Hello(pb::Hello {
