@@ -66,6 +66,29 @@ impl Floor {
         AgentServiceClient::connect(self.url.clone()).await.unwrap()
     }
 
+    /// Opens a Report stream whose first messages are `first`, queued
+    /// before it opens (so they arrive together); the sender sends more.
+    async fn open(
+        &self,
+        first: Vec<pb::ReportRequest>,
+    ) -> (
+        mpsc::Sender<pb::ReportRequest>,
+        tonic::Streaming<pb::ReportResponse>,
+    ) {
+        let (tx, rx) = mpsc::channel(first.len().max(8));
+        for m in first {
+            tx.send(m).await.unwrap();
+        }
+        let inbound = self
+            .client()
+            .await
+            .report(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, inbound)
+    }
+
     async fn stop(self) {
         let _ = self.stop.send(());
         tokio::time::timeout(STEP, self.task)
@@ -112,15 +135,7 @@ async fn next(inbound: &mut tonic::Streaming<pb::ReportResponse>) -> Option<Out>
 #[tokio::test]
 async fn welcomes_then_acks_every_batch_and_ends_when_the_agent_does() {
     let floor = Floor::start().await;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(hello()).await.unwrap();
-    let mut inbound = floor
-        .client()
-        .await
-        .report(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = floor.open(vec![hello()]).await;
     let Some(Out::Welcome(welcome)) = next(&mut inbound).await else {
         panic!("a Welcome first");
     };
@@ -152,16 +167,9 @@ async fn welcomes_then_acks_every_batch_and_ends_when_the_agent_does() {
 #[tokio::test]
 async fn an_empty_message_is_refused() {
     let floor = Floor::start().await;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(hello()).await.unwrap();
-    tx.send(pb::ReportRequest { body: None }).await.unwrap();
-    let mut inbound = floor
-        .client()
-        .await
-        .report(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = floor
+        .open(vec![hello(), pb::ReportRequest { body: None }])
+        .await;
     assert!(matches!(next(&mut inbound).await, Some(Out::Welcome(_))));
     let status = tokio::time::timeout(STEP, inbound.message())
         .await
@@ -175,20 +183,10 @@ async fn an_empty_message_is_refused() {
 #[tokio::test]
 async fn folding_acks_answers_batches_that_came_together_with_one_cumulative_ack() {
     let floor = Floor::serving(FloorService { fold_acks: true }).await;
-    let (tx, rx) = mpsc::channel(16);
-    // All queued before the stream opens: they arrive together.
-    tx.send(hello()).await.unwrap();
-    for seq in 1..=6 {
-        tx.send(batch(&[seq])).await.unwrap();
-    }
-    tx.send(pb::ReportRequest { body: None }).await.unwrap();
-    let mut inbound = floor
-        .client()
-        .await
-        .report(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut first = vec![hello()];
+    first.extend((1..=6).map(|seq| batch(&[seq])));
+    first.push(pb::ReportRequest { body: None });
+    let (tx, mut inbound) = floor.open(first).await;
     assert!(matches!(next(&mut inbound).await, Some(Out::Welcome(_))));
     let mut acked = Vec::new();
     let status = loop {
