@@ -85,9 +85,8 @@ impl FloorStream {
             None => Err(Status::invalid_argument("an empty message")),
         })
     }
-}
 
-impl FloorStream {
+    /// Notes the highest sequence number of `batch`.
     fn saw(&mut self, batch: &pb::EventBatch) {
         if let Some(last) = batch.events.iter().map(|e| e.seq).max() {
             self.applied_through = self.applied_through.max(last);

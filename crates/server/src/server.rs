@@ -179,6 +179,9 @@ impl Server {
     ) -> Result<Server, StoreError> {
         let started = Instant::now();
         let records = store.load()?;
+        // Built once the records are read, and sized for them. (Its clock's
+        // time now starts the grace after a restart: agents could not
+        // report while the store loaded.)
         let registry = Registry::durable_with_capacity(
             config.rules.clone(),
             config.limits.clone(),
